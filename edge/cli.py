@@ -1,0 +1,183 @@
+"""`pingan-edge`: run the station, press simulated buttons, watch what the township sees."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge import __version__, config as config_mod
+from edge.config import Config, ConfigError
+from edge.control import request
+from edge.logs import setup
+from edge.topics import township_filter
+
+SYSTEM_CONFIG = Path("/etc/pingan-edge/station.toml")
+EXIT_CONFIG = 2
+
+
+def _config_path(arg: str | None) -> Path | None:
+    """--config, else $PINGAN_EDGE_CONFIG, else /etc/pingan-edge/station.toml, else none
+    (the embedded simulation defaults)."""
+    if arg:
+        return Path(arg)
+    if os.environ.get("PINGAN_EDGE_CONFIG"):
+        return Path(os.environ["PINGAN_EDGE_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_mod.load(_config_path(args.config))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.pins import PinFactoryError
+    from edge.station import Station
+
+    cfg = _load(args)
+    setup(cfg.log.level)
+    try:
+        station = Station(cfg)
+    except PinFactoryError as exc:
+        print(f"pingan-edge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    station.start()
+    stop.wait()
+    station.stop()
+    return 0
+
+
+def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
+    socket_path = _load(args).control_socket
+    try:
+        return request(socket_path, payload)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise SystemExit(f"pingan-edge: no station is running at {socket_path} ({exc}); "
+                         f"start one with `pingan-edge run`") from exc
+
+
+def cmd_press(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {"op": "press", "button": args.button, "count": args.count,
+                               "interval_s": args.interval}
+    if args.hold is not None:
+        payload["hold_s"] = args.hold
+    reply = _ask(args, payload)
+    print(json.dumps(reply, ensure_ascii=False))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _ask(args, {"op": "status"})
+    print(json.dumps(reply, ensure_ascii=False, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Subscribe as the township would, print each message once (duplicates marked)."""
+    host, port, township = args.host, args.port, args.township
+    if host is None or port is None:
+        status = _ask(args, {"op": "status"})
+        host = host or status["broker"]["host"]
+        port = port or status["broker"]["port"]
+        township = township or status["township"]
+    seen: set[str] = set()
+    received = threading.Event()
+    count = 0
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(township_filter(township or "+"), qos=1)
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = msg.payload.decode(errors="replace")
+        event_id = body.get("id") if isinstance(body, dict) and "seq" in body else None
+        duplicate = event_id in seen
+        if event_id:
+            seen.add(event_id)
+        line = {"topic": msg.topic, "retained": bool(msg.retain), "duplicate": duplicate,
+                "message": body}
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+        if event_id and not duplicate:
+            count += 1
+            if args.count and count >= args.count:
+                done.set()
+        received.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        done.wait(args.timeout)
+    except KeyboardInterrupt:
+        pass
+    client.loop_stop()
+    client.disconnect()
+    return 0 if (not args.count or done.is_set()) else 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(Path(args.path))
+    print(f"{args.path}: ok (station {cfg.station.id}, township {cfg.station.township})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pingan-edge", description=__doc__)
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", help="station TOML (default: $PINGAN_EDGE_CONFIG, "
+                        f"{SYSTEM_CONFIG}, else a simulated station)")
+        return sp
+
+    with_config(sub.add_parser("run", help="run the station")).set_defaults(fn=cmd_run)
+    sp = with_config(sub.add_parser("press", help="press a simulated button on the running station"))
+    sp.add_argument("button", choices=["panic", "broadcast"])
+    sp.add_argument("--hold", type=float, default=None, help="seconds held (default: enough)")
+    sp.add_argument("--count", type=int, default=1)
+    sp.add_argument("--interval", type=float, default=0.0)
+    sp.set_defaults(fn=cmd_press)
+    with_config(sub.add_parser("status", help="show the running station's status")).set_defaults(
+        fn=cmd_status)
+    sp = with_config(sub.add_parser("tail", help="print what the township receives"))
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--township")
+    sp.add_argument("--count", type=int, default=0, help="exit after this many distinct events")
+    sp.add_argument("--timeout", type=float, default=None)
+    sp.set_defaults(fn=cmd_tail)
+    sp = sub.add_parser("check-config", help="validate a station TOML and exit")
+    sp.add_argument("path")
+    sp.set_defaults(fn=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as exc:
+        print(f"pingan-edge: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Station configuration: one TOML file, validated at start.
+
+Every value has a default except the station's identity. A wrong value raises
+`ConfigError` naming the key, the bad value and what is allowed; `main` turns it
+into exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+Pin = Annotated[int, msgspec.Meta(ge=0, le=53)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class ConfigError(ValueError):
+    """The station configuration is unusable; the message says which key and why."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StationSection(_Section):
+    id: Id
+    township: Id
+    name: str = ""
+    # Empty means: $STATE_DIRECTORY (systemd), else the user's XDG state directory.
+    data_dir: str = ""
+
+
+class BrokerSection(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=1200)] = 30
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    # Read from $CREDENTIALS_DIRECTORY/<name> when relative and that directory is set.
+    password_file: str = ""
+    # Simulation only: start a private mosquitto when the broker cannot be reached.
+    local_fallback: bool = False
+
+
+class UplinkSection(_Section):
+    inflight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+    backoff_min_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.5
+    backoff_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
+    max_command_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 16384
+    state_interval_s: Annotated[float, msgspec.Meta(ge=5, le=86400)] = 300.0
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)] = 86400
+
+
+class OutboxSection(_Section):
+    max_bytes: Annotated[int, msgspec.Meta(ge=16384)] = 64 * 1024 * 1024
+    keep_delivered: Annotated[int, msgspec.Meta(ge=0)] = 10000
+    batch_max: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 500
+
+
+class PinsSection(_Section):
+    factory: Literal["mock", "lgpio", "rpigpio", "pigpio", "native"] = "lgpio"
+    panic: Pin = 17
+    broadcast: Pin = 27
+    alarm_led: Pin = 22
+    # Buttons wired between the pin and ground, with the internal pull-up.
+    pull_up: bool = True
+
+
+class ButtonsSection(_Section):
+    panic_hold_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.3
+    broadcast_hold_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.0
+    bounce_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.02
+
+
+class IndicatorSection(_Section):
+    ack_display_s: Seconds = 600.0
+
+
+class ControlSection(_Section):
+    # Empty means <data_dir>/control.sock.
+    socket: str = ""
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    station: StationSection
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    uplink: UplinkSection = msgspec.field(default_factory=UplinkSection)
+    outbox: OutboxSection = msgspec.field(default_factory=OutboxSection)
+    pins: PinsSection = msgspec.field(default_factory=PinsSection)
+    buttons: ButtonsSection = msgspec.field(default_factory=ButtonsSection)
+    indicator: IndicatorSection = msgspec.field(default_factory=IndicatorSection)
+    control: ControlSection = msgspec.field(default_factory=ControlSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+
+    def __post_init__(self) -> None:
+        if self.uplink.backoff_max_s < self.uplink.backoff_min_s:
+            raise ValueError(
+                f"uplink.backoff_max_s ({self.uplink.backoff_max_s}) must be >= "
+                f"uplink.backoff_min_s ({self.uplink.backoff_min_s})"
+            )
+        if bool(self.broker.cert_file) != bool(self.broker.key_file):
+            raise ValueError("broker.cert_file and broker.key_file must be given together")
+        pins = {"panic": self.pins.panic, "broadcast": self.pins.broadcast,
+                "alarm_led": self.pins.alarm_led}
+        if len(set(pins.values())) != len(pins):
+            raise ValueError(f"pins must be distinct, got {pins}")
+
+    @property
+    def data_dir(self) -> Path:
+        if self.station.data_dir:
+            return Path(self.station.data_dir).expanduser()
+        if os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "pingan-edge" / self.station.id
+
+    @property
+    def control_socket(self) -> Path:
+        return Path(self.control.socket) if self.control.socket else self.data_dir / "control.sock"
+
+    def password(self) -> str | None:
+        if not self.broker.password_file:
+            return None
+        path = Path(self.broker.password_file)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and creds:
+            path = Path(creds) / path
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"broker.password_file: cannot read {str(path)!r}: {exc.strerror}"
+            ) from exc
+
+
+# The embedded defaults: with no config file the unit runs as a simulated station.
+SIMULATION_TOML = """
+[station]
+id = "sim-001"
+township = "sim"
+name = "模拟村 (simulated village)"
+
+[broker]
+local_fallback = true
+
+[pins]
+factory = "mock"
+"""
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
+    """Find the raw value a msgspec error path (like `.uplink.inflight`) points at."""
+    node = raw
+    for part in re.findall(r"\.([A-Za-z0-9_]+)|\[(\d+)\]", path):
+        key, index = part
+        try:
+            node = node[key] if key else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, node
+
+
+def _explain(exc: Exception, raw: dict[str, Any]) -> str:
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    path = match.group("path") if match else ""
+    reason = text[: match.start()] if match else text
+    if "unknown field" in reason:
+        field = reason.split("`")[1]
+        section = _section_for(path)
+        allowed = ", ".join(section.__struct_fields__) if section else "?"
+        where = f"[{path.lstrip('.')}]" if path else "the top level"
+        return f"unknown key {field!r} in {where}; allowed keys: {allowed}"
+    if "missing required field" in reason:
+        field = reason.split("`")[1]
+        return f"{(path + '.' + field).lstrip('.')}: required, but missing"
+    key = path.lstrip(".")
+    found, value = _lookup(raw, path)
+    allowed = _allowed(path)
+    hint = f"; allowed: {allowed}" if allowed else ""
+    return f"{key}: {reason}; got {value!r}{hint}" if found else f"{key}: {reason}"
+
+
+def _section_for(path: str) -> type[msgspec.Struct] | None:
+    if not path:
+        return Config
+    hints = typing.get_type_hints(Config)
+    section = hints.get(path.lstrip(".").split(".")[0])
+    return section if isinstance(section, type) else None
+
+
+def _allowed(path: str) -> str:
+    """The Literal choices of the field at `path`, for the error message."""
+    parts = path.lstrip(".").split(".")
+    section = _section_for("." + parts[0]) if len(parts) == 2 else None
+    if section is None:
+        return ""
+    hint = typing.get_type_hints(section).get(parts[1])
+    if typing.get_origin(hint) is Literal:
+        return ", ".join(repr(a) for a in typing.get_args(hint))
+    return ""
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(exc, raw)}") from exc
+
+
+def load(path: Path | None) -> Config:
+    """Load the config file, or the embedded simulation defaults when `path` is None."""
+    if path is None:
+        return parse(SIMULATION_TOML, "<embedded simulation defaults>")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config is not UTF-8: {exc}") from exc
+    return parse(text, str(path))

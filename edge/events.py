@@ -1,0 +1,174 @@
+"""The event model: every shape that crosses MQTT, defined once.
+
+Events are published on `…/events` (and `cmd.result` on `…/cmd/result`); the JSON
+Schemas in docs/schema/ are generated from these classes (`python -m edge.schema`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from edge.clock import clock_synced, now_iso
+
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class Priority(IntEnum):
+    """Drain order: lower drains first. Eviction takes the highest number first."""
+
+    ALARM = 0
+    COMMAND = 1
+    NORMAL = 2
+    TELEMETRY = 3
+
+
+class _Shape(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Text(_Shape):
+    """What a person reads: Simplified Chinese first, English available."""
+
+    zh: str
+    en: str
+
+
+class EventBase(_Shape, tag_field="type", kw_only=True):
+    id: EventId
+    station: str
+    township: str
+    # Per-station sequence number, assigned when the outbox commits the event.
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)]
+    ts: str
+    clock_synced: bool
+
+
+class PanicPayload(_Shape):
+    source: Literal["button", "simulator", "selftest"]
+    held_s: Annotated[float, msgspec.Meta(ge=0)]
+
+
+class AlarmPanic(EventBase, tag="alarm.panic", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.ALARM
+    payload: PanicPayload
+
+
+class ButtonPayload(_Shape):
+    button: Literal["broadcast"]
+    source: Literal["button", "simulator", "selftest"]
+    held_s: Annotated[float, msgspec.Meta(ge=0)]
+
+
+class ButtonBroadcast(EventBase, tag="button.broadcast", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: ButtonPayload
+
+
+class StatusPayload(_Shape):
+    code: str
+    level: Literal["info", "warning", "error"]
+    message: Text
+    detail: dict[str, Any] = {}
+
+
+class Status(EventBase, tag="status", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.TELEMETRY
+    payload: StatusPayload
+
+
+class ErrorInfo(_Shape):
+    code: Literal[
+        "malformed_json", "too_large", "invalid_command", "unknown_command",
+        "unknown_event", "internal_error",
+    ]
+    message: Text
+
+
+class CmdResultPayload(_Shape):
+    cmd_id: str | None
+    cmd: str | None
+    ok: bool
+    error: ErrorInfo | None = None
+    detail: dict[str, Any] = {}
+
+
+class CmdResult(EventBase, tag="cmd.result", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.COMMAND
+    payload: CmdResultPayload
+
+
+Event = AlarmPanic | ButtonBroadcast | Status | CmdResult
+
+
+class Problem(_Shape):
+    code: str
+    message: Text
+    since: str
+
+
+class StationState(_Shape):
+    """Retained on `…/state`; the Last Will carries the same shape with online=false."""
+
+    station: str
+    township: str
+    online: bool
+    version: str
+    ts: str
+    clock_synced: bool
+    pending: int | None = None
+    problems: list[Problem] = []
+
+
+_id_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_event_id() -> str:
+    """A UUIDv7: unix-ms timestamp first, so ids sort by creation time.
+
+    Within one millisecond a counter in the 12 `rand_a` bits keeps ids increasing.
+    """
+    global _last_ms, _counter
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # 4096 ids in one ms: borrow the next ms
+                _last_ms += 1
+                _counter = 0
+            ms = _last_ms
+        else:
+            _last_ms, _counter = ms, 0
+        rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+        value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def stamp() -> dict[str, Any]:
+    """The fields every new event takes from the moment it is made."""
+    return {"id": new_event_id(), "ts": now_iso(), "clock_synced": clock_synced()}
+
+
+def text(zh: str, en: str) -> Text:
+    return Text(zh=zh, en=en)
+
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_event(data: bytes) -> Event:
+    return _event_decoder.decode(data)

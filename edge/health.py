@@ -1,0 +1,52 @@
+"""What is wrong right now, for the retained state topic and the self-test.
+
+Parts report problems by a stable code and clear them when they recover; the uplink
+republishes the state whenever the set changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from edge.clock import now_iso
+from edge.events import Problem, text
+from edge.logs import log
+
+logger = logging.getLogger("edge.health")
+
+
+class Health:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._problems: dict[str, Problem] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def set(self, code: str, zh: str, en: str, action: str = "") -> None:
+        with self._lock:
+            old = self._problems.get(code)
+            if old and old.message.en == en:
+                return
+            self._problems[code] = Problem(code=code, message=text(zh, en),
+                                           since=old.since if old else now_iso())
+        log(logger, "warning", "health.problem", code=code, message=en, action=action)
+        self._notify()
+
+    def clear(self, code: str) -> None:
+        with self._lock:
+            if self._problems.pop(code, None) is None:
+                return
+        log(logger, "info", "health.recovered", code=code)
+        self._notify()
+
+    def problems(self) -> list[Problem]:
+        with self._lock:
+            return list(self._problems.values())
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()

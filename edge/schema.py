@@ -1,0 +1,46 @@
+"""The JSON Schemas of everything that crosses MQTT, generated from the shapes in
+`edge.events` and `edge.commands`. `python -m edge.schema docs/schema` rewrites them;
+a test fails when the committed files drift from the code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from edge.commands import Command
+from edge.events import Event, StationState
+
+SCHEMAS: dict[str, tuple[Any, str]] = {
+    "event": (Event, "An event on pingan/v1/<township>/<station>/events or …/cmd/result"),
+    "state": (StationState, "Retained state and Last Will on pingan/v1/<township>/<station>/state"),
+    "command": (Command, "A township command on …/<station>/cmd or pingan/v1/<township>/all/cmd"),
+}
+
+
+def generate() -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (shape, title) in SCHEMAS.items():
+        schema = msgspec.json.schema(shape)
+        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                     "$id": f"pingan-edge/v1/{name}.schema.json", "title": title, **schema}
+    return out
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    outdir = Path(argv[1] if len(argv) > 1 else "docs/schema")
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name, schema in generate().items():
+        (outdir / f"{name}.schema.json").write_text(render(schema), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

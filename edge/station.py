@@ -1,0 +1,261 @@
+"""The one place that wires a station together, and what it does with its inputs.
+
+Parts talk through plain method calls: buttons → `raise_alarm` → outbox → uplink;
+uplink → `_command` / `_delivered` → indicator. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import msgspec
+from gpiozero import LED
+
+from edge import __version__, commands
+from edge.buttons import StationButtons
+from edge.config import Config, ConfigError
+from edge.control import ControlError, ControlServer, Press, Request
+from edge.events import (
+    AlarmPanic,
+    ButtonBroadcast,
+    ButtonPayload,
+    CmdResult,
+    CmdResultPayload,
+    ErrorInfo,
+    Event,
+    PanicPayload,
+    encode,
+    stamp,
+    text,
+)
+from edge.health import Health
+from edge.indicator import AlarmIndicator
+from edge.localbroker import Mosquitto, reachable
+from edge.logs import log
+from edge.outbox import Eviction, Outbox, Stored
+from edge.pins import is_simulated, make_factory
+from edge.uplink import Uplink
+
+logger = logging.getLogger("edge.station")
+
+
+class Station:
+    def __init__(self, config: Config) -> None:
+        self.health = Health()
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(data_dir / "station.lock", "w")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                f"another pingan-edge already runs with data directory {data_dir}") from exc
+
+        self.local_broker: Mosquitto | None = None
+        broker = config.broker
+        if broker.local_fallback and not reachable(broker.host, broker.port):
+            self.local_broker = Mosquitto(data_dir / "broker").start()
+            log(logger, "warning", "station.local_broker", port=self.local_broker.port,
+                unreachable=f"{broker.host}:{broker.port}",
+                action="simulation only: started a private mosquitto on loopback")
+            broker = msgspec.structs.replace(broker, host="127.0.0.1",
+                                             port=self.local_broker.port)
+            config = msgspec.structs.replace(config, broker=broker)
+        self.config = config
+
+        self.pin_factory = make_factory(config.pins.factory)
+        self.outbox = Outbox(
+            data_dir / "outbox.db",
+            max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
+            batch_max=config.outbox.batch_max,
+            on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+        )
+        self.uplink = Uplink(config, self.outbox, self.health,
+                             on_command=self._command, on_delivered=self._delivered)
+        self.led = LED(config.pins.alarm_led, pin_factory=self.pin_factory)
+        self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
+        self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
+                                      on_panic=lambda held: self.raise_alarm("button", held),
+                                      on_broadcast=lambda held: self.broadcast_pressed(held))
+        self.control = ControlServer(config.control_socket, self._control)
+        self._seen = commands.SeenCommands()
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        pending_alarms = self.outbox.pending_ids("alarm.panic")
+        for event_id in pending_alarms:
+            self.indicator.raised(event_id)
+        self.uplink.start()
+        self.control.start()
+        log(logger, "info", "station.started", station=self.config.station.id,
+            township=self.config.station.township, version=__version__,
+            broker=f"{self.config.broker.host}:{self.config.broker.port}",
+            pins=self.config.pins.factory, pending=self.outbox.pending_count(),
+            pending_alarms=len(pending_alarms), data_dir=str(self.config.data_dir))
+
+    def stop(self) -> None:
+        """Stop taking input, commit what was accepted, say offline, close. Under ~1 s."""
+        started = time.monotonic()
+        self.buttons.close()
+        self.control.close()
+        self.outbox.flush(timeout=0.3)
+        self.uplink.stop(timeout=0.5)
+        self.outbox.close()
+        self.led.close()
+        self.pin_factory.close()
+        if self.local_broker:
+            self.local_broker.stop()
+        self._lock_file.close()
+        log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {"station": self.config.station.id, "township": self.config.station.township,
+                **stamp()}
+
+    def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
+        event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
+                           **self._identity())
+        self.indicator.raised(event.id)
+        log(logger, "warning", "alarm.raised", id=event.id, source=source)
+        future = self.outbox.submit(event)
+        future.add_done_callback(lambda f: self._alarm_stored(event, f))
+        return future
+
+    def _alarm_stored(self, event: AlarmPanic, future: Future[Stored]) -> None:
+        exc = future.exception()
+        if exc is None:
+            stored = future.result()
+            log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
+            return
+        # Not durable, but the township must still hear of it: send it from memory.
+        self.health.set("outbox_failed", "报警未能保存到本机，已尝试直接发送",
+                        f"alarm could not be stored locally ({exc}); sent without durability",
+                        action="free disk space / replace the SD card")
+        self.uplink.publish_volatile(Stored(0, event.id, "alarm.panic", event.priority,
+                                            encode(event)))
+
+    def broadcast_pressed(self, held_s: float) -> Future[Stored]:
+        event = ButtonBroadcast(
+            payload=ButtonPayload(button="broadcast", source="button", held_s=held_s),
+            **self._identity())
+        return self._submit(event)
+
+    def _submit(self, event: Event) -> Future[Stored]:
+        future = self.outbox.submit(event)
+        future.add_done_callback(self._log_stored)
+        return future
+
+    @staticmethod
+    def _log_stored(future: Future[Stored]) -> None:
+        exc = future.exception()
+        if exc is None:
+            stored = future.result()
+            log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
+        else:
+            log(logger, "error", "event.refused", error=str(exc),
+                action="see outbox.write_failed / outbox.evicted above")
+
+    # --- from the uplink -------------------------------------------------------------
+
+    def _delivered(self, stored: Stored) -> None:
+        if stored.type == "alarm.panic":
+            self.indicator.delivered(stored.id)
+            log(logger, "info", "alarm.delivered", id=stored.id, seq=stored.seq)
+
+    def _evicted(self, info: Eviction) -> None:
+        self.health.set(
+            "outbox_evicted",
+            f"离线过久，已丢弃 {info.count} 条低优先级事件（序号 {info.first_seq}–{info.last_seq}），报警均保留",
+            f"offline too long: dropped {info.count} lower-priority events "
+            f"(seq {info.first_seq}-{info.last_seq}); all alarms kept")
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        max_bytes = self.config.uplink.max_command_bytes
+        try:
+            cmd = commands.parse(payload, max_bytes)
+            if not self._seen.first_time(cmd.id):
+                log(logger, "info", "command.duplicate", id=cmd.id, topic=topic)
+                return
+            detail = self._execute(cmd)
+        except commands.CommandRejected as rejected:
+            log(logger, "warning", "command.rejected", topic=topic, cmd_id=rejected.cmd_id,
+                code=rejected.error.code, error=rejected.error.message.en,
+                action="the township sent a bad command; it was answered on cmd/result")
+            self._answer(rejected.cmd_id, rejected.cmd, False, rejected.error)
+            return
+        except Exception as exc:
+            logger.exception("command.failed", extra={"fields": {"cmd_id": cmd.id}})
+            self._answer(cmd.id, _tag(cmd), False, ErrorInfo(
+                code="internal_error", message=text("站点执行命令出错", f"station error: {exc}")))
+            return
+        log(logger, "info", "command.done", cmd=_tag(cmd), cmd_id=cmd.id, by=cmd.by, **detail)
+        self._answer(cmd.id, _tag(cmd), True, None, detail)
+
+    def _execute(self, cmd: commands.Command) -> dict[str, Any]:
+        if isinstance(cmd, commands.AlarmAck):
+            found = self.outbox.lookup(cmd.event_id)
+            if found is None or found[0] != "alarm.panic":
+                raise commands.CommandRejected(ErrorInfo(
+                    code="unknown_event",
+                    message=text(f"本站没有报警 {cmd.event_id}",
+                                 f"no alarm {cmd.event_id} at this station")), cmd.id, _tag(cmd))
+            self.indicator.acknowledged(cmd.event_id)
+            return {"event_id": cmd.event_id}
+        self.uplink.request_state()
+        return {}
+
+    def _answer(self, cmd_id: str | None, cmd: str | None, ok: bool,
+                error: ErrorInfo | None, detail: dict[str, Any] | None = None) -> None:
+        self._submit(CmdResult(payload=CmdResultPayload(cmd_id=cmd_id, cmd=cmd, ok=ok,
+                                                        error=error, detail=detail or {}),
+                               **self._identity()))
+
+    # --- the local control socket ----------------------------------------------------
+
+    def _control(self, request: Request) -> dict[str, Any]:
+        if isinstance(request, Press):
+            return self.press(request)
+        return self.status()
+
+    def press(self, request: Press) -> dict[str, Any]:
+        """Drive a simulated button from the electrical side, as a finger would."""
+        if not is_simulated(self.pin_factory):
+            raise ControlError("buttons can only be pressed from software with "
+                               "pins.factory = 'mock'; press the real button")
+        pins, timings = self.config.pins, self.config.buttons
+        pin = self.pin_factory.pin(pins.panic if request.button == "panic" else pins.broadcast)
+        configured = timings.panic_hold_s if request.button == "panic" else timings.broadcast_hold_s
+        hold = request.hold_s if request.hold_s is not None else (
+            round(configured + 0.15, 3) if configured else 0.0)
+        press, release = ((pin.drive_low, pin.drive_high) if pins.pull_up
+                          else (pin.drive_high, pin.drive_low))
+        for i in range(request.count):
+            press()
+            if hold:
+                time.sleep(hold)
+            release()
+            if request.interval_s and i + 1 < request.count:
+                time.sleep(request.interval_s)
+        return {"pressed": request.count, "button": request.button, "hold_s": hold}
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "station": cfg.station.id, "township": cfg.station.township,
+            "version": __version__, "broker": {"host": cfg.broker.host, "port": cfg.broker.port},
+            "connected": self.uplink.connected, "pending": self.outbox.pending_count(),
+            "alarm_led": self.indicator.mode.value, "topics": self.uplink.topics.root,
+            "problems": [msgspec.to_builtins(p) for p in self.health.problems()],
+            "data_dir": str(cfg.data_dir),
+        }
+
+
+def _tag(cmd: commands.Command) -> str:
+    return str(type(cmd).__struct_config__.tag)

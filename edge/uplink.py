@@ -1,0 +1,317 @@
+"""The MQTT uplink: drains the outbox to the township broker and receives commands.
+
+Two named threads: `uplink-net` connects (capped exponential back-off with full jitter)
+and runs paho's network loop; `uplink-pump` hands pending outbox rows to paho, at most
+`inflight` unacknowledged at a time, by priority then sequence. A row is marked
+delivered only when its PUBACK arrives with a success reason code.
+
+paho keeps un-acknowledged QoS 1 messages across reconnects and resends them itself, so
+within one process each row is handed over once (tracked by a per-priority cursor);
+after a restart every undelivered row is sent again. The township de-duplicates by id.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge import __version__
+from edge.clock import clock_synced, now_iso
+from edge.config import Config
+from edge.events import StationState, encode
+from edge.health import Health
+from edge.logs import log
+from edge.outbox import Outbox, Stored
+from edge.topics import Topics
+
+logger = logging.getLogger("edge.uplink")
+
+_STATE = object()  # marks a state publish in the in-flight table
+
+
+class Backoff:
+    """Capped exponential back-off with full jitter (AWS style): uniform(0, min(cap, b·2ⁿ))."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self._n = base, cap, 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** min(self._n, 32)))
+        self._n += 1
+        return self._rng.uniform(self.base, max(self.base, ceiling))
+
+    def reset(self) -> None:
+        self._n = 0
+
+
+class Uplink:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        health: Health,
+        *,
+        on_command: Callable[[str, bytes], None],
+        on_delivered: Callable[[Stored], None],
+    ) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._health = health
+        self._on_command = on_command
+        self._on_delivered = on_delivered
+        self.topics = Topics(config.station.township, config.station.id)
+        self._window = config.uplink.inflight
+        self._backoff = Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._work = True
+        self._state_due = True
+        self._connected = False
+        self._stopping = threading.Event()
+        self._closing = threading.Event()
+        self._inflight: dict[int, Stored | object] = {}
+        self._early: dict[int, ReasonCode] = {}
+        self._cursor: dict[int, int] = {}
+        self._retry: list[Stored] = []
+        self._rejected: list[Stored] = []
+
+        self._client = self._make_client()
+        self._net = threading.Thread(target=self._run_net, name="uplink-net", daemon=True)
+        self._pump = threading.Thread(target=self._run_pump, name="uplink-pump", daemon=True)
+        health.subscribe(self.request_state)
+
+    # --- public ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> None:
+        self._net.start()
+        self._pump.start()
+
+    def notify(self, _stored: list[Stored] | None = None) -> None:
+        """New rows were committed (called from the outbox writer)."""
+        with self._wake:
+            self._work = True
+            self._wake.notify()
+
+    def request_state(self) -> None:
+        with self._wake:
+            self._state_due = True
+            self._wake.notify()
+
+    def publish_volatile(self, stored: Stored) -> None:
+        """Last resort when the outbox cannot store an alarm: send it from memory."""
+        info = self._client.publish(self.topics.for_type(stored.type), stored.body, qos=1)
+        self._track(info.mid, stored)
+
+    def stop(self, timeout: float = 0.8) -> None:
+        """Say offline (retained) and disconnect cleanly; un-acked rows stay in the outbox."""
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._pump.is_alive():
+            self._pump.join(max(0.0, deadline - time.monotonic()))
+        if self._connected:
+            info = self._client.publish(self.topics.state, self._state_payload(False), qos=1,
+                                        retain=True)
+            try:
+                info.wait_for_publish(max(0.05, (deadline - time.monotonic()) / 2))
+            except (RuntimeError, ValueError):
+                pass
+        self._closing.set()
+        self._client.disconnect()
+        if self._net.is_alive():
+            self._net.join(max(0.05, deadline - time.monotonic()))
+
+    # --- paho client -----------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self._config
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.station.id,
+                             protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(self._window)
+        client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
+        if cfg.broker.username:
+            client.username_pw_set(cfg.broker.username, cfg.password())
+        if cfg.broker.tls:
+            client.tls_set(ca_certs=cfg.broker.ca_file or None,
+                           certfile=cfg.broker.cert_file or None,
+                           keyfile=cfg.broker.key_file or None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _state_payload(self, online: bool) -> bytes:
+        return encode(StationState(
+            station=self._config.station.id, township=self._config.station.township,
+            online=online, version=__version__, ts=now_iso(), clock_synced=clock_synced(),
+            pending=self._outbox.pending_count() if online else None,
+            problems=self._health.problems() if online else [],
+        ))
+
+    def _run_net(self) -> None:
+        broker = self._config.broker
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._config.uplink.session_expiry_s
+        first = True
+        while not self._closing.is_set():
+            try:
+                if first:
+                    # clean_start=False: commands queued while the link was down still arrive.
+                    self._client.connect(broker.host, broker.port, broker.keepalive_s,
+                                         clean_start=False, properties=props)
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, ssl.SSLError) as exc:
+                self._connect_failed(str(exc))
+                continue
+            while not self._closing.is_set():
+                if self._client.loop(timeout=1.0) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+            if not self._closing.is_set():
+                self._connect_failed("connection lost")
+
+    def _connect_failed(self, why: str) -> None:
+        delay = self._backoff.next()
+        broker = self._config.broker
+        log(logger, "warning", "uplink.connect_failed", host=broker.host, port=broker.port,
+            error=why, retry_in_s=round(delay, 2),
+            action="check the 4G/line link and the broker address; events are kept meanwhile")
+        self._health.set("uplink_down", f"无法连接乡镇平台：{why}",
+                         f"cannot reach the township broker: {why}")
+        self._closing.wait(delay)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode,
+                    _p: Properties | None) -> None:
+        if reason.is_failure:
+            log(logger, "error", "uplink.refused", reason=str(reason),
+                action="check the station's broker credentials / certificate")
+            self._health.set("uplink_refused", f"乡镇平台拒绝连接：{reason}",
+                             f"township broker refused the connection: {reason}")
+            return
+        self._backoff.reset()
+        self._health.clear("uplink_down")
+        self._health.clear("uplink_refused")
+        client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
+        info = client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
+        with self._wake:
+            self._inflight[info.mid] = _STATE
+            self._retry.extend(self._rejected)
+            self._rejected.clear()
+            self._connected = True
+            self._work = True
+            self._wake.notify()
+        log(logger, "info", "uplink.connected", host=self._config.broker.host,
+            port=self._config.broker.port, session_present=bool(flags.session_present))
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode,
+                       _p: Properties | None) -> None:
+        with self._wake:
+            self._connected = False
+        if not self._closing.is_set():
+            log(logger, "warning", "uplink.disconnected", reason=str(reason),
+                action="reconnecting with back-off; events are kept in the outbox")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_command(msg.topic, msg.payload)
+        except Exception:  # a bad command must never take the network thread down
+            logger.exception("command.handler_failed", extra={"fields": {"topic": msg.topic}})
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode,
+                    _p: Properties | None) -> None:
+        with self._wake:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                self._early[mid] = reason  # PUBACK beat publish() returning: see _track
+                return
+        self._acked(entry, reason)
+
+    def _track(self, mid: int, entry: Stored | object) -> None:
+        with self._wake:
+            reason = self._early.pop(mid, None)
+            if reason is None:
+                self._inflight[mid] = entry
+                return
+        self._acked(entry, reason)
+
+    def _acked(self, entry: Stored | object, reason: ReasonCode) -> None:
+        if not isinstance(entry, Stored):
+            return
+        if reason.is_failure:
+            log(logger, "error", "uplink.publish_rejected", seq=entry.seq, id=entry.id,
+                type=entry.type, reason=str(reason),
+                action="the broker refused this topic: check the station's ACL; kept for retry")
+            self._health.set("publish_rejected", f"平台拒收事件：{reason}",
+                             f"broker rejected events: {reason}")
+            with self._wake:
+                self._rejected.append(entry)  # retried after the next (re)connect
+            return
+        self._outbox.mark_delivered(entry.seq)
+        self._on_delivered(entry)
+        with self._wake:
+            self._work = True
+            self._wake.notify()
+
+    # --- the pump --------------------------------------------------------------------
+
+    def _run_pump(self) -> None:
+        interval = self._config.uplink.state_interval_s
+        next_state = time.monotonic() + interval
+        while not self._stopping.is_set():
+            with self._wake:
+                while not self._stopping.is_set() and not (
+                    self._connected and (self._state_due or (
+                        self._work and len(self._inflight) < self._window))
+                ):
+                    timeout = next_state - time.monotonic()
+                    if timeout <= 0:
+                        self._state_due = True
+                        next_state = time.monotonic() + interval
+                        continue
+                    self._wake.wait(timeout)
+                if self._stopping.is_set():
+                    return
+                state_due, self._state_due = self._state_due, False
+                self._work = False
+                room = self._window - len(self._inflight)
+                retry, self._retry = self._retry[:room], self._retry[room:]
+            if state_due:
+                next_state = time.monotonic() + interval
+                info = self._client.publish(self.topics.state, self._state_payload(True),
+                                            qos=1, retain=True)
+                self._track(info.mid, _STATE)
+            rows = retry + self._outbox.pending(self._cursor, room - len(retry))
+            for row in rows:
+                info = self._client.publish(self.topics.for_type(row.type), row.body, qos=1)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    log(logger, "warning", "uplink.publish_failed", rc=str(info.rc), seq=row.seq)
+                    with self._wake:
+                        self._retry.append(row)
+                    break
+                self._cursor[row.priority] = max(self._cursor.get(row.priority, 0), row.seq)
+                self._track(info.mid, row)
+            if len(rows) >= room:
+                with self._wake:
+                    self._work = True
+

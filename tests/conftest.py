@@ -1,0 +1,200 @@
+"""Shared fixtures: real Mosquitto brokers on free ports, real stations, a township view."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from edge import config as config_mod
+from edge.config import Config
+from edge.localbroker import Mosquitto
+from edge.station import Station
+from edge.topics import township_filter
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_DIR = ROOT / "docs" / "schema"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def schema(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One shared broker for tests that do not stop it."""
+    b = Mosquitto(tmp_path_factory.mktemp("broker"), persistence=False).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker this test may stop, kill and restart (persistence on, like a township's)."""
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.stop(kill=True)
+
+
+def station_toml(data_dir: Path, port: int, station: str = "v001", **sections: dict[str, Any]
+                 ) -> str:
+    base: dict[str, dict[str, Any]] = {
+        "station": {"id": station, "township": "t01", "data_dir": str(data_dir)},
+        "broker": {"host": "127.0.0.1", "port": port, "keepalive_s": 5},
+        "uplink": {"backoff_min_s": 0.05, "backoff_max_s": 0.5},
+        "pins": {"factory": "mock"},
+        "buttons": {"panic_hold_s": 0.1, "bounce_s": 0.0},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"
+
+
+def make_config(data_dir: Path, port: int, **sections: dict[str, Any]) -> Config:
+    return config_mod.parse(station_toml(data_dir, port, **sections))
+
+
+@pytest.fixture
+def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
+    started: list[Station] = []
+
+    def start(port: int, **sections: dict[str, Any]) -> Station:
+        station = Station(make_config(tmp_path / "station", port, **sections))
+        station.start()
+        started.append(station)
+        return station
+
+    yield start
+    for s in started:
+        try:
+            s.stop()
+        except Exception:  # already stopped by the test
+            pass
+
+
+class Township:
+    """The township centre's view: every message under pingan/v1/<township>/#.
+
+    With `session` set it uses a persistent session, so messages published while it is
+    away (or while the broker restarts) are queued for it, as for a real centre."""
+
+    def __init__(self, port: int, township: str = "t01", session: str | None = None) -> None:
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=session or "")
+        self.client.on_connect = lambda c, *_: c.subscribe(township_filter(township), qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600 if session else 0
+        self.client.connect("127.0.0.1", port, keepalive=5, clean_start=session is None,
+                            properties=props)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "township could not subscribe"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m for t, m, _ in self.messages if t.endswith(suffix)]
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.on("/events")
+
+    def unique_events(self) -> list[dict[str, Any]]:
+        """De-duplicated by event id, first arrival kept: what the officers see."""
+        seen: set[str] = set()
+        out = []
+        for event in self.events():
+            if event["id"] not in seen:
+                seen.add(event["id"])
+                out.append(event)
+        return out
+
+    def command(self, station: str, payload: bytes | dict[str, Any], township: str = "t01",
+                topic: str | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        info = self.client.publish(topic or f"pingan/v1/{township}/{station}/cmd", data, qos=1)
+        info.wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def township_factory() -> Iterator[Callable[..., Township]]:
+    made: list[Township] = []
+
+    def make(port: int, **kw: Any) -> Township:
+        t = Township(port, **kw)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
+
+
+class Daemon:
+    """`python -m edge run` as a real child process, its JSON log lines collected."""
+
+    def __init__(self, config_path: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "-c", str(config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        self.lines: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr
+        for line in self.proc.stderr:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                self.lines.append({"event": "raw", "text": line})
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [entry for entry in list(self.lines) if entry.get("event") == event]
+
+    def wait_logged(self, event: str, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_until(lambda: (self.logged(event) or [None])[-1], timeout, event)  # type: ignore[no-any-return]
+
+    def finish(self, timeout: float = 10.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
