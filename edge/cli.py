@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge import __version__, config as config_mod
+from edge import __version__
+from edge import config as config_mod
 from edge.config import Config, ConfigError
 from edge.control import request
 from edge.logs import setup
@@ -123,10 +125,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     client.on_message = on_message
     client.connect(host, port)
     client.loop_start()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         done.wait(args.timeout)
-    except KeyboardInterrupt:
-        pass
     client.loop_stop()
     client.disconnect()
     return 0 if (not args.count or done.is_set()) else 1
@@ -149,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     with_config(sub.add_parser("run", help="run the station")).set_defaults(fn=cmd_run)
-    sp = with_config(sub.add_parser("press", help="press a simulated button on the running station"))
+    sp = with_config(sub.add_parser("press", help="press a simulated button on a running station"))
     sp.add_argument("button", choices=["panic", "broadcast"])
     sp.add_argument("--hold", type=float, default=None, help="seconds held (default: enough)")
     sp.add_argument("--count", type=int, default=1)

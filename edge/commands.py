@@ -34,7 +34,7 @@ class StateGet(CommandBase, tag="state.get", kw_only=True):
 
 
 Command = AlarmAck | StateGet
-KNOWN = {cls.__struct_config__.tag for cls in (AlarmAck, StateGet)}
+KNOWN = {str(cls.__struct_config__.tag) for cls in (AlarmAck, StateGet)}
 
 _decoder = msgspec.json.Decoder()
 
@@ -64,9 +64,9 @@ def parse(payload: bytes, max_bytes: int) -> Command:
                       f"command is {len(payload)} bytes, limit is {max_bytes}")
     try:
         raw = _decoder.decode(payload)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise _reject("malformed_json", "命令不是有效的 JSON", f"command is not valid JSON: {exc}") \
-            from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _reject("malformed_json", "命令不是有效的 JSON",
+                      f"command is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise _reject("invalid_command", "命令必须是 JSON 对象", "command must be a JSON object")
     if raw.get("cmd") not in KNOWN:
@@ -74,7 +74,8 @@ def parse(payload: bytes, max_bytes: int) -> Command:
         raise _reject("unknown_command", f"未知命令 {raw.get('cmd')!r}，可用：{known}",
                       f"unknown command {raw.get('cmd')!r}; known: {known}", raw)
     try:
-        return msgspec.convert(raw, Command)
+        command: Command = msgspec.convert(raw, Command)
+        return command
     except msgspec.ValidationError as exc:
         raise _reject("invalid_command", f"命令参数无效：{exc}", f"invalid command: {exc}", raw) \
             from exc

@@ -108,6 +108,8 @@ class Config(_Section):
     log: LogSection = msgspec.field(default_factory=LogSection)
 
     def __post_init__(self) -> None:
+        if self.station.id == "all":
+            raise ValueError("station.id 'all' is reserved for township-wide commands")
         if self.uplink.backoff_max_s < self.uplink.backoff_min_s:
             raise ValueError(
                 f"uplink.backoff_max_s ({self.uplink.backoff_max_s}) must be >= "

@@ -171,4 +171,5 @@ def encode(obj: msgspec.Struct) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    return _event_decoder.decode(data)
+    event: Event = _event_decoder.decode(data)
+    return event

@@ -36,7 +36,7 @@ from edge.health import Health
 from edge.indicator import AlarmIndicator
 from edge.localbroker import Mosquitto, reachable
 from edge.logs import log
-from edge.outbox import Eviction, Outbox, Stored
+from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
 from edge.uplink import Uplink
 
@@ -79,8 +79,8 @@ class Station:
         self.led = LED(config.pins.alarm_led, pin_factory=self.pin_factory)
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
-                                      on_panic=lambda held: self.raise_alarm("button", held),
-                                      on_broadcast=lambda held: self.broadcast_pressed(held))
+                                      on_panic=self._panic_pressed,
+                                      on_broadcast=self._broadcast_pressed)
         self.control = ControlServer(config.control_socket, self._control)
         self._seen = commands.SeenCommands()
 
@@ -119,27 +119,18 @@ class Station:
         return {"station": self.config.station.id, "township": self.config.station.township,
                 **stamp()}
 
+    def _panic_pressed(self, held_s: float) -> None:
+        self.raise_alarm("button", held_s)
+
+    def _broadcast_pressed(self, held_s: float) -> None:
+        self.broadcast_pressed(held_s)
+
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
         self.indicator.raised(event.id)
         log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        future = self.outbox.submit(event)
-        future.add_done_callback(lambda f: self._alarm_stored(event, f))
-        return future
-
-    def _alarm_stored(self, event: AlarmPanic, future: Future[Stored]) -> None:
-        exc = future.exception()
-        if exc is None:
-            stored = future.result()
-            log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
-            return
-        # Not durable, but the township must still hear of it: send it from memory.
-        self.health.set("outbox_failed", "报警未能保存到本机，已尝试直接发送",
-                        f"alarm could not be stored locally ({exc}); sent without durability",
-                        action="free disk space / replace the SD card")
-        self.uplink.publish_volatile(Stored(0, event.id, "alarm.panic", event.priority,
-                                            encode(event)))
+        return self._submit(event)
 
     def broadcast_pressed(self, held_s: float) -> Future[Stored]:
         event = ButtonBroadcast(
@@ -149,18 +140,27 @@ class Station:
 
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
-        future.add_done_callback(self._log_stored)
+        future.add_done_callback(lambda f: self._stored(event, f))
         return future
 
-    @staticmethod
-    def _log_stored(future: Future[Stored]) -> None:
+    def _stored(self, event: Event, future: Future[Stored]) -> None:
         exc = future.exception()
         if exc is None:
             stored = future.result()
             log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
-        else:
-            log(logger, "error", "event.refused", error=str(exc),
-                action="see outbox.write_failed / outbox.evicted above")
+            self.health.clear("outbox_failed")
+            return
+        log(logger, "error", "event.refused", id=event.id, error=str(exc),
+            action="see outbox.write_failed / outbox.evicted")
+        if isinstance(exc, OutboxFull):
+            return
+        self.health.set("outbox_failed", f"事件无法保存到本机存储：{exc}",
+                        f"events cannot be stored locally: {exc}",
+                        action="free disk space or replace the SD card")
+        if isinstance(event, AlarmPanic):
+            # Not durable, but the township must still hear of it: send it from memory.
+            self.uplink.publish_volatile(Stored(0, event.id, "alarm.panic", event.priority,
+                                                encode(event)))
 
     # --- from the uplink -------------------------------------------------------------
 
@@ -172,23 +172,24 @@ class Station:
     def _evicted(self, info: Eviction) -> None:
         self.health.set(
             "outbox_evicted",
-            f"离线过久，已丢弃 {info.count} 条低优先级事件（序号 {info.first_seq}–{info.last_seq}），报警均保留",
+            f"离线过久，已丢弃 {info.count} 条低优先级事件"
+            f"（序号 {info.first_seq}–{info.last_seq}），报警均保留",
             f"offline too long: dropped {info.count} lower-priority events "
             f"(seq {info.first_seq}-{info.last_seq}); all alarms kept")
 
     def _command(self, topic: str, payload: bytes) -> None:
-        max_bytes = self.config.uplink.max_command_bytes
         try:
-            cmd = commands.parse(payload, max_bytes)
-            if not self._seen.first_time(cmd.id):
-                log(logger, "info", "command.duplicate", id=cmd.id, topic=topic)
-                return
+            cmd = commands.parse(payload, self.config.uplink.max_command_bytes)
+        except commands.CommandRejected as rejected:
+            self._reject(topic, rejected)
+            return
+        if not self._seen.first_time(cmd.id):
+            log(logger, "info", "command.duplicate", id=cmd.id, topic=topic)
+            return
+        try:
             detail = self._execute(cmd)
         except commands.CommandRejected as rejected:
-            log(logger, "warning", "command.rejected", topic=topic, cmd_id=rejected.cmd_id,
-                code=rejected.error.code, error=rejected.error.message.en,
-                action="the township sent a bad command; it was answered on cmd/result")
-            self._answer(rejected.cmd_id, rejected.cmd, False, rejected.error)
+            self._reject(topic, rejected)
             return
         except Exception as exc:
             logger.exception("command.failed", extra={"fields": {"cmd_id": cmd.id}})
@@ -197,6 +198,12 @@ class Station:
             return
         log(logger, "info", "command.done", cmd=_tag(cmd), cmd_id=cmd.id, by=cmd.by, **detail)
         self._answer(cmd.id, _tag(cmd), True, None, detail)
+
+    def _reject(self, topic: str, rejected: commands.CommandRejected) -> None:
+        log(logger, "warning", "command.rejected", topic=topic, cmd_id=rejected.cmd_id,
+            code=rejected.error.code, error=rejected.error.message.en,
+            action="the township sent a bad command; it was answered on cmd/result")
+        self._answer(rejected.cmd_id, rejected.cmd, False, rejected.error)
 
     def _execute(self, cmd: commands.Command) -> dict[str, Any]:
         if isinstance(cmd, commands.AlarmAck):

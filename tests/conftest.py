@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,14 +17,15 @@ import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge.config import Config
 from edge.localbroker import Mosquitto
 from edge.station import Station
 from edge.topics import township_filter
+from edge.uplink import set_no_delay
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "docs" / "schema"
@@ -35,7 +37,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         value = predicate()
         if value:
             return value
-        time.sleep(0.01)
+        time.sleep(0.002)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
@@ -94,10 +96,8 @@ def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
 
     yield start
     for s in started:
-        try:
+        with contextlib.suppress(Exception):  # already stopped by the test
             s.stop()
-        except Exception:  # already stopped by the test
-            pass
 
 
 class Township:
@@ -112,6 +112,7 @@ class Township:
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=session or "")
+        self.client.on_socket_open = set_no_delay
         self.client.on_connect = lambda c, *_: c.subscribe(township_filter(township), qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -123,6 +124,8 @@ class Township:
         assert self._subscribed.wait(10), "township could not subscribe"
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/cmd"):
+            return  # the township's own commands, echoed back by the subscription
         with self._lock:
             self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
 

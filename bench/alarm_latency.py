@@ -1,0 +1,357 @@
+"""Panic-button latency: mock pin press → durable outbox → MQTT → township subscriber.
+
+What it measures
+    A real `edge.station.Station` (pins.factory = "mock", buttons.panic_hold_s = 0 so an
+    alarm fires on press, bounce_s = 0, outbox durability on: WAL + synchronous=FULL) is
+    connected to a private Mosquitto that this script starts on a free loopback port.
+    A township subscriber (paho-mqtt 2.x, VERSION2 callbacks, MQTT v5) subscribes to
+    `pingan/v1/<township>/#` at QoS 1 in this process.
+
+    station:  time.perf_counter() just before `pin.drive_low()` on the panic pin, to the
+              arrival of that alarm in the subscriber's on_message. The press is released
+              (`drive_high()`) after the alarm arrived, as a finger would, then the next
+              press follows `--gap-ms` later. One press at a time.
+    baseline: a bare paho QoS 1 publish (no outbox, no fsync) of a payload of the same
+              size and shape (a real alarm body with a fresh id) to the same broker,
+              received by the same subscriber, timed the same way.
+
+    Station presses and baseline publishes are interleaved one for one, so machine noise
+    hits both equally. `--warmup` rounds of each are run first and not counted. Medians
+    and nearest-rank percentiles, never means. Station logs go (JSON, info level, as in
+    production) to a file in the temporary directory.
+
+Target: station p99 < 20 ms.
+
+Run
+    python3 bench/alarm_latency.py                 # 500 presses, ~15-30 s
+    python3 bench/alarm_latency.py --presses 100   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import platform
+import queue
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from edge import config as config_mod
+from edge.events import new_event_id
+from edge.localbroker import Mosquitto
+from edge.logs import JsonFormatter
+from edge.station import Station
+from edge.topics import township_filter
+
+TARGET_P99_MS = 20.0
+TOWNSHIP = "t01"
+STATION = "v001"
+BASELINE_STATION = "baseline"
+
+
+class _Head(msgspec.Struct):
+    id: str
+    type: str
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+def machine_line() -> str:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count() or 0
+    return (f"machine: nproc={affinity} python={platform.python_version()} "
+            f"({platform.python_implementation()}) {platform.machine()} "
+            f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
+            f"paho-mqtt={paho.mqtt.__version__}")
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def station_toml(data_dir: Path, port: int) -> str:
+    return f"""
+[station]
+id = "{STATION}"
+township = "{TOWNSHIP}"
+data_dir = "{data_dir}"
+
+[broker]
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 30
+
+[uplink]
+backoff_min_s = 0.05
+backoff_max_s = 0.5
+
+[pins]
+factory = "mock"
+
+[buttons]
+panic_hold_s = 0
+bounce_s = 0
+"""
+
+
+class Township:
+    """Subscriber to pingan/v1/<township>/#; alarm arrivals go to a queue with their time."""
+
+    def __init__(self, port: int) -> None:
+        self.arrivals: queue.SimpleQueue[tuple[float, str, str]] = queue.SimpleQueue()
+        self.states = threading.Event()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id="bench-township-latency")
+        self.client.on_connect = (
+            lambda c, *_: c.subscribe(township_filter(TOWNSHIP), qos=1))
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        self.client.connect("127.0.0.1", port, keepalive=30, clean_start=True,
+                            properties=props)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("township subscriber could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        topic = msg.topic
+        if topic.endswith("/events"):
+            head = _decode_head(msg.payload)
+            source = topic.split("/")[3]  # pingan/v1/<township>/<station>/events
+            self.arrivals.put((now, source, head.id))
+        elif topic.endswith(f"/{STATION}/state"):
+            self.states.set()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Baseline:
+    """A bare paho QoS 1 publisher: no outbox, no fsync."""
+
+    def __init__(self, port: int) -> None:
+        self.topic = f"pingan/v1/{TOWNSHIP}/{BASELINE_STATION}/events"
+        connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id="bench-baseline-publisher")
+        self.client.on_connect = lambda *_: connected.set()
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        if not connected.wait(10):
+            raise RuntimeError("baseline publisher could not connect")
+
+    def publish(self, payload: bytes) -> None:
+        self.client.publish(self.topic, payload, qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(township: Township, source: str, seen: set[str], timeout: float
+             ) -> tuple[float, str] | None:
+    """The next new (not a QoS 1 duplicate) event id from `source`, with its arrival time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            t, src, event_id = township.arrivals.get(timeout=left)
+        except queue.Empty:
+            return None
+        if src == source and event_id not in seen:
+            seen.add(event_id)
+            return t, event_id
+
+
+def summary(name: str, ms: list[float]) -> dict[str, float]:
+    s = sorted(ms)
+    out = {"p50": statistics.median(s), "p99": pct(s, 99), "max": s[-1], "min": s[0],
+           "p90": pct(s, 90)}
+    print(f"  {name:<9} n={len(s):<5} p50={out['p50']:7.2f} ms  p90={out['p90']:7.2f} ms  "
+          f"p99={out['p99']:7.2f} ms  max={out['max']:7.2f} ms  min={out['min']:6.2f} ms")
+    return out
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    log_path = tmp / "station.log"
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+    broker = Mosquitto(tmp / "broker").start()
+    station: Station | None = None
+    township: Township | None = None
+    baseline: Baseline | None = None
+    try:
+        township = Township(broker.port)
+        config = config_mod.parse(station_toml(tmp / "station", broker.port), "<bench>")
+        station = Station(config)
+        station.start()
+        if not township.states.wait(10):
+            raise RuntimeError("the station did not come online (no state message)")
+        baseline = Baseline(broker.port)
+
+        pin = station.pin_factory.pin(station.config.pins.panic)
+        if not station.config.pins.pull_up:
+            raise RuntimeError("bench assumes pins.pull_up = true (press = drive_low)")
+        gap = args.gap_ms / 1000.0
+        seen_station: set[str] = set()
+        seen_base: set[str] = set()
+        template: bytes | None = None
+        station_ms: list[float] = []
+        base_ms: list[float] = []
+        lost = {"station": 0, "baseline": 0}
+
+        total = args.warmup + args.presses
+        started = time.monotonic()
+        for i in range(total):
+            # --- station: the electrical press ---
+            t0 = time.perf_counter()
+            pin.drive_low()
+            got = wait_for(township, STATION, seen_station, args.timeout)
+            pin.drive_high()
+            if got is None:
+                lost["station"] += 1
+            else:
+                if i >= args.warmup:
+                    station_ms.append((got[0] - t0) * 1000.0)
+                if template is None:
+                    # A real stored alarm body, for the same-size baseline payload.
+                    template = bytes(_body_of(station, got[1]))
+            time.sleep(gap)
+
+            # --- baseline: bare paho QoS 1 of a same-size payload ---
+            if template is not None:
+                old_id = _decode_head(template).id
+                new_id = new_event_id()
+                payload = template.replace(old_id.encode(), new_id.encode())
+                t0 = time.perf_counter()
+                baseline.publish(payload)
+                got = wait_for(township, BASELINE_STATION, seen_base, args.timeout)
+                if got is None:
+                    lost["baseline"] += 1
+                elif i >= args.warmup:
+                    base_ms.append((got[0] - t0) * 1000.0)
+                time.sleep(gap)
+        took = time.monotonic() - started
+
+        print("alarm latency: mock panic press -> durable outbox (WAL, synchronous=FULL) -> "
+              "QoS 1 -> township on_message")
+        print(machine_line())
+        print(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback), "
+              f"data dir on {tmp} ({_fs_of(tmp)})")
+        print(f"presses={args.presses} (+{args.warmup} warm-up each, not counted), "
+              f"gap={args.gap_ms} ms, payload={len(template or b'')} bytes, "
+              f"interleaved station/baseline, run took {took:.1f} s")
+        if not station_ms or not base_ms:
+            print("FAIL: no alarms measured")
+            return 1
+        st = summary("station", station_ms)
+        bl = summary("baseline", base_ms)
+        print(f"  ratio station/baseline: p50 x{st['p50'] / bl['p50']:.1f}, "
+              f"p99 x{st['p99'] / bl['p99']:.1f}; "
+              f"station overhead over baseline: p50 +{st['p50'] - bl['p50']:.2f} ms")
+        if lost["station"] or lost["baseline"]:
+            print(f"  LOST (not received within {args.timeout} s): {lost}")
+        ok = st["p99"] < TARGET_P99_MS and not lost["station"]
+        print(f"target: station p99 < {TARGET_P99_MS:.0f} ms -> "
+              f"{'PASS' if ok else 'FAIL'} (p99 = {st['p99']:.2f} ms)")
+        return 0 if ok else 1
+    finally:
+        if baseline:
+            baseline.close()
+        if station:
+            station.stop()
+        if township:
+            township.close()
+        broker.stop()
+        root.handlers[:] = []
+        handler.close()
+
+
+def _body_of(station: Station, event_id: str) -> bytes:
+    with sqlite3.connect(station.outbox.path) as conn:
+        row = conn.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+    conn.close()
+    return bytes(row[0])
+
+
+def _fs_of(path: Path) -> str:
+    """The filesystem type holding `path`, from /proc/mounts (best effort)."""
+    try:
+        best = ("", "?")
+        real = str(path.resolve())
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                parts = line.split()
+                mount_point, fs_type = parts[1], parts[2]
+                if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
+                        and len(mount_point) >= len(best[0]):
+                    best = (mount_point, fs_type)
+        return f"{best[1]} at {best[0]}"
+    except OSError:
+        return "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presses", type=int, default=500,
+                        help="measured presses, and as many baseline publishes (default 500)")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="uncounted rounds first (default 20)")
+    parser.add_argument("--gap-ms", type=float, default=5.0,
+                        help="pause after each arrival before the next round (default 5)")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds to wait for one alarm before counting it lost")
+    parser.add_argument("--tmpdir", default=None,
+                        help="where to make the temporary directory (default: system temp); "
+                             "point it at the disk you care about, fsync cost depends on it")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (station log, outbox.db)")
+    args = parser.parse_args()
+    if args.presses < 1:
+        parser.error("--presses must be >= 1")
+
+    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-latency-", dir=args.tmpdir))
+    try:
+        return run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Broker outages: everything produced while it is down arrives once, alarms first."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import schema, wait_until
+
+from edge.events import Priority
+
+
+def produce(station, count: int, alarm_every: int = 10, seed: int = 7) -> list:  # type: ignore[no-untyped-def]
+    rng = random.Random(seed)
+    futures = []
+    for i in range(count):
+        if i % alarm_every == 0:
+            futures.append(station.raise_alarm("simulator", 0.0))
+        elif rng.random() < 0.5:
+            futures.append(station.broadcast_pressed(0.0))
+        else:
+            futures.append(station._submit(status_event(station, i)))
+    return [f.result(30) for f in futures]
+
+
+def status_event(station, i: int):  # type: ignore[no-untyped-def]
+    from edge.events import Status, StatusPayload, stamp, text
+
+    return Status(station="v001", township="t01",
+                  payload=StatusPayload(code="test.tick", level="info",
+                                        message=text(f"第{i}条", f"tick {i}"), detail={"i": i}),
+                  **stamp())
+
+
+def test_thousand_events_during_outage_all_arrive_once_alarms_first(own_broker, start_station,
+                                                                    township_factory):
+    township = township_factory(own_broker.port, session="township-centre")
+    station = start_station(own_broker.port, uplink={"inflight": 20})
+    wait_until(lambda: station.uplink.connected)
+
+    own_broker.stop()
+    wait_until(lambda: not station.uplink.connected, what="station sees the outage")
+    stored = produce(station, 1000)
+    assert station.outbox.pending_count() == 1000
+    assert [s.seq for s in stored] == list(range(1, 1001))
+
+    own_broker.start()  # persistence on: the township's session and queue survive
+    wait_until(lambda: len(township.unique_events()) >= 1000, 60, "all 1000 events")
+    wait_until(lambda: station.outbox.pending_count() == 0, 10, "outbox drained")
+
+    events = township.unique_events()
+    assert sorted(e["id"] for e in events) == sorted(s.id for s in stored)
+    assert len(events) == 1000
+    validator = schema("event")
+    for e in events[:50]:
+        validator.validate(e)
+    alarms = [e for e in events if e["priority"] == Priority.ALARM]
+    assert len(alarms) == 100
+    first_other = next(i for i, e in enumerate(events) if e["priority"] != Priority.ALARM)
+    assert all(e["priority"] == Priority.ALARM for e in events[:first_other])
+    assert first_other == 100, "every alarm before any other event"
+    for prio in Priority:
+        seqs = [e["seq"] for e in events if e["priority"] == prio]
+        assert seqs == sorted(seqs), f"order kept within priority {prio.name}"
+    # After the drain the station is healthy again and says so on the state topic.
+    wait_until(lambda: not station.health.problems(), 5, "problems cleared")
+
+
+def test_events_survive_station_restart_while_offline(own_broker, tmp_path, township_factory):
+    from conftest import make_config
+
+    from edge.station import Station
+
+    config = make_config(tmp_path / "station", own_broker.port)
+    own_broker.stop()
+    station = Station(config)
+    station.start()
+    stored = produce(station, 50, alarm_every=5)
+    station.stop()
+
+    own_broker.start()
+    township = township_factory(own_broker.port)
+    station = Station(config)
+    assert station.outbox.pending_count() == 50
+    station.start()
+    try:
+        wait_until(lambda: len(township.unique_events()) >= 50, 20)
+        assert sorted(e["id"] for e in township.unique_events()) == sorted(s.id for s in stored)
+        # The next event continues the sequence: it survived the restart.
+        assert station.broadcast_pressed(0.0).result(5).seq == 51
+    finally:
+        station.stop()
+
+
+def test_broker_killed_and_back_loses_nothing(own_broker, start_station, township_factory):
+    """SIGKILL the broker (a crash: no final save) while the station streams events, keep
+    producing during the outage: after the restart every event reaches the township."""
+    township = township_factory(own_broker.port, session="township-centre")
+    own_broker.save()  # the township's session and subscription, as a running broker would have
+    station = start_station(own_broker.port, uplink={"inflight": 50})
+    wait_until(lambda: station.uplink.connected)
+    futures = [station.broadcast_pressed(0.0) for _ in range(300)]
+    own_broker.stop(kill=True)
+    second = produce(station, 300, alarm_every=30, seed=2)
+    first = [f.result(10) for f in futures]
+    own_broker.start()
+    wait_until(lambda: station.outbox.pending_count() == 0, 30, "outbox drained")
+    wait_until(lambda: {s.id for s in first + second} <= {e["id"] for e in
+                                                           township.unique_events()},
+               30, "every event at the township")

@@ -1,0 +1,203 @@
+"""The durable outbox on real SQLite files: order, restart, bound and eviction, disk full."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from edge.events import (
+    AlarmPanic,
+    ButtonBroadcast,
+    ButtonPayload,
+    PanicPayload,
+    Status,
+    StatusPayload,
+    decode_event,
+    stamp,
+    text,
+)
+from edge.outbox import Outbox, OutboxError, OutboxFull
+
+
+def alarm() -> AlarmPanic:
+    return AlarmPanic(station="v001", township="t01",
+                      payload=PanicPayload(source="simulator", held_s=0.0), **stamp())
+
+
+def broadcast() -> ButtonBroadcast:
+    return ButtonBroadcast(station="v001", township="t01",
+                           payload=ButtonPayload(button="broadcast", source="simulator",
+                                                 held_s=0.0), **stamp())
+
+
+def status(size: int = 0) -> Status:
+    return Status(station="v001", township="t01",
+                  payload=StatusPayload(code="test", level="info", message=text("测试", "test"),
+                                        detail={"pad": "x" * size}), **stamp())
+
+
+def test_accepted_events_survive_reopen_with_sequence_and_order(tmp_path: Path):
+    box = Outbox(tmp_path / "o.db")
+    made = [status(), broadcast(), alarm(), status(), alarm(), broadcast()]
+    stored = [box.append(e) for e in made]
+    assert [s.seq for s in stored] == [1, 2, 3, 4, 5, 6]
+    box.mark_delivered(3)
+    box.close()
+
+    box = Outbox(tmp_path / "o.db")
+    pending = box.pending({}, 100)
+    # Drain order: priority, then sequence; the delivered alarm is gone.
+    assert [(p.priority, p.seq) for p in pending] == [(0, 5), (2, 2), (2, 6), (3, 1), (3, 4)]
+    assert [decode_event(p.body).id for p in pending] == [made[i].id for i in (4, 1, 5, 0, 3)]
+    assert all(decode_event(p.body).seq == p.seq for p in pending)
+    # Cursors skip rows already handed to the uplink in this process.
+    assert [p.seq for p in box.pending({0: 5, 2: 2}, 100)] == [6, 1, 4]
+    assert [p.seq for p in box.pending({}, 2)] == [5, 2]
+    assert box.append(status()).seq == 7, "sequence continues after a restart"
+    box.close()
+
+
+def test_group_commit_many_concurrent_submissions(tmp_path: Path):
+    box = Outbox(tmp_path / "o.db", batch_max=200)
+    futures = [box.submit(broadcast()) for _ in range(2000)]
+    seqs = [f.result(30).seq for f in futures]
+    assert seqs == list(range(1, 2001))
+    box.close()
+    box = Outbox(tmp_path / "o.db")
+    assert box.pending_count() == 2000
+    box.close()
+
+
+def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
+    box = Outbox(tmp_path / "o.db", keep_delivered=100)
+    stored = [box.append(broadcast()) for _ in range(1200)]
+    for s in stored:
+        box.mark_delivered(s.seq)
+    box.flush()
+    box.close()
+    box = Outbox(tmp_path / "o.db")
+    assert box.pending_count() == 0
+    assert box.lookup(stored[-1].id) == ("button.broadcast", True)
+    assert box.lookup(stored[0].id) is None, "old delivered rows are cleaned up"
+    box.close()
+
+
+def test_full_outbox_evicts_oldest_lowest_priority_never_alarms(tmp_path: Path, caplog):
+    evictions = []
+    box = Outbox(tmp_path / "o.db", max_bytes=60_000, on_evict=evictions.append)
+    alarms = [box.append(alarm()) for _ in range(20)]
+    broadcasts = [box.append(broadcast()) for _ in range(20)]
+    statuses = [box.append(status(size=1000)) for _ in range(30)]
+    assert not evictions
+    with caplog.at_level(logging.WARNING, logger="edge.outbox"):
+        more = [box.append(status(size=1000)) for _ in range(20)]
+    assert evictions, "the bound was crossed"
+    pending_ids = {p.id for p in box.pending({}, 10_000)}
+    assert {a.id for a in alarms} <= pending_ids
+    assert {b.id for b in broadcasts} <= pending_ids, "NORMAL kept while TELEMETRY remains"
+    evicted = [s for s in statuses if s.id not in pending_ids]
+    assert evicted and evicted == statuses[: len(evicted)], "oldest first"
+    assert {m.id for m in more} <= pending_ids
+    line = next(r for r in caplog.records if r.getMessage() == "outbox.evicted")
+    assert line.fields["count"] >= 1 and "alarms kept" in line.fields["action"]
+    assert sum(e.count for e in evictions) == len(evicted)
+
+    # Alarms push out everything else, and are kept even past the bound.
+    with caplog.at_level(logging.ERROR, logger="edge.outbox"):
+        late_alarms = [box.append(alarm(), timeout=5) for _ in range(300)]
+    pending = box.pending({}, 100_000)
+    assert [p.id for p in pending] == [a.id for a in alarms + late_alarms]
+    assert any(r.getMessage() == "outbox.full_of_alarms" for r in caplog.records)
+    # With only alarms left, another event is refused, and says so.
+    with pytest.raises(OutboxFull, match="not kept"):
+        box.append(broadcast())
+    box.close()
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str = "384k") -> Iterator[Path]:
+    """A real filesystem that really fills up (tmpfs; needs root, as CI has)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("disk-full test mounts a tmpfs and needs root (CI runs as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 1024)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_refuses_clearly_then_recovers(tmp_path: Path, caplog):
+    with tiny_disk(tmp_path / "disk") as disk:
+        box = Outbox(disk / "o.db")
+        first = box.append(alarm())
+        filler = fill(disk)
+        with caplog.at_level(logging.ERROR, logger="edge.outbox"):
+            futures = [box.submit(status(size=2000)) for _ in range(100)]
+            box.flush()
+        errors = [f.exception() for f in futures]
+        assert all(isinstance(e, OutboxError) for e in errors), errors[:3]
+        assert "full" in str(errors[0])
+        line = next(r for r in caplog.records if r.getMessage() == "outbox.write_failed")
+        assert "free space" in line.fields["action"]
+        assert box.pending_count() == 1
+
+        filler.unlink()
+        after = box.append(alarm())
+        assert after.seq == first.seq + 1, "refused events took no sequence numbers"
+        box.close()
+        box = Outbox(disk / "o.db")
+        assert [p.id for p in box.pending({}, 10)] == [first.id, after.id]
+        box.close()
+
+
+def test_station_on_full_disk_still_sends_the_alarm(tmp_path: Path, broker, township_factory):
+    from conftest import make_config
+
+    from edge.station import Station
+
+    township = township_factory(broker.port)
+    with tiny_disk(tmp_path / "disk") as disk:
+        station = Station(make_config(disk / "station", broker.port))
+        station.start()
+        try:
+            wait_until(lambda: station.uplink.connected)
+            filler = fill(disk)
+            station._submit(status(size=60_000))  # big enough that the WAL must grow
+            future = station.raise_alarm("simulator", 0.0)
+            with pytest.raises(OutboxError):
+                future.result(5)
+            got = wait_until(lambda: [e for e in township.events()
+                                      if e["type"] == "alarm.panic"], what="volatile alarm")
+            assert got[0]["seq"] == 0, "sent from memory: no durable sequence number"
+            state = wait_until(lambda: [s for s in township.on("/v001/state")
+                                        if any(p["code"] == "outbox_failed"
+                                               for p in s.get("problems", []))])
+            assert "cannot be stored" in state[-1]["problems"][0]["message"]["en"]
+            filler.unlink()
+            ok = station.raise_alarm("simulator", 0.0).result(5)
+            wait_until(lambda: ok.id in {e["id"] for e in township.events()})
+            wait_until(lambda: not station.health.problems(), what="problem cleared")
+        finally:
+            station.stop()
