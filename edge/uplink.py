@@ -43,7 +43,9 @@ _STATE = object()  # marks a state publish in the in-flight table
 
 
 class Backoff:
-    """Capped exponential back-off with full jitter (AWS style): uniform(0, min(cap, b·2ⁿ))."""
+    """Capped exponential back-off with jitter: uniform(base, min(cap, base·2ⁿ)).
+
+    Jitter keeps a township's stations from reconnecting in lock-step after an outage."""
 
     def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
         self.base, self.cap, self._n = base, cap, 0

@@ -34,6 +34,9 @@ def test_sigkill_mid_burst_then_restart_delivers_every_accepted_event(broker, tm
     wait_until(lambda: len(daemon.logged("event.accepted")) >= 400, 30, "burst under way")
     daemon.proc.send_signal(signal.SIGKILL)
     assert daemon.finish() == -signal.SIGKILL
+    # The broker publishes the station's Last Will: the township sees it go offline.
+    wait_until(lambda: [s for s in township.on("/v001/state") if s["online"] is False], 15,
+               "Last Will")
     for t in presses:
         t.join(10)
     accepted = {line["id"]: line["seq"] for line in daemon.logged("event.accepted")}
