@@ -291,6 +291,8 @@ def install_bundle(bundle: Path, dest: Path) -> Path:
 
 def revoke(town: Township, station: str) -> int:
     """Add `station`'s certificate to the CRL; returns its serial. Reload mosquitto after."""
+    if not town.issued(station).exists():
+        raise ProvisionError(f"{station} has no current certificate in {town.dir / 'issued'}")
     cert = _load_cert(town.issued(station))
     revoked = [r.serial_number for r in _load_crl(town)]
     if cert.serial_number not in revoked:

@@ -24,9 +24,11 @@ TOWNSHIP = "t01"
 CENTRE = "centre.ops"
 
 
-def render(conf: str, town_dir: Path, data_dir: Path, tls_port: int, plain_port: int) -> str:
+def render(conf: str, town_dir: Path, data_dir: Path, tls_port: int, plain_port: int,
+           conf_d: Path) -> str:
     """The shipped config with test ports and paths; every substitution must apply."""
     subs = [
+        ("\ninclude_dir /etc/mosquitto/conf.d\n", f"\ninclude_dir {conf_d}\n"),
         ("/etc/mosquitto/pingan/", f"{town_dir}/"),
         ("/var/lib/mosquitto/", f"{data_dir}/"),
         ("/var/log/mosquitto/mosquitto.log", f"{data_dir}/mosquitto.log"),
@@ -42,7 +44,9 @@ def render(conf: str, town_dir: Path, data_dir: Path, tls_port: int, plain_port:
 
 
 class TownshipBroker:
-    def __init__(self, workdir: Path) -> None:
+    """`extras` are files for the include directory (e.g. a bridge), by name."""
+
+    def __init__(self, workdir: Path, extras: dict[str, str] | None = None) -> None:
         self.town = provision.Township(workdir / "pingan")
         provision.init(self.town, TOWNSHIP, ["127.0.0.1", "localhost"])
         (self.town.dir / "acl").write_text((CONFIG_DIR / "acl").read_text())
@@ -50,8 +54,12 @@ class TownshipBroker:
         self.tls_port, self.plain_port = free_port(), free_port()
         data = workdir / "data"
         data.mkdir()
+        conf_d = workdir / "conf.d"
+        conf_d.mkdir()
+        for name, text in (extras or {}).items():
+            (conf_d / name).write_text(text)
         conf = render((CONFIG_DIR / "mosquitto.conf").read_text(), self.town.dir, data,
-                      self.tls_port, self.plain_port)
+                      self.tls_port, self.plain_port, conf_d)
         self.mosquitto = Mosquitto(data, self.plain_port, config=conf)
 
     def start(self) -> TownshipBroker:
