@@ -73,7 +73,15 @@ class _Head(msgspec.Struct):
 _decode_head = msgspec.json.Decoder(_Head).decode
 
 
-def machine_line() -> str:
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine_line(load_before: str) -> str:
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -81,7 +89,9 @@ def machine_line() -> str:
     return (f"machine: nproc={affinity} python={platform.python_version()} "
             f"({platform.python_implementation()}) {platform.machine()} "
             f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
-            f"paho-mqtt={paho.mqtt.__version__}")
+            f"paho-mqtt={paho.mqtt.__version__}\n"
+            f"load average (1/5/15 min): before {load_before}, after {loadavg()}"
+            f"  (a shared machine makes every figure noisy; compare with the baseline)")
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -200,6 +210,7 @@ def summary(name: str, ms: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
+    load_before = loadavg()
     log_path = tmp / "station.log"
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(JsonFormatter())
@@ -267,7 +278,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
         print("alarm latency: mock panic press -> durable outbox (WAL, synchronous=FULL) -> "
               "QoS 1 -> township on_message")
-        print(machine_line())
+        print(machine_line(load_before))
         print(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback), "
               f"data dir on {tmp} ({_fs_of(tmp)})")
         print(f"presses={args.presses} (+{args.warmup} warm-up each, not counted), "

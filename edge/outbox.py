@@ -229,7 +229,7 @@ class Outbox:
         evicted: list[tuple[int, int]] = []
         try:
             stored, evicted = self._transaction(appends, acks)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the transaction rolled back; the writer must live on
             error = OutboxError(f"outbox write failed: {exc}")
             log(logger, "error", "outbox.write_failed", error=str(exc), events=len(appends),
                 acks=len(acks), path=str(self.path),
@@ -248,7 +248,10 @@ class Outbox:
                 self._report_eviction(evicted)
             kept = [s for s in stored if s.seq not in evicted_seqs]
             if kept and self._on_commit:
-                self._on_commit(kept)
+                try:
+                    self._on_commit(kept)
+                except Exception:
+                    logger.exception("outbox.on_commit_failed")
         for b in batch:
             if isinstance(b, _Barrier):
                 b.done.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import threading
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -82,6 +83,7 @@ class Station:
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
         self.control = ControlServer(config.control_socket, self._control)
+        self._stopping = threading.Event()
         self._seen = commands.SeenCommands()
 
     # --- life cycle ------------------------------------------------------------------
@@ -101,6 +103,7 @@ class Station:
     def stop(self) -> None:
         """Stop taking input, commit what was accepted, say offline, close. Under ~1 s."""
         started = time.monotonic()
+        self._stopping.set()  # ends a simulated press burst in progress
         self.buttons.close()
         self.control.close()
         self.outbox.flush(timeout=0.3)
@@ -244,6 +247,8 @@ class Station:
         press, release = ((pin.drive_low, pin.drive_high) if pins.pull_up
                           else (pin.drive_high, pin.drive_low))
         for i in range(request.count):
+            if self._stopping.is_set():
+                break
             press()
             if hold:
                 time.sleep(hold)
