@@ -36,22 +36,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import platform
 import queue
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import paho.mqtt
 import paho.mqtt.client as mqtt
+from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -69,33 +65,10 @@ STATION = "v001"
 BASELINE_STATION = "baseline"
 
 
-class _Head(msgspec.Struct):
-    id: str
-    type: str
 
 
-_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_head = msgspec.json.Decoder(Head).decode
 
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg", encoding="utf-8") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def machine_line(load_before: str) -> str:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count() or 0
-    return (f"machine: nproc={affinity} python={platform.python_version()} "
-            f"({platform.python_implementation()}) {platform.machine()} "
-            f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
-            f"paho-mqtt={paho.mqtt.__version__}\n"
-            f"load average (1/5/15 min): before {load_before}, after {loadavg()}"
-            f"  (a shared machine makes every figure noisy; compare with the baseline)")
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -304,7 +277,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
               "QoS 1 -> township on_message")
         print(machine_line(load_before))
         print(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback), "
-              f"data dir on {tmp} ({_fs_of(tmp)})")
+              f"data dir on {tmp} ({fs_of(tmp)})")
         print(f"presses={args.presses} (+{args.warmup} warm-up each, not counted), "
               f"gap={args.gap_ms} ms, payload={len(template or b'')} bytes, "
               f"interleaved station/baseline, run took {took:.1f} s")
@@ -345,22 +318,6 @@ def _body_of(station: Station, event_id: str) -> bytes:
     return bytes(row[0])
 
 
-def _fs_of(path: Path) -> str:
-    """The filesystem type holding `path`, from /proc/mounts (best effort)."""
-    try:
-        best = ("", "?")
-        real = str(path.resolve())
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                mount_point, fs_type = parts[1], parts[2]
-                if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
-                        and len(mount_point) >= len(best[0]):
-                    best = (mount_point, fs_type)
-        return f"{best[1]} at {best[0]}"
-    except OSError:
-        return "?"
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -373,23 +330,12 @@ def main() -> int:
                         help="pause after each arrival before the next round (default 5)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for one alarm before counting it lost")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where to make the temporary directory (default: system temp); "
-                             "point it at the disk you care about, fsync cost depends on it")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (station log, outbox.db)")
+    add_tmp_args(parser)
     args = parser.parse_args()
     if args.presses < 1:
         parser.error("--presses must be >= 1")
 
-    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-latency-", dir=args.tmpdir))
-    try:
-        return run(args, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tmp(args, "pingan-bench-latency-", run)
 
 
 if __name__ == "__main__":

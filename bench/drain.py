@@ -48,12 +48,9 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import platform
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -62,8 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import paho.mqtt
 import paho.mqtt.client as mqtt
+from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -78,14 +75,12 @@ TOWNSHIP_CLIENT_ID = "bench-township-centre"
 
 # --- the township centre (child process) ----------------------------------------------
 
-class _Head(msgspec.Struct):
-    id: str
-    type: str
+
 
 
 def township_main(conn: Connection, port: int) -> None:
     """Child process: a persistent-session subscriber, driven by commands on `conn`."""
-    decode = msgspec.json.Decoder(_Head).decode
+    decode = msgspec.json.Decoder(Head).decode
     lock = threading.Lock()
     done = threading.Event()
     subscribed = threading.Event()
@@ -237,40 +232,6 @@ class TownshipProcess:
 
 # --- helpers --------------------------------------------------------------------------
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg", encoding="utf-8") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def machine_line(load_before: str) -> str:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 0
-    return (f"machine: nproc={cpus} python={platform.python_version()} "
-            f"({platform.python_implementation()}) {platform.machine()} "
-            f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
-            f"paho-mqtt={paho.mqtt.__version__}\n"
-            f"load average (1/5/15 min): before {load_before}, after {loadavg()}"
-            f"  (a shared machine makes every figure noisy; compare with the baseline)")
-
-
-def fs_of(path: Path) -> str:
-    best = ("", "?")
-    real = str(path.resolve())
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                if (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
-                        and len(parts[1]) >= len(best[0]):
-                    best = (parts[1], parts[2])
-    except OSError:
-        pass
-    return f"{best[1]} at {best[0]}"
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -663,23 +624,12 @@ def main() -> int:
                         help="events for the one-commit-per-event baseline (default 500)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="give up waiting for a drain after this many seconds")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where to make the temporary directory (default: system temp); "
-                             "point it at the disk you care about, fsync cost depends on it")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (station log, outbox.db)")
+    add_tmp_args(parser)
     args = parser.parse_args()
     if args.events < 2:
         parser.error("--events must be >= 2")
 
-    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-drain-", dir=args.tmpdir))
-    try:
-        return run(args, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tmp(args, "pingan-bench-drain-", run)
 
 
 if __name__ == "__main__":
