@@ -169,6 +169,10 @@ class Outbox:
         self._queue.put(barrier)
         return barrier.done.wait(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
             self._queue.put(_STOP)

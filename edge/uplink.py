@@ -107,6 +107,10 @@ class Uplink:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def alive(self) -> bool:
+        return self._net.is_alive() and self._pump.is_alive()
+
     def start(self) -> None:
         self._net.start()
         self._pump.start()
