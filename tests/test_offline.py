@@ -114,3 +114,28 @@ def test_broker_killed_and_back_resends_everything_unacknowledged(own_broker, st
     wait_until(lambda: expected <= {e["id"] for e in township.unique_events()}, 30,
                "every unacknowledged event at the township")
     assert len(first) == 300 and len(expected) >= 300
+
+
+def test_long_outage_fills_outbox_evicts_telemetry_keeps_alarms_and_says_so(
+        own_broker, start_station, township_factory):
+    township = township_factory(own_broker.port, session="township-centre")
+    station = start_station(own_broker.port, outbox={"max_bytes": 16384})
+    wait_until(lambda: station.uplink.connected)
+    own_broker.stop()
+    wait_until(lambda: not station.uplink.connected)
+    alarms = [station.raise_alarm("simulator", 0.0).result(5) for _ in range(10)]
+    for i in range(200):
+        station._submit(status_event(station, i))
+    station.outbox.flush()
+    own_broker.start()
+    wait_until(lambda: station.outbox.pending_count() == 0, 20, "drained")
+    wait_until(lambda: {a.id for a in alarms} <= {e["id"] for e in township.unique_events()})
+    received = township.unique_events()
+    assert {a.id for a in alarms} <= {e["id"] for e in received}
+    statuses = [e for e in received if e["type"] == "status"]
+    assert 0 < len(statuses) < 200, "some telemetry evicted, the newest kept"
+    assert [e["payload"]["detail"]["i"] for e in statuses] == list(
+        range(200 - len(statuses), 200))
+    problem = wait_until(lambda: [p for s in township.on("/v001/state")
+                                  for p in s.get("problems", []) if p["code"] == "outbox_evicted"])
+    assert "all alarms kept" in problem[-1]["message"]["en"]
