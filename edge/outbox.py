@@ -269,14 +269,14 @@ class Outbox:
                 a.future.set_exception(error)
         else:
             evicted_seqs = {seq for seq, _ in evicted}
+            if evicted:  # before any future resolves: whoever waits sees the report first
+                self._report_eviction(evicted)
             for a, s in zip(appends, stored, strict=True):
                 if s.seq in evicted_seqs:
                     a.future.set_exception(OutboxFull(
                         f"outbox full of higher-priority events; {s.type} {s.id} not kept"))
                 else:
                     a.future.set_result(s)
-            if evicted:
-                self._report_eviction(evicted)
             kept = [s for s in stored if s.seq not in evicted_seqs]
             if kept and self._on_commit:
                 try:
