@@ -43,6 +43,7 @@ STATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}$")
 DEFAULT_DIR = Path("/etc/mosquitto/pingan")
 UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit
+STATION_GROUP = "pingan"  # the station service's group (systemd/pingan-edge.service)
 # A past notBefore, so a unit whose clock lags a little behind still accepts the broker.
 _BACKDATE = dt.timedelta(days=1)
 
@@ -120,8 +121,13 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def _broker_readable(path: Path) -> None:
     """mosquitto drops to user `mosquitto` before it reads keys on reload (SIGHUP)."""
+    _readable_by(path, "mosquitto")
+
+
+def _readable_by(path: Path, group: str) -> None:
+    """Mode 0640 and this group, when the group exists and we may change it."""
     try:
-        gid = grp.getgrnam("mosquitto").gr_gid
+        gid = grp.getgrnam(group).gr_gid
     except KeyError:
         return
     with contextlib.suppress(PermissionError):
@@ -285,6 +291,7 @@ def install_bundle(bundle: Path, dest: Path) -> Path:
     for name in ("ca.crt", "station.crt"):
         _write(dest / name, data[name])
     _write(dest / "station.key", data["station.key"], 0o600)
+    _readable_by(dest / "station.key", STATION_GROUP)
     _write(dest / "station.toml", toml.encode())
     return dest / "station.toml"
 

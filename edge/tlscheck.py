@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from edge.config import BrokerSection
 
@@ -80,6 +81,43 @@ def check_files(broker: BrokerSection, *, synced: bool, now: dt.datetime
                 f"not by the CA in ca_file ({ca.subject.rfc4514_string()})",
                 "install the CA, certificate and key from one bundle")
     return None
+
+
+def expiring(broker: BrokerSection, *, now: dt.datetime,
+             within: dt.timedelta = dt.timedelta(days=30)) -> TlsProblem | None:
+    """A warning for the state topic while the link still works: renew in time."""
+    if not broker.cert_file:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(Path(broker.cert_file).read_bytes())
+    except (OSError, ValueError):
+        return None  # a broken file shows up as uplink_tls at the next connect
+    end = cert.not_valid_after_utc
+    if end - now > within:
+        return None
+    return TlsProblem(f"本站证书将于 {_day(end)} 过期，届时无法连接乡镇平台",
+                      f"the station certificate expires {_day(end)}; the unit cannot "
+                      f"connect after that",
+                      "issue a new bundle (pingan-edge broker add-station --replace) and "
+                      "install it before then")
+
+
+def mismatch(broker: BrokerSection, station: str) -> TlsProblem | None:
+    """The broker knows a unit by its certificate's CN; a different station.id means
+    every publish is refused by the ACL."""
+    if not broker.cert_file:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(Path(broker.cert_file).read_bytes())
+    except (OSError, ValueError):
+        return None
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names == [station]:
+        return None
+    return TlsProblem(f"本站编号 {station} 与证书 {names} 不符，平台将拒收所有消息",
+                      f"station.id is {station!r} but the certificate is for {names}: the "
+                      f"broker will refuse every message",
+                      "install this station's own bundle, or fix station.id")
 
 
 def diagnose(broker: BrokerSection, error: BaseException | None, *, synced: bool,

@@ -203,6 +203,17 @@ class Uplink:
             action=problem.action)
         self._health.set("uplink_tls", problem.zh, problem.en, action=problem.action)
 
+    def _check_certificate(self) -> None:
+        """Problems the township should see while the link still works."""
+        broker = self._config.broker
+        checks = {"cert_expiring": tlscheck.expiring(broker, now=dt.datetime.now(dt.UTC)),
+                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.id)}
+        for code, found in checks.items():
+            if found:
+                self._health.set(code, found.zh, found.en, action=found.action)
+            else:
+                self._health.clear(code)
+
     def _state_payload(self, online: bool) -> bytes:
         return encode(StationState(
             station=self._config.station.id, township=self._config.station.township,
@@ -267,6 +278,7 @@ class Uplink:
         self._accepted = True
         self._backoff.reset()
         self._health.clear("uplink_tls")
+        self._check_certificate()
         self._health.clear("uplink_down")
         self._health.clear("uplink_refused")
         client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config, schema, wait_until
+from conftest import make_config, schema, station_toml, wait_until
 from township_broker import CENTRE, Client, TownshipBroker
 
+from edge import config as config_mod
 from edge import provision, tlscheck
 from edge.indicator import Mode
 from edge.station import Station
@@ -36,12 +37,16 @@ def town(tmp_path: Path) -> Iterator[TownshipBroker]:
 def run_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     started: list[Station] = []
 
-    def run(town: TownshipBroker, bundle: Path, **broker: Any) -> Station:
+    def run(town: TownshipBroker, bundle: Path, station_id: str | None = None,
+            **broker: Any) -> Station:
         """Install `bundle` as a technician would, then start a station with it."""
-        toml = provision.install_bundle(bundle, tmp_path / "unit-tls")
-        section = tomllib.loads(toml.read_text())["broker"]
+        toml = tomllib.loads(provision.install_bundle(bundle, tmp_path / "unit-tls").read_text())
+        section = toml["broker"]
         section.update(host="127.0.0.1", port=town.tls_port, **broker)
-        station = Station(make_config(tmp_path / "station", town.tls_port, broker=section))
+        config = config_mod.parse(station_toml(tmp_path / "station", town.tls_port,
+                                               station=station_id or toml["station"]["id"],
+                                               broker=section))
+        station = Station(config)
         station.start()
         started.append(station)
         return station
@@ -182,10 +187,20 @@ def test_tls_failures_are_explained_on_the_unit(town, run_station, tmp_path):
     assert "station certificate" in text and "expired" in text
     expired.stop()
 
-    # And once the unit has a good bundle, the problem clears.
-    good = run_station(town, provision.add_station(town.town, "v004", "127.0.0.1"))
+    # A good bundle connects and the problem clears; one ending within 30 days connects
+    # and warns the township on the state topic, in time to send a new bundle.
+    hq = Client()
+    assert hq.connect(town.plain_port, CENTRE, town.centre_password)
+    hq.subscribe(f"{T}/#")
+    ending = dt.datetime.now(dt.UTC) - dt.timedelta(days=355)
+    good = run_station(town, provision.add_station(town.town, "v004", "127.0.0.1",
+                                                   days=365, issued_at=ending))
     wait_until(lambda: good.uplink.connected, what="good bundle connects")
     assert problem(good, "uplink_tls") == ""
+    state = wait_until(lambda: [p for s in bodies(hq, "/v004/state") for p in s["problems"]
+                                if p["code"] == "cert_expiring"], what="expiry warning")
+    assert "station certificate expires" in state[0]["message"]["en"]
+    hq.close()
 
 
 def test_clock_not_synced_is_named_as_the_cause(town):
@@ -204,3 +219,13 @@ def test_clock_not_synced_is_named_as_the_cause(town):
     assert synced.en.startswith("the station certificate is not valid yet")
     now = dt.datetime.now(dt.UTC)
     assert tlscheck.check_files(broker, synced=True, now=now) is None
+
+
+def test_station_id_not_matching_its_certificate_is_named(town, run_station):
+    town.start()
+    bundle = provision.add_station(town.town, "v007", "127.0.0.1")
+    station = run_station(town, bundle, station_id="v001")  # a technician's typo
+    wait_until(lambda: station.uplink.connected)
+    assert "certificate is for ['v007']" in problem(station, "cert_mismatch")
+    station.raise_alarm("simulator", 0.0).result(5)
+    assert "refused" in wait_until(lambda: problem(station, "publish_rejected"))
