@@ -229,3 +229,19 @@ def test_station_id_not_matching_its_certificate_is_named(town, run_station):
     assert "certificate is for ['v007']" in problem(station, "cert_mismatch")
     station.raise_alarm("simulator", 0.0).result(5)
     assert "refused" in wait_until(lambda: problem(station, "publish_rejected"))
+
+
+def test_missing_bundle_files_are_named_and_picked_up_once_copied(town, run_station,
+                                                                  tmp_path):
+    town.start()
+    bundle = provision.add_station(town.town, "v001", "127.0.0.1")
+    later = tmp_path / "later"
+    station = run_station(town, bundle, cert_file=str(later / "station.crt"),
+                          key_file=str(later / "station.key"))
+    assert "cannot read the station certificate" in wait_until(
+        lambda: problem(station, "uplink_tls"), what="missing files named")
+    assert station.raise_alarm("simulator", 0.0).result(5).seq == 1  # the unit still works
+    provision.install_bundle(bundle, later)  # the technician copies them in
+    wait_until(lambda: station.uplink.connected, what="connects with the files")
+    wait_until(lambda: station.indicator.mode is Mode.DELIVERED, what="alarm delivered")
+    assert problem(station, "uplink_tls") == ""
