@@ -38,18 +38,15 @@ import io
 import itertools
 import logging
 import math
-import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile
+from common import add_tmp_args, loadavg, machine_line, run_in_tmp
 
 from edge import config as config_mod
 from edge.audio import tones
@@ -138,6 +135,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    load_before = loadavg()
     handler = logging.FileHandler(tmp / "station.log", encoding="utf-8")
     handler.setFormatter(JsonFormatter())
     logging.getLogger().handlers[:] = [handler]
@@ -235,10 +233,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         took = time.monotonic() - started
         print("audio latency: command received -> first sample handed to PortAudio; "
               "panic press -> first siren sample")
-        print(f"machine: nproc={len(os.sched_getaffinity(0))} python={platform.python_version()}"
-              f" {platform.machine()}; audio: PortAudio -> ALSA null device (file), "
-              f"rate={ls.output.rate} block={ls.output.block} frames, "
-              f"lead={station.config.audio.lead_ms} ms; load average {os.getloadavg()[0]:.2f}")
+        print(machine_line(load_before))
+        print(f"audio: PortAudio -> ALSA null device (file), rate={ls.output.rate}, "
+              f"block={ls.output.block} frames, lead={station.config.audio.lead_ms} ms")
         print(f"rounds={args.rounds} (+{args.warmup} warm-up), run took {took:.1f} s, "
               f"lost={lost}")
         figures = {name: summary(name if name != "siren" else "siren (press)", ms)
@@ -261,12 +258,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--gap-ms", type=float, default=5.0)
+    add_tmp_args(parser)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-audio-"))
-    try:
-        return run(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tmp(args, "pingan-bench-audio-", run)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
 from edge.uplink import Uplink
+from edge.watchdog import Watchdog
 
 logger = logging.getLogger("edge.station")
 
@@ -92,6 +93,7 @@ class Station:
             emit=self._audio_event) if config.audio.enabled else None
         self.control = ControlServer(config.control_socket, self._control)
         self._stopping = threading.Event()
+        self.watchdog = Watchdog(self.healthy)
         self._seen = commands.SeenCommands()
 
     # --- life cycle ------------------------------------------------------------------
@@ -104,6 +106,7 @@ class Station:
         if self.loudspeaker:
             self.loudspeaker.start()
         self.control.start()
+        self.watchdog.start()
         log(logger, "info", "station.started", station=self.config.station.id,
             township=self.config.station.township, version=__version__,
             broker=f"{self.config.broker.host}:{self.config.broker.port}",
@@ -114,6 +117,7 @@ class Station:
         """Stop taking input, commit what was accepted, say offline, close. Under ~1 s."""
         started = time.monotonic()
         self._stopping.set()  # ends a simulated press burst in progress
+        self.watchdog.stop()
         self.buttons.close()
         self.control.close()
         if self.loudspeaker:
@@ -127,6 +131,10 @@ class Station:
             self.local_broker.stop()
         self._lock_file.close()
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
+
+    def healthy(self) -> bool:
+        """The alarm path can work: its threads run and the outbox writer answers."""
+        return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0)
 
     # --- inputs ----------------------------------------------------------------------
 
