@@ -155,3 +155,21 @@ def test_delete(lib):
     assert lib.delete("notice") is True
     assert lib.delete("notice") is False
     assert lib.ids() == []
+
+
+
+def test_disk_full_during_upload_is_a_clear_rejection(tmp_path):
+    from test_outbox import fill, tiny_disk
+
+    with tiny_disk(tmp_path / "disk", "256k") as disk:
+        library = ClipLibrary(disk / "clips", max_bytes=64 * 1024)
+        upload(library, chunks("notice", wav(500)))
+        puts = chunks("big", wav(700))
+        library.put_chunk(puts[0])
+        filler = fill(disk)
+        with pytest.raises(ClipError, match="cannot store the clip") as err:
+            upload(library, puts[1:])
+        assert err.value.code == "clip_rejected"
+        filler.unlink()
+        assert not library.exists("big")
+        intact(library)

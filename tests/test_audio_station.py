@@ -209,3 +209,18 @@ def test_missing_audio_device_is_on_the_state_topic_and_alarms_still_go(
     assert answer["error"]["code"] == "audio_unavailable"
     assert "no-such-card" in answer["error"]["message"]["en"]
     assert station.indicator.mode.value in ("pending", "delivered")
+
+
+def test_link_down_alarm_is_saved_and_staff_are_told(own_broker, sink, start_station):
+    station = start_station(own_broker.port, audio=AUDIO)
+    wait_until(lambda: station.uplink.connected)
+    ls = station.loudspeaker
+    wait_until(lambda: ls.speech.ready("网络中断，报警已保存，恢复后自动发送") is not None, 10)
+    heard: list[tuple[str, str]] = []
+    ls.player.add_listener(lambda phase, play, _d: heard.append((play.sound, phase)))
+    own_broker.stop()
+    wait_until(lambda: not station.uplink.connected)
+    press_panic(station)
+    wait_until(lambda: ("prompt:alarm_saved_link_down", "finished") in heard, 15)
+    assert heard[:2] == [("tone:siren", "started"), ("tone:siren", "finished")]
+    assert station.outbox.pending_ids("alarm.panic"), "the alarm waits in the outbox"

@@ -85,6 +85,10 @@ class ClipLibrary:
             except ClipError:
                 self._abandon(cmd.clip_id)
                 raise
+            except OSError as exc:  # disk full, SD card failing
+                self._abandon(cmd.clip_id)
+                raise _rejected(f"无法保存片段：{exc.strerror}",
+                                f"cannot store the clip: {exc}") from exc
 
     def _put_chunk(self, cmd: ClipPut) -> dict[str, object]:
         part = self._path(cmd.clip_id, ".part", self._incoming)
