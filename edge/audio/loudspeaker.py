@@ -134,13 +134,16 @@ class Loudspeaker:
         either: whoever caused the alarm must not hear that it was raised."""
         if not (self.config.prompts and self.config.siren):
             return
+        sound = f"prompt:{name}"
+        if any(p.sound == sound for p in self.player.pending()):
+            return  # already waiting to be said (e.g. behind the siren): once is enough
         samples = self.speech.ready(PROMPTS[name][0])
         if samples is None:
             log(logger, "warning", "audio.prompt_not_ready", prompt=name,
                 action="see tts_unavailable on the state topic")
             return
         self.player.submit(Play(f"prompt-{uuid.uuid4().hex[:12]}", Level.PROMPT, "prompt",
-                                f"prompt:{name}", samples=samples, volume=self.volume))
+                                sound, samples=samples, volume=self.volume))
 
     def ptt_press(self) -> None:
         live = self.ptt.press()
