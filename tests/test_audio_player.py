@@ -221,3 +221,21 @@ def test_a_missing_device_is_a_clear_problem_and_plays_fail_cleanly(sink, loudsp
     wait_until(lambda: [e for e in events if e.phase == "failed"], 5)
     assert events[-1].reason is not None and "no-such-card" in events[-1].reason.en
     assert ls.player.current is None
+
+
+def test_staff_prompts_wait_behind_the_siren_once_not_per_press(sink, player, loudspeaker):
+    idle(player[0])
+    ls, _health, events, _factory = loudspeaker(siren_s=1)
+    ls._render_prompts()  # what start() does in the background, done here to wait for it
+    ls.siren()
+    wait_until(lambda: events, 5, "siren started")
+    for _ in range(5):  # five presses delivered while the siren sounds
+        ls.siren()
+        ls.prompt("alarm_sent")
+    assert [p.sound for p in ls.player.pending()] == ["prompt:alarm_sent"]
+    ls.silence_siren()
+    wait_until(lambda: [e for e in events if e.sound == "prompt:alarm_sent"
+                        and e.phase == "finished"], 10)
+    assert [(e.sound, e.phase) for e in events] == [
+        ("tone:siren", "started"), ("tone:siren", "stopped"),
+        ("prompt:alarm_sent", "started"), ("prompt:alarm_sent", "finished")]

@@ -102,7 +102,7 @@ class Loudspeaker:
             for zh, _en in PROMPTS.values():
                 self.speech.render(zh, cached=True)
             self._health.clear("tts_unavailable")
-        except TtsError as exc:
+        except (TtsError, OSError, RuntimeError) as exc:  # no espeak-ng, disk full, ...
             self._health.set("tts_unavailable", f"语音合成不可用，提示音将不播放：{exc}",
                              f"text to speech unavailable, no spoken prompts: {exc}",
                              action="apt-get install espeak-ng")

@@ -76,6 +76,7 @@ class Speech:
         self._dir = cache_dir
         self._rate = rate
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
         self._memory: dict[str, Samples] = {}
         cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -87,10 +88,15 @@ class Speech:
             samples, rate = self.engine.render(text)
             return resample(samples, rate, self._rate)
         key = self._key(text)
-        with self._lock:
-            if key in self._memory:
-                return self._memory[key]
+        with self._render_lock:  # one rendering per text, even when asked twice at once
+            with self._lock:
+                if key in self._memory:
+                    return self._memory[key]
+            return self._render_cached(key, text)
+
+    def _render_cached(self, key: str, text: str) -> Samples:
         path = self._dir / f"{key}.wav"
+        samples: Samples
         if path.exists():
             samples = soundfile.read(str(path), dtype="float32")[0].astype(np.float32)
         else:
