@@ -166,11 +166,12 @@ def test_a_play_that_expires_while_queued_is_skipped_not_played(sink, player):
 def loudspeaker(sink, tmp_path):
     made = []
 
-    def make(**audio):  # type: ignore[no-untyped-def]
+    def make(now=None, **audio):  # type: ignore[no-untyped-def]
         health, events = Health(), []
         factory = MockFactory()
         ls = Loudspeaker(audio_config(**audio), tmp_path, pin_factory=factory, amp_pin=23,
-                         health=health, emit=events.append)
+                         health=health, emit=events.append,
+                         **({"now": now} if now else {}))
         ls.start()
         made.append((ls, factory))
         return ls, health, events, factory
@@ -239,3 +240,26 @@ def test_staff_prompts_wait_behind_the_siren_once_not_per_press(sink, player, lo
     assert [(e.sound, e.phase) for e in events] == [
         ("tone:siren", "started"), ("tone:siren", "stopped"),
         ("prompt:alarm_sent", "started"), ("prompt:alarm_sent", "finished")]
+
+
+def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player, loudspeaker):
+    import datetime as dt
+
+    from edge.commands import ScheduleSet
+
+    idle(player[0])
+    sink.set_mark()
+    clock = [dt.datetime(2026, 11, 23, 13, 59, 58, tzinfo=dt.UTC)]  # 21:59:58 in Shanghai
+    ls, _health, events, _factory = loudspeaker(now=lambda: clock[0], quiet_start="22:00",
+                                                quiet_end="06:00")
+    ls.scheduler.close()  # the test drives the clock; no background firing
+    ls.execute(ScheduleSet(id="s1", schedule_id="chime", cron="* * * * *", tone="chime"))
+    assert ls.scheduler.run_due() == ["chime"]  # 21:59: before quiet hours, it plays
+    wait_until(lambda: [e for e in events if e.phase == "finished"], 5)
+    clock[0] += dt.timedelta(minutes=1)  # 22:00: quiet
+    assert ls.scheduler.run_due() == ["chime"]
+    assert [(e.schedule_id, e.phase) for e in events] == [
+        ("chime", "started"), ("chime", "finished"), ("chime", "skipped")]
+    assert events[-1].reason is not None and "quiet" in events[-1].reason.en
+    idle(player[0])
+    assert [f for f, _ in runs(sink.since_mark(), RATE, list(tones.CHIME_HZ))] == [880.0, 660.0]
