@@ -214,6 +214,22 @@ def test_push_to_talk_routes_the_microphone_between_chimes(sink, player, loudspe
     assert got == [880.0, 660.0, 700.0, 880.0, 660.0]
 
 
+def test_push_to_talk_released_behind_the_siren_says_nothing(sink, player, loudspeaker):
+    idle(player[0])
+    ls, _health, events, _factory = loudspeaker(siren_s=5)
+    ls.siren()
+    wait_until(lambda: events, 5, "siren started")
+    ls.ptt_press()
+    ls.ptt_release()
+    sink.set_mark()
+    ls.silence_siren()
+    wait_until(lambda: [e for e in events if e.origin == "ptt"], 5)
+    idle(ls.player)
+    assert [(e.origin, e.phase) for e in events] == [
+        ("siren", "started"), ("siren", "stopped"), ("ptt", "skipped")]
+    assert runs(sink.since_mark(), RATE, list(tones.CHIME_HZ)) == []
+
+
 def test_a_missing_device_is_a_clear_problem_and_plays_fail_cleanly(sink, loudspeaker):
     ls, health, events, _factory = loudspeaker(device="no-such-card")
     problems = {p.code: p for p in health.problems()}

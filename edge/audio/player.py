@@ -271,7 +271,10 @@ class Player:
             self._emit("failed", play, reason=text(f"播放失败：{exc}", f"playback failed: {exc}"))
             self._end(play, requeue=False)
             return
-        if outcome is None:
+        if outcome is None and not play.started:
+            self._emit("skipped", play, reason=text("没有可播放的内容", "nothing to play"))
+            self._end(play, requeue=False)
+        elif outcome is None:
             self._emit("finished", play)
             self._end(play, requeue=False)
         elif outcome[0] == "stopped":

@@ -48,6 +48,8 @@ class PushToTalk:
         import sounddevice as sd
 
         try:
+            if not held.is_set():
+                return  # released while waiting behind something louder: nothing to say
             yield from _blocks(self._chime, self._block)
             # int16: float32 capture through ALSA's plug layer can drop samples.
             with sd.InputStream(device=device_arg(self._device), samplerate=self._rate,
