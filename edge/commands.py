@@ -8,7 +8,8 @@ answered on `…/cmd/result`. Nothing past this point sees unvalidated input.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -33,8 +34,98 @@ class StateGet(CommandBase, tag="state.get", kw_only=True):
     """Republish the retained state now."""
 
 
-Command = AlarmAck | StateGet
-KNOWN = {str(cls.__struct_config__.tag) for cls in (AlarmAck, StateGet)}
+# --- the loudspeaker (edge/audio/) -------------------------------------------------
+
+# A clip or schedule id: also a file name on the unit, so no path separators, no leading dot.
+AudioId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Volume = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Repeat = Annotated[int, msgspec.Meta(ge=1, le=50)]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+SpokenText = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+Tone = Literal["siren", "chime"]
+WallTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class _Sound(CommandBase, kw_only=True):
+    """What to sound: exactly one of `clip`, `text` (spoken by the station's TTS) or `tone`."""
+
+    clip: AudioId | None = None
+    text: SpokenText | None = None
+    tone: Tone | None = None
+    repeat: Repeat = 1
+    # None: the station's volume (volume.set).
+    volume: Volume | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("clip", "text", "tone") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of clip, text, tone (got {given or 'none'})")
+
+
+class BroadcastPlay(_Sound, tag="broadcast.play", kw_only=True):
+    """Sound a clip, text or tone now (or from `not_before`); never after `expires`."""
+
+    priority: Literal["normal", "emergency"] = "normal"
+    not_before: WallTime | None = None
+    expires: WallTime | None = None
+
+
+class BroadcastStop(CommandBase, tag="broadcast.stop", kw_only=True):
+    """Stop the broadcast started by command `broadcast_id`, or (none) every township and
+    scheduled broadcast, playing or queued. The panic siren ends with alarm.ack."""
+
+    broadcast_id: CmdId | None = None
+
+
+class ClipPut(CommandBase, tag="clip.put", kw_only=True):
+    """One chunk of a clip upload. Chunks 0..chunks-1 in order; the clip becomes playable
+    only when the last one arrives and the whole file matches `size` and `sha256`."""
+
+    clip_id: AudioId
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=1)]
+    chunk: Annotated[int, msgspec.Meta(ge=0)]
+    chunks: Annotated[int, msgspec.Meta(ge=1, le=100000)]
+    data: bytes  # base64 in JSON
+
+    def __post_init__(self) -> None:
+        if self.chunk >= self.chunks:
+            raise ValueError(f"chunk {self.chunk} is past chunks = {self.chunks}")
+
+
+class ClipDelete(CommandBase, tag="clip.delete", kw_only=True):
+    clip_id: AudioId
+
+
+class ScheduleSet(_Sound, tag="schedule.set", kw_only=True):
+    """A recurring broadcast, stored on the unit: it runs while the link is down.
+    `cron` is "minute hour day-of-month month day-of-week" in the station's time zone."""
+
+    schedule_id: AudioId
+    cron: Annotated[str, msgspec.Meta(min_length=9, max_length=128)]
+
+
+class ScheduleClear(CommandBase, tag="schedule.clear", kw_only=True):
+    """Remove schedule `schedule_id`, or (none) every schedule."""
+
+    schedule_id: AudioId | None = None
+
+
+class VolumeSet(CommandBase, tag="volume.set", kw_only=True):
+    """The station's broadcast volume, kept across restarts (the siren has its own)."""
+
+    volume: Volume
+
+
+AudioCommand = (BroadcastPlay | BroadcastStop | ClipPut | ClipDelete | ScheduleSet
+                | ScheduleClear | VolumeSet)
+
+Command = (AlarmAck | StateGet | BroadcastPlay | BroadcastStop | ClipPut | ClipDelete
+           | ScheduleSet | ScheduleClear | VolumeSet)
+KNOWN = {str(cls.__struct_config__.tag) for cls in (
+    AlarmAck, StateGet, BroadcastPlay, BroadcastStop, ClipPut, ClipDelete, ScheduleSet,
+    ScheduleClear, VolumeSet)}
 
 _decoder = msgspec.json.Decoder()
 

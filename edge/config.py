@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 import typing
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -73,6 +74,8 @@ class PinsSection(_Section):
     panic: Pin = 17
     broadcast: Pin = 27
     alarm_led: Pin = 22
+    # The loudspeaker amplifier's power relay (see [audio]).
+    amp_relay: Pin = 23
     # Buttons wired between the pin and ground, with the internal pull-up.
     pull_up: bool = True
 
@@ -92,6 +95,42 @@ class ControlSection(_Section):
     socket: str = ""
 
 
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")]
+
+
+class AudioSection(_Section):
+    """The ping'an loudspeaker (edge/audio/)."""
+
+    enabled: bool = True
+    # "device": PortAudio's device named by `device` ("" = the default device, a name
+    # fragment, or an index). "null": PortAudio through an ALSA null device that records
+    # to <data_dir>/speaker.raw (S16_LE mono at sample_rate) - the simulator's speaker.
+    output: Literal["device", "null"] = "device"
+    device: str | Annotated[int, msgspec.Meta(ge=0, le=255)] = ""
+    mic_device: str | Annotated[int, msgspec.Meta(ge=0, le=255)] = ""
+    sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=48000)] = 22050
+    block_ms: Annotated[int, msgspec.Meta(ge=5, le=100)] = 20
+    # At most this much audio is queued ahead in the device, so a preemption cuts in fast.
+    lead_ms: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 60
+    volume: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.8
+    # The local panic siren; false = silent alarm: no siren and no spoken alarm prompts,
+    # the township is still paged.
+    siren: bool = True
+    siren_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 30.0
+    siren_volume: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    # Spoken prompts for staff (alarm saved / sent / received, link down).
+    prompts: bool = True
+    tts_engine: Literal["espeak-ng"] = "espeak-ng"
+    tts_voice: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_+-]{1,64}$")] = "cmn-latn-pinyin"
+    amp_warm_up_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2
+    amp_idle_off_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    clip_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = 8 << 20
+    # Local wall-clock "HH:MM"; both empty = no quiet hours. Emergencies override them.
+    quiet_start: ClockTime = ""
+    quiet_end: ClockTime = ""
+    timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "Asia/Shanghai"
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -106,6 +145,7 @@ class Config(_Section):
     indicator: IndicatorSection = msgspec.field(default_factory=IndicatorSection)
     control: ControlSection = msgspec.field(default_factory=ControlSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    audio: AudioSection = msgspec.field(default_factory=AudioSection)
 
     def __post_init__(self) -> None:
         if self.station.id == "all":
@@ -118,9 +158,16 @@ class Config(_Section):
         if bool(self.broker.cert_file) != bool(self.broker.key_file):
             raise ValueError("broker.cert_file and broker.key_file must be given together")
         pins = {"panic": self.pins.panic, "broadcast": self.pins.broadcast,
-                "alarm_led": self.pins.alarm_led}
+                "alarm_led": self.pins.alarm_led, "amp_relay": self.pins.amp_relay}
         if len(set(pins.values())) != len(pins):
             raise ValueError(f"pins must be distinct, got {pins}")
+        if bool(self.audio.quiet_start) != bool(self.audio.quiet_end):
+            raise ValueError("audio.quiet_start and audio.quiet_end must be given together")
+        try:
+            zoneinfo.ZoneInfo(self.audio.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"audio.timezone: unknown time zone {self.audio.timezone!r}; "
+                             f"use an IANA name such as 'Asia/Shanghai'") from exc
 
     @property
     def data_dir(self) -> Path:
@@ -162,6 +209,10 @@ local_fallback = true
 
 [pins]
 factory = "mock"
+
+[audio]
+output = "null"
+amp_warm_up_s = 0.0
 """
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")

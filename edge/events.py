@@ -88,6 +88,9 @@ class ErrorInfo(_Shape):
     code: Literal[
         "malformed_json", "too_large", "invalid_command", "unknown_command",
         "unknown_event", "internal_error",
+        # The loudspeaker (edge/audio/).
+        "unknown_clip", "clip_rejected", "expired", "quiet_hours", "audio_unavailable",
+        "tts_failed", "unknown_schedule",
     ]
     message: Text
 
@@ -105,7 +108,31 @@ class CmdResult(EventBase, tag="cmd.result", kw_only=True):
     payload: CmdResultPayload
 
 
-Event = AlarmPanic | ButtonBroadcast | Status | CmdResult
+class AudioPayload(_Shape):
+    """One step in the life of something the loudspeaker sounds."""
+
+    phase: Literal["started", "finished", "preempted", "resumed", "stopped", "failed",
+                   "skipped"]
+    # The playback's id: the command id for township broadcasts, else a local id.
+    play_id: str
+    origin: Literal["siren", "township", "ptt", "schedule", "prompt"]
+    # siren > emergency > ptt > normal > scheduled > prompt
+    level: Literal["siren", "emergency", "ptt", "normal", "scheduled", "prompt"]
+    sound: str  # "clip:<id>", "text", "tone:<name>", "live", "prompt:<name>"
+    cmd_id: str | None = None
+    schedule_id: str | None = None
+    # preempted: the play_id that cut in; failed/skipped: why.
+    by: str | None = None
+    reason: Text | None = None
+    played_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class AudioPlayback(EventBase, tag="audio.playback", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: AudioPayload
+
+
+Event = AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback
 
 
 class Problem(_Shape):

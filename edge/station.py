@@ -17,11 +17,14 @@ import msgspec
 from gpiozero import LED
 
 from edge import __version__, commands
+from edge.audio.loudspeaker import Loudspeaker
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
 from edge.control import ControlError, ControlServer, Press, Request
 from edge.events import (
     AlarmPanic,
+    AudioPayload,
+    AudioPlayback,
     ButtonBroadcast,
     ButtonPayload,
     CmdResult,
@@ -83,6 +86,11 @@ class Station:
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
+        self.buttons.broadcast.when_released = self._broadcast_released
+        self.loudspeaker = Loudspeaker(
+            config.audio, data_dir, pin_factory=self.pin_factory,
+            amp_pin=config.pins.amp_relay, health=self.health,
+            emit=self._audio_event) if config.audio.enabled else None
         self.control = ControlServer(config.control_socket, self._control)
         self._stopping = threading.Event()
         self.watchdog = Watchdog(self.healthy)
@@ -95,6 +103,8 @@ class Station:
         for event_id in pending_alarms:
             self.indicator.raised(event_id)
         self.uplink.start()
+        if self.loudspeaker:
+            self.loudspeaker.start()
         self.control.start()
         self.watchdog.start()
         log(logger, "info", "station.started", station=self.config.station.id,
@@ -110,6 +120,8 @@ class Station:
         self.watchdog.stop()
         self.buttons.close()
         self.control.close()
+        if self.loudspeaker:
+            self.loudspeaker.close()
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self.outbox.close()
@@ -135,13 +147,22 @@ class Station:
 
     def _broadcast_pressed(self, held_s: float) -> None:
         self.broadcast_pressed(held_s)
+        if self.loudspeaker:
+            self.loudspeaker.ptt_press()
+
+    def _broadcast_released(self) -> None:
+        if self.loudspeaker:
+            self.loudspeaker.ptt_release()
 
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
         self.indicator.raised(event.id)
         log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        return self._submit(event)
+        future = self._submit(event)
+        if self.loudspeaker:  # after the event is on its way to disk: never delays it
+            self.loudspeaker.siren()
+        return future
 
     def broadcast_pressed(self, held_s: float) -> Future[Stored]:
         event = ButtonBroadcast(
@@ -160,6 +181,8 @@ class Station:
             stored = future.result()
             log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
             self.health.clear("outbox_failed")
+            if isinstance(event, AlarmPanic) and self.loudspeaker and not self.uplink.connected:
+                self.loudspeaker.prompt("alarm_saved_link_down")
             return
         log(logger, "error", "event.refused", id=event.id, error=str(exc),
             action="see outbox.write_failed / outbox.evicted")
@@ -178,6 +201,8 @@ class Station:
     def _delivered(self, stored: Stored) -> None:
         if stored.type == "alarm.panic":
             self.indicator.delivered(stored.id)
+            if self.loudspeaker:
+                self.loudspeaker.prompt("alarm_sent")
             log(logger, "info", "alarm.delivered", id=stored.id, seq=stored.seq)
 
     def _evicted(self, info: Eviction) -> None:
@@ -225,9 +250,22 @@ class Station:
                     message=text(f"本站没有报警 {cmd.event_id}",
                                  f"no alarm {cmd.event_id} at this station")), cmd.id, _tag(cmd))
             self.indicator.acknowledged(cmd.event_id)
+            if self.loudspeaker:
+                self.loudspeaker.silence_siren()
+                self.loudspeaker.prompt("alarm_received")
             return {"event_id": cmd.event_id}
+        if isinstance(cmd, commands.AudioCommand):
+            if self.loudspeaker is None:
+                raise commands.CommandRejected(ErrorInfo(
+                    code="audio_unavailable",
+                    message=text("本站未启用喇叭", "this station has no loudspeaker "
+                                 "(audio.enabled = false)")), cmd.id, _tag(cmd))
+            return self.loudspeaker.execute(cmd)
         self.uplink.request_state()
         return {}
+
+    def _audio_event(self, payload: AudioPayload) -> None:
+        self._submit(AudioPlayback(payload=payload, **self._identity()))
 
     def _answer(self, cmd_id: str | None, cmd: str | None, ok: bool,
                 error: ErrorInfo | None, detail: dict[str, Any] | None = None) -> None:
@@ -274,6 +312,7 @@ class Station:
             "alarm_led": self.indicator.mode.value, "topics": self.uplink.topics.root,
             "problems": [msgspec.to_builtins(p) for p in self.health.problems()],
             "data_dir": str(cfg.data_dir),
+            "audio": self.loudspeaker.status() if self.loudspeaker else None,
         }
 
 

@@ -70,6 +70,9 @@ def station_toml(data_dir: Path, port: int, station: str = "v001", **sections: d
         "uplink": {"backoff_min_s": 0.05, "backoff_max_s": 0.5},
         "pins": {"factory": "mock"},
         "buttons": {"panic_hold_s": 0.1, "bounce_s": 0.0},
+        # Off unless a test is about the loudspeaker (tests/test_audio_*.py): siren and
+        # prompt events would change the event counts other tests assert.
+        "audio": {"enabled": False},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

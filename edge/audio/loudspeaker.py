@@ -1,0 +1,290 @@
+"""The loudspeaker stage's face to the station: the siren and prompts for the alarm path,
+push-to-talk for the broadcast button, and the township's audio commands.
+
+Nothing here blocks the alarm path: the siren and prompts are pre-rendered and only
+queued to the player thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge import commands
+from edge.audio import tones
+from edge.audio.amplifier import Amplifier
+from edge.audio.clips import ClipError, ClipLibrary
+from edge.audio.output import AudioUnavailable, Output, check, use_null_device
+from edge.audio.player import Level, Play, Player
+from edge.audio.ptt import PushToTalk
+from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
+from edge.audio.store import AudioStore
+from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
+from edge.config import AudioSection
+from edge.events import AudioPayload, ErrorInfo, Text, text
+from edge.health import Health
+from edge.logs import log
+
+logger = logging.getLogger("edge.audio")
+
+ORIGIN_LEVELS = {Level.SIREN: "siren", Level.EMERGENCY: "emergency", Level.PTT: "ptt",
+                 Level.NORMAL: "normal", Level.SCHEDULED: "scheduled", Level.PROMPT: "prompt"}
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _reject(cmd: commands.Command, code: str, message: Text) -> commands.CommandRejected:
+    return commands.CommandRejected(ErrorInfo(code=code, message=message),  # type: ignore[arg-type]
+                                    cmd.id, str(type(cmd).__struct_config__.tag))
+
+
+class Loudspeaker:
+    def __init__(self, audio: AudioSection, data_dir: Path, *, pin_factory: Any, amp_pin: int,
+                 health: Health, emit: Callable[[AudioPayload], None],
+                 now: Callable[[], dt.datetime] = _utc_now) -> None:
+        self.config = audio
+        self._health = health
+        self._emit = emit
+        self._now = now
+        rate = audio.sample_rate
+        self.played_file = use_null_device(data_dir, rate) if audio.output == "null" else None
+        self.output = Output(audio)
+        self.amplifier = Amplifier(amp_pin, pin_factory, audio.amp_warm_up_s)
+        self.player = Player(self.output, self.amplifier, lead_ms=audio.lead_ms,
+                             idle_off_s=audio.amp_idle_off_s, on_unavailable=self._unavailable)
+        self.player.add_listener(self._report)
+        self.clips = ClipLibrary(data_dir / "clips", audio.clip_max_bytes)
+        self.store = AudioStore(data_dir / "audio.db")
+        self.speech = Speech(EspeakNg(audio.tts_voice), data_dir / "tts-cache", rate)
+        self.tz = zoneinfo.ZoneInfo(audio.timezone)
+        self.scheduler = Scheduler(self.store, self.tz, self._scheduled, now)
+        self.ptt = PushToTalk(audio.mic_device, rate, self.output.block, tones.chime(rate))
+        self.volume = self.store.volume(audio.volume)
+        self._siren = tones.siren(rate)
+        self._device_ok = True
+        self._prompts = threading.Thread(target=self._render_prompts, name="audio-prompts",
+                                         daemon=True)
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            name = check(self.config.device)
+            log(logger, "info", "audio.device", device=name, rate=self.config.sample_rate)
+            self._unavailable(None)
+        except AudioUnavailable as exc:
+            self._unavailable(str(exc))
+        self.player.start()
+        self.scheduler.start()
+        if self.config.prompts:
+            self._prompts.start()
+
+    def close(self) -> None:
+        self.ptt.release()
+        self.scheduler.close()
+        self.player.close()
+        self.amplifier.close()
+        self.store.close()
+
+    def _render_prompts(self) -> None:
+        """Render the staff prompts once (cached on disk) so a press never waits for TTS."""
+        try:
+            for zh, _en in PROMPTS.values():
+                self.speech.render(zh, cached=True)
+            self._health.clear("tts_unavailable")
+        except (TtsError, OSError, RuntimeError) as exc:  # no espeak-ng, disk full, ...
+            self._health.set("tts_unavailable", f"语音合成不可用，提示音将不播放：{exc}",
+                             f"text to speech unavailable, no spoken prompts: {exc}",
+                             action="apt-get install espeak-ng")
+
+    def _unavailable(self, problem: str | None) -> None:
+        self._device_ok = problem is None
+        if problem is None:
+            self._health.clear("audio_unavailable")
+        else:
+            self._health.set("audio_unavailable", f"喇叭音频设备不可用：{problem}",
+                             f"loudspeaker audio device unavailable: {problem}",
+                             action="check the USB sound card / audio.device; "
+                                    "alarms are still sent to the township")
+
+    # --- the alarm path and the buttons ----------------------------------------------
+
+    def siren(self) -> None:
+        if not self.config.siren:
+            return  # silent alarm: the township is paged, the village hears nothing
+        self.player.submit(Play("siren", Level.SIREN, "siren", "tone:siren",
+                                samples=self._siren, repeat=math.ceil(self.config.siren_s),
+                                volume=self.config.siren_volume))
+
+    def silence_siren(self) -> list[str]:
+        return self.player.stop(lambda p: p.origin == "siren")
+
+    def prompt(self, name: str) -> None:
+        """A staff prompt about the alarm. A silent alarm (siren = false) says nothing
+        either: whoever caused the alarm must not hear that it was raised."""
+        if not (self.config.prompts and self.config.siren):
+            return
+        sound = f"prompt:{name}"
+        if any(p.sound == sound for p in self.player.pending()):
+            return  # already waiting to be said (e.g. behind the siren): once is enough
+        samples = self.speech.ready(PROMPTS[name][0])
+        if samples is None:
+            log(logger, "warning", "audio.prompt_not_ready", prompt=name,
+                action="see tts_unavailable on the state topic")
+            return
+        self.player.submit(Play(f"prompt-{uuid.uuid4().hex[:12]}", Level.PROMPT, "prompt",
+                                sound, samples=samples, volume=self.volume))
+
+    def ptt_press(self) -> None:
+        live = self.ptt.press()
+        if live is not None:
+            self.player.submit(Play(f"ptt-{uuid.uuid4().hex[:12]}", Level.PTT, "ptt", "live",
+                                    live=live, volume=1.0))
+
+    def ptt_release(self) -> None:
+        self.ptt.release()
+
+    # --- events ----------------------------------------------------------------------
+
+    def _report(self, phase: str, play: Play, detail: dict[str, object]) -> None:
+        by = detail.get("by")
+        reason = detail.get("reason")
+        if phase == "preempted":
+            policy = detail.get("policy")
+            reason = text({"resume": "稍后继续播放", "restart": "稍后重新播放",
+                           "drop": "不再播放"}[str(policy)],
+                          f"cut off by {by}; it will {policy}" if policy != "drop"
+                          else f"cut off by {by}; dropped")
+        payload = AudioPayload(
+            phase=phase, play_id=play.play_id, origin=play.origin,  # type: ignore[arg-type]
+            level=ORIGIN_LEVELS[play.level], sound=play.sound,  # type: ignore[arg-type]
+            cmd_id=play.cmd_id, schedule_id=play.schedule_id,
+            by=str(by) if by is not None else None,
+            reason=reason if isinstance(reason, Text) else None,
+            played_s=round(play.position / self.output.rate, 3))
+        log(logger, "warning" if phase == "failed" else "info", f"audio.{phase}",
+            play_id=play.play_id, origin=play.origin, sound=play.sound, by=by)
+        self._emit(payload)
+
+    # --- township commands -----------------------------------------------------------
+
+    def execute(self, cmd: commands.Command) -> dict[str, Any]:
+        if isinstance(cmd, commands.BroadcastPlay):
+            return self._play(cmd)
+        if isinstance(cmd, commands.BroadcastStop):
+            stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
+                cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
+            return {"stopped": stopped}
+        if isinstance(cmd, commands.ClipPut):
+            try:
+                return self.clips.put_chunk(cmd)
+            except ClipError as exc:
+                raise _reject(cmd, exc.code, exc.message) from exc
+        if isinstance(cmd, commands.ClipDelete):
+            if not self.clips.delete(cmd.clip_id):
+                raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
+                                                        f"no clip {cmd.clip_id} at this station"))
+            return {"clip_id": cmd.clip_id}
+        if isinstance(cmd, commands.ScheduleSet):
+            try:
+                Cron(cmd.cron)
+            except CronError as exc:
+                raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
+                    from exc
+            self._sound(cmd, cached=True)  # the clip exists / the text renders, now
+            self.store.put_schedule(cmd)
+            return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
+                    "timezone": self.config.timezone}
+        if isinstance(cmd, commands.ScheduleClear):
+            count = self.store.clear_schedules(cmd.schedule_id)
+            if cmd.schedule_id is not None and count == 0:
+                raise _reject(cmd, "unknown_schedule", text(
+                    f"本站没有定时广播 {cmd.schedule_id}",
+                    f"no schedule {cmd.schedule_id} at this station"))
+            return {"cleared": count}
+        if isinstance(cmd, commands.VolumeSet):
+            self.store.set_volume(cmd.volume)
+            self.volume = cmd.volume
+            return {"volume": cmd.volume}
+        raise TypeError(f"not an audio command: {cmd!r}")
+
+    def _sound(self, cmd: commands.BroadcastPlay | commands.ScheduleSet, *, cached: bool
+               ) -> tuple[str, Any]:
+        try:
+            if cmd.clip is not None:
+                return f"clip:{cmd.clip}", self.clips.load(cmd.clip, self.output.rate)
+            if cmd.text is not None:
+                return "text", self.speech.render(cmd.text, cached=cached)
+            assert cmd.tone is not None
+            return f"tone:{cmd.tone}", tones.named(cmd.tone, self.output.rate)
+        except ClipError as exc:
+            raise _reject(cmd, exc.code, exc.message) from exc
+        except TtsError as exc:
+            raise _reject(cmd, "tts_failed", text(f"语音合成失败：{exc}", str(exc))) from exc
+
+    def _play(self, cmd: commands.BroadcastPlay) -> dict[str, Any]:
+        now = self._now()
+        if cmd.expires is not None and cmd.expires <= now:
+            raise _reject(cmd, "expired", text(
+                f"广播已于 {cmd.expires.isoformat()} 过期，未播放",
+                f"broadcast expired at {cmd.expires.isoformat()}; not played"))
+        emergency = cmd.priority == "emergency"
+        if not emergency and in_quiet_hours(now.astimezone(self.tz), self.config.quiet_start,
+                                            self.config.quiet_end):
+            raise _reject(cmd, "quiet_hours", text(
+                f"静默时段（{self.config.quiet_start}–{self.config.quiet_end}）只播放紧急广播",
+                f"quiet hours ({self.config.quiet_start}-{self.config.quiet_end}): "
+                f"only emergency broadcasts play"))
+        if not self._device_ok:
+            try:
+                check(self.config.device)
+            except AudioUnavailable as exc:
+                raise _reject(cmd, "audio_unavailable", text(
+                    f"喇叭音频设备不可用：{exc}", str(exc))) from exc
+        sound, samples = self._sound(cmd, cached=False)
+        mono = time.monotonic()
+        not_before = mono + max(0.0, (cmd.not_before - now).total_seconds()) \
+            if cmd.not_before else 0.0
+        expires = mono + (cmd.expires - now).total_seconds() if cmd.expires else None
+        play = Play(cmd.id, Level.EMERGENCY if emergency else Level.NORMAL, "township", sound,
+                    samples=samples, repeat=cmd.repeat,
+                    volume=self.volume if cmd.volume is None else cmd.volume,
+                    not_before=not_before, expires=expires, cmd_id=cmd.id)
+        self.player.submit(play)
+        current = self.player.current
+        return {"play_id": cmd.id, "plays_as": ORIGIN_LEVELS[play.level], "sound": sound,
+                "duration_s": round(len(samples) * cmd.repeat / self.output.rate, 3),
+                "playing_now": current.play_id if current else None}
+
+    def _scheduled(self, spec: commands.ScheduleSet, minute: dt.datetime) -> None:
+        play = Play(f"{spec.schedule_id}@{minute:%Y%m%dT%H%M}", Level.SCHEDULED, "schedule",
+                    "?", repeat=spec.repeat, schedule_id=spec.schedule_id,
+                    volume=self.volume if spec.volume is None else spec.volume)
+        if in_quiet_hours(minute, self.config.quiet_start, self.config.quiet_end):
+            self._report("skipped", play, {"reason": text("静默时段，定时广播未播放",
+                                                          "quiet hours: not played")})
+            return
+        try:
+            play.sound, play.samples = self._sound(spec, cached=True)
+        except commands.CommandRejected as exc:
+            self._report("failed", play, {"reason": exc.error.message})
+            return
+        self.player.submit(play)
+
+    def status(self) -> dict[str, Any]:
+        current = self.player.current
+        return {"playing": current.play_id if current else None,
+                "queued": [p.play_id for p in self.player.pending()],
+                "amplifier": self.amplifier.is_on, "volume": self.volume,
+                "device_ok": self._device_ok, "clips": self.clips.ids(),
+                "schedules": [s.schedule_id for s, _ in self.store.schedules()]}
