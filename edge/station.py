@@ -232,7 +232,7 @@ class Station:
             self._answer(cmd.id, _tag(cmd), False, ErrorInfo(
                 code="internal_error", message=text("站点执行命令出错", f"station error: {exc}")))
             return
-        log(logger, "info", "command.done", cmd=_tag(cmd), cmd_id=cmd.id, by=cmd.by, **detail)
+        log(logger, "info", "command.done", cmd=_tag(cmd), cmd_id=cmd.id, by=cmd.by, detail=detail)
         self._answer(cmd.id, _tag(cmd), True, None, detail)
 
     def _reject(self, topic: str, rejected: commands.CommandRejected) -> None:
