@@ -116,6 +116,8 @@ class Township:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=session or "")
         self.client.on_socket_open = set_no_delay
+        # paho backs off up to 120 s by default: a test broker restart must not wait that.
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=1)
         self.client.on_connect = lambda c, *_: c.subscribe(township_filter(township), qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
