@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import select
 import socket
 import ssl
 import threading
@@ -91,6 +92,10 @@ class Uplink:
         self._backoff = Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s)
 
         self._lock = threading.Lock()
+        # paho's I/O is not thread-safe when the application runs the loop itself: the
+        # network thread and a publisher writing at once can reorder packets on the wire.
+        # Every call that reads or writes the socket holds this lock.
+        self._io = threading.RLock()
         self._wake = threading.Condition(self._lock)
         # _fresh: rows were committed since the pump last looked (wake for any free slot);
         # _backlog: the pump's last page was full (wake once half the window is free, so
@@ -143,8 +148,13 @@ class Uplink:
 
     def publish_volatile(self, stored: Stored) -> None:
         """Last resort when the outbox cannot store an alarm: send it from memory."""
-        info = self._client.publish(self.topics.for_type(stored.type), stored.body, qos=1)
+        info = self._publish(self.topics.for_type(stored.type), stored.body)
         self._track(info.mid, stored)
+
+    def _publish(self, topic: str, body: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        # Not from the network thread's callbacks: those already hold self._io.
+        with self._io:
+            return self._client.publish(topic, body, qos=1, retain=retain)
 
     def stop(self, timeout: float = 0.8) -> None:
         """Say offline (retained) and disconnect cleanly; un-acked rows stay in the outbox."""
@@ -155,12 +165,16 @@ class Uplink:
         if self._pump.is_alive():
             self._pump.join(max(0.0, deadline - time.monotonic()))
         if self._connected:
-            info = self._client.publish(self.topics.state, self._state_payload(False), qos=1,
-                                        retain=True)
+            info = self._publish(self.topics.state, self._state_payload(False), retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.05, (deadline - time.monotonic()) / 2))
         self._closing.set()
-        self._client.disconnect()
+        # A TLS handshake in progress holds the lock: do not wait past the deadline for it.
+        if self._io.acquire(timeout=max(0.05, deadline - time.monotonic())):
+            try:
+                self._client.disconnect()
+            finally:
+                self._io.release()
         if self._net.is_alive():
             self._net.join(max(0.05, deadline - time.monotonic()))
 
@@ -236,26 +250,42 @@ class Uplink:
             self._accepted = False
             attempt = time.monotonic()
             try:
-                if first:
-                    # clean_start=False: commands queued while the link was down still arrive.
-                    self._client.connect(broker.host, broker.port, broker.keepalive_s,
-                                         clean_start=False, properties=props)
-                    first = False
-                else:
-                    self._client.reconnect()
+                with self._io:
+                    if first:
+                        # clean_start=False: commands queued while the link was down arrive.
+                        self._client.connect(broker.host, broker.port, broker.keepalive_s,
+                                             clean_start=False, properties=props)
+                        first = False
+                    else:
+                        self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
                 if isinstance(exc, ssl.SSLError):
                     self._tls_failed(exc)
                 self._connect_failed(str(exc))
                 continue
             while not self._closing.is_set():
-                if self._client.loop(timeout=1.0) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with self._io:
+                    rc = self._client.loop(timeout=0.0)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
+                self._await_io(1.0)
             if not self._closing.is_set():
                 if (broker.tls and not self._accepted
                         and time.monotonic() - attempt < _TLS_REFUSED_WITHIN_S):
                     self._tls_failed(None)
                 self._connect_failed("connection lost")
+
+    def _await_io(self, timeout: float) -> None:
+        """Sleep until the socket has something to read (or write), outside self._io, so
+        the pump can publish meanwhile."""
+        sock = self._client.socket()
+        if sock is None:
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes already buffered: select would not see them
+        want_write = [sock] if self._client.want_write() else []
+        with contextlib.suppress(OSError, ValueError):
+            select.select([sock], want_write, [], timeout)
 
     def _connect_failed(self, why: str) -> None:
         delay = self._backoff.next()
@@ -429,13 +459,12 @@ class Uplink:
                 retry, self._retry = self._retry[:room], self._retry[room:]
             if state_due:
                 next_state = time.monotonic() + interval
-                info = self._client.publish(self.topics.state, self._state_payload(True),
-                                            qos=1, retain=True)
+                info = self._publish(self.topics.state, self._state_payload(True), retain=True)
                 self._track(info.mid, _STATE)
                 room -= 1
             rows = retry + self._outbox.pending(self._cursor, max(0, room - len(retry)))
             for row in rows:
-                info = self._client.publish(self.topics.for_type(row.type), row.body, qos=1)
+                info = self._publish(self.topics.for_type(row.type), row.body)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     log(logger, "warning", "uplink.publish_failed", rc=str(info.rc), seq=row.seq)
                     with self._wake:
