@@ -33,8 +33,20 @@ class StateGet(CommandBase, tag="state.get", kw_only=True):
     """Republish the retained state now."""
 
 
-Command = AlarmAck | StateGet
-KNOWN = {str(cls.__struct_config__.tag) for cls in (AlarmAck, StateGet)}
+class CameraArm(CommandBase, tag="camera.arm", kw_only=True):
+    """Arm the camera now; `for_s` = 0 holds until the next change of camera.schedule."""
+
+    for_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 0
+
+
+class CameraDisarm(CommandBase, tag="camera.disarm", kw_only=True):
+    """Disarm the camera now; `for_s` = 0 holds until the next change of camera.schedule."""
+
+    for_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 0
+
+
+Command = AlarmAck | StateGet | CameraArm | CameraDisarm
+KNOWN = {str(cls.__struct_config__.tag) for cls in (AlarmAck, StateGet, CameraArm, CameraDisarm)}
 
 _decoder = msgspec.json.Decoder()
 

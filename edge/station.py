@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from gpiozero import LED
 
-from edge import __version__, commands
+from edge import __version__, camera, commands
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
 from edge.control import ControlError, ControlServer, Press, Request
@@ -23,6 +23,8 @@ from edge.events import (
     AlarmPanic,
     ButtonBroadcast,
     ButtonPayload,
+    CameraPerson,
+    CameraPersonPayload,
     CmdResult,
     CmdResultPayload,
     ErrorInfo,
@@ -83,6 +85,15 @@ class Station:
                                       on_broadcast=self._broadcast_pressed)
         self.control = ControlServer(config.control_socket, self._control)
         self._seen = commands.SeenCommands()
+        self.camera: camera.CameraPipeline | None = None
+        if config.camera.enabled:
+            try:
+                self.camera = camera.build(config.camera, self.health, self._person_seen)
+            except camera.DetectorError as exc:
+                # The rest of the unit works without the camera; the township sees why.
+                self.health.set("camera_detector", f"摄像头人形检测无法启动：{exc}",
+                                f"camera person detector cannot start: {exc}",
+                                action="run models/build.sh or fix camera.model")
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -92,6 +103,8 @@ class Station:
             self.indicator.raised(event_id)
         self.uplink.start()
         self.control.start()
+        if self.camera:
+            self.camera.start()
         log(logger, "info", "station.started", station=self.config.station.id,
             township=self.config.station.township, version=__version__,
             broker=f"{self.config.broker.host}:{self.config.broker.port}",
@@ -103,6 +116,8 @@ class Station:
         started = time.monotonic()
         self.buttons.close()
         self.control.close()
+        if self.camera:
+            self.camera.stop(timeout=0.3)
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self.outbox.close()
@@ -137,6 +152,11 @@ class Station:
             payload=ButtonPayload(button="broadcast", source="button", held_s=held_s),
             **self._identity())
         return self._submit(event)
+
+    def _person_seen(self, sighting: camera.Sighting) -> None:
+        self._submit(CameraPerson(payload=CameraPersonPayload(
+            score=sighting.score, box=sighting.box, zone=sighting.zone,
+            snapshot_jpeg=sighting.snapshot_b64()), **self._identity()))
 
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
@@ -215,6 +235,14 @@ class Station:
                                  f"no alarm {cmd.event_id} at this station")), cmd.id, _tag(cmd))
             self.indicator.acknowledged(cmd.event_id)
             return {"event_id": cmd.event_id}
+        if isinstance(cmd, commands.CameraArm | commands.CameraDisarm):
+            if self.camera is None:
+                raise commands.CommandRejected(ErrorInfo(
+                    code="invalid_command",
+                    message=text("本站摄像头未启用", "the camera is not enabled at this station")),
+                    cmd.id, _tag(cmd))
+            self.camera.arming.set(isinstance(cmd, commands.CameraArm), cmd.for_s)
+            return {"armed": self.camera.arming.armed(), "for_s": cmd.for_s}
         self.uplink.request_state()
         return {}
 
@@ -261,6 +289,8 @@ class Station:
             "alarm_led": self.indicator.mode.value, "topics": self.uplink.topics.root,
             "problems": [msgspec.to_builtins(p) for p in self.health.problems()],
             "data_dir": str(cfg.data_dir),
+            "camera": self.camera.status() if self.camera else None,
+            "counters": self.health.counts(),
         }
 
 
