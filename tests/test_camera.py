@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,15 @@ def test_simulator_defaults_watch_the_bundled_scene():
     while (frame := source.read()) is not None:
         pipeline.process(frame)
     assert len(sightings) == 1
+
+
+def test_missing_v4l2_camera_is_a_problem_retried_and_stops_quickly(broker, start_station):
+    station = start_station(broker.port, camera={
+        "enabled": True, "source": "v4l2", "device": 63, "retry_min_s": 0.05,
+        "retry_max_s": 0.1})
+    problem = wait_until(lambda: [p for p in station.health.problems()
+                                  if p.code == "camera_unavailable"], what="problem")
+    assert "/dev/video63" in problem[0].message.en
+    started = time.monotonic()
+    station.stop()
+    assert time.monotonic() - started < 1.0

@@ -133,9 +133,18 @@ class CameraPipeline:
     def stop(self, timeout: float = 0.5) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        self._source.close()
+        if self._thread.is_alive():
+            log(logger, "warning", "camera.stop_slow", source=self._source.name,
+                action="the camera driver is blocked; it is abandoned at exit")
 
     def _run(self) -> None:
+        # The source is only ever touched from this thread, closed here too.
+        try:
+            self._watch()
+        finally:
+            self._source.close()
+
+    def _watch(self) -> None:
         backoff = self._cfg.retry_min_s
         period = 1.0 / self._cfg.fps
         opened = failing = False
@@ -149,7 +158,7 @@ class CameraPipeline:
             except SourceError as exc:
                 self._source.close()
                 opened, failing = False, True
-                self._health.set(PROBLEM, f"摄像头不可用：{exc}，{backoff:g} 秒后重试",
+                self._health.set(PROBLEM, f"摄像头不可用：{exc}，正在重试",
                                  f"camera unavailable: {exc}; retrying",
                                  action="check the camera cable / power / RTSP address")
                 self._stop.wait(backoff)

@@ -19,6 +19,8 @@ from edge.config import CameraSection
 # The simulator's scene when camera.source = "folder" and camera.path is empty.
 BUNDLED_SCENE = Path(__file__).resolve().parents[2] / "sim" / "camera"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+OPEN_TIMEOUT_MS = 10000
+READ_TIMEOUT_MS = 5000
 
 Frame = np.ndarray[Any, np.dtype[np.uint8]]
 
@@ -46,9 +48,11 @@ def _fit(frame: Frame, width: int, height: int) -> Frame:
 class OpenCVSource:
     """A V4L2 camera (/dev/videoN) or an RTSP stream, through OpenCV."""
 
-    def __init__(self, target: int | str, width: int, height: int) -> None:
+    def __init__(self, target: int | str, width: int, height: int, fps: float) -> None:
         self._target = target
         self._width, self._height = width, height
+        self._fps = fps
+        self._skip = 0
         self._cap: cv2.VideoCapture | None = None
         self.name = f"/dev/video{target}" if isinstance(target, int) else _redact(target)
 
@@ -58,17 +62,26 @@ class OpenCVSource:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self._height)
         else:
-            cap = cv2.VideoCapture(self._target, cv2.CAP_FFMPEG)
-        # Keep only the newest frame: a slow pipeline must not fall behind real time.
+            # Bounded waits, so a dead IP camera is reported and retried, not waited on.
+            cap = cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS])
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open camera {self.name}")
+        # A stream runs at its own rate: drop the frames between the ones looked at, or
+        # they queue up and what is analysed falls ever further behind real time.
+        source_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self._skip = max(0, round(source_fps / self._fps) - 1) if source_fps > 0 else 0
         self._cap = cap
 
     def read(self) -> Frame | None:
         if self._cap is None:
             raise SourceError(f"camera {self.name} is not open")
+        for _ in range(self._skip):
+            if not self._cap.grab():
+                raise SourceError(f"camera {self.name} stopped delivering frames")
         ok, frame = self._cap.read()
         if not ok or frame is None:
             raise SourceError(f"camera {self.name} stopped delivering frames")
@@ -172,9 +185,9 @@ class FolderSource:
 
 def make_source(cfg: CameraSection) -> FrameSource:
     if cfg.source == "v4l2":
-        return OpenCVSource(cfg.device, cfg.width, cfg.height)
+        return OpenCVSource(cfg.device, cfg.width, cfg.height, cfg.fps)
     if cfg.source == "rtsp":
-        return OpenCVSource(cfg.url, cfg.width, cfg.height)
+        return OpenCVSource(cfg.url, cfg.width, cfg.height, cfg.fps)
     if cfg.source == "picamera2":
         return Picamera2Source(cfg.width, cfg.height)
     path = Path(cfg.path).expanduser() if cfg.path else BUNDLED_SCENE
