@@ -15,15 +15,19 @@ What it measures
               size and shape (a real alarm body with a fresh id) to the same broker,
               received by the same subscriber, timed the same way.
 
+    The station figure is also split where the alarm's outbox future resolves (its
+    transaction committed and fsynced): press->committed and committed->township. For that
+    the script wraps `submit` on the station's Outbox instance (edge/ is not modified).
+
     Station presses and baseline publishes are interleaved one for one, so machine noise
     hits both equally. `--warmup` rounds of each are run first and not counted. Medians
     and nearest-rank percentiles, never means. Station logs go (JSON, info level, as in
     production) to a file in the temporary directory.
 
-Target: station p99 < 20 ms.
+Target: station p99 < 20 ms. Exit status 0 when met, 1 when not.
 
 Run
-    python3 bench/alarm_latency.py                 # 500 presses, ~15-30 s
+    python3 bench/alarm_latency.py                 # 500 presses, ~10 s
     python3 bench/alarm_latency.py --presses 100   # quick
 """
 
@@ -32,25 +36,21 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import platform
 import queue
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import paho.mqtt
 import paho.mqtt.client as mqtt
+from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge.events import new_event_id
@@ -65,23 +65,10 @@ STATION = "v001"
 BASELINE_STATION = "baseline"
 
 
-class _Head(msgspec.Struct):
-    id: str
-    type: str
 
 
-_decode_head = msgspec.json.Decoder(_Head).decode
+_decode_head = msgspec.json.Decoder(Head).decode
 
-
-def machine_line() -> str:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count() or 0
-    return (f"machine: nproc={affinity} python={platform.python_version()} "
-            f"({platform.python_implementation()}) {platform.machine()} "
-            f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
-            f"paho-mqtt={paho.mqtt.__version__}")
 
 
 def pct(sorted_values: list[float], p: float) -> float:
@@ -190,16 +177,17 @@ def wait_for(township: Township, source: str, seen: set[str], timeout: float
             return t, event_id
 
 
-def summary(name: str, ms: list[float]) -> dict[str, float]:
+def summary(name: str, ms: list[float], width: int = 9) -> dict[str, float]:
     s = sorted(ms)
     out = {"p50": statistics.median(s), "p99": pct(s, 99), "max": s[-1], "min": s[0],
            "p90": pct(s, 90)}
-    print(f"  {name:<9} n={len(s):<5} p50={out['p50']:7.2f} ms  p90={out['p90']:7.2f} ms  "
+    print(f"  {name:<{width}} n={len(s):<5} p50={out['p50']:7.2f} ms  p90={out['p90']:7.2f} ms  "
           f"p99={out['p99']:7.2f} ms  max={out['max']:7.2f} ms  min={out['min']:6.2f} ms")
     return out
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
+    load_before = loadavg()
     log_path = tmp / "station.log"
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(JsonFormatter())
@@ -221,6 +209,17 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             raise RuntimeError("the station did not come online (no state message)")
         baseline = Baseline(broker.port)
 
+        # Breakdown: when each alarm's outbox future resolves (after its commit + fsync).
+        # Wraps the instance's submit; edge/ is not changed.
+        committed: queue.SimpleQueue[float] = queue.SimpleQueue()
+        submit = station.outbox.submit
+
+        def timed_submit(*a: Any, **kw: Any) -> Any:
+            future = submit(*a, **kw)
+            future.add_done_callback(lambda _f: committed.put(time.perf_counter()))
+            return future
+
+        station.outbox.submit = timed_submit  # type: ignore[method-assign]
         pin = station.pin_factory.pin(station.config.pins.panic)
         if not station.config.pins.pull_up:
             raise RuntimeError("bench assumes pins.pull_up = true (press = drive_low)")
@@ -229,6 +228,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         seen_base: set[str] = set()
         template: bytes | None = None
         station_ms: list[float] = []
+        commit_ms: list[float] = []
+        after_ms: list[float] = []
         base_ms: list[float] = []
         lost = {"station": 0, "baseline": 0}
 
@@ -243,8 +244,15 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             if got is None:
                 lost["station"] += 1
             else:
+                try:
+                    t_commit = committed.get(timeout=1.0)
+                except queue.Empty:
+                    t_commit = None
                 if i >= args.warmup:
                     station_ms.append((got[0] - t0) * 1000.0)
+                    if t_commit is not None:
+                        commit_ms.append((t_commit - t0) * 1000.0)
+                        after_ms.append((got[0] - t_commit) * 1000.0)
                 if template is None:
                     # A real stored alarm body, for the same-size baseline payload.
                     template = bytes(_body_of(station, got[1]))
@@ -267,9 +275,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
         print("alarm latency: mock panic press -> durable outbox (WAL, synchronous=FULL) -> "
               "QoS 1 -> township on_message")
-        print(machine_line())
+        print(machine_line(load_before))
         print(f"broker: mosquitto on 127.0.0.1:{broker.port} (loopback), "
-              f"data dir on {tmp} ({_fs_of(tmp)})")
+              f"data dir on {tmp} ({fs_of(tmp)})")
         print(f"presses={args.presses} (+{args.warmup} warm-up each, not counted), "
               f"gap={args.gap_ms} ms, payload={len(template or b'')} bytes, "
               f"interleaved station/baseline, run took {took:.1f} s")
@@ -281,6 +289,10 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         print(f"  ratio station/baseline: p50 x{st['p50'] / bl['p50']:.1f}, "
               f"p99 x{st['p99'] / bl['p99']:.1f}; "
               f"station overhead over baseline: p50 +{st['p50'] - bl['p50']:.2f} ms")
+        if commit_ms:
+            print("  station breakdown (same presses):")
+            summary("press->committed (outbox future resolved, fsync done)", commit_ms, 56)
+            summary("committed->township (pump, paho, broker)", after_ms, 56)
         if lost["station"] or lost["baseline"]:
             print(f"  LOST (not received within {args.timeout} s): {lost}")
         ok = st["p99"] < TARGET_P99_MS and not lost["station"]
@@ -306,22 +318,6 @@ def _body_of(station: Station, event_id: str) -> bytes:
     return bytes(row[0])
 
 
-def _fs_of(path: Path) -> str:
-    """The filesystem type holding `path`, from /proc/mounts (best effort)."""
-    try:
-        best = ("", "?")
-        real = str(path.resolve())
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                mount_point, fs_type = parts[1], parts[2]
-                if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
-                        and len(mount_point) >= len(best[0]):
-                    best = (mount_point, fs_type)
-        return f"{best[1]} at {best[0]}"
-    except OSError:
-        return "?"
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -334,23 +330,12 @@ def main() -> int:
                         help="pause after each arrival before the next round (default 5)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for one alarm before counting it lost")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where to make the temporary directory (default: system temp); "
-                             "point it at the disk you care about, fsync cost depends on it")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (station log, outbox.db)")
+    add_tmp_args(parser)
     args = parser.parse_args()
     if args.presses < 1:
         parser.error("--presses must be >= 1")
 
-    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-latency-", dir=args.tmpdir))
-    try:
-        return run(args, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tmp(args, "pingan-bench-latency-", run)
 
 
 if __name__ == "__main__":

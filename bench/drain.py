@@ -28,25 +28,29 @@ What it measures
        same broker and subscriber; timed from just before the first publish until the
        subscriber has them all.
 
-Targets: drain >= 5,000 events/s, enqueue >= 2,000 events/s.
+    Also printed: the station->broker rate (PUBACKs counted by wrapping `mark_delivered`
+    on the station's Outbox instance; edge/ is not modified) and the CPU time each side
+    used per event while draining (station process split by thread: uplink-net,
+    uplink-pump, outbox-writer; baseline publisher; mosquitto; township process), from
+    /proc. On a shared or small machine the rates are noisy; CPU per event is steadier.
+
+Targets: drain >= 5,000 events/s, enqueue >= 2,000 events/s. Exit status 0 when met, 1 when not.
 
 Run
-    python3 bench/drain.py                   # 50,000 events, ~1 min
+    python3 bench/drain.py                   # 50,000 events, ~30-60 s
     python3 bench/drain.py --events 5000     # quick
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing as mp
 import os
-import platform
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -55,11 +59,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import paho.mqtt
 import paho.mqtt.client as mqtt
+from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 TARGET_DRAIN = 5000.0
 TARGET_ENQUEUE = 2000.0
@@ -71,14 +75,12 @@ TOWNSHIP_CLIENT_ID = "bench-township-centre"
 
 # --- the township centre (child process) ----------------------------------------------
 
-class _Head(msgspec.Struct):
-    id: str
-    type: str
+
 
 
 def township_main(conn: Connection, port: int) -> None:
     """Child process: a persistent-session subscriber, driven by commands on `conn`."""
-    decode = msgspec.json.Decoder(_Head).decode
+    decode = msgspec.json.Decoder(Head).decode
     lock = threading.Lock()
     done = threading.Event()
     subscribed = threading.Event()
@@ -89,6 +91,7 @@ def township_main(conn: Connection, port: int) -> None:
             done.clear()
             st.clear()
             st.update(topic=topic, expected=set(ids), got=set(), first_t=None, last_t=None,
+                      cpu0=time.process_time(),
                       duplicates=0, other_msgs=0, unexpected=0, alarms=0, order_ok=True,
                       first_other_idx=None, last_alarm_idx=None, session_present=None)
 
@@ -145,7 +148,9 @@ def township_main(conn: Connection, port: int) -> None:
 
     def stats() -> dict[str, Any]:
         with lock:
-            return {k: (len(v) if isinstance(v, set) else v) for k, v in st.items()}
+            out = {k: (len(v) if isinstance(v, set) else v) for k, v in st.items()}
+        out["cpu"] = time.process_time() - out.pop("cpu0")
+        return out
 
     connect()
     if not subscribed.wait(10):
@@ -216,10 +221,8 @@ class TownshipProcess:
 
     def close(self) -> None:
         if self.proc.is_alive():
-            try:
+            with contextlib.suppress(RuntimeError, OSError, EOFError):
                 self.call("stop")
-            except (RuntimeError, OSError, EOFError):
-                pass
             self.proc.join(5)
             if self.proc.is_alive():
                 self.proc.terminate()
@@ -229,30 +232,55 @@ class TownshipProcess:
 
 # --- helpers --------------------------------------------------------------------------
 
-def machine_line() -> str:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 0
-    return (f"machine: nproc={cpus} python={platform.python_version()} "
-            f"({platform.python_implementation()}) {platform.machine()} "
-            f"kernel={platform.release()} sqlite={sqlite3.sqlite_version} "
-            f"paho-mqtt={paho.mqtt.__version__}")
 
 
-def fs_of(path: Path) -> str:
-    best = ("", "?")
-    real = str(path.resolve())
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu(path: str) -> float | None:
+    """utime + stime, in seconds, from a /proc/.../stat file."""
     try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                if (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")) \
-                        and len(parts[1]) >= len(best[0]):
-                    best = (parts[1], parts[2])
-    except OSError:
-        pass
-    return f"{best[1]} at {best[0]}"
+        with open(path, encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each live thread of this process, by thread name."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        cpu = _stat_cpu(f"/proc/self/task/{t.native_id}/stat")
+        if cpu is not None:
+            out[t.name] = out.get(t.name, 0.0) + cpu
+    return out
+
+
+def process_cpu() -> float:
+    return time.process_time()
+
+
+def broker_cpu(broker: Any) -> float:
+    proc = getattr(broker, "_proc", None)  # the Mosquitto helper keeps its Popen private
+    return (_stat_cpu(f"/proc/{proc.pid}/stat") or 0.0) if proc else 0.0
+
+
+def cpu_line(label: str, n: int, total: float, parts: dict[str, float] | None = None) -> str:
+    line = f"  {label:<28}: {total:6.2f} s CPU = {total / n * 1e6:6.0f} us/event"
+    if parts:
+        shown = ", ".join(f"{k} {v / n * 1e6:.0f}" for k, v in parts.items())
+        line += f"  ({shown} us/event)"
+    return line
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -359,6 +387,7 @@ def verdict(ok: bool) -> str:
 # --- the run --------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
+    load_before = loadavg()
     from edge import config as config_mod
     from edge.localbroker import Mosquitto
     from edge.logs import JsonFormatter
@@ -373,7 +402,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     logging.getLogger("paho").setLevel(logging.WARNING)
 
     n = args.events
-    ok_all = True
     broker = Mosquitto(tmp / "broker").start()
     township: TownshipProcess | None = None
     station: Station | None = None
@@ -398,11 +426,14 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         n_alarms = sum(1 for e in events if type(e).__name__ == "AlarmPanic")
 
         # (a) durable enqueue with group commit
+        cpu_enq0, threads_enq0 = process_cpu(), thread_cpu()
         t0 = time.perf_counter()
         futures: list[Future[Stored]] = [station.outbox.submit(e) for e in events]
         t_submitted = time.perf_counter()
         stored = [f.result(120) for f in futures]
         enqueue_s = time.perf_counter() - t0
+        cpu_enq = process_cpu() - cpu_enq0
+        writer_enq = thread_cpu().get("outbox-writer", 0.0) - threads_enq0.get("outbox-writer", 0)
         enqueue_rate = n / enqueue_s
         seqs_ok = [s.seq for s in stored] == list(range(stored[0].seq, stored[0].seq + n))
         pending = station.outbox.pending_count()
@@ -416,17 +447,39 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         single_s = sqlite_baseline(tmp / "single.db", rows[:k], per_event=True)
         single_rate = k / single_s
 
-        # (b) drain after the broker comes back
+        # (b) drain after the broker comes back. PUBACKs reach the outbox through
+        # mark_delivered(): count them (instance attribute, edge/ untouched) to tell the
+        # station->broker rate from the broker->township rate.
+        acked = {"n": 0, "last": 0.0, "first": 0.0}
+        mark_delivered = station.outbox.mark_delivered
+
+        def counting_mark_delivered(*a: Any, **kw: Any) -> Any:
+            acked["n"] += 1
+            acked["last"] = time.monotonic()
+            if acked["n"] == 1:
+                acked["first"] = acked["last"]
+            return mark_delivered(*a, **kw)
+
+        station.outbox.mark_delivered = counting_mark_delivered  # type: ignore[method-assign]
         ids = [s.id for s in stored]
         township.call("expect", f"pingan/v1/{TOWNSHIP}/{STATION}/events", ids)
+        cpu_d0, threads_d0 = process_cpu(), thread_cpu()
         t_start = time.monotonic()
         broker.start()
         t_up = time.monotonic()
         township.call("resume")
         drained, st = township.wait_done(args.drain_timeout)
         t_seen = time.monotonic()
-        wait_until(lambda: station.outbox.pending_count() == 0, 60, "outbox marked delivered")
+        cpu_drain = process_cpu() - cpu_d0
+        threads_d1 = thread_cpu()
+        cpu_threads = {name: threads_d1.get(name, 0.0) - threads_d0.get(name, 0.0)
+                       for name in ("uplink-net", "uplink-pump", "outbox-writer")}
+        cpu_threads["other"] = cpu_drain - sum(cpu_threads.values())
+        cpu_broker = broker_cpu(broker)
+        outbox_drained = drained and wait_for(
+            lambda: station.outbox.pending_count() == 0, 30)
         t_marked = time.monotonic()
+        station_pending = station.outbox.pending_count()
         stop_t = time.monotonic()
         station.stop()
         station_stop_s = time.monotonic() - stop_t
@@ -453,11 +506,13 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         publisher.loop_start()
         if not connected.wait(10):
             raise RuntimeError("baseline publisher could not connect")
+        cpu_b0, cpu_bb0 = process_cpu(), broker_cpu(broker)
         b0 = time.monotonic()
         for body in bodies:
             publisher.publish(base_topic, body, qos=1)
         b_published = time.monotonic()
         b_drained, bst = township.wait_done(args.drain_timeout)
+        cpu_base, cpu_base_broker = process_cpu() - cpu_b0, broker_cpu(broker) - cpu_bb0
         b_got = bst["got"]
         base_s = (bst["last_t"] - b0) if bst["last_t"] else float("nan")
         base_rate = b_got / base_s if bst["last_t"] else 0.0
@@ -467,7 +522,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         # --- report ---
         print("drain: outage backlog -> durable enqueue (group commit) -> broker back -> "
               "township")
-        print(machine_line())
+        print(machine_line(load_before))
         print(f"disk: {tmp} ({fs_of(tmp)}); broker: mosquitto 127.0.0.1:{broker.port}, "
               f"persistence on; township subscriber in a separate process")
         print(f"events={n} ({n_alarms} alarm.panic, {n - n_alarms} button.broadcast/status), "
@@ -484,6 +539,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         print(f"  sqlite3 WAL FULL, 1 commit per event  : {single_s:7.3f} s  "
               f"{single_rate:10,.0f} events/s  ({k} events; {single_s / k * 1000:.2f} ms/commit;"
               f" group commit = {enqueue_rate / single_rate:.1f} x this)")
+        print(cpu_line("station process CPU", n, cpu_enq,
+                       {"outbox-writer": writer_enq, "rest": cpu_enq - writer_enq}))
         print(f"  stored seqs contiguous: {seqs_ok}; outbox pending after enqueue: {pending}")
         ok_enq = enqueue_rate >= TARGET_ENQUEUE and seqs_ok and pending == n
         print(f"  target enqueue >= {TARGET_ENQUEUE:,.0f} events/s -> {verdict(ok_enq)} "
@@ -503,9 +560,27 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         print(f"  ratio station/baseline: {drain_rate / base_rate:.2f} (from start), "
               f"{steady_rate / b_steady:.2f} (first->last)" if base_rate and b_steady else
               "  ratio: n/a")
-        print(f"  outbox all marked delivered {t_marked - t_start:.3f} s after broker start "
-              f"({t_marked - t_seen:.3f} s after the last arrival); station.stop() took "
-              f"{station_stop_s:.3f} s")
+        if acked["n"]:
+            print(f"  station->broker: {acked['n']:,} PUBACKs, last one "
+                  f"{acked['last'] - t_start:.3f} s after broker start -> "
+                  f"{acked['n'] / (acked['last'] - t_start):,.0f}/s from start, "
+                  f"{(acked['n'] - 1) / max(1e-9, acked['last'] - acked['first']):,.0f}/s "
+                  f"first->last")
+        if outbox_drained:
+            print(f"  outbox: every row marked delivered {t_marked - t_start:.3f} s after broker"
+                  f" start ({t_marked - t_seen:.3f} s after the township had them all); "
+                  f"station.stop() took {station_stop_s:.3f} s")
+        else:
+            print(f"  outbox: NOT drained, {station_pending} rows still pending "
+                  f"(state_interval_s stall? see the report); station.stop() took "
+                  f"{station_stop_s:.3f} s")
+        print("  CPU while draining (less sensitive to other load than the rates):")
+        print(cpu_line("station process", got or 1, cpu_drain, cpu_threads))
+        print(cpu_line("baseline publisher process", b_got or 1, cpu_base))
+        print(cpu_line("mosquitto, station phase", got or 1, cpu_broker))
+        print(cpu_line("mosquitto, baseline phase", b_got or 1, cpu_base_broker))
+        print(cpu_line("township, station phase", got or 1, st["cpu"]))
+        print(cpu_line("township, baseline phase", b_got or 1, bst["cpu"]))
         every = drained and got == n and st["unexpected"] == 0
         print(f"  check every id received: {got}/{n} distinct, duplicates={st['duplicates']}, "
               f"unexpected={st['unexpected']} -> {'OK' if every else 'FAILED'}")
@@ -522,8 +597,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
               f"(target >= {TARGET_ENQUEUE:,.0f}); drain {drain_rate:,.0f}/s "
               f"{verdict(ok_drain)} (target >= {TARGET_DRAIN:,.0f}); all ids "
               f"{'OK' if every else 'FAILED'}; alarms first {'OK' if order_ok else 'FAILED'}")
-        ok_all = ok_enq and ok_drain
-        return 0 if ok_all else 1
+        return 0 if ok_enq and ok_drain else 1
     finally:
         if publisher is not None:
             publisher.disconnect()
@@ -550,23 +624,12 @@ def main() -> int:
                         help="events for the one-commit-per-event baseline (default 500)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="give up waiting for a drain after this many seconds")
-    parser.add_argument("--tmpdir", default=None,
-                        help="where to make the temporary directory (default: system temp); "
-                             "point it at the disk you care about, fsync cost depends on it")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (station log, outbox.db)")
+    add_tmp_args(parser)
     args = parser.parse_args()
     if args.events < 2:
         parser.error("--events must be >= 2")
 
-    tmp = Path(tempfile.mkdtemp(prefix="pingan-bench-drain-", dir=args.tmpdir))
-    try:
-        return run(args, tmp)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_in_tmp(args, "pingan-bench-drain-", run)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge.localbroker import BrokerError
     from edge.pins import PinFactoryError
     from edge.station import Station
 
@@ -48,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup(cfg.log.level)
     try:
         station = Station(cfg)
-    except PinFactoryError as exc:
+    except (PinFactoryError, BrokerError) as exc:
         print(f"pingan-edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     stop = threading.Event()

@@ -64,6 +64,12 @@ class _Append:
     future: Future[Stored]
 
 
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    seq: int
+    size: int
+
+
 @dataclass(slots=True)
 class _Barrier:
     done: threading.Event
@@ -71,6 +77,8 @@ class _Barrier:
 
 _STOP = object()
 _CLEANUP_EVERY = 1000
+# A batch of PUBACKs alone waits this long for more, so a drain commits acks in bulk.
+_ACK_LINGER_S = 0.05
 
 
 class Outbox:
@@ -126,6 +134,10 @@ class Outbox:
                 "CREATE INDEX IF NOT EXISTS events_pending ON events(priority, seq) "
                 "WHERE delivered_at IS NULL"
             )
+            self._write.execute(
+                "CREATE INDEX IF NOT EXISTS events_delivered ON events(seq) "
+                "WHERE delivered_at IS NOT NULL"
+            )
 
     def _load_counters(self) -> tuple[int, int]:
         row = self._write.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
@@ -146,15 +158,20 @@ class Outbox:
     def append(self, event: Event, timeout: float = 10.0) -> Stored:
         return self.submit(event).result(timeout)
 
-    def mark_delivered(self, seq: int) -> None:
-        """Record a PUBACK. Batched; losing one to a crash only means a duplicate later."""
-        self._queue.put(seq)
+    def mark_delivered(self, seq: int, size: int) -> None:
+        """Record a PUBACK for row `seq` of `size` bytes. Batched and committed without
+        fsync: losing one to a crash only means the event is sent again (same id)."""
+        self._queue.put(_Ack(seq, size))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far has been committed."""
         barrier = _Barrier(threading.Event())
         self._queue.put(barrier)
         return barrier.done.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def close(self, timeout: float = 5.0) -> None:
         if self._thread.is_alive():
@@ -208,13 +225,7 @@ class Outbox:
     def _run(self) -> None:
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                batch = self._gather(self._queue.get())
                 stop = any(item is _STOP for item in batch)
                 self._commit(batch)
                 if stop:
@@ -222,14 +233,34 @@ class Outbox:
         finally:
             self._write.close()
 
+    def _gather(self, first: object) -> list[object]:
+        """Take what is queued; a batch of acks alone lingers briefly for more."""
+        batch = [first]
+        acks_only = isinstance(first, _Ack)
+        deadline = time.monotonic() + _ACK_LINGER_S
+        while len(batch) < self._batch_max:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if not acks_only or remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            batch.append(item)
+            acks_only = acks_only and isinstance(item, _Ack)
+        return batch
+
     def _commit(self, batch: list[object]) -> None:
         appends = [b for b in batch if isinstance(b, _Append)]
-        acks = [b for b in batch if isinstance(b, int)]
+        acks = [b for b in batch if isinstance(b, _Ack)]
         stored: list[Stored] = []
         evicted: list[tuple[int, int]] = []
         try:
             stored, evicted = self._transaction(appends, acks)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the transaction rolled back; the writer must live on
             error = OutboxError(f"outbox write failed: {exc}")
             log(logger, "error", "outbox.write_failed", error=str(exc), events=len(appends),
                 acks=len(acks), path=str(self.path),
@@ -238,23 +269,27 @@ class Outbox:
                 a.future.set_exception(error)
         else:
             evicted_seqs = {seq for seq, _ in evicted}
+            # Report before resolving: whoever waits on an append then sees the eviction.
+            if evicted:
+                self._report_eviction(evicted)
             for a, s in zip(appends, stored, strict=True):
                 if s.seq in evicted_seqs:
                     a.future.set_exception(OutboxFull(
                         f"outbox full of higher-priority events; {s.type} {s.id} not kept"))
                 else:
                     a.future.set_result(s)
-            if evicted:
-                self._report_eviction(evicted)
             kept = [s for s in stored if s.seq not in evicted_seqs]
             if kept and self._on_commit:
-                self._on_commit(kept)
+                try:
+                    self._on_commit(kept)
+                except Exception:
+                    logger.exception("outbox.on_commit_failed")
         for b in batch:
             if isinstance(b, _Barrier):
                 b.done.set()
 
     def _transaction(
-        self, appends: list[_Append], acks: list[int]
+        self, appends: list[_Append], acks: list[_Ack]
     ) -> tuple[list[Stored], list[tuple[int, int]]]:
         seq = self._next_seq
         pending_bytes = self._pending_bytes
@@ -269,6 +304,8 @@ class Outbox:
             pending_bytes += len(body)
             seq += 1
         evicted: list[tuple[int, int]] = []
+        # Only accepting events needs the fsync; delivery marks may be lost to a crash.
+        self._write.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
         with self._write:
             if rows:
                 self._write.executemany(
@@ -277,15 +314,11 @@ class Outbox:
                 self._write.execute(
                     "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (seq,))
-            if acks:
-                delivered = self._write.executemany(
-                    "UPDATE events SET delivered_at = ? WHERE seq = ? AND delivered_at IS NULL",
-                    [(now, s) for s in acks])
-                if delivered.rowcount > 0:
-                    pending_bytes -= self._write.execute(
-                        f"SELECT COALESCE(SUM(size), 0) FROM events WHERE seq IN "
-                        f"({','.join('?' * len(acks))}) AND delivered_at = ?",
-                        (*acks, now)).fetchone()[0]
+            for ack in acks:
+                if self._write.execute(
+                        "UPDATE events SET delivered_at = ? WHERE seq = ? AND delivered_at IS NULL",
+                        (now, ack.seq)).rowcount:
+                    pending_bytes -= ack.size
             if pending_bytes > self._max_bytes:
                 evicted = self._evict(pending_bytes - self._max_bytes)
                 pending_bytes -= sum(size for _, size in evicted)
@@ -293,9 +326,9 @@ class Outbox:
             if self._acks_since_cleanup >= _CLEANUP_EVERY:
                 self._acks_since_cleanup = 0
                 self._write.execute(
-                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND seq NOT IN "
+                    "DELETE FROM events WHERE delivered_at IS NOT NULL AND seq < "
                     "(SELECT seq FROM events WHERE delivered_at IS NOT NULL "
-                    "ORDER BY seq DESC LIMIT ?)", (self._keep_delivered,))
+                    "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (max(0, self._keep_delivered - 1),))
         self._next_seq, self._pending_bytes = seq, pending_bytes
         return stored, evicted
 

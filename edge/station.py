@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import threading
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -41,6 +42,7 @@ from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
 from edge.uplink import Uplink
+from edge.watchdog import Watchdog
 
 logger = logging.getLogger("edge.station")
 
@@ -84,6 +86,8 @@ class Station:
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
         self.control = ControlServer(config.control_socket, self._control)
+        self._stopping = threading.Event()
+        self.watchdog = Watchdog(self.healthy)
         self._seen = commands.SeenCommands()
         self.camera: camera.CameraPipeline | None = None
         if config.camera.enabled:
@@ -103,6 +107,7 @@ class Station:
             self.indicator.raised(event_id)
         self.uplink.start()
         self.control.start()
+        self.watchdog.start()
         if self.camera:
             self.camera.start()
         log(logger, "info", "station.started", station=self.config.station.id,
@@ -114,6 +119,8 @@ class Station:
     def stop(self) -> None:
         """Stop taking input, commit what was accepted, say offline, close. Under ~1 s."""
         started = time.monotonic()
+        self._stopping.set()  # ends a simulated press burst in progress
+        self.watchdog.stop()
         self.buttons.close()
         self.control.close()
         if self.camera:
@@ -127,6 +134,10 @@ class Station:
             self.local_broker.stop()
         self._lock_file.close()
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
+
+    def healthy(self) -> bool:
+        """The alarm path can work: its threads run and the outbox writer answers."""
+        return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0)
 
     # --- inputs ----------------------------------------------------------------------
 
@@ -272,6 +283,8 @@ class Station:
         press, release = ((pin.drive_low, pin.drive_high) if pins.pull_up
                           else (pin.drive_high, pin.drive_low))
         for i in range(request.count):
+            if self._stopping.is_set():
+                break
             press()
             if hold:
                 time.sleep(hold)

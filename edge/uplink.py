@@ -81,7 +81,11 @@ class Uplink:
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._work = True
+        # _fresh: rows were committed since the pump last looked (wake for any free slot);
+        # _backlog: the pump's last page was full (wake once half the window is free, so
+        # a drain refills in pages rather than one query per PUBACK).
+        self._fresh = True
+        self._backlog = False
         self._state_due = True
         self._connected = False
         self._stopping = threading.Event()
@@ -103,6 +107,10 @@ class Uplink:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def alive(self) -> bool:
+        return self._net.is_alive() and self._pump.is_alive()
+
     def start(self) -> None:
         self._net.start()
         self._pump.start()
@@ -110,7 +118,7 @@ class Uplink:
     def notify(self, _stored: list[Stored] | None = None) -> None:
         """New rows were committed (called from the outbox writer)."""
         with self._wake:
-            self._work = True
+            self._fresh = True
             self._wake.notify()
 
     def request_state(self) -> None:
@@ -223,7 +231,7 @@ class Uplink:
             self._retry.extend(self._rejected)
             self._rejected.clear()
             self._connected = True
-            self._work = True
+            self._fresh = True
             self._wake.notify()
         log(logger, "info", "uplink.connected", host=self._config.broker.host,
             port=self._config.broker.port, session_present=bool(flags.session_present))
@@ -249,6 +257,8 @@ class Uplink:
             if entry is None:
                 self._early[mid] = reason  # PUBACK beat publish() returning: see _track
                 return
+            if self._ready():
+                self._wake.notify()
         self._acked(entry, reason)
 
     def _track(self, mid: int, entry: Stored | object) -> None:
@@ -271,23 +281,28 @@ class Uplink:
             with self._wake:
                 self._rejected.append(entry)  # retried after the next (re)connect
             return
-        self._outbox.mark_delivered(entry.seq)
+        self._outbox.mark_delivered(entry.seq, len(entry.body))
         self._on_delivered(entry)
-        with self._wake:
-            self._work = True
-            self._wake.notify()
 
     # --- the pump --------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        """Whether the pump has something to do now (call with the lock held)."""
+        if not self._connected:
+            return False
+        if self._state_due:
+            return True
+        free = self._window - len(self._inflight)
+        if self._fresh:
+            return free > 0
+        return self._backlog and free >= max(1, self._window // 2)
 
     def _run_pump(self) -> None:
         interval = self._config.uplink.state_interval_s
         next_state = time.monotonic() + interval
         while not self._stopping.is_set():
             with self._wake:
-                while not self._stopping.is_set() and not (
-                    self._connected and (self._state_due or (
-                        self._work and len(self._inflight) < self._window))
-                ):
+                while not self._stopping.is_set() and not self._ready():
                     timeout = next_state - time.monotonic()
                     if timeout <= 0:
                         self._state_due = True
@@ -297,7 +312,7 @@ class Uplink:
                 if self._stopping.is_set():
                     return
                 state_due, self._state_due = self._state_due, False
-                self._work = False
+                self._fresh = False
                 room = self._window - len(self._inflight)
                 retry, self._retry = self._retry[:room], self._retry[room:]
             if state_due:
@@ -305,7 +320,8 @@ class Uplink:
                 info = self._client.publish(self.topics.state, self._state_payload(True),
                                             qos=1, retain=True)
                 self._track(info.mid, _STATE)
-            rows = retry + self._outbox.pending(self._cursor, room - len(retry))
+                room -= 1
+            rows = retry + self._outbox.pending(self._cursor, max(0, room - len(retry)))
             for row in rows:
                 info = self._client.publish(self.topics.for_type(row.type), row.body, qos=1)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -315,9 +331,8 @@ class Uplink:
                     break
                 self._cursor[row.priority] = max(self._cursor.get(row.priority, 0), row.seq)
                 self._track(info.mid, row)
-            if len(rows) >= room:
-                with self._wake:
-                    self._work = True
+            with self._wake:
+                self._backlog = len(rows) >= room or bool(self._retry)
 
 
 def set_no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:

@@ -143,3 +143,12 @@ def test_township_wide_command_reaches_station(broker, start_station, township_f
     result = wait_until(lambda: township.on("/v001/cmd/result"))[0]
     assert result["payload"]["ok"] is True and result["payload"]["cmd"] == "state.get"
     wait_until(lambda: len(township.on("/v001/state")) > before, what="state republished")
+
+
+def test_window_of_one_still_drains(broker, start_station, township_factory):
+    """The state publish on connect takes the only slot; its PUBACK must wake the pump."""
+    township = township_factory(broker.port)
+    station = start_station(broker.port, uplink={"inflight": 1})
+    stored = [station.broadcast_pressed(0.0).result(5) for _ in range(20)]
+    wait_until(lambda: len(township.unique_events()) == 20, 10, "20 events through a window of 1")
+    assert [e["seq"] for e in township.unique_events()] == [s.seq for s in stored]

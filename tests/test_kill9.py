@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 
+import pytest
 from conftest import Daemon, station_toml, wait_until
 
 from edge.control import request
@@ -79,3 +80,60 @@ def test_sigterm_stops_within_a_second_and_says_offline(broker, tmp_path, townsh
     assert daemon.logged("station.stopped")[0]["took_s"] < 1.0
     last_state = wait_until(lambda: [s for s in township.on("/v001/state") if not s["online"]])
     assert last_state[-1]["station"] == "v001"
+
+
+def test_systemd_notify_ready_and_watchdog_pings(broker, tmp_path):
+    import os
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(5)
+    config = tmp_path / "station.toml"
+    config.write_text(station_toml(tmp_path / "data", broker.port))
+    os.environ.update(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="200000")
+    try:
+        daemon = Daemon(config)
+    finally:
+        del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
+    try:
+        messages = [listener.recv(4096).decode() for _ in range(4)]
+        assert messages[0].startswith("READY=1")
+        assert messages[1:] == ["WATCHDOG=1"] * 3
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.finish() == 0
+        tail = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                tail.append(listener.recv(4096).decode())
+        assert tail[-1] == "STOPPING=1", tail
+        listener.close()
+
+
+def test_watchdog_stays_silent_when_unhealthy(tmp_path, monkeypatch):
+    import socket
+
+    from edge.watchdog import Watchdog
+
+    sock_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(0.5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    healthy = [True]
+    dog = Watchdog(lambda: healthy[0])
+    dog.start()
+    assert listener.recv(100).startswith(b"READY=1")
+    assert listener.recv(100) == b"WATCHDOG=1"
+    healthy[0] = False
+    time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        while True:  # drain pings sent before the flip
+            listener.recv(100)
+    with pytest.raises(TimeoutError):
+        listener.recv(100)
+    dog.stop()
+    listener.close()

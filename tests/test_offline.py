@@ -91,19 +91,52 @@ def test_events_survive_station_restart_while_offline(own_broker, tmp_path, town
         station.stop()
 
 
-def test_broker_killed_and_back_loses_nothing(own_broker, start_station, township_factory):
-    """SIGKILL the broker (a crash: no final save) while the station streams events, keep
-    producing during the outage: after the restart every event reaches the township."""
+def test_broker_killed_and_back_resends_everything_unacknowledged(own_broker, start_station,
+                                                                   township_factory):
+    """SIGKILL the broker (a crash: no final save) while the station streams events, and keep
+    producing during the outage. Every event the broker had not acknowledged when it died
+    reaches the township after the restart. (What the broker acknowledged and then lost in
+    its own crash is the broker's durability: see broker_config/.)"""
     township = township_factory(own_broker.port, session="township-centre")
     own_broker.save()  # the township's session and subscription, as a running broker would have
     station = start_station(own_broker.port, uplink={"inflight": 50})
     wait_until(lambda: station.uplink.connected)
     futures = [station.broadcast_pressed(0.0) for _ in range(300)]
     own_broker.stop(kill=True)
-    second = produce(station, 300, alarm_every=30, seed=2)
+    wait_until(lambda: not station.uplink.connected, what="station sees the crash")
     first = [f.result(10) for f in futures]
+    station.outbox.flush()
+    unacked = {p.id for p in station.outbox.pending({}, 10_000)}
+    second = produce(station, 300, alarm_every=30, seed=2)
     own_broker.start()
     wait_until(lambda: station.outbox.pending_count() == 0, 30, "outbox drained")
-    wait_until(lambda: {s.id for s in first + second} <= {e["id"] for e in
-                                                           township.unique_events()},
-               30, "every event at the township")
+    expected = unacked | {s.id for s in second}
+    wait_until(lambda: expected <= {e["id"] for e in township.unique_events()}, 30,
+               "every unacknowledged event at the township")
+    assert len(first) == 300 and len(expected) >= 300
+
+
+def test_long_outage_fills_outbox_evicts_telemetry_keeps_alarms_and_says_so(
+        own_broker, start_station, township_factory):
+    township = township_factory(own_broker.port, session="township-centre")
+    station = start_station(own_broker.port, outbox={"max_bytes": 16384})
+    wait_until(lambda: station.uplink.connected)
+    own_broker.stop()
+    wait_until(lambda: not station.uplink.connected)
+    alarms = [station.raise_alarm("simulator", 0.0).result(5) for _ in range(10)]
+    for i in range(200):
+        station._submit(status_event(station, i))
+    station.outbox.flush()
+    kept = station.outbox.pending({}, 10_000)
+    own_broker.start()
+    wait_until(lambda: {k.id for k in kept} <= {e["id"] for e in township.unique_events()}, 20,
+               "everything kept reaches the township")
+    received = township.unique_events()
+    assert {a.id for a in alarms} <= {e["id"] for e in received}
+    statuses = [e for e in received if e["type"] == "status"]
+    assert 0 < len(statuses) < 200, "some telemetry evicted"
+    assert [e["payload"]["detail"]["i"] for e in statuses] == list(
+        range(200 - len(statuses), 200)), "the oldest went, the newest were kept"
+    problem = wait_until(lambda: [p for s in township.on("/v001/state")
+                                  for p in s.get("problems", []) if p["code"] == "outbox_evicted"])
+    assert "all alarms kept" in problem[-1]["message"]["en"]

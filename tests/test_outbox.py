@@ -48,7 +48,7 @@ def test_accepted_events_survive_reopen_with_sequence_and_order(tmp_path: Path):
     made = [status(), broadcast(), alarm(), status(), alarm(), broadcast()]
     stored = [box.append(e) for e in made]
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5, 6]
-    box.mark_delivered(3)
+    box.mark_delivered(3, len(stored[2].body))
     box.close()
 
     box = Outbox(tmp_path / "o.db")
@@ -79,7 +79,7 @@ def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
     box = Outbox(tmp_path / "o.db", keep_delivered=100)
     stored = [box.append(broadcast()) for _ in range(1200)]
     for s in stored:
-        box.mark_delivered(s.seq)
+        box.mark_delivered(s.seq, len(s.body))
     box.flush()
     box.close()
     box = Outbox(tmp_path / "o.db")
