@@ -287,3 +287,18 @@ def test_missing_v4l2_camera_is_a_problem_retried_and_stops_quickly(broker, star
     started = time.monotonic()
     station.stop()
     assert time.monotonic() - started < 1.0
+
+
+def test_override_ends_at_the_schedule_change_even_if_nobody_asked_in_between():
+    now = [dt.datetime(2026, 11, 23, 23, 0)]
+    arming = Arming([ArmWindow(start="22:00", end="06:00")], now=lambda: now[0],
+                    synced=lambda: True)
+    arming.set(False)
+    # Not consulted again until the next night, after the 06:00 and 22:00 changes.
+    now[0] = dt.datetime(2026, 11, 24, 23, 30)
+    assert arming.armed()
+    # Without a schedule, an override holds until the next command.
+    always = Arming([], now=lambda: now[0], synced=lambda: True)
+    always.set(False)
+    now[0] = dt.datetime(2026, 12, 24, 23, 30)
+    assert not always.armed()

@@ -47,8 +47,9 @@ class Sighting:
 class Arming:
     """Armed by camera.schedule (local wall time), overridden by township commands.
 
-    An override lasts `for_s` seconds, or (for_s = 0) until the schedule next changes.
-    With the wall clock not yet synced the schedule cannot be trusted: armed.
+    An override lasts `for_s` seconds, or (for_s = 0) until the schedule next changes
+    (with no schedule: until the next command). With the wall clock not yet synced the
+    schedule cannot be trusted: armed.
     """
 
     def __init__(self, schedule: list[ArmWindow],
@@ -58,30 +59,43 @@ class Arming:
         self._schedule = schedule
         self._now, self._synced, self._clock = now, synced, clock
         self._lock = threading.Lock()
-        self._override: tuple[bool, bool, float | None] | None = None
+        # (armed, monotonic deadline, wall-clock deadline)
+        self._override: tuple[bool, float | None, dt.datetime | None] | None = None
 
-    def scheduled(self) -> bool:
+    def _scheduled_at(self, when: dt.datetime) -> bool:
         if not self._schedule or not self._synced():
             return True
-        hhmm = self._now().strftime("%H:%M")
+        hhmm = when.strftime("%H:%M")
         return any((w.start <= hhmm < w.end) if w.start <= w.end
                    else (hhmm >= w.start or hhmm < w.end) for w in self._schedule)
 
     def armed(self) -> bool:
-        scheduled = self.scheduled()
+        now = self._now()
         with self._lock:
             if self._override is not None:
-                armed, scheduled_then, until = self._override
-                expired = until is not None and self._clock() >= until
-                if scheduled == scheduled_then and not expired:
+                armed, until, until_wall = self._override
+                if not ((until is not None and self._clock() >= until)
+                        or (until_wall is not None and now >= until_wall)):
                     return armed
                 self._override = None
-        return scheduled
+        return self._scheduled_at(now)
 
     def set(self, armed: bool, for_s: float = 0) -> None:
         until = self._clock() + for_s if for_s else None
+        until_wall = None if for_s else self._next_change()
         with self._lock:
-            self._override = (armed, self.scheduled(), until)
+            self._override = (armed, until, until_wall)
+
+    def _next_change(self) -> dt.datetime | None:
+        """The next minute at which the schedule changes, within a day; None if never."""
+        now = self._now()
+        current = self._scheduled_at(now)
+        start = now.replace(second=0, microsecond=0)
+        for minute in range(1, 24 * 60 + 1):
+            when = start + dt.timedelta(minutes=minute)
+            if self._scheduled_at(when) != current:
+                return when
+        return None
 
 
 def zone_of(box: tuple[float, float, float, float], cfg: CameraSection) -> str | None:
