@@ -16,7 +16,7 @@ import pytest
 from camera_scenes import H, W, empty_scene, incident, photo, with_person, write_sequence
 from conftest import schema, wait_until
 
-from edge import camera
+from edge import camera, commands
 from edge import config as config_mod
 from edge.camera.detector import BUNDLED_MODEL, PersonDetector, crop_box, make_interpreter
 from edge.camera.motion import MotionDetector
@@ -302,3 +302,19 @@ def test_override_ends_at_the_schedule_change_even_if_nobody_asked_in_between():
     always.set(False)
     now[0] = dt.datetime(2026, 12, 24, 23, 30)
     assert not always.armed()
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b'{"cmd": "camera.arm", "id": "c1", "for_s": -5}', "invalid_command"),
+    (b'{"cmd": "camera.disarm", "id": "c1", "for_s": 1e9}', "invalid_command"),
+    (b'{"cmd": "camera.disarm", "id": "c1", "zone": "gate"}', "invalid_command"),
+])
+def test_bad_camera_commands_are_rejected_at_the_edge(payload, code):
+    with pytest.raises(commands.CommandRejected) as rejected:
+        commands.parse(payload, 16384)
+    assert rejected.value.error.code == code
+
+
+def test_good_camera_commands_parse():
+    cmd = commands.parse(b'{"cmd": "camera.disarm", "id": "c1", "for_s": 600}', 16384)
+    assert isinstance(cmd, commands.CameraDisarm) and cmd.for_s == 600
