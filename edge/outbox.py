@@ -269,8 +269,7 @@ class Outbox:
                 a.future.set_exception(error)
         else:
             evicted_seqs = {seq for seq, _ in evicted}
-            # Report before resolving: whoever waits on an append then sees the eviction.
-            if evicted:
+            if evicted:  # before any future resolves: whoever waits sees the report first
                 self._report_eviction(evicted)
             for a, s in zip(appends, stored, strict=True):
                 if s.seq in evicted_seqs:
