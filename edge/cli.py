@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import __version__
 from edge import config as config_mod
+from edge.broker_cli import add_parser as add_broker_parser
 from edge.config import Config, ConfigError
 from edge.control import request
 from edge.logs import setup
@@ -168,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a station TOML and exit")
     sp.add_argument("path")
     sp.set_defaults(fn=cmd_check_config)
+    add_broker_parser(sub)
     return p
 
 

@@ -81,7 +81,8 @@ def parse(payload: bytes, max_bytes: int) -> Command:
                       f"command is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise _reject("invalid_command", "命令必须是 JSON 对象", "command must be a JSON object")
-    if raw.get("cmd") not in KNOWN:
+    # isinstance first: an unhashable "cmd" (a list, an object) must not reach `in KNOWN`.
+    if not isinstance(raw.get("cmd"), str) or raw["cmd"] not in KNOWN:
         known = ", ".join(sorted(KNOWN))
         raise _reject("unknown_command", f"未知命令 {raw.get('cmd')!r}，可用：{known}",
                       f"unknown command {raw.get('cmd')!r}; known: {known}", raw)

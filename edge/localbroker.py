@@ -36,14 +36,16 @@ def free_port() -> int:
 class Mosquitto:
     """One mosquitto process on 127.0.0.1:`port`, its files under `workdir`.
 
-    `extra` is appended to the generated config (listeners, auth, limits)."""
+    `extra` is appended to the generated config (listeners, auth, limits); `config`, if
+    given, is used instead of the generated one (it must listen on 127.0.0.1:`port`)."""
 
     def __init__(self, workdir: Path, port: int | None = None, extra: str = "",
-                 persistence: bool = True) -> None:
+                 persistence: bool = True, config: str | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra = extra
         self.persistence = persistence
+        self.config = config
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,6 +57,9 @@ class Mosquitto:
         return self.workdir / "mosquitto.log"
 
     def _write_conf(self) -> None:
+        if self.config is not None:
+            self.conf_path.write_text(self.config, encoding="utf-8")
+            return
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true" if "allow_anonymous" not in self.extra else "",

@@ -7,6 +7,9 @@
 - Sequence numbers are assigned in that transaction from a counter stored beside the
   rows, so they survive restarts and have no gaps among accepted events.
 - Rows drain by priority, then sequence, and are marked delivered only on PUBACK.
+- A row the broker keeps refusing (its ACL) is *parked*: moved to the `rejected` table,
+  out of the drain and of eviction, kept with the reason; on the next open (a restart,
+  after the township fixed its side) parked rows go back to pending.
 - Pending rows are bounded by `max_bytes`: past it, the oldest lowest-priority events are
   evicted and logged. Alarms are never evicted.
 Delivered rows stay as the local event log, the newest `keep_delivered` of them.
@@ -70,6 +73,12 @@ class _Ack:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Park:
+    seq: int
+    reason: str
+
+
 @dataclass(slots=True)
 class _Barrier:
     done: threading.Event
@@ -106,6 +115,7 @@ class Outbox:
         self._write.execute("PRAGMA journal_mode=WAL")
         self._write.execute("PRAGMA synchronous=FULL")
         self._create_schema()
+        self._unpark()
         self._read = self._connect(path)
         self._read_lock = threading.Lock()
         self._next_seq, self._pending_bytes = self._load_counters()
@@ -139,6 +149,23 @@ class Outbox:
                 "WHERE delivered_at IS NOT NULL"
             )
 
+    def _unpark(self) -> None:
+        """Parked rows get another chance on each open: a restart is how a technician
+        says "the township fixed its ACL, send them again"."""
+        db = sqlite_utils.Database(self._write)
+        db["rejected"].create(  # type: ignore[union-attr]
+            {"seq": int, "id": str, "type": str, "priority": int, "body": bytes,
+             "size": int, "created": float, "rejected_at": float, "reason": str},
+            pk="seq", if_not_exists=True)
+        with self._write:
+            moved = self._write.execute(
+                "INSERT OR IGNORE INTO events (seq, id, type, priority, body, size, created) "
+                "SELECT seq, id, type, priority, body, size, created FROM rejected").rowcount
+            self._write.execute("DELETE FROM rejected")
+        if moved:
+            log(logger, "warning", "outbox.unparked", count=moved,
+                action="events the broker refused before are being sent again")
+
     def _load_counters(self) -> tuple[int, int]:
         row = self._write.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         max_seq = self._write.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
@@ -162,6 +189,10 @@ class Outbox:
         """Record a PUBACK for row `seq` of `size` bytes. Batched and committed without
         fsync: losing one to a crash only means the event is sent again (same id)."""
         self._queue.put(_Ack(seq, size))
+
+    def park(self, seq: int, reason: str) -> None:
+        """Take a row the broker keeps refusing out of the drain, keeping it and why."""
+        self._queue.put(_Park(seq, reason))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far has been committed."""
@@ -203,6 +234,12 @@ class Outbox:
         with self._read_lock:
             return int(self._read.execute(
                 "SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
+
+    def parked(self) -> list[tuple[int, str, str]]:
+        """(seq, type, reason) of every parked row, oldest first."""
+        with self._read_lock:
+            return [(int(r[0]), r[1], r[2]) for r in self._read.execute(
+                "SELECT seq, type, reason FROM rejected ORDER BY seq").fetchall()]
 
     def pending_ids(self, event_type: str) -> list[str]:
         with self._read_lock:
@@ -256,10 +293,11 @@ class Outbox:
     def _commit(self, batch: list[object]) -> None:
         appends = [b for b in batch if isinstance(b, _Append)]
         acks = [b for b in batch if isinstance(b, _Ack)]
+        parks = [b for b in batch if isinstance(b, _Park)]
         stored: list[Stored] = []
         evicted: list[tuple[int, int]] = []
         try:
-            stored, evicted = self._transaction(appends, acks)
+            stored, evicted = self._transaction(appends, acks, parks)
         except Exception as exc:  # the transaction rolled back; the writer must live on
             error = OutboxError(f"outbox write failed: {exc}")
             log(logger, "error", "outbox.write_failed", error=str(exc), events=len(appends),
@@ -288,7 +326,7 @@ class Outbox:
                 b.done.set()
 
     def _transaction(
-        self, appends: list[_Append], acks: list[_Ack]
+        self, appends: list[_Append], acks: list[_Ack], parks: list[_Park] | None = None
     ) -> tuple[list[Stored], list[tuple[int, int]]]:
         seq = self._next_seq
         pending_bytes = self._pending_bytes
@@ -318,6 +356,17 @@ class Outbox:
                         "UPDATE events SET delivered_at = ? WHERE seq = ? AND delivered_at IS NULL",
                         (now, ack.seq)).rowcount:
                     pending_bytes -= ack.size
+            for park in parks or ():
+                row = self._write.execute(
+                    "SELECT size FROM events WHERE seq = ? AND delivered_at IS NULL",
+                    (park.seq,)).fetchone()
+                if row is None:
+                    continue  # delivered meanwhile, or evicted
+                self._write.execute(
+                    "INSERT OR REPLACE INTO rejected SELECT seq, id, type, priority, body, "
+                    "size, created, ?, ? FROM events WHERE seq = ?", (now, park.reason, park.seq))
+                self._write.execute("DELETE FROM events WHERE seq = ?", (park.seq,))
+                pending_bytes -= row[0]
             if pending_bytes > self._max_bytes:
                 evicted = self._evict(pending_bytes - self._max_bytes)
                 pending_bytes -= sum(size for _, size in evicted)

@@ -8,11 +8,19 @@ delivered only when its PUBACK arrives with a success reason code.
 paho keeps un-acknowledged QoS 1 messages across reconnects and resends them itself, so
 within one process each row is handed over once (tracked by a per-priority cursor);
 after a restart every undelivered row is sent again. The township de-duplicates by id.
+
+A row the broker refuses (MQTT v5 PUBACK reason ≥ 0x80, e.g. 135 Not authorized by its
+ACL) is logged as an error, shown on the state topic, and sent again after the next
+reconnect or `backoff_max_s`, whichever comes first; after `MAX_REFUSALS` refusals it
+is parked in the outbox (kept, never dropped, resent after a restart). Other rows keep
+flowing meanwhile. MQTT v3.1.1 brokers acknowledge a refused publish as a success, so
+the uplink speaks only v5.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import random
 import socket
@@ -28,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge import __version__
+from edge import __version__, tlscheck
 from edge.clock import clock_synced, now_iso
 from edge.config import Config
 from edge.events import StationState, encode
@@ -40,6 +48,9 @@ from edge.topics import Topics
 logger = logging.getLogger("edge.uplink")
 
 _STATE = object()  # marks a state publish in the in-flight table
+MAX_REFUSALS = 3
+# A broker that closes a TLS link this soon, before any CONNACK, refused our certificate.
+_TLS_REFUSED_WITHIN_S = 5.0
 
 
 class Backoff:
@@ -95,6 +106,10 @@ class Uplink:
         self._cursor: dict[int, int] = {}
         self._retry: list[Stored] = []
         self._rejected: list[Stored] = []
+        self._rejected_due: float | None = None  # monotonic time to resend _rejected
+        self._refusals: dict[int, int] = {}  # seq → refusals so far
+        self._accepted = False  # a CONNACK arrived since the last connect attempt
+        self._tls_ready = False
 
         self._client = self._make_client()
         self._net = threading.Thread(target=self._run_net, name="uplink-net", daemon=True)
@@ -160,16 +175,44 @@ class Uplink:
         if cfg.broker.username:
             client.username_pw_set(cfg.broker.username, cfg.password())
         if cfg.broker.tls:
-            client.tls_set(ca_certs=cfg.broker.ca_file or None,
-                           certfile=cfg.broker.cert_file or None,
-                           keyfile=cfg.broker.key_file or None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+            self._setup_tls(client)
         client.on_socket_open = set_no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def _setup_tls(self, client: mqtt.Client) -> None:
+        """Load the bundle's files; if they are missing or bad, say so and try again at the
+        next connect attempt (a technician may be copying them in)."""
+        broker = self._config.broker
+        try:
+            client.tls_set(ca_certs=broker.ca_file or None, certfile=broker.cert_file or None,
+                           keyfile=broker.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ValueError) as exc:
+            self._tls_failed(exc)
+            return
+        self._tls_ready = True
+
+    def _tls_failed(self, error: BaseException | None) -> None:
+        problem = tlscheck.diagnose(self._config.broker, error, synced=clock_synced(),
+                                    now=dt.datetime.now(dt.UTC))
+        log(logger, "error", "uplink.tls_failed", error=str(error) if error else
+            "closed by the broker during the handshake", problem=problem.en,
+            action=problem.action)
+        self._health.set("uplink_tls", problem.zh, problem.en, action=problem.action)
+
+    def _check_certificate(self) -> None:
+        """Problems the township should see while the link still works."""
+        broker = self._config.broker
+        checks = {"cert_expiring": tlscheck.expiring(broker, now=dt.datetime.now(dt.UTC)),
+                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.id)}
+        for code, found in checks.items():
+            if found:
+                self._health.set(code, found.zh, found.en, action=found.action)
+            else:
+                self._health.clear(code)
 
     def _state_payload(self, online: bool) -> bytes:
         return encode(StationState(
@@ -186,6 +229,13 @@ class Uplink:
         props.SessionExpiryInterval = self._config.uplink.session_expiry_s
         first = True
         while not self._closing.is_set():
+            if broker.tls and not self._tls_ready:
+                self._setup_tls(self._client)
+                if not self._tls_ready:
+                    self._connect_failed("TLS files unusable")
+                    continue
+            self._accepted = False
+            attempt = time.monotonic()
             try:
                 if first:
                     # clean_start=False: commands queued while the link was down still arrive.
@@ -195,12 +245,17 @@ class Uplink:
                 else:
                     self._client.reconnect()
             except (OSError, ssl.SSLError) as exc:
+                if isinstance(exc, ssl.SSLError):
+                    self._tls_failed(exc)
                 self._connect_failed(str(exc))
                 continue
             while not self._closing.is_set():
                 if self._client.loop(timeout=1.0) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
             if not self._closing.is_set():
+                if (broker.tls and not self._accepted
+                        and time.monotonic() - attempt < _TLS_REFUSED_WITHIN_S):
+                    self._tls_failed(None)
                 self._connect_failed("connection lost")
 
     def _connect_failed(self, why: str) -> None:
@@ -221,7 +276,10 @@ class Uplink:
             self._health.set("uplink_refused", f"乡镇平台拒绝连接：{reason}",
                              f"township broker refused the connection: {reason}")
             return
+        self._accepted = True
         self._backoff.reset()
+        self._health.clear("uplink_tls")
+        self._check_certificate()
         self._health.clear("uplink_down")
         self._health.clear("uplink_refused")
         client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
@@ -230,6 +288,7 @@ class Uplink:
             self._inflight[info.mid] = _STATE
             self._retry.extend(self._rejected)
             self._rejected.clear()
+            self._rejected_due = None
             self._connected = True
             self._fresh = True
             self._wake.notify()
@@ -273,16 +332,64 @@ class Uplink:
         if not isinstance(entry, Stored):
             return
         if reason.is_failure:
-            log(logger, "error", "uplink.publish_rejected", seq=entry.seq, id=entry.id,
-                type=entry.type, reason=str(reason),
-                action="the broker refused this topic: check the station's ACL; kept for retry")
-            self._health.set("publish_rejected", f"平台拒收事件：{reason}",
-                             f"broker rejected events: {reason}")
-            with self._wake:
-                self._rejected.append(entry)  # retried after the next (re)connect
+            self._refused(entry, reason)
             return
         self._outbox.mark_delivered(entry.seq, len(entry.body))
+        if self._refusals.pop(entry.seq, None) is not None:
+            self._clear_refused()
         self._on_delivered(entry)
+
+    def _refused(self, entry: Stored, reason: ReasonCode) -> None:
+        retry_in = self._config.uplink.backoff_max_s
+        with self._wake:
+            count = self._refusals.get(entry.seq, 0) + 1
+            park = count >= MAX_REFUSALS and entry.seq > 0  # seq 0 exists only in memory
+            if park:
+                self._refusals.pop(entry.seq, None)
+            else:
+                self._refusals[entry.seq] = count
+                self._rejected.append(entry)
+                if self._rejected_due is None:
+                    self._rejected_due = time.monotonic() + retry_in
+                self._wake.notify()
+        if not park:
+            log(logger, "error", "uplink.publish_rejected", seq=entry.seq, id=entry.id,
+                type=entry.type, reason=str(reason), refusals=count, of=MAX_REFUSALS,
+                retry_in_s=retry_in,
+                action="the broker refused this topic: check the station id, certificate "
+                       "and the township ACL; other events keep flowing")
+            self._health.set("publish_rejected", f"乡镇平台拒收事件（{reason}），将重试",
+                             f"the township broker refused events ({reason}); retrying",
+                             action="check the station id, certificate and the township ACL")
+            return
+        self._outbox.park(entry.seq, str(reason))
+        self._outbox.flush(2.0)
+        parked = self._outbox.parked()
+        alarms = sum(1 for _, kind, _ in parked if kind == "alarm.panic")
+        log(logger, "error", "uplink.publish_parked", seq=entry.seq, id=entry.id,
+            type=entry.type, reason=str(reason), parked=len(parked), parked_alarms=alarms,
+            action="refused too often: kept in the outbox, not resent until the station "
+                   "restarts; fix the township ACL / the station's identity, then restart")
+        self._health.set(
+            "publish_rejected",
+            f"乡镇平台拒收 {len(parked)} 条事件（含 {alarms} 条报警，{reason}），已保存在本机，"
+            f"修正后重启本站即重发",
+            f"the township broker refused {len(parked)} events ({alarms} alarms; {reason}); "
+            f"kept on the unit, resent after the station restarts",
+            action="fix the township ACL / the station's identity, then restart the station")
+
+    def _clear_refused(self) -> None:
+        with self._wake:
+            outstanding = bool(self._refusals or self._rejected)
+        if not outstanding and not self._outbox.parked():
+            self._health.clear("publish_rejected")
+
+    def _resend_rejected(self) -> None:
+        """Called with the lock held: refused rows go back to the pump."""
+        self._retry.extend(self._rejected)
+        self._rejected.clear()
+        self._rejected_due = None
+        self._fresh = True
 
     # --- the pump --------------------------------------------------------------------
 
@@ -308,6 +415,12 @@ class Uplink:
                         self._state_due = True
                         next_state = time.monotonic() + interval
                         continue
+                    if self._rejected_due is not None:
+                        due = self._rejected_due - time.monotonic()
+                        if due <= 0:
+                            self._resend_rejected()
+                            continue
+                        timeout = min(timeout, due)
                     self._wake.wait(timeout)
                 if self._stopping.is_set():
                     return

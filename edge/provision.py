@@ -1,0 +1,347 @@
+"""Township broker identities: the township CA, station certificates, revocation, accounts.
+
+A township directory (default /etc/mosquitto/pingan, the paths broker_config/mosquitto.conf
+reads) holds:
+
+    ca.key ca.crt         the township CA (keep ca.key off the broker if you can)
+    server.key server.crt the broker's TLS certificate, signed by the CA
+    crl.pem               revoked station certificates (mosquitto `crlfile`)
+    passwd                password entries for the centre's accounts (mosquitto_passwd)
+    issued/<station>.crt  every station certificate issued, for revocation and audit
+    bundles/<station>.tar.gz  what a technician copies onto the unit
+
+A station's identity is its certificate: CN = station id = MQTT username (the broker
+sets `use_identity_as_username`) = client id (`use_username_as_clientid`). The ACL
+grants by that name, so a unit can only ever speak as itself. Centre accounts are
+passwords on the loopback listener; their names contain a dot, which no station id
+can, so a certificate can never be mistaken for a centre account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import grp
+import io
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+STATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Centre accounts: `centre.<name>`; the dot keeps them apart from every station id.
+ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}$")
+DEFAULT_DIR = Path("/etc/mosquitto/pingan")
+UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit
+STATION_GROUP = "pingan"  # the station service's group (systemd/pingan-edge.service)
+# A past notBefore, so a unit whose clock lags a little behind still accepts the broker.
+_BACKDATE = dt.timedelta(days=1)
+
+
+class ProvisionError(ValueError):
+    """A provisioning request is wrong (bad id, missing CA, already issued...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Township:
+    dir: Path
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def ca_crt(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
+
+    @property
+    def server_crt(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def crl(self) -> Path:
+        return self.dir / "crl.pem"
+
+    @property
+    def passwd(self) -> Path:
+        return self.dir / "passwd"
+
+    def issued(self, station: str) -> Path:
+        return self.dir / "issued" / f"{station}.crt"
+
+    def bundle(self, station: str) -> Path:
+        return self.dir / "bundles" / f"{station}.tar.gz"
+
+    def township_id(self) -> str:
+        """The township id recorded in the CA's organizational unit."""
+        ca = _load_cert(self.ca_crt)
+        values = ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        return str(values[0].value) if values else ""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Atomic replace, so mosquitto never reads half a CRL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _broker_readable(path: Path) -> None:
+    """mosquitto drops to user `mosquitto` before it reads keys on reload (SIGHUP)."""
+    _readable_by(path, "mosquitto")
+
+
+def _readable_by(path: Path, group: str) -> None:
+    """Mode 0640 and this group, when the group exists and we may change it."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o640)
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ProvisionError(f"{path} not found: run `pingan-edge broker init` first") from exc
+
+
+def _load_ca(town: Township) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = _load_cert(town.ca_crt)
+    key = serialization.load_pem_private_key(town.ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ProvisionError(f"{town.ca_key}: expected an EC private key")
+    return cert, key
+
+
+def _issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name,
+           key: ec.EllipticCurvePrivateKey, days: int, usage: x509.ObjectIdentifier,
+           san: list[x509.GeneralName] | None = None, now: dt.datetime | None = None
+           ) -> x509.Certificate:
+    now = now or _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
+                                     content_commitment=False, data_encipherment=False,
+                                     key_agreement=True, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def init(town: Township, township: str, hosts: list[str], *, days: int = 7300,
+         server_days: int = 1825) -> None:
+    """Create the township CA, the broker's server certificate, an empty CRL and passwd."""
+    if not STATION_ID.match(township):
+        raise ProvisionError(f"township id {township!r} must match {STATION_ID.pattern}")
+    if town.ca_key.exists():
+        raise ProvisionError(f"{town.ca_key} exists: this township already has a CA")
+    if not hosts:
+        raise ProvisionError("give at least one --host: the name or IP stations connect to")
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Ping'an {township} CA"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, township)])
+    now = _now()
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, key_encipherment=False,
+                                     content_commitment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write(town.ca_key, _key_pem(key), 0o600)
+    _write(town.ca_crt, _pem(ca))
+    issue_server(town, hosts, days=server_days)
+    _write_crl(town, [])
+    if not town.passwd.exists():
+        _write(town.passwd, b"", 0o600)
+
+
+def issue_server(town: Township, hosts: list[str], *, days: int = 1825) -> None:
+    """(Re)issue the broker certificate for the names and addresses stations dial."""
+    ca, ca_key = _load_ca(town)
+    san: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            san.append(x509.IPAddress(ip_address(host)))
+        except ValueError:
+            san.append(x509.DNSName(host))
+    key = _new_key()
+    cert = _issue(ca, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]),
+                  key, days, ExtendedKeyUsageOID.SERVER_AUTH, san)
+    _write(town.server_key, _key_pem(key), 0o600)
+    _broker_readable(town.server_key)
+    _write(town.server_crt, _pem(cert))
+
+
+def add_station(town: Township, station: str, broker_host: str, *, broker_port: int = 8883,
+                days: int = 1825, replace: bool = False, unit_dir: str = UNIT_DIR,
+                issued_at: dt.datetime | None = None) -> Path:
+    """Issue `station`'s certificate and write its bundle; returns the bundle's path.
+
+    `replace` (a unit swapped or its key exposed) revokes the old certificate first.
+    `issued_at` back-dates the validity (to rehearse an expired certificate)."""
+    if not STATION_ID.match(station) or station == "all":
+        raise ProvisionError(
+            f"station id {station!r} must match {STATION_ID.pattern} and not be 'all'")
+    if town.issued(station).exists():
+        if not replace:
+            raise ProvisionError(f"{station} already has a certificate; use --replace to "
+                                 "revoke it and issue a new one")
+        revoke(town, station)
+    ca, ca_key = _load_ca(town)
+    key = _new_key()
+    cert = _issue(ca, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, station)]),
+                  key, days, ExtendedKeyUsageOID.CLIENT_AUTH, now=issued_at)
+    _write(town.issued(station), _pem(cert))
+    township = town.township_id()
+    toml = (
+        f"# Station {station}, township {township}: issued {_now():%Y-%m-%d}, "
+        f"valid until {cert.not_valid_after_utc:%Y-%m-%d}.\n"
+        f"[station]\nid = \"{station}\"\ntownship = \"{township}\"\n\n"
+        f"[broker]\nhost = \"{broker_host}\"\nport = {broker_port}\ntls = true\n"
+        f"ca_file = \"{unit_dir}/ca.crt\"\n"
+        f"cert_file = \"{unit_dir}/station.crt\"\nkey_file = \"{unit_dir}/station.key\"\n"
+    )
+    files = {"ca.crt": (_pem(ca), 0o644), "station.crt": (_pem(cert), 0o644),
+             "station.key": (_key_pem(key), 0o600), "station.toml": (toml.encode(), 0o644)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(f"{station}/{name}")
+            info.size, info.mode, info.mtime = len(data), mode, int(_now().timestamp())
+            tar.addfile(info, io.BytesIO(data))
+    _write(town.bundle(station), buf.getvalue(), 0o600)
+    return town.bundle(station)
+
+
+def install_bundle(bundle: Path, dest: Path) -> Path:
+    """Unpack a bundle into `dest` (on the unit); returns the station.toml written there.
+
+    The snippet's paths are rewritten to `dest`, so the unpacked files are what it names."""
+    with tarfile.open(bundle, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        needed = {"ca.crt", "station.crt", "station.key", "station.toml"}
+        if not needed <= members.keys():
+            raise ProvisionError(f"{bundle}: not a station bundle (needs {sorted(needed)})")
+        data = {}
+        for name in needed:
+            f = tar.extractfile(members[name])
+            assert f is not None
+            data[name] = f.read()
+    toml = data["station.toml"].decode()
+    toml = re.sub(r'"[^"\n]*/(ca\.crt|station\.crt|station\.key)"',
+                  lambda m: f'"{dest / m.group(1)}"', toml)
+    for name in ("ca.crt", "station.crt"):
+        _write(dest / name, data[name])
+    _write(dest / "station.key", data["station.key"], 0o600)
+    _readable_by(dest / "station.key", STATION_GROUP)
+    _write(dest / "station.toml", toml.encode())
+    return dest / "station.toml"
+
+
+def revoke(town: Township, station: str) -> int:
+    """Add `station`'s certificate to the CRL; returns its serial. Reload mosquitto after."""
+    if not town.issued(station).exists():
+        raise ProvisionError(f"{station} has no current certificate in {town.dir / 'issued'}")
+    cert = _load_cert(town.issued(station))
+    revoked = [r.serial_number for r in _load_crl(town)]
+    if cert.serial_number not in revoked:
+        revoked.append(cert.serial_number)
+    _write_crl(town, revoked)
+    town.issued(station).rename(town.issued(station).with_suffix(
+        f".revoked-{cert.serial_number:x}"))
+    return cert.serial_number
+
+
+def _load_crl(town: Township) -> list[x509.RevokedCertificate]:
+    if not town.crl.exists():
+        return []
+    return list(x509.load_pem_x509_crl(town.crl.read_bytes()))
+
+
+def _write_crl(town: Township, serials: list[int], days: int = 3650) -> None:
+    """The CRL is a local file read by the broker, not distributed: a long nextUpdate is
+    safe, and an expired CRL would make OpenSSL refuse every station."""
+    ca, ca_key = _load_ca(town)
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+               .last_update(now - _BACKDATE).next_update(now + dt.timedelta(days=days)))
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    _write(town.crl, builder.sign(ca_key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM))
+
+
+def add_account(town: Township, name: str, password: str | None = None) -> str:
+    """Add or change a centre account's password (mosquitto_passwd); returns the password."""
+    if not ACCOUNT.match(name):
+        raise ProvisionError(f"account {name!r} must look like 'centre.ops' "
+                             f"({ACCOUNT.pattern}); the dot keeps it apart from station ids")
+    exe = shutil.which("mosquitto_passwd")
+    if exe is None:
+        raise ProvisionError("mosquitto_passwd not found (apt-get install mosquitto)")
+    password = password or secrets.token_urlsafe(18)
+    if not town.passwd.exists():
+        _write(town.passwd, b"", 0o600)
+    subprocess.run([exe, "-b", str(town.passwd), name, password], check=True,
+                   capture_output=True)
+    _broker_readable(town.passwd)
+    return password
