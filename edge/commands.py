@@ -121,11 +121,28 @@ class VolumeSet(CommandBase, tag="volume.set", kw_only=True):
 AudioCommand = (BroadcastPlay | BroadcastStop | ClipPut | ClipDelete | ScheduleSet
                 | ScheduleClear | VolumeSet)
 
+
+# --- the camera (edge/camera/) ---------------------------------------------------
+
+class CameraArm(CommandBase, tag="camera.arm", kw_only=True):
+    """Arm the camera now; `for_s` = 0 holds until the next change of camera.schedule."""
+
+    for_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 0
+
+
+class CameraDisarm(CommandBase, tag="camera.disarm", kw_only=True):
+    """Disarm the camera now; `for_s` = 0 holds until the next change of camera.schedule."""
+
+    for_s: Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)] = 0
+
+
+CameraCommand = CameraArm | CameraDisarm
+
 Command = (AlarmAck | StateGet | BroadcastPlay | BroadcastStop | ClipPut | ClipDelete
-           | ScheduleSet | ScheduleClear | VolumeSet)
+           | ScheduleSet | ScheduleClear | VolumeSet | CameraArm | CameraDisarm)
 KNOWN = {str(cls.__struct_config__.tag) for cls in (
     AlarmAck, StateGet, BroadcastPlay, BroadcastStop, ClipPut, ClipDelete, ScheduleSet,
-    ScheduleClear, VolumeSet)}
+    ScheduleClear, VolumeSet, CameraArm, CameraDisarm)}
 
 _decoder = msgspec.json.Decoder()
 
@@ -160,7 +177,8 @@ def parse(payload: bytes, max_bytes: int) -> Command:
                       f"command is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise _reject("invalid_command", "命令必须是 JSON 对象", "command must be a JSON object")
-    if raw.get("cmd") not in KNOWN:
+    # isinstance first: an unhashable "cmd" (a list, an object) must not reach `in KNOWN`.
+    if not isinstance(raw.get("cmd"), str) or raw["cmd"] not in KNOWN:
         known = ", ".join(sorted(KNOWN))
         raise _reject("unknown_command", f"未知命令 {raw.get('cmd')!r}，可用：{known}",
                       f"unknown command {raw.get('cmd')!r}; known: {known}", raw)

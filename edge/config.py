@@ -95,7 +95,8 @@ class ControlSection(_Section):
     socket: str = ""
 
 
-ClockTime = Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")]
+# "HH:MM", or empty for none.
+OptionalClockTime = Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")]
 
 
 class AudioSection(_Section):
@@ -126,9 +127,67 @@ class AudioSection(_Section):
     amp_idle_off_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     clip_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = 8 << 20
     # Local wall-clock "HH:MM"; both empty = no quiet hours. Emergencies override them.
-    quiet_start: ClockTime = ""
-    quiet_end: ClockTime = ""
+    quiet_start: OptionalClockTime = ""
+    quiet_end: OptionalClockTime = ""
     timezone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "Asia/Shanghai"
+
+
+Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
+# A polygon in normalised frame coordinates: [[x, y], ...], (0, 0) top left, (1, 1) bottom right.
+Polygon = Annotated[list[tuple[Unit, Unit]], msgspec.Meta(min_length=3, max_length=64)]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class CameraZone(_Section):
+    name: Id
+    polygon: Polygon
+
+
+class ArmWindow(_Section):
+    """Armed from `start` to `end`, local wall time ("22:00"-"06:00" spans midnight)."""
+
+    start: ClockTime
+    end: ClockTime
+
+
+class CameraSection(_Section):
+    enabled: bool = False
+    source: Literal["v4l2", "rtsp", "picamera2", "folder"] = "v4l2"
+    device: Annotated[int, msgspec.Meta(ge=0, le=63)] = 0
+    url: str = ""
+    # A folder of images (replayed in name order) or a video file; empty with the folder
+    # source means the bundled simulator scene.
+    path: str = ""
+    loop: bool = False
+    fps: Annotated[float, msgspec.Meta(ge=0.5, le=30)] = 5.0
+    width: Annotated[int, msgspec.Meta(ge=160, le=3840)] = 640
+    height: Annotated[int, msgspec.Meta(ge=120, le=2160)] = 480
+    retry_min_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
+    retry_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
+    # Motion, on a grey frame scaled down to motion_width pixels wide.
+    motion_width: Annotated[int, msgspec.Meta(ge=64, le=640)] = 160
+    motion_threshold: Annotated[int, msgspec.Meta(ge=1, le=255)] = 25
+    motion_min_area: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.001
+    # More than this fraction of the frame changing at once is a light change
+    # (cloud, IR day/night switch), not motion: the background is re-learned.
+    light_change_area: Annotated[float, msgspec.Meta(ge=0.05, le=1)] = 0.5
+    background_alpha: Annotated[float, msgspec.Meta(ge=0.001, le=1)] = 0.05
+    masks: Annotated[list[Polygon], msgspec.Meta(max_length=32)] = []
+    # Empty: the whole frame is one zone named "frame".
+    zones: Annotated[list[CameraZone], msgspec.Meta(max_length=32)] = []
+    # Detector. Empty model: the bundled models/person_ssdlite.tflite.
+    model: str = ""
+    labels: str = ""
+    label: str = "person"
+    threads: Annotated[int, msgspec.Meta(ge=1, le=4)] = 1
+    score_threshold: Annotated[float, msgspec.Meta(ge=0.05, le=0.99)] = 0.5
+    crop_margin: Annotated[float, msgspec.Meta(ge=1.0, le=4.0)] = 1.6
+    max_regions: Annotated[int, msgspec.Meta(ge=1, le=8)] = 2
+    # Events: a new camera.person only after cooldown_s without a person.
+    cooldown_s: Seconds = 60.0
+    snapshot_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=262144)] = 65536
+    # Empty: armed all day. Township commands camera.arm / camera.disarm override it.
+    schedule: Annotated[list[ArmWindow], msgspec.Meta(max_length=16)] = []
 
 
 class LogSection(_Section):
@@ -146,6 +205,7 @@ class Config(_Section):
     control: ControlSection = msgspec.field(default_factory=ControlSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     audio: AudioSection = msgspec.field(default_factory=AudioSection)
+    camera: CameraSection = msgspec.field(default_factory=CameraSection)
 
     def __post_init__(self) -> None:
         if self.station.id == "all":
@@ -168,6 +228,13 @@ class Config(_Section):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"audio.timezone: unknown time zone {self.audio.timezone!r}; "
                              f"use an IANA name such as 'Asia/Shanghai'") from exc
+        if self.camera.retry_max_s < self.camera.retry_min_s:
+            raise ValueError(
+                f"camera.retry_max_s ({self.camera.retry_max_s}) must be >= "
+                f"camera.retry_min_s ({self.camera.retry_min_s})"
+            )
+        if self.camera.enabled and self.camera.source == "rtsp" and not self.camera.url:
+            raise ValueError("camera.url is required with camera.source = 'rtsp'")
 
     @property
     def data_dir(self) -> Path:
@@ -213,6 +280,12 @@ factory = "mock"
 [audio]
 output = "null"
 amp_warm_up_s = 0.0
+
+[camera]
+enabled = true
+source = "folder"
+loop = true
+fps = 2
 """
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -132,7 +132,25 @@ class AudioPlayback(EventBase, tag="audio.playback", kw_only=True):
     payload: AudioPayload
 
 
-Event = AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback
+
+Norm = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class CameraPersonPayload(_Shape):
+    score: Norm
+    # (xmin, ymin, xmax, ymax), normalised to the whole frame; (0, 0) is top left.
+    box: tuple[Norm, Norm, Norm, Norm]
+    zone: str
+    # The whole frame with the box drawn, JPEG, base64; capped by camera.snapshot_max_bytes.
+    snapshot_jpeg: str
+
+
+class CameraPerson(EventBase, tag="camera.person", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: CameraPersonPayload
+
+
+Event = AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
 
 
 class Problem(_Shape):
@@ -152,6 +170,8 @@ class StationState(_Shape):
     clock_synced: bool
     pending: int | None = None
     problems: list[Problem] = []
+    # Running totals since start (e.g. camera_motion_without_person), see Health.count.
+    counters: dict[str, int] = {}
 
 
 _id_lock = threading.Lock()

@@ -22,6 +22,7 @@ class Health:
         self._lock = threading.Lock()
         self._problems: dict[str, Problem] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._counts: dict[str, int] = {}
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -50,3 +51,13 @@ class Health:
     def _notify(self) -> None:
         for listener in self._listeners:
             listener()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count something worth watching that is not a problem (e.g. motion without a
+        person); the totals go out with the next periodic state."""
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from gpiozero import LED
 
-from edge import __version__, commands
+from edge import __version__, camera, commands
 from edge.audio.loudspeaker import Loudspeaker
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
@@ -27,6 +27,8 @@ from edge.events import (
     AudioPlayback,
     ButtonBroadcast,
     ButtonPayload,
+    CameraPerson,
+    CameraPersonPayload,
     CmdResult,
     CmdResultPayload,
     ErrorInfo,
@@ -95,6 +97,15 @@ class Station:
         self._stopping = threading.Event()
         self.watchdog = Watchdog(self.healthy)
         self._seen = commands.SeenCommands()
+        self.camera: camera.CameraPipeline | None = None
+        if config.camera.enabled:
+            try:
+                self.camera = camera.build(config.camera, self.health, self._person_seen)
+            except camera.DetectorError as exc:
+                # The rest of the unit works without the camera; the township sees why.
+                self.health.set("camera_detector", f"摄像头人形检测无法启动：{exc}",
+                                f"camera person detector cannot start: {exc}",
+                                action="run models/build.sh or fix camera.model")
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -107,6 +118,8 @@ class Station:
             self.loudspeaker.start()
         self.control.start()
         self.watchdog.start()
+        if self.camera:
+            self.camera.start()
         log(logger, "info", "station.started", station=self.config.station.id,
             township=self.config.station.township, version=__version__,
             broker=f"{self.config.broker.host}:{self.config.broker.port}",
@@ -122,6 +135,8 @@ class Station:
         self.control.close()
         if self.loudspeaker:
             self.loudspeaker.close()
+        if self.camera:
+            self.camera.stop(timeout=0.3)
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self.outbox.close()
@@ -169,6 +184,11 @@ class Station:
             payload=ButtonPayload(button="broadcast", source="button", held_s=held_s),
             **self._identity())
         return self._submit(event)
+
+    def _person_seen(self, sighting: camera.Sighting) -> None:
+        self._submit(CameraPerson(payload=CameraPersonPayload(
+            score=sighting.score, box=sighting.box, zone=sighting.zone,
+            snapshot_jpeg=sighting.snapshot_b64()), **self._identity()))
 
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
@@ -261,6 +281,14 @@ class Station:
                     message=text("本站未启用喇叭", "this station has no loudspeaker "
                                  "(audio.enabled = false)")), cmd.id, _tag(cmd))
             return self.loudspeaker.execute(cmd)
+        if isinstance(cmd, commands.CameraArm | commands.CameraDisarm):
+            if self.camera is None:
+                raise commands.CommandRejected(ErrorInfo(
+                    code="invalid_command",
+                    message=text("本站摄像头未启用", "the camera is not enabled at this station")),
+                    cmd.id, _tag(cmd))
+            self.camera.arming.set(isinstance(cmd, commands.CameraArm), cmd.for_s)
+            return {"armed": self.camera.arming.armed(), "for_s": cmd.for_s}
         self.uplink.request_state()
         return {}
 
@@ -313,6 +341,8 @@ class Station:
             "problems": [msgspec.to_builtins(p) for p in self.health.problems()],
             "data_dir": str(cfg.data_dir),
             "audio": self.loudspeaker.status() if self.loudspeaker else None,
+            "camera": self.camera.status() if self.camera else None,
+            "counters": self.health.counts(),
         }
 
 

@@ -234,6 +234,7 @@ class Uplink:
             online=online, version=__version__, ts=now_iso(), clock_synced=clock_synced(),
             pending=self._outbox.pending_count() if online else None,
             problems=self._health.problems() if online else [],
+            counters=self._health.counts() if online else {},
         ))
 
     def _run_net(self) -> None:

@@ -129,7 +129,9 @@ def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_
     assert parked == [(alarm.seq, "alarm.panic", "Not authorized")]
     assert station.outbox.pending_count() == 0
     assert station.indicator.mode is Mode.PENDING  # staff still see "not delivered"
-    assert "refused 1 events (1 alarms" in problem(station, "publish_rejected")
+    # The row is parked just before the problem text is updated: wait for the text.
+    wait_until(lambda: "refused 1 events (1 alarms" in problem(station, "publish_rejected"),
+               what="publish_rejected names the parked alarm")
     state = wait_until(lambda: [s for s in bodies(hq, "/v001/state")
                                 if any(p["code"] == "publish_rejected" and "1 alarms" in
                                        p["message"]["en"] for p in s["problems"])],
