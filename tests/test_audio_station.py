@@ -224,3 +224,38 @@ def test_link_down_alarm_is_saved_and_staff_are_told(own_broker, sink, start_sta
     wait_until(lambda: ("prompt:alarm_saved_link_down", "finished") in heard, 15)
     assert heard[:2] == [("tone:siren", "started"), ("tone:siren", "finished")]
     assert station.outbox.pending_ids("alarm.panic"), "the alarm waits in the outbox"
+
+
+def test_unit_without_any_sound_card_runs_and_says_so(broker, tmp_path, township_factory):
+    """The default audio config (output = "device", the default device) on a machine where
+    ALSA has no device at all: PortAudio raises its own error type; the daemon must start,
+    report audio_unavailable and still send alarms."""
+    import os
+    import signal
+
+    from conftest import Daemon, station_toml
+
+    from edge.control import request
+
+    config = tmp_path / "station.toml"
+    config.write_text(station_toml(tmp_path / "data", broker.port,
+                                   audio={"enabled": True, "output": "device", "device": ""},
+                                   buttons={"panic_hold_s": 0.0}))
+    township = township_factory(broker.port)
+    # The machine's own ALSA setup: no sound card (other tests point ALSA at a file sink).
+    saved = os.environ.pop("ALSA_CONFIG_PATH", None)
+    try:
+        daemon = Daemon(config)
+    finally:
+        if saved is not None:
+            os.environ["ALSA_CONFIG_PATH"] = saved
+    try:
+        daemon.wait_logged("station.started")
+        wait_until(lambda: [s for s in township.on("/v001/state") if any(
+            p["code"] == "audio_unavailable" for p in s["problems"])], 10, "audio_unavailable")
+        request(tmp_path / "data" / "control.sock", {"op": "press", "button": "panic"})
+        wait_until(lambda: [e for e in township.unique_events() if e["type"] == "alarm.panic"],
+                   10, "the alarm")
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.finish() == 0

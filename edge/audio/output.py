@@ -7,6 +7,7 @@ played to a file (the simulator's speaker); the PortAudio path is the same eithe
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,9 @@ def check(spec: str | int, kind: str = "output") -> str:
 
         info: Any = sd.query_devices(device_arg(spec), kind)
         return str(info["name"])
-    except (OSError, ValueError) as exc:  # no libportaudio2, or no such device
+    # OSError: no libportaudio2; ValueError: no such device; PortAudioError (a plain
+    # Exception): no devices at all, e.g. no sound card and no ALSA default.
+    except Exception as exc:
         raise AudioUnavailable(f"audio {kind} device {spec or 'default'!r}: {exc}") from exc
 
 
@@ -94,7 +97,7 @@ class Output:
             stream = sd.OutputStream(device=device_arg(self._spec), samplerate=self.rate,
                                      channels=1, dtype="float32", blocksize=self.block)
             stream.start()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # as in check(): OSError, ValueError, PortAudioError
             raise AudioUnavailable(
                 f"audio output device {self._spec or 'default'!r}: {exc}") from exc
         self._stream = stream
@@ -110,6 +113,7 @@ class Output:
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
-                stream.stop()
+                with contextlib.suppress(Exception):  # a vanished device fails to stop too
+                    stream.stop()
             finally:
                 stream.close()
