@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import queue
 import sqlite3
 import statistics
@@ -47,7 +46,18 @@ from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
-from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
+from common import (
+    STATION,
+    TOWNSHIP,
+    Head,
+    add_tmp_args,
+    fs_of,
+    loadavg,
+    machine_line,
+    pct,
+    run_in_tmp,
+    station_toml,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -60,8 +70,6 @@ from edge.station import Station
 from edge.topics import township_filter
 
 TARGET_P99_MS = 20.0
-TOWNSHIP = "t01"
-STATION = "v001"
 BASELINE_STATION = "baseline"
 
 
@@ -71,38 +79,11 @@ _decode_head = msgspec.json.Decoder(Head).decode
 
 
 
-def pct(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def station_toml(data_dir: Path, port: int, audio: bool = True) -> str:
+def audio_toml(audio: bool) -> str:
+    # Every press also starts the siren (PortAudio into an ALSA null device): the alarm path
+    # is measured with the loudspeaker working, as on a unit (--no-audio: without it).
     return f"""
-[station]
-id = "{STATION}"
-township = "{TOWNSHIP}"
-data_dir = "{data_dir}"
-
-[broker]
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 30
-
-[uplink]
-backoff_min_s = 0.05
-backoff_max_s = 0.5
-
-[pins]
-factory = "mock"
-
-[buttons]
-panic_hold_s = 0
-bounce_s = 0
-
 [audio]
-# Every press also starts the siren (PortAudio into an ALSA null device): the alarm path
-# is measured with the loudspeaker working, as on a unit (--no-audio: without it).
 enabled = {"true" if audio else "false"}
 output = "null"
 """
@@ -209,7 +190,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     try:
         township = Township(broker.port)
         config = config_mod.parse(
-            station_toml(tmp / "station", broker.port, not args.no_audio), "<bench>")
+            station_toml(tmp / "station", broker.port, audio_toml(not args.no_audio)), "<bench>")
         station = Station(config)
         station.start()
         if not township.states.wait(10):

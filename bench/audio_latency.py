@@ -37,7 +37,6 @@ import hashlib
 import io
 import itertools
 import logging
-import math
 import statistics
 import sys
 import threading
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from common import add_tmp_args, loadavg, machine_line, run_in_tmp
+from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station_toml
 
 from edge import config as config_mod
 from edge.audio import tones
@@ -55,21 +54,7 @@ from edge.localbroker import Mosquitto
 from edge.logs import JsonFormatter
 from edge.station import Station
 
-
-def station_toml(data_dir: Path, port: int) -> str:
-    return f"""
-[station]
-id = "v001"
-township = "t01"
-data_dir = "{data_dir}"
-[broker]
-host = "127.0.0.1"
-port = {port}
-[pins]
-factory = "mock"
-[buttons]
-panic_hold_s = 0.0
-bounce_s = 0.0
+AUDIO_TOML = """
 [audio]
 output = "null"
 amp_warm_up_s = 0.0
@@ -77,11 +62,6 @@ amp_idle_off_s = 60.0
 # The spoken "alarm sent" after each press would hold the player between rounds.
 prompts = false
 """
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[max(1, math.ceil(p / 100.0 * len(s))) - 1]
 
 
 def summary(name: str, ms: list[float]) -> dict[str, float]:
@@ -141,7 +121,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.INFO)
     broker = Mosquitto(tmp / "broker", persistence=False).start()
-    station = Station(config_mod.parse(station_toml(tmp / "station", broker.port), "<bench>"))
+    toml = station_toml(tmp / "station", broker.port, AUDIO_TOML)
+    station = Station(config_mod.parse(toml, "<bench>"))
     station.start()
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", broker.port)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -58,6 +59,44 @@ def fs_of(path: Path) -> str:
     except OSError:
         pass
     return f"{best[1]} at {best[0]}"
+
+
+TOWNSHIP = "t01"
+STATION = "v001"
+
+
+def station_toml(data_dir: Path, port: int, extra: str = "", inflight: int = 20) -> str:
+    """A simulated station (mock pins, presses fire at once) on the bench's broker;
+    `extra` adds or overrides sections for what one benchmark measures."""
+    return f"""
+[station]
+id = "{STATION}"
+township = "{TOWNSHIP}"
+data_dir = "{data_dir}"
+
+[broker]
+host = "127.0.0.1"
+port = {port}
+keepalive_s = 30
+
+[uplink]
+inflight = {inflight}
+backoff_min_s = 0.05
+backoff_max_s = 0.5
+
+[pins]
+factory = "mock"
+
+[buttons]
+panic_hold_s = 0
+bounce_s = 0
+{extra}"""
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(p / 100.0 * len(ordered))) - 1]
 
 
 def add_tmp_args(parser: argparse.ArgumentParser) -> None:

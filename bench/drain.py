@@ -60,15 +60,23 @@ from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
-from common import Head, add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
+from common import (
+    STATION,
+    TOWNSHIP,
+    Head,
+    add_tmp_args,
+    fs_of,
+    loadavg,
+    machine_line,
+    run_in_tmp,
+    station_toml,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 TARGET_DRAIN = 5000.0
 TARGET_ENQUEUE = 2000.0
-TOWNSHIP = "t01"
-STATION = "v001"
 BASELINE_STATION = "baseline"
 TOWNSHIP_CLIENT_ID = "bench-township-centre"
 
@@ -291,30 +299,7 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def station_toml(data_dir: Path, port: int, inflight: int) -> str:
-    return f"""
-[station]
-id = "{STATION}"
-township = "{TOWNSHIP}"
-data_dir = "{data_dir}"
-
-[broker]
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 30
-
-[uplink]
-inflight = {inflight}
-backoff_min_s = 0.05
-backoff_max_s = 0.5
-
-[pins]
-factory = "mock"
-
-[buttons]
-panic_hold_s = 0
-bounce_s = 0
-
+NO_AUDIO_TOML = """
 [audio]
 # The drain measures the uplink; 1,000 sirens would only queue behind each other.
 enabled = false
@@ -412,8 +397,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     publisher: mqtt.Client | None = None
     try:
         township = TownshipProcess(broker.port)
-        config = config_mod.parse(station_toml(tmp / "station", broker.port, args.inflight),
-                                  "<bench>")
+        toml = station_toml(tmp / "station", broker.port, NO_AUDIO_TOML, args.inflight)
+        config = config_mod.parse(toml, "<bench>")
         station = Station(config)
         station.start()
         wait_until(lambda: station.uplink.connected, 10, "station connected")

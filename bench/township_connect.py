@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from common import add_tmp_args, loadavg, machine_line, run_in_tmp
+from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -73,11 +73,6 @@ def storm(n: int, workers: int, job: Any) -> tuple[float, list[float]]:
     with ThreadPoolExecutor(workers) as pool:
         each = list(pool.map(job, range(n)))
     return time.perf_counter() - start, each
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, round(p / 100 * len(ordered)) - 1)]
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:

@@ -41,17 +41,23 @@ def _clock(now: dt.datetime) -> tuple[str, str]:
             f"the station clock is not synced (it reads {_day(now)})")
 
 
+def _read(path: str, zh: str, en: str) -> x509.Certificate | TlsProblem:
+    """The certificate at `path`, or the problem a technician must fix to read it."""
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return TlsProblem(f"无法读取{zh} {path}：{exc}", f"cannot read the {en} {path}: {exc}",
+                          "reinstall the station bundle")
+
+
 def check_files(broker: BrokerSection, *, synced: bool, now: dt.datetime
                 ) -> TlsProblem | None:
     """What is wrong with the station's own certificate, or None if it looks usable."""
     if not broker.cert_file:
         return None
-    try:
-        cert = x509.load_pem_x509_certificate(Path(broker.cert_file).read_bytes())
-    except (OSError, ValueError) as exc:
-        return TlsProblem(f"无法读取本站证书 {broker.cert_file}：{exc}",
-                          f"cannot read the station certificate {broker.cert_file}: {exc}",
-                          "reinstall the station bundle")
+    cert = _read(broker.cert_file, "本站证书", "station certificate")
+    if isinstance(cert, TlsProblem):
+        return cert
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
     if not start <= now <= end:
         which_zh, which_en = (("尚未生效", "not valid yet") if now < start
@@ -68,12 +74,9 @@ def check_files(broker: BrokerSection, *, synced: bool, now: dt.datetime
             f"the station certificate is {which_en} (valid {_day(start)} to {_day(end)})",
             "ask the township for a new bundle (pingan-edge broker add-station --replace)")
     if broker.ca_file:
-        try:
-            ca = x509.load_pem_x509_certificate(Path(broker.ca_file).read_bytes())
-        except (OSError, ValueError) as exc:
-            return TlsProblem(f"无法读取 CA 证书 {broker.ca_file}：{exc}",
-                              f"cannot read the CA certificate {broker.ca_file}: {exc}",
-                              "reinstall the station bundle")
+        ca = _read(broker.ca_file, " CA 证书", "CA certificate")
+        if isinstance(ca, TlsProblem):
+            return ca
         if cert.issuer != ca.subject:
             return TlsProblem(
                 "本站证书与 CA 证书不属于同一乡镇（证书包文件混用）",
@@ -88,9 +91,8 @@ def expiring(broker: BrokerSection, *, now: dt.datetime,
     """A warning for the state topic while the link still works: renew in time."""
     if not broker.cert_file:
         return None
-    try:
-        cert = x509.load_pem_x509_certificate(Path(broker.cert_file).read_bytes())
-    except (OSError, ValueError):
+    cert = _read(broker.cert_file, "", "")
+    if isinstance(cert, TlsProblem):
         return None  # a broken file shows up as uplink_tls at the next connect
     end = cert.not_valid_after_utc
     if end - now > within:
@@ -107,10 +109,9 @@ def mismatch(broker: BrokerSection, station: str) -> TlsProblem | None:
     every publish is refused by the ACL."""
     if not broker.cert_file:
         return None
-    try:
-        cert = x509.load_pem_x509_certificate(Path(broker.cert_file).read_bytes())
-    except (OSError, ValueError):
-        return None
+    cert = _read(broker.cert_file, "", "")
+    if isinstance(cert, TlsProblem):
+        return None  # as in expiring()
     names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names == [station]:
         return None
