@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import skimage.data
+from ai_edge_litert import schema_py_generated as schema
+
+from edge.camera.detector import DetectorError, PersonDetector, make_interpreter
 
 EXPECTED = Path(__file__).resolve().with_name("person_ssdlite.expected.json")
 PEOPLE = ("astronaut", "camera")
 NO_PEOPLE = ("chelsea", "coffee", "rocket")
-# Stated tolerance. Differences between CPUs are ~1e-5; a real change of the weights or of
-# the post-processing moves scores and boxes by far more.
+# Stated tolerance. Float noise far above what differs between CPUs moves scores and boxes
+# by ~3e-5; a real change of the weights or the post-processing by far more (README.md).
 TOLERANCE = {"score": 0.02, "box": 0.02}
 # Detections scoring under this are not compared (the station's threshold is 0.5).
 FLOOR = 0.1
@@ -49,10 +53,6 @@ def structure(model: Path) -> Structure:
     """Operators in execution order (from the flatbuffer) and the input and output tensors
     (from the interpreter, after allocation: the post-processing outputs have no static
     shape in the file)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    from edge.camera.detector import DetectorError, make_interpreter
-
     try:
         interpreter = make_interpreter(model, 1)
     except DetectorError as exc:
@@ -79,8 +79,6 @@ def structure(model: Path) -> Structure:
 
 def photograph(name: str) -> np.ndarray[Any, Any]:
     """A scikit-image bundled photograph as RGB uint8."""
-    import skimage.data
-
     image = np.asarray(getattr(skimage.data, name)())
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
@@ -90,8 +88,6 @@ def photograph(name: str) -> np.ndarray[Any, Any]:
 def detections(model: Path) -> dict[str, Found]:
     """Person detections scoring at least FLOOR on each reference photograph (for the
     negatives: the best one, whatever its score), via the station's own detector."""
-    from edge.camera.detector import DetectorError, PersonDetector
-
     try:
         detector = PersonDetector(model, None)
     except DetectorError as exc:

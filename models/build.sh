@@ -24,7 +24,7 @@ if [ ! -x "$edge_python" ]; then
     exit 1
 fi
 if [ -f "$model" ]; then
-    if refusal=$(accept "$model" 2>&1); then
+    if refusal=$(accept "$PWD/$model" 2>&1); then
         echo "models/$model: accepted"
         exit 0
     fi

@@ -105,7 +105,8 @@ def checked_anchors(graph_def: tf.compat.v1.GraphDef) -> np.ndarray:
     if worst > ANCHOR_TOLERANCE:
         row = int(np.abs(anchors - evaluated).max(axis=1).argmax())
         sys.exit(f"anchors: numpy and graph differ by {worst:.2e} (> {ANCHOR_TOLERANCE}) at "
-                 f"#{row}: {anchors[row]} vs {evaluated[row]}")
+                 f"#{row}: {anchors[row]} vs {evaluated[row]}; check FEATURE_MAPS, "
+                 "MIN_SCALE, MAX_SCALE and ASPECT_RATIOS against the graph's config")
     print(f"anchors: {anchors.shape[0]} from numpy, within {worst:.1e} of the graph's",
           flush=True)
     return anchors
