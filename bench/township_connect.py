@@ -2,7 +2,7 @@
 
 What it measures
     The township broker as shipped (broker_config/mosquitto.conf and acl, ports and paths
-    changed as in the tests), identities from `edge.provision` (EC P-256 certificates).
+    changed as in the tests), identities from the centre's CA (EC P-256 certificates).
     `--stations` clients connect at once, `--workers` at a time, each until its CONNACK:
 
     tls:      the station listener: TLS 1.2+ handshake with a client certificate checked
@@ -37,7 +37,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from township_broker import CENTRE, TownshipBroker
 
-from edge import provision
+from edge.bundle import install_bundle
+from pingan_centre.broker import provision
 
 
 def connect_once(port: int, client_id: str, tls: tuple[Path, Path, Path] | None,
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     made = time.perf_counter()
     for i in range(args.stations):
         station = f"v{i:04d}"
-        provision.install_bundle(provision.add_station(town.town, station, "127.0.0.1"),
+        install_bundle(provision.add_station(town.town, station, "127.0.0.1"),
                                  tmp / "units" / station)
         d = tmp / "units" / station
         units.append((station, (d / "ca.crt", d / "station.crt", d / "station.key")))

@@ -72,7 +72,7 @@ def check_files(broker: BrokerSection, *, synced: bool, now: dt.datetime
         return TlsProblem(
             f"本站证书{which_zh}（有效期 {_day(start)} 至 {_day(end)}）",
             f"the station certificate is {which_en} (valid {_day(start)} to {_day(end)})",
-            "ask the township for a new bundle (pingan-edge broker add-station --replace)")
+            "ask the township for a new bundle (pingan-centre broker add-station --replace)")
     if broker.ca_file:
         ca = _read(broker.ca_file, " CA 证书", "CA certificate")
         if isinstance(ca, TlsProblem):
@@ -100,7 +100,7 @@ def expiring(broker: BrokerSection, *, now: dt.datetime,
     return TlsProblem(f"本站证书将于 {_day(end)} 过期，届时无法连接乡镇平台",
                       f"the station certificate expires {_day(end)}; the unit cannot "
                       f"connect after that",
-                      "issue a new bundle (pingan-edge broker add-station --replace) and "
+                      "issue a new bundle (pingan-centre broker add-station --replace) and "
                       "install it before then")
 
 
@@ -137,7 +137,7 @@ def diagnose(broker: BrokerSection, error: BaseException | None, *, synced: bool
                                   "fix time sync (NTP / the modem's network time)")
             return TlsProblem(f"乡镇平台证书{which_zh}",
                               f"the township broker's certificate is {which_en}",
-                              "the township must renew it (pingan-edge broker server-cert)")
+                              "the township must renew it (pingan-centre broker server-cert)")
         if code in _UNKNOWN_ISSUER:
             return TlsProblem(
                 "乡镇平台证书不是由本站 CA 签发（CA 错误或连错平台）",

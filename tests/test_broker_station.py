@@ -18,10 +18,12 @@ from conftest import make_config, schema, station_toml, wait_until
 from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
-from edge import provision, tlscheck
+from edge import tlscheck
+from edge.bundle import install_bundle
 from edge.indicator import Mode
 from edge.station import Station
 from edge.uplink import MAX_REFUSALS
+from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"
 
@@ -40,7 +42,7 @@ def run_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     def run(town: TownshipBroker, bundle: Path, station_id: str | None = None,
             **broker: Any) -> Station:
         """Install `bundle` as a technician would, then start a station with it."""
-        toml = tomllib.loads(provision.install_bundle(bundle, tmp_path / "unit-tls").read_text())
+        toml = tomllib.loads(install_bundle(bundle, tmp_path / "unit-tls").read_text())
         section = toml["broker"]
         section.update(host="127.0.0.1", port=town.tls_port, **broker)
         config = config_mod.parse(station_toml(tmp_path / "station", town.tls_port,
@@ -174,7 +176,7 @@ def test_tls_failures_are_explained_on_the_unit(town, run_station, tmp_path):
     provision.revoke(town.town, "v002")
     town.reload()
     probe = tmp_path / "probe"
-    provision.install_bundle(bundle, probe)
+    install_bundle(bundle, probe)
     town.wait_refused((probe / "ca.crt", probe / "station.crt", probe / "station.key"))
     revoked = run_station(town, bundle)
     assert "refused this station's certificate (revoked" in wait_until(
@@ -208,7 +210,7 @@ def test_tls_failures_are_explained_on_the_unit(town, run_station, tmp_path):
 def test_clock_not_synced_is_named_as_the_cause(town):
     """A Pi without RTC boots with an old clock: the certificate looks not yet valid."""
     bundle = provision.add_station(town.town, "v001", "127.0.0.1")
-    provision.install_bundle(bundle, town.town.dir / "unit")
+    install_bundle(bundle, town.town.dir / "unit")
     broker = make_config(town.town.dir / "s", 1, broker={
         "tls": True, "ca_file": str(town.town.dir / "unit" / "ca.crt"),
         "cert_file": str(town.town.dir / "unit" / "station.crt"),
@@ -243,7 +245,7 @@ def test_missing_bundle_files_are_named_and_picked_up_once_copied(town, run_stat
     assert "cannot read the station certificate" in wait_until(
         lambda: problem(station, "uplink_tls"), what="missing files named")
     assert station.raise_alarm("simulator", 0.0).result(5).seq == 1  # the unit still works
-    provision.install_bundle(bundle, later)  # the technician copies them in
+    install_bundle(bundle, later)  # the technician copies them in
     wait_until(lambda: station.uplink.connected, what="connects with the files")
     wait_until(lambda: station.indicator.mode is Mode.DELIVERED, what="alarm delivered")
     assert problem(station, "uplink_tls") == ""

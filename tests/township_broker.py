@@ -1,5 +1,5 @@
 """A real township broker for tests: broker_config/mosquitto.conf and acl, as shipped,
-with only ports and paths changed, and identities made by edge.provision."""
+with only ports and paths changed, and identities made by pingan_centre.broker.provision."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge import provision
 from edge.localbroker import Mosquitto, free_port
+from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "broker_config"

@@ -38,12 +38,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-STATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Centre accounts: `centre.<name>`; the dot keeps them apart from every station id.
-ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}$")
+ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}")
 DEFAULT_DIR = Path("/etc/mosquitto/pingan")
-UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit
-STATION_GROUP = "pingan"  # the station service's group (systemd/pingan-edge.service)
+UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit (edge.bundle)
 # A past notBefore, so a unit whose clock lags a little behind still accepts the broker.
 _BACKDATE = dt.timedelta(days=1)
 
@@ -139,7 +138,7 @@ def _load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError as exc:
-        raise ProvisionError(f"{path} not found: run `pingan-edge broker init` first") from exc
+        raise ProvisionError(f"{path} not found: run `pingan-centre broker init` first") from exc
 
 
 def _load_ca(town: Township) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -181,7 +180,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 def init(town: Township, township: str, hosts: list[str], *, days: int = 7300,
          server_days: int = 1825) -> None:
     """Create the township CA, the broker's server certificate, an empty CRL and passwd."""
-    if not STATION_ID.match(township):
+    if not STATION_ID.fullmatch(township):
         raise ProvisionError(f"township id {township!r} must match {STATION_ID.pattern}")
     if town.ca_key.exists():
         raise ProvisionError(f"{town.ca_key} exists: this township already has a CA")
@@ -237,7 +236,7 @@ def add_station(town: Township, station: str, broker_host: str, *, broker_port: 
 
     `replace` (a unit swapped or its key exposed) revokes the old certificate first.
     `issued_at` back-dates the validity (to rehearse an expired certificate)."""
-    if not STATION_ID.match(station) or station == "all":
+    if not STATION_ID.fullmatch(station) or station == "all":
         raise ProvisionError(
             f"station id {station!r} must match {STATION_ID.pattern} and not be 'all'")
     if town.issued(station).exists():
@@ -269,31 +268,6 @@ def add_station(town: Township, station: str, broker_host: str, *, broker_port: 
             tar.addfile(info, io.BytesIO(data))
     _write(town.bundle(station), buf.getvalue(), 0o600)
     return town.bundle(station)
-
-
-def install_bundle(bundle: Path, dest: Path) -> Path:
-    """Unpack a bundle into `dest` (on the unit); returns the station.toml written there.
-
-    The snippet's paths are rewritten to `dest`, so the unpacked files are what it names."""
-    with tarfile.open(bundle, "r:gz") as tar:
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        needed = {"ca.crt", "station.crt", "station.key", "station.toml"}
-        if not needed <= members.keys():
-            raise ProvisionError(f"{bundle}: not a station bundle (needs {sorted(needed)})")
-        data = {}
-        for name in needed:
-            f = tar.extractfile(members[name])
-            assert f is not None
-            data[name] = f.read()
-    toml = data["station.toml"].decode()
-    toml = re.sub(r'"[^"\n]*/(ca\.crt|station\.crt|station\.key)"',
-                  lambda m: f'"{dest / m.group(1)}"', toml)
-    for name in ("ca.crt", "station.crt"):
-        _write(dest / name, data[name])
-    _write(dest / "station.key", data["station.key"], 0o600)
-    _readable_by(dest / "station.key", STATION_GROUP)
-    _write(dest / "station.toml", toml.encode())
-    return dest / "station.toml"
 
 
 def revoke(town: Township, station: str) -> int:
@@ -332,7 +306,7 @@ def _write_crl(town: Township, serials: list[int], days: int = 3650) -> None:
 
 def add_account(town: Township, name: str, password: str | None = None) -> str:
     """Add or change a centre account's password (mosquitto_passwd); returns the password."""
-    if not ACCOUNT.match(name):
+    if not ACCOUNT.fullmatch(name):
         raise ProvisionError(f"account {name!r} must look like 'centre.ops' "
                              f"({ACCOUNT.pattern}); the dot keeps it apart from station ids")
     exe = shutil.which("mosquitto_passwd")
