@@ -104,21 +104,21 @@ def expiring(broker: BrokerSection, *, now: dt.datetime,
                       "install it before then")
 
 
-def mismatch(broker: BrokerSection, station: str) -> TlsProblem | None:
-    """The broker knows a unit by its certificate's CN; a different station.id means
-    every publish is refused by the ACL."""
+def mismatch(broker: BrokerSection, township: str, station: str) -> TlsProblem | None:
+    """The broker knows a unit by its certificate's CN, `<township>/<station>` (its topic
+    path); a different station.id or township means every publish is refused by the ACL."""
     if not broker.cert_file:
         return None
     cert = _read(broker.cert_file, "", "")
     if isinstance(cert, TlsProblem):
         return None  # as in expiring()
     names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if names == [station]:
+    if names == [f"{township}/{station}"]:
         return None
-    return TlsProblem(f"本站编号 {station} 与证书 {names} 不符，平台将拒收所有消息",
-                      f"station.id is {station!r} but the certificate is for {names}: the "
-                      f"broker will refuse every message",
-                      "install this station's own bundle, or fix station.id")
+    return TlsProblem(f"本站编号 {township}/{station} 与证书 {names} 不符，平台将拒收所有消息",
+                      f"station.township/id is {township}/{station} but the certificate is "
+                      f"for {names}: the broker will refuse every message",
+                      "install this station's own bundle, or fix station.id and township")
 
 
 def diagnose(broker: BrokerSection, error: BaseException | None, *, synced: bool,

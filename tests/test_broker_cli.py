@@ -39,7 +39,7 @@ def test_broker_workflow(tmp_path: Path, capsys):
                                           "v001/station.toml"]
         assert stat.S_IMODE(tar.getmember("v001/station.key").mode) == 0o600
     cert = x509.load_pem_x509_certificate((town / "issued" / "v001.crt").read_bytes())
-    assert cert.subject.rfc4514_string() == "CN=v001"
+    assert cert.subject.rfc4514_string() == "CN=t01/v001,OU=t01"
 
     capsys.readouterr()
     assert main(["broker", "add-station", "v001", *d, "--broker-host", "10.8.0.1"]) == 1

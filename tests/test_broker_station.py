@@ -106,14 +106,16 @@ def test_press_reaches_township_over_tls_with_certificate_identity(town, run_sta
     result = wait_until(lambda: bodies(hq, "/v001/cmd/result"), what="command result")
     assert result[0]["payload"]["ok"] is True and result[0]["payload"]["cmd_id"] == "c-1"
     wait_until(lambda: station.indicator.mode is Mode.ACKNOWLEDGED, what="LED shows ack")
-    assert "u'v001'" in town.log()  # the broker saw the certificate's name as the user
+    assert "u't01/v001'" in town.log()  # the broker saw the certificate's name as the user
 
 
 def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_restart(
         town, run_station, centre, caplog):
     acl = town.town.dir / "acl"
     shipped = acl.read_text()
-    acl.write_text(shipped.replace("pattern write pingan/v1/+/%u/events\n", ""))
+    rule = "pattern write pingan/v1/%u/events\n"
+    assert rule in shipped
+    acl.write_text(shipped.replace(rule, ""))
     town.start()
     hq = centre()
     bundle = provision.add_station(town.town, "v001", "127.0.0.1")
@@ -230,7 +232,7 @@ def test_station_id_not_matching_its_certificate_is_named(town, run_station):
     bundle = provision.add_station(town.town, "v007", "127.0.0.1")
     station = run_station(town, bundle, station_id="v001")  # a technician's typo
     wait_until(lambda: station.uplink.connected)
-    assert "certificate is for ['v007']" in problem(station, "cert_mismatch")
+    assert "certificate is for ['t01/v007']" in problem(station, "cert_mismatch")
     station.raise_alarm("simulator", 0.0).result(5)
     assert "refused" in wait_until(lambda: problem(station, "publish_rejected"))
 
