@@ -69,6 +69,10 @@ def test_broker_workflow(tmp_path: Path, capsys):
     assert len(password) >= 20
     assert (town / "passwd").read_text().startswith("centre.ops:$7$")
     assert main(["broker", "add-account", "v001", *d]) == 1  # would shadow a station
+    (town / "acl").unlink()
+    assert main(["broker", "acl", *d]) == 0
+    acl = (town / "acl").read_text()
+    assert "pattern read pingan/v1/t01/all/cmd\n" in acl and "user centre.ops\n" in acl
 
 
 def test_the_unit_tool_no_longer_issues_identities(tmp_path: Path, capsys):

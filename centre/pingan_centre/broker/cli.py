@@ -65,6 +65,14 @@ def cmd_add_account(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    town = _town(args)
+    provision.write_acl(town)
+    print(f"{town.acl}: township {town.township_id()}, accounts "
+          f"{', '.join(provision.accounts(town)) or 'none'}; {RELOAD}")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     """Add `broker` and its subcommands to the main parser's subparsers."""
     p = sub.add_parser("broker", help="township broker identities: CA, stations, revocation")
@@ -103,6 +111,9 @@ def add_parser(sub: Any) -> None:
     sp.add_argument("name", help="like centre.ops")
     sp.add_argument("--password-file", help="read the password from here (default: generate)")
     sp.set_defaults(broker_fn=cmd_add_account)
+    sp = town(bsub.add_parser("acl", help="rewrite the township's ACL (acl) from its CA "
+                              "and accounts"))
+    sp.set_defaults(broker_fn=cmd_acl)
 
 
 def _run(args: argparse.Namespace) -> int:
