@@ -38,7 +38,8 @@ def cmd_add_station(args: argparse.Namespace) -> int:
     bundle = provision.add_station(town, args.station, args.broker_host,
                                    broker_port=args.broker_port, days=args.days,
                                    replace=args.replace, unit_dir=args.unit_dir)
-    print(f"station {args.station}: bundle {bundle}")
+    identity = provision.identity(town.township_id(), args.station)
+    print(f"station {args.station}: bundle {bundle} (broker identity {identity})")
     print(f"on the unit: pingan-edge install-bundle {bundle.name} (as root), "
           "then merge the printed station.toml")
     if args.replace:
