@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import __version__
 from edge import config as config_mod
-from edge.broker_cli import add_parser as add_broker_parser
+from edge.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.config import Config, ConfigError
 from edge.control import request
 from edge.logs import setup
@@ -140,6 +140,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_bundle(args: argparse.Namespace) -> int:
+    try:
+        toml = install_bundle(Path(args.bundle), Path(args.dest))
+    except (BundleError, OSError) as exc:
+        print(f"pingan-edge: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed into {args.dest}; add this to the station config "
+          f"({SYSTEM_CONFIG}), then `pingan-edge check-config` it:\n")
+    print(toml.read_text(encoding="utf-8"))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pingan-edge", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
@@ -169,11 +181,30 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a station TOML and exit")
     sp.add_argument("path")
     sp.set_defaults(fn=cmd_check_config)
-    add_broker_parser(sub)
+    sp = sub.add_parser("install-bundle", help="unpack the station bundle the township issued")
+    sp.add_argument("bundle")
+    sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")
+    sp.set_defaults(fn=cmd_install_bundle)
     return p
 
 
+def _moved(argv: list[str]) -> str | None:
+    """Where a command that left the unit's tool went (issue 9: township tooling lives
+    in the township's own package, pingan-centre)."""
+    if argv[:1] != ["broker"]:
+        return None
+    if argv[1:2] == ["install"]:
+        return "`pingan-edge broker install` is now `pingan-edge install-bundle BUNDLE`"
+    return ("`pingan-edge broker` moved to the township's tool: use `pingan-centre broker "
+            f"{' '.join(argv[1:2]) or '...'}` (pip install ./centre)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    moved = _moved(argv)
+    if moved:
+        print(f"pingan-edge: {moved}", file=sys.stderr)
+        return EXIT_CONFIG
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-Id = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+# `$(?!\n)`: Python's `$` also matches before a trailing newline, and `v001\n` must not
+# pass (JSON Schema's ECMA regexes read the lookahead the same way).
+Id = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 Pin = Annotated[int, msgspec.Meta(ge=0, le=53)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -96,7 +98,8 @@ class ControlSection(_Section):
 
 
 # "HH:MM", or empty for none.
-OptionalClockTime = Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")]
+OptionalClockTime = Annotated[str, msgspec.Meta(
+    pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)")]
 
 
 class AudioSection(_Section):
@@ -122,7 +125,8 @@ class AudioSection(_Section):
     # Spoken prompts for staff (alarm saved / sent / received, link down).
     prompts: bool = True
     tts_engine: Literal["espeak-ng"] = "espeak-ng"
-    tts_voice: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_+-]{1,64}$")] = "cmn-latn-pinyin"
+    tts_voice: Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_+-]{1,64}$(?!\n)")] = "cmn-latn-pinyin"
     amp_warm_up_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2
     amp_idle_off_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     clip_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = 8 << 20
@@ -135,7 +139,7 @@ class AudioSection(_Section):
 Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
 # A polygon in normalised frame coordinates: [[x, y], ...], (0, 0) top left, (1, 1) bottom right.
 Polygon = Annotated[list[tuple[Unit, Unit]], msgspec.Meta(min_length=3, max_length=64)]
-ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$(?!\n)")]
 
 
 class CameraZone(_Section):

@@ -221,7 +221,8 @@ class Uplink:
         """Problems the township should see while the link still works."""
         broker = self._config.broker
         checks = {"cert_expiring": tlscheck.expiring(broker, now=dt.datetime.now(dt.UTC)),
-                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.id)}
+                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.township,
+                                                     self._config.station.id)}
         for code, found in checks.items():
             if found:
                 self._health.set(code, found.zh, found.en, action=found.action)
