@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import msgspec
 from gpiozero import LED
@@ -54,13 +55,7 @@ class Station:
     def __init__(self, config: Config) -> None:
         self.health = Health()
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(data_dir / "station.lock", "w")  # noqa: SIM115 - held for life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ConfigError(
-                f"another pingan-edge already runs with data directory {data_dir}") from exc
+        self._lock_file = _lock(data_dir)
 
         self.local_broker: Mosquitto | None = None
         broker = config.broker
@@ -80,6 +75,7 @@ class Station:
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
             batch_max=config.outbox.batch_max,
             on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+            health=self.health,
         )
         self.uplink = Uplink(config, self.outbox, self.health,
                              on_command=self._command, on_delivered=self._delivered)
@@ -144,7 +140,8 @@ class Station:
         self.pin_factory.close()
         if self.local_broker:
             self.local_broker.stop()
-        self._lock_file.close()
+        if self._lock_file:
+            self._lock_file.close()
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
 
     def healthy(self) -> bool:
@@ -344,6 +341,29 @@ class Station:
             "camera": self.camera.status() if self.camera else None,
             "counters": self.health.counts(),
         }
+
+
+class AlreadyRunning(ConfigError):
+    """Another pingan-edge holds this data directory: a restart cannot fix that."""
+
+
+def _lock(data_dir: Path) -> TextIO | None:
+    """Hold `station.lock` for life. A directory that cannot be written gives no lock and
+    no refusal: the outbox reports it and the station pages from memory."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(data_dir / "station.lock", "a")  # noqa: SIM115 - held for life
+    except OSError as exc:
+        log(logger, "error", "station.lock_unavailable", data_dir=str(data_dir), error=str(exc),
+            action="the data directory cannot be written; see storage_unwritable")
+        return None
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise AlreadyRunning(
+            f"another pingan-edge already runs with data directory {data_dir}") from exc
+    return lock_file
 
 
 def _tag(cmd: commands.Command) -> str:
