@@ -163,14 +163,14 @@ class Outbox:
             kind, error = "corrupt", problem
             kept = outbox_repair.quarantine(path)
             salvage = outbox_repair.salvage(kept)
+        elif prior is not None and prior.clean_next is None and wal_missing:
+            kind = "wal_lost"
+            error = "outbox.db-wal is missing after an unclean stop: its commits are lost"
         elif prior is not None and _holds_nothing(path):
             kind = "emptied"
             error = ("outbox.db is missing" if not path.exists() else
                      "outbox.db holds no events although this station stored some")
             kept = outbox_repair.quarantine(path) if path.exists() else None
-        elif prior is not None and prior.clean_next is None and wal_missing:
-            kind = "wal_lost"
-            error = "outbox.db-wal is missing after an unclean stop: its commits are lost"
 
         self._write = self._connect(str(path))
         self._write.execute("PRAGMA journal_mode=WAL")
@@ -230,12 +230,7 @@ class Outbox:
     def _record_damage(self, kind: str, error: str, kept: Path | None,
                        salvage: Salvage | None) -> None:
         rows = salvage.rows if salvage else []
-        lost: int | None = None
-        if salvage is not None and (rows or salvage.unreadable or salvage.meta_next):
-            seqs = sorted(r.seq for r in rows)
-            holes = (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else 0
-            tail = max(0, (salvage.meta_next or 0) - 1 - (seqs[-1] if seqs else 0))
-            lost = salvage.unreadable + holes + tail
+        lost = outbox_repair.lost(salvage) if salvage else None
         folder = self.path.parent / outbox_repair.QUARANTINE
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         base = kept or folder / f"{self.path.stem}-{kind}-{stamp}"

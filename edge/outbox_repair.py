@@ -61,7 +61,7 @@ class Row:
 @dataclass(slots=True)
 class Salvage:
     rows: list[Row]
-    unreadable: int  # rows seen but not readable or not a valid event
+    unreadable: set[int]  # seqs of rows found but not readable or not a valid event
     meta_next: int | None  # the damaged file's own next seq, if it could still be read
 
 
@@ -141,10 +141,10 @@ def salvage(quarantined: Path) -> Salvage:
                 shutil.copyfile(wal, Path(str(scratch) + "-wal"))
         except OSError as exc:  # e.g. no room for the copy: nothing can be read safely
             logger.warning("outbox.salvage_copy_failed: %s", exc)
-            return Salvage([], 0, None)
+            return Salvage([], set(), None)
         conn = _open_readable(scratch)
         if conn is None:
-            return Salvage([], 0, None)
+            return Salvage([], set(), None)
         try:
             return _read_all(conn)
         finally:
@@ -210,7 +210,7 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
         row = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         meta_next = int(row[0]) if row else None
     rows: dict[int, Row] = {}
-    unreadable = 0
+    unreadable: set[int] = set()
     for table, delivered in (("events", "delivered_at"), ("rejected", "NULL")):
         for seq in _seqs(conn, table):
             try:
@@ -222,11 +222,22 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
                 if event.id != row.id or event.seq != row.seq:
                     raise ValueError("row and its body disagree")
             except Exception:  # any way a damaged row fails to read counts the same
-                unreadable += 1
+                unreadable.add(seq)
                 continue
             rows.setdefault(seq, row)
-    return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)), unreadable,
-                   meta_next)
+    return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)),
+                   unreadable - set(rows), meta_next)
+
+
+def lost(salvage: Salvage) -> int | None:
+    """Rows the damaged file held and the salvage did not recover: every seq from the
+    lowest one found to the file's own next seq, less those recovered. None when
+    nothing at all could be read (nothing tells how many there were)."""
+    found = {r.seq for r in salvage.rows} | salvage.unreadable
+    if not found:
+        return None
+    top = max(max(found), (salvage.meta_next or 0) - 1)
+    return top - min(found) + 1 - len(salvage.rows)
 
 
 def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
@@ -254,6 +265,8 @@ def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
     while last < limit:
         try:
             found = after(last)
+            if found is not None and found <= last:  # a damaged page answered nonsense
+                raise sqlite3.DatabaseError(f"seek past {last} gave {found}")
         except sqlite3.Error:
             last += step
             step *= 2
@@ -263,7 +276,8 @@ def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
         if step > 1:  # rows between the last good one and here may have been jumped
             back, missed = found, []
             with contextlib.suppress(sqlite3.Error):
-                while (prev := before(back)) is not None and prev > good and prev not in seen:
+                while ((prev := before(back)) is not None and good < prev < back
+                       and prev not in seen):
                     missed.append(prev)
                     back = prev
             for seq in reversed(missed):
