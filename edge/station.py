@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
@@ -85,10 +86,16 @@ class Station:
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
         self.buttons.broadcast.when_released = self._broadcast_released
-        self.loudspeaker = Loudspeaker(
-            config.audio, data_dir, pin_factory=self.pin_factory,
-            amp_pin=config.pins.amp_relay, health=self.health,
-            emit=self._audio_event) if config.audio.enabled else None
+        self.loudspeaker: Loudspeaker | None = None
+        if config.audio.enabled:
+            try:
+                self.loudspeaker = Loudspeaker(
+                    config.audio, data_dir, pin_factory=self.pin_factory,
+                    amp_pin=config.pins.amp_relay, health=self.health, emit=self._audio_event)
+            except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
+                self.health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
+                                f"loudspeaker cannot start (data directory): {exc}",
+                                action="see storage_unwritable; alarms are still sent")
         self.control = ControlServer(config.control_socket, self._control)
         self._stopping = threading.Event()
         self.watchdog = Watchdog(self.healthy)
@@ -350,13 +357,18 @@ class AlreadyRunning(ConfigError):
 def _lock(data_dir: Path) -> TextIO | None:
     """Hold `station.lock` for life. A directory that cannot be written gives no lock and
     no refusal: the outbox reports it and the station pages from memory."""
+    path = data_dir / "station.lock"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(data_dir / "station.lock", "a")  # noqa: SIM115 - held for life
+        lock_file = open(path, "a")  # noqa: SIM115 - held for life
     except OSError as exc:
-        log(logger, "error", "station.lock_unavailable", data_dir=str(data_dir), error=str(exc),
-            action="the data directory cannot be written; see storage_unwritable")
-        return None
+        try:  # a read-only directory: an existing lock file still excludes a second station
+            lock_file = open(path)  # noqa: SIM115
+        except OSError:
+            log(logger, "error", "station.lock_unavailable", data_dir=str(data_dir),
+                error=str(exc), action="the data directory cannot be written; see the "
+                "storage_unwritable problem")
+            return None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
