@@ -208,12 +208,27 @@ class Outbox:
                    "until then alarms are sent from memory and nothing is kept")
         with contextlib.suppress(Exception):
             self._write.close()
-        target = f"file:outbox-{id(self)}?mode=memory&cache=shared"
-        self._write = self._connect(target)
+        memory = f"file:outbox-{id(self)}?mode=memory&cache=shared"
+        self._write = self._connect(memory)
         self._create_schema()
         self._unpark()
         self._next_seq, self._pending_bytes = 1, 0
-        return target
+        # Events stored before the directory went read-only are still sent (and sent
+        # again after a restart: their delivery cannot be recorded; the township
+        # de-duplicates by id).
+        for mode in ("mode=ro", "immutable=1"):
+            stored = f"{self.path.absolute().as_uri()}?{mode}"
+            try:
+                conn = self._connect(stored)
+                try:
+                    conn.execute("SELECT seq, id, type, priority, body FROM events "
+                                 "WHERE delivered_at IS NULL LIMIT 1").fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                continue
+            return stored
+        return memory
 
     def _restore(self, rows: list[outbox_repair.Row]) -> None:
         """Put salvaged rows into the fresh database: alarms committed first, so they are
@@ -604,7 +619,7 @@ def _holds_nothing(path: Path) -> bool:
     if not path.exists() or path.stat().st_size == 0:
         return True
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
         finally:
