@@ -245,7 +245,7 @@ class Outbox:
     def _record_damage(self, kind: str, error: str, kept: Path | None,
                        salvage: Salvage | None) -> None:
         rows = salvage.rows if salvage else []
-        lost = outbox_repair.lost(salvage) if salvage else None
+        lost = salvage.lost if salvage else None
         folder = self.path.parent / outbox_repair.QUARANTINE
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         base = kept or folder / f"{self.path.stem}-{kind}-{stamp}"

@@ -61,7 +61,9 @@ class Row:
 @dataclass(slots=True)
 class Salvage:
     rows: list[Row]
-    unreadable: set[int]  # seqs of rows found but not readable or not a valid event
+    # Rows the damaged file held that were not recovered (found but unreadable, or in a
+    # damaged stretch); None when nothing tells how many.
+    lost: int | None
     meta_next: int | None  # the damaged file's own next seq, if it could still be read
 
 
@@ -141,10 +143,10 @@ def salvage(quarantined: Path) -> Salvage:
                 shutil.copyfile(wal, Path(str(scratch) + "-wal"))
         except OSError as exc:  # e.g. no room for the copy: nothing can be read safely
             logger.warning("outbox.salvage_copy_failed: %s", exc)
-            return Salvage([], set(), None)
+            return Salvage([], None, None)
         conn = _open_readable(scratch)
         if conn is None:
-            return Salvage([], set(), None)
+            return Salvage([], None, None)
         try:
             return _read_all(conn)
         finally:
@@ -211,8 +213,11 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
         meta_next = int(row[0]) if row else None
     rows: dict[int, Row] = {}
     unreadable: set[int] = set()
+    scans = []
     for table, delivered in (("events", "delivered_at"), ("rejected", "NULL")):
-        for seq in _seqs(conn, table):
+        scan = _Scan()
+        scans.append(scan)
+        for seq in _seqs(conn, table, scan):
             try:
                 r = conn.execute(f"SELECT {_COLUMNS}, {delivered} FROM {table} WHERE seq = ?",
                                  (seq,)).fetchone()
@@ -225,25 +230,26 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
                 unreadable.add(seq)
                 continue
             rows.setdefault(seq, row)
-    return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)),
-                   unreadable - set(rows), meta_next)
+    events = scans[0]
+    top = max([*rows, *unreadable], default=0)
+    lost: int | None = len(unreadable - set(rows)) + sum(s.skipped for s in scans)
+    if events.tail_failed:
+        lost = None if meta_next is None or lost is None else lost + max(0, meta_next - 1 - top)
+    if not rows and not unreadable and meta_next is None:
+        lost = None  # nothing could be read: nothing tells how many rows there were
+    return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)), lost, meta_next)
 
 
-def lost(salvage: Salvage) -> int | None:
-    """Rows the damaged file held and the salvage did not recover: every seq from the
-    lowest one found to the file's own next seq, less those recovered. None when
-    nothing at all could be read (nothing tells how many there were)."""
-    found = {r.seq for r in salvage.rows} | salvage.unreadable
-    if not found:
-        return None
-    top = max(max(found), (salvage.meta_next or 0) - 1)
-    return top - min(found) + 1 - len(salvage.rows)
+@dataclass(slots=True)
+class _Scan:
+    skipped: int = 0  # seqs inside damaged stretches of the b-tree, not recovered
+    tail_failed: bool = False  # the scan could not read to the table's end
 
 
-def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
+def _seqs(conn: sqlite3.Connection, table: str, scan: _Scan) -> Iterator[int]:
     """Every seq the table's b-tree still yields, stepping over damaged pages: a failed
     seek moves on by a doubling step, and after a jump the scan looks back for rows the
-    jump stepped over."""
+    jump stepped over. Counts in `scan` what lay in the damaged stretches."""
     seen: set[int] = set()
     try:
         top = conn.execute(f"SELECT MAX(seq) FROM {table}").fetchone()[0]
@@ -272,6 +278,7 @@ def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
             step *= 2
             continue
         if found is None:
+            scan.tail_failed = step > 1
             return
         if step > 1:  # rows between the last good one and here may have been jumped
             back, missed = found, []
@@ -280,6 +287,8 @@ def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
                        and prev not in seen):
                     missed.append(prev)
                     back = prev
+            if good:  # before the first row found, nothing tells where the table began
+                scan.skipped += found - good - 1 - len(missed)
             for seq in reversed(missed):
                 seen.add(seq)
                 yield seq
@@ -287,3 +296,4 @@ def _seqs(conn: sqlite3.Connection, table: str) -> Iterator[int]:
         yield found
         last = good = found
         step = 1
+    scan.tail_failed = step > 1

@@ -229,22 +229,6 @@ def test_read_only_data_dir_pages_from_memory_and_says_so(broker, tmp_path, town
             assert daemon.finish() == 0
 
 
-def test_another_station_on_the_same_data_dir_exits_3_and_says_why(broker, tmp_path):
-    data = tmp_path / "data"
-    first, _ = restart(tmp_path, data, broker.port)
-    try:
-        config = tmp_path / "second.toml"
-        config.write_text(station_toml(data, broker.port,
-                                       control={"socket": str(tmp_path / "ctl2.sock")}))
-        second = Daemon(config)
-        assert second.finish(30) == 3
-        assert "stop the other" in second.logged("station.already_running")[0]["action"]
-        assert not second.logged("raw")
-    finally:
-        first.proc.send_signal(signal.SIGTERM)
-        first.finish()
-
-
 def test_systemd_does_not_restart_on_what_a_restart_cannot_fix():
     from edge import cli
 
