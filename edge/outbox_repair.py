@@ -14,10 +14,9 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -213,87 +212,101 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
         meta_next = int(row[0]) if row else None
     rows: dict[int, Row] = {}
     unreadable: set[int] = set()
-    scans = []
-    for table, delivered in (("events", "delivered_at"), ("rejected", "NULL")):
-        scan = _Scan()
-        scans.append(scan)
-        for seq in _seqs(conn, table, scan):
-            try:
-                r = conn.execute(f"SELECT {_COLUMNS}, {delivered} FROM {table} WHERE seq = ?",
-                                 (seq,)).fetchone()
-                row = Row(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]), int(r[5]),
-                          float(r[6]), None if r[7] is None else float(r[7]))
-                event = decode_event(row.body)
-                if event.id != row.id or event.seq != row.seq:
-                    raise ValueError("row and its body disagree")
-            except Exception:  # any way a damaged row fails to read counts the same
-                unreadable.add(seq)
-                continue
-            rows.setdefault(seq, row)
-    events = scans[0]
+    scans = [_Table(conn, table, delivered, rows, unreadable)
+             for table, delivered in (("events", "delivered_at"), ("rejected", "NULL"))]
+    for scan in scans:
+        scan.read()
     top = max([*rows, *unreadable], default=0)
     lost: int | None = len(unreadable - set(rows)) + sum(s.skipped for s in scans)
-    if events.tail_failed:
+    if scans[0].tail_failed:
         lost = None if meta_next is None or lost is None else lost + max(0, meta_next - 1 - top)
     if not rows and not unreadable and meta_next is None:
         lost = None  # nothing could be read: nothing tells how many rows there were
     return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)), lost, meta_next)
 
 
-@dataclass(slots=True)
-class _Scan:
-    skipped: int = 0  # seqs inside damaged stretches of the b-tree, not recovered
-    tail_failed: bool = False  # the scan could not read to the table's end
+class _Table:
+    """Reads one table in seq order at full speed, and steps over each damaged stretch
+    of its b-tree: a failed seek moves on by a doubling step, and after a jump it looks
+    back for rows the jump stepped over. Counts what lay in the damaged stretches."""
 
+    def __init__(self, conn: sqlite3.Connection, table: str, delivered: str,
+                 rows: dict[int, Row], unreadable: set[int]) -> None:
+        self.conn, self.table = conn, table
+        self.select = f"SELECT {_COLUMNS}, {delivered} FROM {table}"
+        self.rows, self.unreadable = rows, unreadable
+        self.skipped = 0  # seqs inside damaged stretches, not recovered
+        self.tail_failed = False  # could not read to the table's end
 
-def _seqs(conn: sqlite3.Connection, table: str, scan: _Scan) -> Iterator[int]:
-    """Every seq the table's b-tree still yields, stepping over damaged pages: a failed
-    seek moves on by a doubling step, and after a jump the scan looks back for rows the
-    jump stepped over. Counts in `scan` what lay in the damaged stretches."""
-    seen: set[int] = set()
-    try:
-        top = conn.execute(f"SELECT MAX(seq) FROM {table}").fetchone()[0]
-    except sqlite3.Error:
-        top = None
-    limit = int(top) if top is not None else (1 << 40)
-
-    def after(seq: int) -> int | None:
-        r = conn.execute(f"SELECT seq FROM {table} WHERE seq > ? ORDER BY seq LIMIT 1",
-                         (seq,)).fetchone()
-        return None if r is None else int(r[0])
-
-    def before(seq: int) -> int | None:
-        r = conn.execute(f"SELECT seq FROM {table} WHERE seq < ? ORDER BY seq DESC LIMIT 1",
-                         (seq,)).fetchone()
-        return None if r is None else int(r[0])
-
-    last, good, step = 0, 0, 1
-    while last < limit:
+    def read(self) -> None:
         try:
-            found = after(last)
-            if found is not None and found <= last:  # a damaged page answered nonsense
-                raise sqlite3.DatabaseError(f"seek past {last} gave {found}")
+            top = self.conn.execute(f"SELECT MAX(seq) FROM {self.table}").fetchone()[0]
         except sqlite3.Error:
-            last += step
-            step *= 2
-            continue
-        if found is None:
-            scan.tail_failed = step > 1
+            top = None
+        limit = int(top) if top is not None else (1 << 40)
+        last = good = 0
+        while True:
+            try:
+                for r in self.conn.execute(f"{self.select} WHERE seq > ? ORDER BY seq", (last,)):
+                    if int(r[0]) <= last:  # a damaged page answered nonsense
+                        raise sqlite3.DatabaseError("seq out of order")
+                    last = good = int(r[0])
+                    self._keep(last, r)
+                return
+            except sqlite3.Error:
+                pass
+            found = self._step_over(last, good, limit)
+            if not found:
+                return
+            for seq in found:
+                try:
+                    self._keep(seq, self.conn.execute(f"{self.select} WHERE seq = ?",
+                                                      (seq,)).fetchone())
+                except sqlite3.Error:
+                    self.unreadable.add(seq)
+            last = good = found[-1]
+
+    def _keep(self, seq: int, r: Any) -> None:
+        try:
+            row = Row(int(r[0]), str(r[1]), str(r[2]), int(r[3]), bytes(r[4]), int(r[5]),
+                      float(r[6]), None if r[7] is None else float(r[7]))
+            event = decode_event(row.body)
+            if event.id != row.id or event.seq != row.seq:
+                raise ValueError("row and its body disagree")
+        except Exception:  # any way a damaged row fails to read counts the same
+            self.unreadable.add(seq)
             return
-        if step > 1:  # rows between the last good one and here may have been jumped
+        self.rows.setdefault(seq, row)
+
+    def _seek(self, seq: int, op: str) -> int | None:
+        order = "ASC" if op == ">" else "DESC"
+        r = self.conn.execute(f"SELECT seq FROM {self.table} WHERE seq {op} ? "
+                              f"ORDER BY seq {order} LIMIT 1", (seq,)).fetchone()
+        return None if r is None else int(r[0])
+
+    def _step_over(self, last: int, good: int, limit: int) -> list[int]:
+        """The next seqs that can be found after a damaged stretch following `last`."""
+        pos, step = last, 1
+        while pos < limit:
+            try:
+                found = self._seek(pos, ">")
+                if found is not None and found <= pos:
+                    raise sqlite3.DatabaseError("seq out of order")
+            except sqlite3.Error:
+                pos += step
+                step *= 2
+                continue
+            if found is None:
+                self.tail_failed = True
+                return []
             back, missed = found, []
             with contextlib.suppress(sqlite3.Error):
-                while ((prev := before(back)) is not None and good < prev < back
-                       and prev not in seen):
+                while ((prev := self._seek(back, "<")) is not None and good < prev < back
+                       and prev not in self.rows and prev not in self.unreadable):
                     missed.append(prev)
                     back = prev
             if good:  # before the first row found, nothing tells where the table began
-                scan.skipped += found - good - 1 - len(missed)
-            for seq in reversed(missed):
-                seen.add(seq)
-                yield seq
-        seen.add(found)
-        yield found
-        last = good = found
-        step = 1
-    scan.tail_failed = step > 1
+                self.skipped += found - good - 1 - len(missed)
+            return [*reversed(missed), found]
+        self.tail_failed = True
+        return []
