@@ -104,6 +104,7 @@ _CLEANUP_EVERY = 1000
 _ACK_LINGER_S = 0.05
 # Seqs reserved per write of the mark file: one small fsynced write per this many events.
 SEQ_BLOCK = 1000
+_REPORTS_SHOWN = 5
 
 
 class Outbox:
@@ -284,7 +285,9 @@ class Outbox:
             f"kept in quarantine, salvaged {last.salvaged} ({last.salvaged_alarms} alarms), "
             f"lost {lost}; new events continue at seq {last.resumed_at}",
             action=_DAMAGE_ACTION,
-            detail={"reports": [msgspec.to_builtins(d) for d in found]})
+            # The newest reports only: the state message stays small however many there are.
+            detail={"reports": [msgspec.to_builtins(d) for d in found[-_REPORTS_SHOWN:]],
+                    "count": len(found)})
 
     @staticmethod
     def _connect(target: str) -> sqlite3.Connection:
