@@ -153,7 +153,8 @@ def test_damaged_outbox_is_quarantined_salvaged_and_the_station_runs(
         assert report["resumed_at"] > max(old.values())
 
         if name == "wal_deleted":
-            assert report["kind"] == "wal_lost"
+            assert report["kind"] == "wal_lost" and report["quarantined"] is None
+            assert list((data / "quarantine").glob("outbox-wal_lost-*.json")), "on record"
         elif name == "zero_bytes":
             assert report["kind"] == "emptied"
             assert (data / report["quarantined"]).stat().st_size == 0, "the file is kept"
