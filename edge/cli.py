@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -20,12 +21,15 @@ from edge import config as config_mod
 from edge.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.config import Config, ConfigError
 from edge.control import request
-from edge.logs import setup
+from edge.logs import log, setup
 from edge.topics import township_filter
 
 SYSTEM_CONFIG = Path("/etc/pingan-edge/station.toml")
-EXIT_CONFIG = 2
-
+# Exit statuses of `pingan-edge run` (docs/config.md); systemd restarts only on 1.
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a failure nobody foresaw: logged as JSON; a restart may help
+EXIT_CONFIG = 2  # station.toml, pin factory or the simulator's broker: fix, then start
+EXIT_ALREADY_RUNNING = 3  # another pingan-edge holds the data directory
 
 def _config_path(arg: str | None) -> Path | None:
     """--config, else $PINGAN_EDGE_CONFIG, else /etc/pingan-edge/station.toml, else none
@@ -44,22 +48,41 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.localbroker import BrokerError
     from edge.pins import PinFactoryError
-    from edge.station import Station
+    from edge.station import AlreadyRunning, Station
 
     cfg = _load(args)
     setup(cfg.log.level)
+    logger = logging.getLogger("edge.cli")
     try:
         station = Station(cfg)
-    except (PinFactoryError, BrokerError) as exc:
-        print(f"pingan-edge: {exc}", file=sys.stderr)
+    except AlreadyRunning as exc:
+        log(logger, "error", "station.already_running", error=str(exc), exit=EXIT_ALREADY_RUNNING,
+            action="stop the other pingan-edge (systemctl status pingan-edge) or give this "
+                   "one its own station.data_dir")
+        return EXIT_ALREADY_RUNNING
+    except (ConfigError, PinFactoryError, BrokerError) as exc:
+        log(logger, "error", "station.cannot_start", error=str(exc), exit=EXIT_CONFIG,
+            action="fix the configuration or the hardware named above, then start again")
         return EXIT_CONFIG
+    except Exception as exc:  # whatever it was, one JSON line and a status saying so
+        logger.exception("station.start_failed", extra={"fields": {
+            "error": str(exc), "exit": EXIT_UNEXPECTED,
+            "action": "unexpected: systemd restarts the station; report this log line"}})
+        return EXIT_UNEXPECTED
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    station.start()
+    try:
+        station.start()
+    except Exception as exc:
+        logger.exception("station.start_failed", extra={"fields": {
+            "error": str(exc), "exit": EXIT_UNEXPECTED,
+            "action": "unexpected: systemd restarts the station; report this log line"}})
+        station.stop()
+        return EXIT_UNEXPECTED
     stop.wait()
     station.stop()
-    return 0
+    return EXIT_OK
 
 
 def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:

@@ -157,6 +157,8 @@ class Problem(_Shape):
     code: str
     message: Text
     since: str
+    # Machine-readable figures behind the message (e.g. `outbox_corrupt`'s counts).
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class StationState(_Shape):

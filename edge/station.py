@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import msgspec
 from gpiozero import LED
@@ -54,13 +56,7 @@ class Station:
     def __init__(self, config: Config) -> None:
         self.health = Health()
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(data_dir / "station.lock", "w")  # noqa: SIM115 - held for life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ConfigError(
-                f"another pingan-edge already runs with data directory {data_dir}") from exc
+        self._lock_file = _lock(data_dir)
 
         self.local_broker: Mosquitto | None = None
         broker = config.broker
@@ -80,6 +76,7 @@ class Station:
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
             batch_max=config.outbox.batch_max,
             on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+            health=self.health,
         )
         self.uplink = Uplink(config, self.outbox, self.health,
                              on_command=self._command, on_delivered=self._delivered)
@@ -89,10 +86,16 @@ class Station:
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
         self.buttons.broadcast.when_released = self._broadcast_released
-        self.loudspeaker = Loudspeaker(
-            config.audio, data_dir, pin_factory=self.pin_factory,
-            amp_pin=config.pins.amp_relay, health=self.health,
-            emit=self._audio_event) if config.audio.enabled else None
+        self.loudspeaker: Loudspeaker | None = None
+        if config.audio.enabled:
+            try:
+                self.loudspeaker = Loudspeaker(
+                    config.audio, data_dir, pin_factory=self.pin_factory,
+                    amp_pin=config.pins.amp_relay, health=self.health, emit=self._audio_event)
+            except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
+                self.health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
+                                f"loudspeaker cannot start (data directory): {exc}",
+                                action="see storage_unwritable; alarms are still sent")
         self.control = ControlServer(config.control_socket, self._control)
         self._stopping = threading.Event()
         self.watchdog = Watchdog(self.healthy)
@@ -144,7 +147,8 @@ class Station:
         self.pin_factory.close()
         if self.local_broker:
             self.local_broker.stop()
-        self._lock_file.close()
+        if self._lock_file:
+            self._lock_file.close()
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
 
     def healthy(self) -> bool:
@@ -344,6 +348,34 @@ class Station:
             "camera": self.camera.status() if self.camera else None,
             "counters": self.health.counts(),
         }
+
+
+class AlreadyRunning(ConfigError):
+    """Another pingan-edge holds this data directory: a restart cannot fix that."""
+
+
+def _lock(data_dir: Path) -> TextIO | None:
+    """Hold `station.lock` for life. A directory that cannot be written gives no lock and
+    no refusal: the outbox reports it and the station pages from memory."""
+    path = data_dir / "station.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(path, "a")  # noqa: SIM115 - held for life
+    except OSError as exc:
+        try:  # a read-only directory: an existing lock file still excludes a second station
+            lock_file = open(path)  # noqa: SIM115
+        except OSError:
+            log(logger, "error", "station.lock_unavailable", data_dir=str(data_dir),
+                error=str(exc), action="the data directory cannot be written; see the "
+                "storage_unwritable problem")
+            return None
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise AlreadyRunning(
+            f"another pingan-edge already runs with data directory {data_dir}") from exc
+    return lock_file
 
 
 def _tag(cmd: commands.Command) -> str:

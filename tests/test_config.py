@@ -104,8 +104,9 @@ def test_second_daemon_on_same_data_dir_is_refused(tmp_path, broker):
         first.wait_logged("station.started")
         proc = subprocess.run([sys.executable, "-m", "edge", "run", "-c", str(path)],
                               capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 2
+        assert proc.returncode == 3, "EXIT_ALREADY_RUNNING: systemd does not restart on it"
         assert "another pingan-edge already runs" in proc.stderr
+        assert "Traceback" not in proc.stderr
     finally:
         first.proc.terminate()
         first.finish()
