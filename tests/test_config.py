@@ -29,7 +29,8 @@ def test_default_pin_map_matches_hardware_pinmap():
     defaults = config.PinsSection()
     assert {k: v["bcm"] for k, v in pinmap["pins"].items()} == {
         "panic": defaults.panic, "broadcast": defaults.broadcast,
-        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay}
+        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay,
+        "modem_power": defaults.modem_power}
 
 
 def test_example_config_is_valid():
