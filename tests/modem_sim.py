@@ -12,6 +12,7 @@ PDUs the station sends are kept raw for the tests to decode with another library
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -129,10 +130,8 @@ class ModemSim:
         self._thread.join(2)
         for fd in (self.master, self._slave):
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self.master = self._slave = -1
 
     def vanish(self) -> None:
@@ -171,10 +170,8 @@ class ModemSim:
     def _send(self, text: str) -> None:
         if self.master < 0 or self._off:
             return
-        try:
+        with contextlib.suppress(OSError):
             os.write(self.master, text.encode("latin-1"))
-        except OSError:
-            pass
 
     def _later(self, delay: float, fn: Any, *args: Any) -> None:
         t = threading.Timer(delay, fn, args)

@@ -73,8 +73,8 @@ def _reply_prefix(command: str) -> str:
 
 
 class AtChannel:
-    def __init__(self, url: str, on_urc: Callable[[Urc], None], *, baudrate: int = 115200
-                 ) -> None:
+    def __init__(self, url: str, on_urc: Callable[[Urc], None], *, baudrate: int = 115200,
+                 on_lost: Callable[[str], None] = lambda _why: None) -> None:
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.1,
                                                write_timeout=2.0, exclusive=True)
@@ -82,6 +82,7 @@ class AtChannel:
             raise PortGone(f"cannot open modem port {url}: {exc}") from exc
         self.url = url
         self._on_urc = on_urc
+        self._on_lost = on_lost
         self._lock = threading.Lock()  # one command at a time
         self._state = threading.Lock()  # guards _pending
         self._pending: _Pending | None = None
@@ -161,6 +162,7 @@ class AtChannel:
                     self.error = f"modem port read failed: {exc}"
                     log(logger, "warning", "modem.port_lost", url=self.url, error=str(exc),
                         action="check the modem's USB cable and power; it is reopened")
+                    self._on_lost(self.error)
                 return
             if not chunk:
                 continue

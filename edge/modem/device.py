@@ -84,6 +84,12 @@ class SmsJob:
     on_done: Callable[[list[int], str | None], None] = lambda _refs, _err: None
 
 
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    chan: AtChannel
+    why: str
+
+
 @dataclass
 class _Assembly:
     parts: dict[int, str] = field(default_factory=dict)
@@ -116,6 +122,7 @@ class Modem:
         self._reference = int(time.time()) & 0xFF
         self._assembling: OrderedDict[tuple[str, int], _Assembly] = OrderedDict()
         self._retry_s = 1.0
+        self._expect_rdy = False
         self.resets = 0
         self._thread = threading.Thread(target=self._run, name="modem", daemon=True)
 
@@ -151,6 +158,11 @@ class Modem:
         except queue.Full:
             return False
         return True
+
+    def _port_lost(self, chan: AtChannel, why: str) -> None:
+        """On the reader thread: the port failed; the modem thread reopens it."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_Lost(chan, why))
 
     def _urc(self, urc: Urc) -> None:
         """On the reader thread: hand over and return."""
@@ -206,7 +218,7 @@ class Modem:
 
     def _open(self) -> bool:
         try:
-            self._chan = AtChannel(self._config.port, self._urc, baudrate=self._config.baudrate)
+            self._chan = self._channel()
         except PortGone as exc:
             self._set_state("absent")
             self._health.set("modem_absent", f"找不到4G模块（{self._config.port}）",
@@ -215,6 +227,13 @@ class Modem:
             return False
         self._health.clear("modem_absent")
         return True
+
+    def _channel(self) -> AtChannel:
+        holder: list[AtChannel] = []
+        chan = AtChannel(self._config.port, self._urc, baudrate=self._config.baudrate,
+                         on_lost=lambda why: self._port_lost(holder[0], why))
+        holder.append(chan)
+        return chan
 
     def _lost(self, why: str) -> None:
         if self._chan is not None:
@@ -240,7 +259,7 @@ class Modem:
         with contextlib.suppress(AtError):
             cgmm = self._at("AT+CGMM")
         self._profile = detect(identity + cgmm)
-        model = (cgmm or identity or [None])[0]
+        model = next(iter(cgmm or identity), None)
         try:
             sim = " ".join(self._at("AT+CPIN?"))
         except AtError as exc:
@@ -274,7 +293,7 @@ class Modem:
     def _ping(self) -> None:
         for attempt in range(_PING_TRIES):
             try:
-                self._at("AT", _PING_TIMEOUT_S)
+                self._at("AT", min(_PING_TIMEOUT_S, self._config.command_timeout_s))
                 return
             except AtTimeout:
                 if attempt == _PING_TRIES - 1:
@@ -309,6 +328,10 @@ class Modem:
             self._report = ModemReport(state=state, **fields)  # type: ignore[arg-type]
 
     def _handle(self, item: object) -> None:
+        if isinstance(item, _Lost):
+            if item.chan is self._chan:  # not one closed and reopened since
+                raise PortGone(item.why)
+            return
         if isinstance(item, Urc):
             self._on_urc(item)
         elif isinstance(item, SmsJob):
@@ -316,7 +339,9 @@ class Modem:
 
     def _on_urc(self, urc: Urc) -> None:
         line = urc.line
-        if line == "RDY":
+        if line == "RDY" and self._expect_rdy:
+            self._expect_rdy = False  # our own reset: the ladder has set it up again
+        elif line == "RDY":
             log(logger, "warning", "modem.reset_seen",
                 action="the modem restarted by itself; setting it up again")
             self.resets += 1
@@ -458,7 +483,7 @@ class Modem:
         self._rdy.clear()
         log(logger, "warning", "modem.reset", how="AT+CFUN=1,1")
         with contextlib.suppress(AtTimeout, AtError):
-            self._at("AT+CFUN=1,1", _PING_TIMEOUT_S)
+            self._at("AT+CFUN=1,1", min(_PING_TIMEOUT_S, self._config.command_timeout_s))
         return self._await_rdy()
 
     def _power_cycle(self) -> bool:
@@ -473,6 +498,7 @@ class Modem:
 
     def _await_rdy(self) -> bool:
         """Wait for RDY; a USB modem re-enumerates meanwhile, so reopen its port."""
+        self._expect_rdy = True
         deadline = time.monotonic() + self._config.rdy_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if self._rdy.wait(0.2):
@@ -482,8 +508,7 @@ class Modem:
                     self._chan.close()
                     self._chan = None
                 with contextlib.suppress(PortGone):
-                    self._chan = AtChannel(self._config.port, self._urc,
-                                           baudrate=self._config.baudrate)
+                    self._chan = self._channel()
         return False
 
     def _answers(self) -> bool:
