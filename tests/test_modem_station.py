@@ -1,0 +1,212 @@
+"""The modem in a real station: SMS fallback for alarms while the uplink is down, the
+status SMS, health telemetry, and a station whose modem is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import make_config, schema, wait_until
+from gsmmodem import pdu as gsm_pdu
+from modem_sim import ModemSim
+
+from edge.config import Config
+from edge.events import AlarmPanic, PanicPayload, stamp
+from edge.modem import pdu
+from edge.modem.fallback import alarm_text, short_code
+from edge.station import Station
+
+DUTY = ["+8613800138000", "13912345678"]
+
+
+@pytest.fixture
+def sim() -> Iterator[ModemSim]:
+    s = ModemSim("EC25")
+    yield s
+    s.close()
+
+
+def modem_cfg(sim: ModemSim, **over: Any) -> dict[str, Any]:
+    return {"enabled": True, "port": sim.path, "sms_after_s": 0.5, "duty_numbers": DUTY,
+            "command_timeout_s": 1.0, **over}
+
+
+STATION = {"name": "平安站一号", "village": "石桥村"}
+
+
+def config(tmp_path: Path, port: int, **sections: Any) -> Config:
+    cfg = make_config(tmp_path / "station", port, **sections)
+    return msgspec.structs.replace(cfg, station=msgspec.structs.replace(cfg.station, **STATION))
+
+
+@pytest.fixture
+def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
+    """Like conftest's, with the station's name and village set."""
+    started: list[Station] = []
+
+    def start(port: int, **sections: Any) -> Station:
+        station = Station(config(tmp_path, port, **sections))
+        station.start()
+        started.append(station)
+        return station
+
+    yield start
+    for s in started:
+        with contextlib.suppress(Exception):
+            s.stop()
+
+
+def sms_texts(sim: ModemSim) -> dict[str, list[str]]:
+    """What each number received, each message joined from its parts (by UDH reference)."""
+    by_message: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    for s in sim.submitted:
+        d = gsm_pdu.decodeSmsPdu(s.pdu)
+        udh = d.get("udh") or []
+        key = (d["number"], udh[0].reference if udh else -s.reference)
+        by_message.setdefault(key, []).append((udh[0].number if udh else 1, d["text"]))
+    out: dict[str, list[str]] = {}
+    for (number, _), parts in by_message.items():
+        units = "".join(t for _, t in sorted(parts))
+        out.setdefault(number, []).append(
+            units.encode("utf-16-be", "surrogatepass").decode("utf-16-be"))
+    return out
+
+
+def test_alarm_goes_by_sms_once_past_the_threshold_while_down_and_is_reported_later(
+        own_broker, start_station, township_factory, sim, tmp_path):
+    township = township_factory(own_broker.port, session="township-centre")
+    station = start_station(own_broker.port, modem=modem_cfg(sim))
+    wait_until(lambda: station.uplink.connected and station.modem.modem.ready, 10)
+
+    # Link up: delivered by MQTT, never by SMS.
+    up = station.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: any(e["id"] == up.id for e in township.events()), 5)
+    time.sleep(1.0)
+    assert sim.submitted == []
+
+    own_broker.stop()
+    wait_until(lambda: not station.uplink.connected, 10)
+    raised = time.monotonic()
+    down = station.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: set(sms_texts(sim)) == set(DUTY), 10, "SMS to both duty numbers")
+    assert sim.submitted[0].at - raised >= 0.5, "not before modem.sms_after_s"
+    texts = sms_texts(sim)
+    code = short_code(down.id)
+    for number in DUTY:
+        (text,) = texts[number]
+        assert text.startswith("【平安报警】石桥村 平安站一号：模拟报警，")
+        assert f"代码 {code}" in text and f"Code {code}" in text
+    parts = len(sim.submitted) // len(DUTY)
+    assert parts == 2
+    wait_until(lambda: all(r["status"] == "delivered"
+                           for r in station.modem.fallback.log.rows(down.id)), 5, "reports")
+    sent_before_restart = len(sim.submitted)
+
+    # A restart while still down: the SMS is not sent again.
+    station.stop()
+    again = Station(config(tmp_path, own_broker.port, modem=modem_cfg(sim)))
+    again.start()
+    try:
+        wait_until(lambda: again.modem.modem.ready, 10)
+        time.sleep(1.5)
+        assert len(sim.submitted) == sent_before_restart
+
+        # The link returns: the alarm, then how its SMS went.
+        own_broker.start()
+        wait_until(lambda: any(e["id"] == down.id for e in township.events()), 20)
+        sms_events = wait_until(
+            lambda: [e for e in township.unique_events() if e["type"] == "alarm.sms"
+                     and all(r["status"] == "delivered" for r in e["payload"]["recipients"])],
+            10, "alarm.sms delivered")
+        payload = sms_events[-1]["payload"]
+        assert payload["alarm_id"] == down.id and payload["code"] == code
+        assert [(r["number"], r["parts"]) for r in payload["recipients"]] == [
+            (n, parts) for n in DUTY]
+        validator = schema("event")
+        for e in township.unique_events():
+            validator.validate(e)
+        assert not any(e["payload"].get("alarm_id") == up.id for e in township.events()
+                       if e["type"] == "alarm.sms")
+    finally:
+        again.stop()
+
+
+def test_rate_limit_holds_back_and_counts(own_broker, start_station, sim, tmp_path):
+    own_broker.stop()
+    probe = AlarmPanic(station="v001", township="t01",
+                       payload=PanicPayload(source="simulator", held_s=0.0), **stamp())
+    parts = pdu.part_count(alarm_text(config(tmp_path, 1), probe))
+    station = start_station(own_broker.port, modem=modem_cfg(
+        sim, duty_numbers=DUTY[:1], sms_after_s=0.0, sms_per_hour=2 * parts))
+    wait_until(lambda: station.modem.modem.ready, 10)
+    alarms = [station.raise_alarm("simulator", 0.0).result(5) for _ in range(3)]
+    wait_until(lambda: station.modem.fallback.held_back() == 1, 10, "one held back")
+    wait_until(lambda: len(sms_texts(sim).get(DUTY[0], [])) == 2, 10, "two sent")
+    def statuses() -> list[list[str]]:
+        return [[r["status"] for r in station.modem.fallback.log.rows(a.id)] for a in alarms]
+
+    wait_until(lambda: all(s == ["delivered"] for s in statuses()[:2]), 10, "two delivered")
+    assert statuses()[2] == ["held_back"], "in drain order: the third is over the limit"
+    assert any(p.code == "sms_rate_limited" for p in station.health.problems())
+    assert station.telemetry.report().sms_held_back == 1
+    time.sleep(0.5)
+    assert len(sms_texts(sim)[DUTY[0]]) == 2, "the held-back alarm is not sent later"
+
+
+def test_status_sms_answered_for_duty_numbers_only(own_broker, start_station, sim):
+    own_broker.stop()
+    station = start_station(own_broker.port, modem=modem_cfg(sim))
+    wait_until(lambda: station.modem.modem.ready, 10)
+    sim.receive("+8613700000000", "状态")
+    sim.receive("+8613912345678", "状态")
+    wait_until(lambda: sim.submitted, 10, "a reply")
+    time.sleep(0.5)
+    texts = sms_texts(sim)
+    # Answered at the duty number as configured (13912345678, sent from +86...).
+    assert set(texts) == {"13912345678"}, "the other sender is ignored"
+    (reply,) = texts["13912345678"]
+    assert reply.startswith("【平安站点状态】平安站一号：平台连接中断")
+    assert "STATUS 平安站一号: link DOWN" in reply
+    sim.receive("13912345678", "status please", gsm7=True)
+    wait_until(lambda: len(sms_texts(sim)["13912345678"]) == 2, 10, "English ask answered")
+
+
+def test_modem_gone_alarms_still_go_over_mqtt(broker, start_station, township_factory, sim):
+    township = township_factory(broker.port)
+    sim.vanish()
+    station = start_station(broker.port, modem=modem_cfg(sim))
+    wait_until(lambda: station.uplink.connected, 10)
+    stored = station.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
+    state = wait_until(lambda: [s for s in township.on("/v001/state")
+                                if any(p["code"] == "modem_absent" for p in s["problems"])], 10)
+    assert state[-1]["online"] is True
+    assert station.status()["modem"]["state"] == "absent"
+
+
+def test_health_telemetry_is_retained_small_and_valid(broker, start_station, township_factory,
+                                                       sim):
+    station = start_station(broker.port, modem=modem_cfg(sim), health={"interval_s": 1.0})
+    wait_until(lambda: station.modem.modem.ready, 10)
+    township = township_factory(broker.port)
+    reports = wait_until(lambda: [m for t, m, _ in township.messages if t.endswith("/health")
+                                  and m["modem"]["csq_dbm"] is not None], 10, "health")
+    validator = schema("health")
+    for r in reports:
+        validator.validate(r)
+    report = reports[-1]
+    assert report["station"] == "v001" and report["modem"]["reg"] == "home"
+    assert report["modem"]["rsrp"] == -95.0
+    assert report["outbox_pending"] == 0 and report["disk_free_mb"] > 0
+    assert len(json.dumps(report, ensure_ascii=False).encode()) < 700
+    retained = [r for t, _, r in township.messages if t.endswith("/health")]
+    assert retained[0] is True, "a late subscriber gets the last one"
+    bad = {**report, "uptime_s": -1}
+    with pytest.raises(Exception, match="-1"):
+        validator.validate(bad)
