@@ -250,7 +250,7 @@ class ModemSim:
             self.mid_reply = []
         self._send("".join(out))
         if self.slow_s:
-            time.sleep(self.slow_s)
+            self._stop.wait(self.slow_s)
         self._send(f"\r\n{final}\r\n")
 
     def _boot(self) -> None:

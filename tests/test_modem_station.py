@@ -63,15 +63,19 @@ def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
 
 
 def sms_texts(sim: ModemSim) -> dict[str, list[str]]:
-    """What each number received, each message joined from its parts (by UDH reference)."""
-    by_message: dict[tuple[str, int], list[tuple[int, str]]] = {}
-    for s in sim.submitted:
+    """What each number received, each whole message joined from its parts (by UDH
+    reference); messages still missing a part are left out."""
+    by_message: dict[tuple[str, int, int], list[tuple[int, str]]] = {}
+    for s in list(sim.submitted):
         d = gsm_pdu.decodeSmsPdu(s.pdu)
         udh = d.get("udh") or []
-        key = (d["number"], udh[0].reference if udh else -s.reference)
+        key = (d["number"], udh[0].reference if udh else -s.reference,
+               udh[0].parts if udh else 1)
         by_message.setdefault(key, []).append((udh[0].number if udh else 1, d["text"]))
     out: dict[str, list[str]] = {}
-    for (number, _), parts in by_message.items():
+    for (number, _, count), parts in by_message.items():
+        if len(parts) < count:
+            continue  # its last part is still on the way
         units = "".join(t for _, t in sorted(parts))
         out.setdefault(number, []).append(
             units.encode("utf-16-be", "surrogatepass").decode("utf-16-be"))
@@ -210,3 +214,20 @@ def test_health_telemetry_is_retained_small_and_valid(broker, start_station, tow
     bad = {**report, "uptime_s": -1}
     with pytest.raises(Exception, match="-1"):
         validator.validate(bad)
+
+
+def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, township_factory,
+                                                      sim):
+    township = township_factory(broker.port)
+    station = start_station(broker.port, modem=modem_cfg(sim, command_timeout_s=30.0,
+                                                         poll_s=1.0))
+    wait_until(lambda: station.uplink.connected and station.modem.modem.ready, 10)
+    sim.slow_s = 20.0  # every reply now takes 20 s: the modem thread sits in a command
+    wait_until(lambda: sim.count("AT+CSQ") >= 2, 5, "the modem thread is inside a poll")
+    started = time.monotonic()
+    stored = station.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    station.stop()
+    assert time.monotonic() - started < 2.0, "stop does not wait for the modem's reply"

@@ -131,13 +131,14 @@ class Modem:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout: float = 0.5) -> None:
         self._stop.set()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
+        chan = self._chan
+        if chan is not None:
+            chan.close()  # a command in flight ends at once (PortGone), not at its timeout
         self._thread.join(timeout)
-        if self._chan is not None:
-            self._chan.close()
 
     @property
     def alive(self) -> bool:
@@ -199,6 +200,8 @@ class Modem:
                     action="recovering: AT ping, then AT+CFUN=1,1, then a power cycle")
                 self._recover()
             except PortGone as exc:
+                if self._stop.is_set():
+                    return  # closed under a command by close()
                 self._lost(str(exc))
             except AtError as exc:
                 # A refused setup step: the modem answers, so try again after a pause.
