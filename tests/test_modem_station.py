@@ -99,7 +99,8 @@ def test_alarm_goes_by_sms_once_past_the_threshold_while_down_and_is_reported_la
     raised = time.monotonic()
     down = station.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: set(sms_texts(sim)) == set(DUTY), 10, "SMS to both duty numbers")
-    assert sim.submitted[0].at - raised >= 0.5, "not before modem.sms_after_s"
+    # Not before modem.sms_after_s (less the 1 ms resolution of the id's time stamp).
+    assert sim.submitted[0].at - raised >= 0.499
     texts = sms_texts(sim)
     code = short_code(down.id)
     for number in DUTY:
@@ -223,7 +224,8 @@ def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, to
                                                          poll_s=1.0))
     wait_until(lambda: station.uplink.connected and station.modem.modem.ready, 10)
     sim.slow_s = 20.0  # every reply now takes 20 s: the modem thread sits in a command
-    wait_until(lambda: sim.count("AT+CSQ") >= 2, 5, "the modem thread is inside a poll")
+    sent = len(sim.commands)
+    wait_until(lambda: len(sim.commands) > sent, 10, "the modem thread sent a command")
     started = time.monotonic()
     stored = station.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
