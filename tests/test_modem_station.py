@@ -162,6 +162,12 @@ def test_rate_limit_holds_back_and_counts(own_broker, start_station, sim, tmp_pa
     assert station.telemetry.report().sms_held_back == 1
     time.sleep(0.5)
     assert len(sms_texts(sim)[DUTY[0]]) == 2, "the held-back alarm is not sent later"
+    station.stop()
+    again = start_station(own_broker.port, modem=modem_cfg(
+        sim, duty_numbers=DUTY[:1], sms_after_s=0.0, sms_per_hour=2 * parts))
+    assert any(p.code == "sms_rate_limited" for p in again.health.problems()), \
+        "still reported after a restart"
+    assert again.telemetry.report().sms_held_back == 1
 
 
 def test_status_sms_answered_for_duty_numbers_only(own_broker, start_station, sim):

@@ -56,6 +56,7 @@ logger = logging.getLogger("edge.modem.fallback")
 
 _POLL_S = 1.0
 _SCAN_LIMIT = 200  # pending rows read per look: alarms come first in drain order
+_LIMIT_CHECK_S = 60.0  # how often to see whether sms_rate_limited has cleared
 _MAX_ATTEMPTS = 3  # a submit the network refused is tried again, this many times in all
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
 _SOURCES = {"button": ("一键报警按钮", "panic button"),
@@ -208,6 +209,11 @@ class SmsFallback:
         self._deadlines: dict[str, float] = {}  # alarm id → monotonic time it is overdue
         self._done: set[str] = set()
         self._inflight: set[tuple[str, str]] = set()
+        self._limited = False
+        self._limit_check = 0.0
+        held = self.log.held_back()
+        if held:  # still within the day after a restart
+            self._report_limit(held)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -241,6 +247,12 @@ class SmsFallback:
 
     def _look(self) -> float:
         """Send what is overdue; returns how long to sleep."""
+        now = time.monotonic()
+        if self._limited and now >= self._limit_check:
+            self._limit_check = now + _LIMIT_CHECK_S
+            if self.log.held_back() == 0:  # a day without holding any back
+                self._limited = False
+                self._health.clear("sms_rate_limited")
         if self._uplink.connected or not self._config.modem.duty_numbers:
             self._deadlines.clear()
             return _POLL_S
@@ -293,12 +305,14 @@ class SmsFallback:
             numbers=len(self._config.modem.duty_numbers), held_back=held,
             action="the uplink is down: the alarm went to the duty numbers by SMS")
         if held:
-            total = self.log.held_back()
-            self._health.set("sms_rate_limited",
-                             f"短信已达上限，{total} 条报警短信未发出（24小时内）",
-                             f"SMS rate limit reached: {total} alarm SMS held back (24 h)",
-                             action="check for a stuck panic button; raise modem.sms_per_hour")
+            self._report_limit(self.log.held_back())
             self._emit(alarm.id)
+
+    def _report_limit(self, total: int) -> None:
+        self._limited = True
+        self._health.set("sms_rate_limited", f"短信已达上限，{total} 条报警短信未发出（24小时内）",
+                         f"SMS rate limit reached: {total} alarm SMS held back (24 h)",
+                         action="check for a stuck panic button; raise modem.sms_per_hour")
 
     def _dispatch(self, alarm_id: str, number: str, text: str) -> None:
         key = (alarm_id, number)
