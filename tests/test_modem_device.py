@@ -11,6 +11,8 @@ from conftest import wait_until
 from gpiozero import OutputDevice
 from gpiozero.pins.mock import MockFactory
 from gsmmodem import pdu as gsm_pdu
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from modem_sim import ModemSim, status_report
 
 from edge.config import ModemSection
@@ -92,6 +94,35 @@ def test_urcs_in_the_middle_of_a_reply_are_kept_apart(sims):
         assert chan.command("AT", timeout=2.0) == []
         with pytest.raises(AtTimeout):
             chan.command("AT", timeout=0.1)
+    finally:
+        chan.close()
+
+
+URC_POOL = ['+CMTI: "SM",1', "RDY", "+CEREG: 5", "+CREG: 2", "+QIND: SMS DONE",
+            "POWERED DOWN", '+CDSI: "SM",4']
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(urcs=["+CEREG: 5"], command="AT+CEREG?")  # same prefix as the reply
+@given(urcs=st.lists(st.sampled_from(URC_POOL), max_size=6),
+       command=st.sampled_from(["AT+CSQ", "AT+COPS?", "ATI", "AT+CEREG?", "AT"]))
+def test_no_urc_is_lost_or_taken_for_a_reply(sims, urcs, command):
+    if not sims:
+        sims.append(ModemSim("EC25"))
+    sim = sims[0]
+    got: list[Urc] = []
+    chan = AtChannel(sim.path, got.append)
+    try:
+        chan.command("ATE0")
+        sim.mid_reply = list(urcs)
+        reply = chan.command(command)
+        expected = {"AT+CSQ": ["+CSQ: 20,99"], "AT+COPS?": ['+COPS: 0,0,"CHINA MOBILE",7'],
+                    "ATI": ["Quectel", "EC25", "Revision: EC25EFAR06A06M4G"],
+                    "AT+CEREG?": ["+CEREG: 1,1"], "AT": []}[command]
+        assert reply == expected
+        wait_until(lambda: len(got) >= len(urcs), 2, "every URC")
+        assert [u.line for u in got] == urcs
     finally:
         chan.close()
 

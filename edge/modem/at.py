@@ -30,6 +30,9 @@ _FINAL_ERROR = re.compile(r"^(ERROR|\+CM[ES] ERROR:.*|NO CARRIER|COMMAND NOT SUP
 _URC_ALWAYS = re.compile(
     r"^(RDY|POWERED DOWN|NORMAL POWER DOWN|\+CMTI:|\+CDSI:|\+CDS:|\+CMT:|\+QIND:|\+CPIN:"
     r"|SMS DONE|PB DONE|\+CFUN:|\+CGEV:|\+QUSIM:|\+CREG:|\+CEREG:|\+CGREG:)")
+# With AT+CREG=1 the URC is `+CREG: <stat>`, the answer to `AT+CREG?` `+CREG: <n>,<stat>`.
+_REG_URC = re.compile(r"^\+C(E|G)?REG: *\d+$")
+_MAX_REPLY_LINES = 256  # a babbling modem must not grow one reply without bound
 # URCs whose PDU follows on the next line.
 _TWO_LINE = ("+CDS:", "+CMT:")
 
@@ -200,9 +203,11 @@ class AtChannel:
                     pending.final = line
                     pending.done.set()
                     return None
-                mine = pending.prefix and line.startswith(pending.prefix)
+                mine = pending.prefix and line.startswith(pending.prefix) \
+                    and not _REG_URC.match(line)
                 if mine or not _URC_ALWAYS.match(line):
-                    pending.lines.append(line)
+                    if len(pending.lines) < _MAX_REPLY_LINES:
+                        pending.lines.append(line)
                     return None
         if line.startswith(_TWO_LINE):
             return line

@@ -56,6 +56,7 @@ logger = logging.getLogger("edge.modem.fallback")
 
 _POLL_S = 1.0
 _SCAN_LIMIT = 200  # pending rows read per look: alarms come first in drain order
+_KEEP_S = 90 * 86400  # rows kept as the local record of what went by SMS
 _LIMIT_CHECK_S = 60.0  # how often to see whether sms_rate_limited has cleared
 _MAX_ATTEMPTS = 3  # a submit the network refused is tried again, this many times in all
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
@@ -168,6 +169,7 @@ class SmsLog:
                 self._db.execute("INSERT INTO sent (ts, parts, kind) VALUES (?, ?, 'alarm')",
                                  (time.time(), parts))
             self._db.execute("DELETE FROM sent WHERE ts < ?", (time.time() - 2 * 86400,))
+            self._db.execute("DELETE FROM sms WHERE created < ?", (time.time() - _KEEP_S,))
 
     def reply(self, parts: int) -> None:
         with self._lock:
