@@ -40,9 +40,10 @@ def modem_cfg(sim: ModemSim, **over: Any) -> dict[str, Any]:
 STATION = {"name": "平安站一号", "village": "石桥村"}
 
 
-def config(tmp_path: Path, port: int, **sections: Any) -> Config:
+def config(tmp_path: Path, port: int, station_id: str = "v001", **sections: Any) -> Config:
     cfg = make_config(tmp_path / "station", port, **sections)
-    return msgspec.structs.replace(cfg, station=msgspec.structs.replace(cfg.station, **STATION))
+    return msgspec.structs.replace(cfg, station=msgspec.structs.replace(
+        cfg.station, id=station_id, **STATION))
 
 
 @pytest.fixture
@@ -50,8 +51,8 @@ def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     """Like conftest's, with the station's name and village set."""
     started: list[Station] = []
 
-    def start(port: int, **sections: Any) -> Station:
-        station = Station(config(tmp_path, port, **sections))
+    def start(port: int, station_id: str = "v001", **sections: Any) -> Station:
+        station = Station(config(tmp_path, port, station_id, **sections))
         station.start()
         started.append(station)
         return station
@@ -191,11 +192,11 @@ def test_status_sms_answered_for_duty_numbers_only(own_broker, start_station, si
 def test_modem_gone_alarms_still_go_over_mqtt(broker, start_station, township_factory, sim):
     township = township_factory(broker.port)
     sim.vanish()
-    station = start_station(broker.port, modem=modem_cfg(sim))
+    station = start_station(broker.port, "v-nomodem", modem=modem_cfg(sim))
     wait_until(lambda: station.uplink.connected, 10)
     stored = station.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
-    state = wait_until(lambda: [s for s in township.on("/v001/state")
+    state = wait_until(lambda: [s for s in township.on("/v-nomodem/state")
                                 if any(p["code"] == "modem_absent" for p in s["problems"])], 10)
     assert state[-1]["online"] is True
     assert station.status()["modem"]["state"] == "absent"
@@ -203,21 +204,25 @@ def test_modem_gone_alarms_still_go_over_mqtt(broker, start_station, township_fa
 
 def test_health_telemetry_is_retained_small_and_valid(broker, start_station, township_factory,
                                                        sim):
-    station = start_station(broker.port, modem=modem_cfg(sim), health={"interval_s": 1.0})
-    wait_until(lambda: station.modem.modem.ready, 10)
-    township = township_factory(broker.port)
-    reports = wait_until(lambda: [m for t, m, _ in township.messages if t.endswith("/health")
-                                  and m["modem"]["csq_dbm"] is not None], 10, "health")
+    # Its own station id: the shared broker keeps other tests' retained messages.
+    station = start_station(broker.port, "v-health", modem=modem_cfg(sim),
+                            health={"interval_s": 1.0})
+    wait_until(lambda: station.modem.modem.ready and station.uplink.connected, 10)
+    topic = "pingan/v1/t01/v-health/health"
+    wait_until(lambda: station.telemetry.published >= 1, 10, "a report published")
+    township = township_factory(broker.port)  # subscribes after it was published
+    wait_until(lambda: [r for t, _, r in township.messages if t == topic], 10, "retained")
+    assert next(r for t, _, r in township.messages if t == topic) is True
+    reports = wait_until(lambda: [m for t, m, _ in township.messages if t == topic
+                                  and m["modem"]["csq_dbm"] is not None], 10, "with signal")
     validator = schema("health")
-    for r in reports:
+    for r in [m for t, m, _ in township.messages if t == topic]:
         validator.validate(r)
     report = reports[-1]
-    assert report["station"] == "v001" and report["modem"]["reg"] == "home"
+    assert report["station"] == "v-health" and report["modem"]["reg"] == "home"
     assert report["modem"]["rsrp"] == -95.0
     assert report["outbox_pending"] == 0 and report["disk_free_mb"] > 0
     assert len(json.dumps(report, ensure_ascii=False).encode()) < 700
-    retained = [r for t, _, r in township.messages if t.endswith("/health")]
-    assert retained[0] is True, "a late subscriber gets the last one"
     bad = {**report, "uptime_s": -1}
     with pytest.raises(Exception, match="-1"):
         validator.validate(bad)

@@ -181,38 +181,49 @@ class Modem:
         next_poll = 0.0
         while not self._stop.is_set():
             try:
-                if self._chan is None and not self._open():
-                    self._stop.wait(self._backoff())
-                    continue
-                if not self._ready:
-                    self._setup()
-                    next_poll = 0.0
-                if time.monotonic() >= next_poll:
-                    self._poll()
-                    next_poll = time.monotonic() + self._config.poll_s
-                try:
-                    item = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
-                except queue.Empty:
-                    continue
-                self._handle(item)
-            except AtTimeout as exc:
-                log(logger, "warning", "modem.timeout", error=str(exc),
-                    action="recovering: AT ping, then AT+CFUN=1,1, then a power cycle")
-                self._recover()
-            except PortGone as exc:
-                if self._stop.is_set():
-                    return  # closed under a command by close()
-                self._lost(str(exc))
-            except AtError as exc:
-                # A refused setup step: the modem answers, so try again after a pause.
-                log(logger, "warning", "modem.setup_refused", error=str(exc),
-                    action="check the SIM and the modem model; retrying")
-                self._ready = False
-                self._stop.wait(self._backoff())
-            except Exception:
+                next_poll = self._step(next_poll)
+            except Exception:  # this thread must outlive anything the modem does
                 logger.exception("modem.failed")
                 self._ready = False
                 self._stop.wait(self._backoff())
+
+    def _step(self, next_poll: float) -> float:
+        """One turn: (re)open, set up, poll when due, handle one queued item."""
+        try:
+            if self._chan is None and not self._open():
+                self._stop.wait(self._backoff())
+                return next_poll
+            if not self._ready:
+                self._setup()
+                next_poll = 0.0
+            if time.monotonic() >= next_poll:
+                self._poll()
+                next_poll = time.monotonic() + self._config.poll_s
+            try:
+                item = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
+            except queue.Empty:
+                return next_poll
+            self._handle(item)
+        except AtTimeout as exc:
+            log(logger, "warning", "modem.timeout", error=str(exc),
+                action="recovering: AT ping, then AT+CFUN=1,1, then a power cycle")
+            try:
+                self._recover()
+            except PortGone as gone:
+                self._gone(gone)
+        except PortGone as exc:
+            self._gone(exc)
+        except AtError as exc:
+            # A refused setup step: the modem answers, so try again after a pause.
+            log(logger, "warning", "modem.setup_refused", error=str(exc),
+                action="check the SIM and the modem model; retrying")
+            self._ready = False
+            self._stop.wait(self._backoff())
+        return next_poll
+
+    def _gone(self, exc: PortGone) -> None:
+        if not self._stop.is_set():  # else: closed under a command by close()
+            self._lost(str(exc))
 
     def _backoff(self) -> float:
         delay = self._retry_s
