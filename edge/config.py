@@ -37,6 +37,8 @@ class StationSection(_Section):
     id: Id
     township: Id
     name: str = ""
+    # The village, as officers know it (in alarm SMS).
+    village: str = ""
     # Empty means: $STATE_DIRECTORY (systemd), else the user's XDG state directory.
     data_dir: str = ""
 
@@ -78,6 +80,8 @@ class PinsSection(_Section):
     alarm_led: Pin = 22
     # The loudspeaker amplifier's power relay (see [audio]).
     amp_relay: Pin = 23
+    # The 4G modem's power relay (see [modem]): energised = modem supply cut.
+    modem_power: Pin = 24
     # Buttons wired between the pin and ground, with the internal pull-up.
     pull_up: bool = True
 
@@ -194,6 +198,40 @@ class CameraSection(_Section):
     schedule: Annotated[list[ArmWindow], msgspec.Meta(max_length=16)] = []
 
 
+PhoneNumber = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{3,20}$")]
+
+
+class ModemSection(_Section):
+    """The 4G modem (edge/modem/): SMS fallback for alarms, signal for the health topic."""
+
+    enabled: bool = False
+    # A pyserial URL: a device path, or e.g. rfc2217://host:port.
+    port: str = "/dev/ttyUSB2"
+    baudrate: Annotated[int, msgspec.Meta(ge=1200, le=4000000)] = 115200
+    command_timeout_s: Annotated[float, msgspec.Meta(ge=0.2, le=60)] = 5.0
+    sms_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 60.0
+    poll_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    rdy_timeout_s: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 30.0
+    power_off_s: Annotated[float, msgspec.Meta(ge=0.1, le=60)] = 3.0
+    retry_max_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 600.0
+    # Whether pins.modem_power drives a relay in the modem's supply.
+    power_relay: bool = False
+    # An alarm still not delivered to the broker this long after it was raised, while
+    # the uplink is down, goes by SMS to the duty numbers.
+    sms_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 120.0
+    duty_numbers: Annotated[list[PhoneNumber], msgspec.Meta(max_length=10)] = []
+    # SMS parts (what the operator bills) per rolling hour and day, alarms and replies.
+    sms_per_hour: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
+    sms_per_day: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 60
+
+
+class HealthSection(_Section):
+    """Health telemetry on the retained …/health topic."""
+
+    enabled: bool = True
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -210,6 +248,8 @@ class Config(_Section):
     log: LogSection = msgspec.field(default_factory=LogSection)
     audio: AudioSection = msgspec.field(default_factory=AudioSection)
     camera: CameraSection = msgspec.field(default_factory=CameraSection)
+    modem: ModemSection = msgspec.field(default_factory=ModemSection)
+    health: HealthSection = msgspec.field(default_factory=HealthSection)
 
     def __post_init__(self) -> None:
         if self.station.id == "all":
@@ -222,7 +262,8 @@ class Config(_Section):
         if bool(self.broker.cert_file) != bool(self.broker.key_file):
             raise ValueError("broker.cert_file and broker.key_file must be given together")
         pins = {"panic": self.pins.panic, "broadcast": self.pins.broadcast,
-                "alarm_led": self.pins.alarm_led, "amp_relay": self.pins.amp_relay}
+                "alarm_led": self.pins.alarm_led, "amp_relay": self.pins.amp_relay,
+                "modem_power": self.pins.modem_power}
         if len(set(pins.values())) != len(pins):
             raise ValueError(f"pins must be distinct, got {pins}")
         if bool(self.audio.quiet_start) != bool(self.audio.quiet_end):

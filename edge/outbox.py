@@ -415,6 +415,13 @@ class Outbox:
             return int(self._read.execute(
                 "SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest undelivered event was accepted (wall clock), or None."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT MIN(created) FROM events WHERE delivered_at IS NULL").fetchone()
+        return None if row[0] is None else max(0.0, time.time() - row[0])
+
     def parked(self) -> list[tuple[int, str, str]]:
         """(seq, type, reason) of every parked row, oldest first."""
         with self._read_lock:

@@ -19,6 +19,7 @@ import msgspec
 from gpiozero import LED
 
 from edge import __version__, camera, commands
+from edge import modem as modem_parts
 from edge.audio.loudspeaker import Loudspeaker
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
@@ -46,6 +47,7 @@ from edge.localbroker import Mosquitto, reachable
 from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
+from edge.telemetry import Telemetry
 from edge.uplink import Uplink
 from edge.watchdog import Watchdog
 
@@ -109,6 +111,13 @@ class Station:
                 self.health.set("camera_detector", f"摄像头人形检测无法启动：{exc}",
                                 f"camera person detector cannot start: {exc}",
                                 action="run models/build.sh or fix camera.model")
+        # The 4G modem (SMS fallback, signal) and health telemetry: their own threads.
+        self.modem = modem_parts.build(config, self.pin_factory, self.outbox, self.uplink,
+                                       self.health, self._submit)
+        self.telemetry = Telemetry(
+            config, self.outbox, self.uplink, modem=self.modem.report if self.modem else None,
+            held_back=self.modem.held_back if self.modem else None,
+        ) if config.health.enabled else None
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -123,6 +132,10 @@ class Station:
         self.watchdog.start()
         if self.camera:
             self.camera.start()
+        if self.modem:
+            self.modem.start()
+        if self.telemetry:
+            self.telemetry.start()
         log(logger, "info", "station.started", station=self.config.station.id,
             township=self.config.station.township, version=__version__,
             broker=f"{self.config.broker.host}:{self.config.broker.port}",
@@ -140,6 +153,10 @@ class Station:
             self.loudspeaker.close()
         if self.camera:
             self.camera.stop(timeout=0.3)
+        if self.telemetry:
+            self.telemetry.close()
+        if self.modem:
+            self.modem.close()
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self.outbox.close()
@@ -346,6 +363,7 @@ class Station:
             "data_dir": str(cfg.data_dir),
             "audio": self.loudspeaker.status() if self.loudspeaker else None,
             "camera": self.camera.status() if self.camera else None,
+            "modem": self.modem.status() if self.modem else None,
             "counters": self.health.counts(),
         }
 
