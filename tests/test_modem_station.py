@@ -240,7 +240,9 @@ def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, to
     started = time.monotonic()
     stored = station.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
-    assert time.monotonic() - started < 1.0
+    # The modem's reply takes 20 s: bounds far below it prove nothing waited on the modem,
+    # and leave room for a loaded 2-core machine.
+    assert time.monotonic() - started < 5.0, "the alarm waited for the modem"
     started = time.monotonic()
     station.stop()
-    assert time.monotonic() - started < 2.0, "stop does not wait for the modem's reply"
+    assert time.monotonic() - started < 5.0, "stop waited for the modem's reply"
