@@ -47,6 +47,8 @@ class CentreConfig:
     debug: bool = False
     escalation: tuple[Step, ...] = field(default_factory=lambda: DEFAULT_LADDER)
     webhook_url: str = ""
+    # Station id -> village name, applied when a station is first seen (admin can edit).
+    villages: dict[str, str] = field(default_factory=dict)
 
 
 DEFAULT_LADDER = (
@@ -90,6 +92,7 @@ def load(path: str | None = None) -> CentreConfig:
         debug=bool(raw.get("debug", False)),
         escalation=ladder,
         webhook_url=raw.get("webhook_url", ""),
+        villages={str(k): str(v) for k, v in raw.get("villages", {}).items()},
     )
 
 

@@ -85,11 +85,14 @@ class Ingest:
             log("error", "ingest.refused", reason=str(reason),
                 action="check the centre's broker account (pingan-edge broker add-account)")
             return
-        t = self.cfg.township
-        client.subscribe([(f"$share/{self.cfg.share_group}/pingan/v1/{t}/#", 1),
-                          # Retained state is not sent to shared subscriptions: read it
-                          # directly (every centre process may; storing it is idempotent).
-                          (f"pingan/v1/{t}/+/state", 1)])
+        t, group = self.cfg.township, self.cfg.share_group
+        client.subscribe([
+            # Shared: each event reaches one process of the group (redundant centres).
+            (f"$share/{group}/pingan/v1/{t}/+/events", 1),
+            (f"$share/{group}/pingan/v1/{t}/+/cmd/result", 1),
+            # Retained state is never sent to a shared subscription: every centre process
+            # reads it directly (storing it is idempotent).
+            (f"pingan/v1/{t}/+/state", 1)])
         self.connected.set()
         log("info", "ingest.connected", host=self.cfg.broker_host, port=self.cfg.broker_port,
             session_present=bool(_f.session_present))

@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from pingan_centre.console import link, live
@@ -57,7 +58,9 @@ def handle(topic: str, payload: bytes, now: datetime, township: str, max_bytes: 
 
 
 def _station(name: str, township: str) -> Station:
-    station, _ = Station.objects.get_or_create(name=name, defaults={"township": township})
+    village = settings.CENTRE.villages.get(name, "")
+    station, _ = Station.objects.get_or_create(name=name, defaults={"township": township,
+                                                                    "village": village})
     return station
 
 
