@@ -5,7 +5,6 @@ permissions, quarantine, escalation on an injected clock, restart without loss."
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

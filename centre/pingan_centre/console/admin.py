@@ -17,7 +17,7 @@ from pingan_centre.console.models import (
 
 
 @admin.register(Station)
-class StationAdmin(admin.ModelAdmin):
+class StationAdmin(admin.ModelAdmin[Station]):
     list_display = ("name", "village", "online", "last_seen", "version")
     list_editable = ("village",)
     list_filter = ("village", "online")
@@ -25,7 +25,7 @@ class StationAdmin(admin.ModelAdmin):
                        "clock_synced", "last_selftest", "counters")
 
 
-class ReadOnly(admin.ModelAdmin):
+class ReadOnly(admin.ModelAdmin[Any]):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 

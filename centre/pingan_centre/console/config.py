@@ -26,6 +26,12 @@ class Step:
     loud: bool = False
 
 
+DEFAULT_LADDER = (
+    Step(60, "louder", notify=("log",), loud=True),
+    Step(180, "leader", notify=("log", "webhook"), loud=True),
+)
+
+
 @dataclass(frozen=True)
 class CentreConfig:
     data_dir: Path
@@ -50,11 +56,6 @@ class CentreConfig:
     # Station id -> village name, applied when a station is first seen (admin can edit).
     villages: dict[str, str] = field(default_factory=dict)
 
-
-DEFAULT_LADDER = (
-    Step(60, "louder", notify=("log",), loud=True),
-    Step(180, "leader", notify=("log", "webhook"), loud=True),
-)
 
 
 def _data_dir() -> Path:

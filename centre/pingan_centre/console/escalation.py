@@ -28,9 +28,9 @@ def tick(now: datetime, ladder: tuple[Step, ...], notifiers: dict[str, Notifier]
     for alarm in due:
         waited = (now - alarm.raised_at).total_seconds()
         for level, step in enumerate(ladder, start=1):
-            if waited >= step.after_s and alarm.escalation < level:
-                if _fire(alarm, level, step, now, notifiers):
-                    fired += 1
+            if (waited >= step.after_s and alarm.escalation < level
+                    and _fire(alarm, level, step, now, notifiers)):
+                fired += 1
     return fired
 
 

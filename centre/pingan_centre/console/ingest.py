@@ -49,13 +49,13 @@ class Ingest:
             self.client.username_pw_set(cfg.broker_username, cfg.broker_password or None)
         if cfg.broker_tls_ca:
             self.client.tls_set(ca_certs=cfg.broker_tls_ca)
-        self.client.reconnect_delay_set(min_delay=0.2, max_delay=5)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
     def start(self) -> Ingest:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = RECEIVE_MAXIMUM
         self._worker.start()

@@ -16,7 +16,7 @@ class AppendOnly(models.Model):
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and type(self).objects.filter(pk=self.pk).exists():
+        if self.pk is not None and type(self)._default_manager.filter(pk=self.pk).exists():
             raise PermissionError(f"{type(self).__name__} is append-only")
         super().save(*args, **kwargs)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 ALARM_PERMS = ["ack_alarm", "dispatch_alarm", "resolve_alarm", "shelve_alarm"]
 
 ROLES: dict[str, list[str]] = {
@@ -16,13 +14,10 @@ ROLES: dict[str, list[str]] = {
 }
 
 
-def ensure_groups(apps: Any = None) -> None:
-    """Create or refresh the groups (also run by a data migration)."""
-    if apps is None:
-        from django.contrib.auth.models import Group, Permission
-    else:
-        Group = apps.get_model("auth", "Group")  # noqa: N806
-        Permission = apps.get_model("auth", "Permission")  # noqa: N806
+def ensure_groups() -> None:
+    """Create or refresh the groups (after every migrate: permissions come from it)."""
+    from django.contrib.auth.models import Group, Permission
+
     for role, codenames in ROLES.items():
         group, _ = Group.objects.get_or_create(name=role)
         perms = Permission.objects.filter(content_type__app_label="console",

@@ -5,7 +5,12 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import django_stubs_ext
+
 from pingan_centre.console import config
+
+# ModelAdmin[...] and friends are generic at run time too (for the type checker's sake).
+django_stubs_ext.monkeypatch()
 
 CENTRE = config.load()
 DATA_DIR = CENTRE.data_dir
@@ -42,7 +47,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.locale.LocaleMiddleware",
+    "pingan_centre.console.middleware.ChineseFirst",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

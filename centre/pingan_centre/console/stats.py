@@ -96,7 +96,7 @@ def to_xlsx(sheets: dict[str, list[Row]]) -> bytes:
     from openpyxl import Workbook
 
     book = Workbook()
-    book.remove(book.active)  # type: ignore[arg-type]
+    book.remove(book.active)
     for name, rows in sheets.items():
         sheet = book.create_sheet(name)
         sheet.append(header())

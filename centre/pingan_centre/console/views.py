@@ -52,7 +52,7 @@ def health(station: Station, now: datetime) -> str:
 
 
 def open_alarms() -> list[Alarm]:
-    alarms = list(Alarm.objects.filter(state__in=Alarm.OPEN).select_related("station")
+    alarms: list[Alarm] = list(Alarm.objects.filter(state__in=Alarm.OPEN).select_related("station")
                   .annotate(urgency=URGENCY).order_by("urgency", "-escalation", "-raised_at"))
     now = timezone.now()
     for alarm in alarms:
@@ -178,8 +178,8 @@ def stations(request: HttpRequest) -> HttpResponse:
                 or any(p["code"] == problem for p in st.problems)]
     for st in rows:
         st.open_alarms = counts.get(st.name, 0)  # type: ignore[attr-defined]
-    summary = {h: sum(1 for st in rows if st.health == h)  # type: ignore[attr-defined]
-               for h in ("online", "silent", "offline")}
+    healths = [st.health for st in rows]  # type: ignore[attr-defined]
+    summary = {h: healths.count(h) for h in ("online", "silent", "offline")}
     return render(request, "console/stations.html", {
         "stations": rows, "villages": villages, "problems": problems, "village": village,
         "problem": problem, "summary": summary, "page": "stations"})
