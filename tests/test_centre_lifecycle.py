@@ -260,3 +260,33 @@ print("null")
 """)
     assert 'class="h-silent" id="st-s1"' in tech.get(f"{centre.url}/stations", timeout=10).text
     assert s1.uplink.connected
+
+
+def test_a_burst_larger_than_the_queue_is_stored_whole(centre, db, broker):  # type: ignore[no-untyped-def]
+    """More in flight than the ingest queue holds: back-pressure, nothing dropped."""
+    t = centre.township
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(100)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    ids = []
+    infos = []
+    for i in range(3000):
+        st = f"b{i % 50:02d}"
+        event = {"type": "button.broadcast", "id": str(uuid.uuid4()), "station": st,
+                 "township": t, "seq": i // 50 + 1, "priority": 2,
+                 "ts": "2026-11-23T10:00:00.000Z", "clock_synced": True,
+                 "payload": {"button": "broadcast", "source": "simulator", "held_s": 0.2}}
+        ids.append(event["id"])
+        infos.append(pub.publish(f"pingan/v1/{t}/{st}/events", json.dumps(event), qos=1))
+        if i % 7 == 0:  # at-least-once: some arrive twice
+            infos.append(pub.publish(f"pingan/v1/{t}/{st}/events", json.dumps(event), qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.loop_stop()
+    pub.disconnect()
+    wait_until(lambda: db.rows("SELECT COUNT(*) FROM console_event")[0][0] >= len(ids), 60,
+               "every event of the burst")
+    assert {r[0] for r in db.rows("SELECT id FROM console_event")} == set(ids)
+    assert db.rows("SELECT COUNT(*) FROM console_quarantined")[0][0] == 0
+    assert "dropped" not in centre.log.read_text(encoding="utf-8")

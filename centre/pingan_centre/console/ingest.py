@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -24,12 +24,13 @@ from paho.mqtt.properties import Properties
 from pingan_centre.console import link
 from pingan_centre.console.config import CentreConfig
 from pingan_centre.console.logs import log
-from pingan_centre.console.store import handle, quarantine
+from pingan_centre.console.store import Checked, parse, quarantine, store
 from pingan_centre.console.validate import Rejected
 
-# The broker sends at most this many unacknowledged messages: it bounds the queue.
+# Asked of the broker: at most this many unacknowledged messages in flight to us.
 RECEIVE_MAXIMUM = 200
 BATCH = 200
+QUEUE = 1000
 
 Message = tuple[str, bytes, int, int]
 
@@ -38,7 +39,7 @@ class Ingest:
     def __init__(self, cfg: CentreConfig, clock: Callable[[], datetime] = timezone.now) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=RECEIVE_MAXIMUM * 2)
+        self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=QUEUE)
         self.connected = threading.Event()
         self.stored = 0
         self._stop = threading.Event()
@@ -67,9 +68,11 @@ class Ingest:
 
     def stop(self) -> None:
         link.register(None)
-        self._stop.set()
+        # The network thread first: the worker still drains, so a put() it is blocked in
+        # returns. What is queued but not stored is not acknowledged: the broker keeps it.
         self.client.disconnect()
         self.client.loop_stop()
+        self._stop.set()
         self.queue.put(None)
         self._worker.join(10)
 
@@ -104,17 +107,15 @@ class Ingest:
                 "this centre's session, nothing is lost while it is away")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.queue.put_nowait((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
-        except queue.Full:
-            # Only QoS 0 can get here (QoS 1 is bounded by RECEIVE_MAXIMUM); stations
-            # never send QoS 0.
-            log("warning", "ingest.dropped_qos0", topic=msg.topic)
+        # Blocks only when the worker is a full queue behind: paho then stops reading the
+        # socket and the broker holds the rest (back-pressure; nothing is dropped). The
+        # worker's PUBACKs do not need this thread to be free to be queued.
+        self.queue.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
     # --- the worker -------------------------------------------------------------------
 
     def _work(self) -> None:
-        while not self._stop.is_set():
+        while True:
             first = self.queue.get()
             if first is None:
                 return
@@ -125,21 +126,33 @@ class Ingest:
                 except queue.Empty:
                     break
                 if item is None:
-                    self._stop.set()
-                    break
+                    self._store(batch)
+                    return
                 batch.append(item)
             self._store(batch)
 
     def _store(self, batch: list[Message]) -> None:
         close_old_connections()
+        now = self.clock()
+        checked: list[Checked] = []
+        aside: list[tuple[str, bytes, str]] = []
+        for topic, payload, _mid, _qos in batch:
+            try:
+                item = parse(topic, payload, self.cfg.township, self.cfg.max_payload_bytes)
+            except Rejected as why:
+                aside.append((topic, payload, str(why)))
+                continue
+            if item is not None:
+                checked.append(item)
         while True:
             try:
                 with transaction.atomic():
-                    for topic, payload, _mid, _qos in batch:
-                        self._one(topic, payload)
+                    for topic, payload, reason in aside:
+                        self._aside(topic, payload, reason, now)
+                    store(checked, now)
                 break
-            except Exception as exc:  # the database is away: keep the batch, retry
-                log("error", "ingest.store_failed", error=str(exc), batch=len(batch),
+            except Exception as exc:  # the database is away (or a bug): keep, retry
+                log("error", "ingest.store_failed", error=repr(exc), batch=len(batch),
                     action="check the database; messages stay unacknowledged meanwhile")
                 close_old_connections()
                 if self._stop.wait(1.0):
@@ -148,20 +161,6 @@ class Ingest:
             if qos > 0:
                 self.client.ack(mid, qos)
         self.stored += len(batch)
-
-    def _one(self, topic: str, payload: bytes) -> None:
-        now = self.clock()
-        try:
-            with transaction.atomic():
-                handle(topic, payload, now, self.cfg.township, self.cfg.max_payload_bytes)
-        except Rejected as why:
-            self._aside(topic, payload, str(why), now)
-        except DatabaseError:
-            raise  # the whole batch is retried
-        except Exception as exc:
-            log("error", "ingest.internal_error", topic=topic, error=repr(exc),
-                action="a bug in the centre: report it with this payload (kept aside)")
-            self._aside(topic, payload, f"internal error: {exc!r}", now)
 
     def _aside(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
         quarantine(topic, payload, reason, now)
