@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import shutil
 import statistics
 import sys
@@ -43,8 +44,6 @@ import requests
 from centre_common import PASSWORD, Centre, Db, dumps, event, pg_available, state
 from common import loadavg, machine_line, pct
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -63,17 +62,28 @@ new MutationObserver(function () {
 """
 
 
+PER_PROCESS = 250  # paho's loop uses select(): every fd of a process must stay below 1024
+
+
+def _light_process(port: int, township: str, first: int, n: int, state_s: float,
+                   event_s: float, ready: Any, stop: Any) -> None:
+    lights = LightStations(port, township, n, state_s, event_s, first).start()
+    ready.set()
+    stop.wait()
+    lights.stop()
+
+
 class LightStations:
     """Many light stations: a client each, sending state and events on a schedule."""
 
-    def __init__(self, port: int, township: str, n: int, state_s: float, event_s: float
-                 ) -> None:
+    def __init__(self, port: int, township: str, n: int, state_s: float, event_s: float,
+                 first: int = 0) -> None:
         self.clients: list[tuple[str, mqtt.Client]] = []
         self.township = township
         self.state_s, self.event_s = state_s, event_s
         self.sent = 0
         self._stop = threading.Event()
-        for i in range(n):
+        for i in range(first, first + n):
             name = f"l{i:04d}"
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{township}-{name}",
                             protocol=mqtt.MQTTv5)
@@ -137,22 +147,33 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     db = Db(args.database, tmp)
     centre = Centre(tmp, db, broker.port, township, users={"officer": "duty_officer"})
     centre.start()
-    lights: LightStations | None = None
+    procs: list[Any] = []
+    stop_lights: Any = None
     driver = None
     st = None
     arrivals: dict[str, float] = {}
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     try:
         t0 = time.monotonic()
-        lights = LightStations(broker.port, township, args.stations, args.state_s,
-                               args.event_s).start()
-        print(f"{args.stations} light stations connected in {time.monotonic() - t0:.1f} s",
-              file=sys.stderr)
+        ctx = multiprocessing.get_context("spawn")
+        stop_lights = ctx.Event()
+        for first in range(0, args.stations, PER_PROCESS):
+            ready = ctx.Event()
+            proc = ctx.Process(target=_light_process, daemon=True, args=(
+                broker.port, township, first, min(PER_PROCESS, args.stations - first),
+                args.state_s, args.event_s, ready, stop_lights))
+            proc.start()
+            procs.append(proc)
+            if not ready.wait(120):
+                raise RuntimeError("light stations did not connect")
+        print(f"{args.stations} light stations connected in {time.monotonic() - t0:.1f} s "
+              f"({len(procs)} processes)", file=sys.stderr)
 
         def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if b'"alarm.panic"' in msg.payload:
                 arrivals[msg.payload.decode()] = time.time()
 
+        print("subscriber...", file=sys.stderr)
         sub.on_message = on_message
         sub.connect("127.0.0.1", broker.port)
         sub.subscribe(f"pingan/v1/{township}/+/events", qos=1)
@@ -174,10 +195,12 @@ bounce_s = 0
 [audio]
 enabled = false
 """
+        print("station...", file=sys.stderr)
         st = Station(config_mod.parse(toml))
         st.start()
         pin = st.pin_factory.pin(st.config.pins.panic)
 
+        print("browser...", file=sys.stderr)
         driver = browser(tmp / "profile")
         driver.get(f"{centre.url}/login/")
         driver.find_element(By.ID, "id_username").send_keys("officer")
@@ -185,12 +208,15 @@ enabled = false
         driver.find_element(By.CSS_SELECTOR, "form.login button").click()
         driver.find_element(By.ID, "enable-sound").click()
         driver.execute_script(OBSERVER)
+        assert driver.execute_script("return typeof window.__cards;") == "object"
+        print("logged in...", file=sys.stderr)
         http = requests.Session()
         http.get(f"{centre.url}/login/")
         http.post(f"{centre.url}/login/", data={"username": "officer", "password": PASSWORD,
                   "csrfmiddlewaretoken": http.cookies["csrftoken"]})
         time.sleep(args.settle)  # let the light stations reach their steady rate
 
+        print("pressing...", file=sys.stderr)
         to_card: list[float] = []
         to_mqtt: list[float] = []
         for i in range(args.presses + args.warmup):
@@ -218,14 +244,21 @@ enabled = false
             for action, extra in (("ack", {}), ("resolve", {"outcome": "test"})):
                 http.post(f"{centre.url}/alarm/{alarm_id}/{action}", data={
                     **extra, "csrfmiddlewaretoken": http.cookies["csrftoken"]},
-                    headers={"Accept": "application/json"}).raise_for_status()
+                    headers={"Accept": "application/json"}, timeout=15).raise_for_status()
+            deadline = time.monotonic() + 15
             while driver.execute_script("return document.querySelectorAll('#cards .card')"
                                         ".length;"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"press {i}: the resolved card did not go")
                 time.sleep(0.02)
+            if i % 10 == 9:
+                print(f"  {i + 1} presses", file=sys.stderr)
             time.sleep(args.gap)
-        rate = lights.sent / max(1e-9, time.monotonic() - t0)
-        print(f"press -> card in the browser, {args.stations} light stations "
-              f"(~{rate:.0f} msg/s from them), {args.database}, {len(to_card)} presses:")
+        n = args.stations
+        rate = n / args.state_s + n / args.event_s
+        print(f"press -> card in the browser, {n} light stations (state every "
+              f"{args.state_s:.0f} s, an event every {args.event_s:.0f} s: >= {rate:.0f} msg/s), "
+              f"{args.database}, {len(to_card)} presses:")
         print(f"  press -> card : p50 {statistics.median(to_card) * 1000:7.1f} ms   "
               f"p99 {pct(to_card, 99) * 1000:7.1f} ms")
         print(f"  press -> MQTT : p50 {statistics.median(to_mqtt) * 1000:7.1f} ms   "
@@ -238,8 +271,10 @@ enabled = false
         if st:
             st.stop()
         sub.loop_stop()
-        if lights:
-            lights.stop()
+        if stop_lights is not None:
+            stop_lights.set()
+        for proc in procs:
+            proc.join(30)
         centre.stop()
         db.close()
         broker.stop()

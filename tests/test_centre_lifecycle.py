@@ -4,11 +4,14 @@ permissions, quarantine, escalation on an injected clock, restart without loss."
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from centre_helpers import Centre, Database, database, press, station
@@ -140,6 +143,16 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
         pub.publish(topic, payload, qos=1).wait_for_publish(5)
     pub.publish(f"pingan/v1/{t}/s9/events", json.dumps(good).encode(), qos=1
                 ).wait_for_publish(5)
+    # A camera snapshot, then a press at the same station: the card carries the picture.
+    _, jpeg = cv2.imencode(".jpg", np.full((60, 80, 3), (0, 0, 255), np.uint8))
+    person = {**good, "type": "camera.person", "id": str(uuid.uuid4()), "priority": 2,
+              "payload": {"score": 0.9, "box": [0.1, 0.1, 0.5, 0.9], "zone": "gate",
+                          "snapshot_jpeg": base64.b64encode(jpeg.tobytes()).decode()}}
+    panic = {**good, "type": "alarm.panic", "id": str(uuid.uuid4()), "priority": 0,
+             "payload": {"source": "button", "held_s": 0.1}}
+    for body in (person, panic):
+        pub.publish(f"pingan/v1/{t}/s9/events", json.dumps(body).encode(), qos=1
+                    ).wait_for_publish(5)
     pub.loop_stop()
     pub.disconnect()
     wait_until(lambda: db.rows("SELECT id FROM console_event WHERE id = ?", good["id"]), 15,
@@ -152,11 +165,17 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
     assert reasons[3].startswith("oversized")
     sizes = [r[0] for r in db.rows("SELECT size FROM console_quarantined ORDER BY id")]
     assert sizes[3] > 600_000
-    # An alarm still gets through.
-    s1 = stations("s1")
-    press(s1)
     officer = centre.session("officer")
     wait_until(lambda: centre.alarms(officer), 15, "alarm after bad payloads")
+    cards = officer.get(f"{centre.url}/cards", timeout=10).text
+    assert f'/snapshot/{person["id"]}.jpg' in cards
+    picture = officer.get(f"{centre.url}/snapshot/{person['id']}.jpg", timeout=10)
+    assert picture.headers["Content-Type"] == "image/jpeg"
+    assert picture.content == jpeg.tobytes()
+    # A real station's alarm still gets through.
+    s1 = stations("s1")
+    press(s1)
+    wait_until(lambda: len(centre.alarms(officer)) == 2, 15, "alarm from a real station")
     # Shown to the admin (and the technician), not to a duty officer.
     page = centre.session("admin").get(f"{centre.url}/quarantine", timeout=10)
     assert page.ok and "oversized" in page.text and "not JSON" in page.text

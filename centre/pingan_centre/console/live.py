@@ -1,8 +1,10 @@
 """What changed, for the duty screen's server-sent events.
 
 Alarm changes are rows in Transition (every change writes one), so the largest
-Transition id is a version every centre process can see. Station changes in this process
-bump a local counter too, so the cards' health follows without a database query.
+Transition id is a version every centre process can see. A change made in this process
+also bumps a local counter, so its screens hear of it without waiting for the poll.
+Station state does not count: a thousand stations' states would redraw every screen many
+times a second; the cards redraw their station health every 30 s instead.
 """
 
 from __future__ import annotations

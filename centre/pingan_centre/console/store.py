@@ -117,14 +117,12 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.version = data["version"]
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
-    st.save()
-    live.bump()
+    st.save()  # not live.bump(): station health on the cards follows within 30 s
 
 
 def _panic(st: Station, event: Event, now: datetime) -> None:
     if event.payload.get("source") == "selftest":
         Station.objects.filter(pk=st.pk).update(last_selftest=now)
-        live.bump()
         return
     alarm = (Alarm.objects.select_for_update().filter(station=st, state__in=Alarm.OPEN)
              .order_by("-raised_at").first())

@@ -135,5 +135,7 @@
   ring();
   setInterval(tick, 1000);
   setInterval(ring, 1200);
+  // Station health on the cards (silent, offline) changes without an alarm event.
+  setInterval(refresh, 30000);
   listen();
 }());
