@@ -85,7 +85,7 @@ def store(batch: list[Checked], now: datetime) -> None:
             except DatabaseError:
                 raise  # the batch is retried
             except Exception as exc:  # a bug here must not stop ingest: keep it visible
-                log("error", "ingest.internal_error", event=event.id, error=repr(exc),
+                log("error", "ingest.internal_error", event_id=event.id, error=repr(exc),
                     action="a bug in the centre: report it with this event (kept aside)")
                 quarantine(f"pingan/v1/{event.station_id}/events", json.dumps(
                     event.payload).encode(), f"internal error on {event.id}: {exc!r}", now)
