@@ -72,7 +72,8 @@ class Centre:
     """One centre process; `restart()` kills it (-9 by default) and starts it again."""
 
     def __init__(self, tmp: Path, db: Database, broker_port: int, township: str,
-                 villages: dict[str, str] | None = None, **extra: Any) -> None:
+                 villages: dict[str, str] | None = None, toml: str = "", **extra: Any
+                 ) -> None:
         self.tmp = tmp
         self.db = db
         self.port = free_port()
@@ -83,7 +84,7 @@ class Centre:
                   "broker": {"host": "127.0.0.1", "port": broker_port},
                   "villages": villages or {}, **extra}
         self.config = tmp / "centre.toml"
-        self.config.write_text(_toml(config), encoding="utf-8")
+        self.config.write_text(_toml(config) + toml, encoding="utf-8")
         self.env = {**os.environ, "PINGAN_CENTRE_CONFIG": str(self.config),
                     "PYTHONUNBUFFERED": "1"}
         self.log = tmp / "centre.log"

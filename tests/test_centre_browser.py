@@ -87,8 +87,10 @@ def card_text(driver: webdriver.Chrome, selector: str = "") -> str:
 def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots):  # type: ignore[no-untyped-def]
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
+    # The ladder's first rung after 1 s: the real ticker makes the card loud and flashing.
+    ladder = '[[escalation.steps]]\nafter_s = 1\nname = "louder"\nnotify = ["log"]\nloud = true\n'
     centre = Centre(tmp_path, db, broker.port, township,
-                    villages={"s1": "东村", "s2": "西村"}).start()
+                    villages={"s1": "东村", "s2": "西村"}, toml=ladder).start()
     s1 = station(tmp_path, broker.port, "s1", township, indicator={"ack_display_s": 60})
     s2 = station(tmp_path, broker.port, "s2", township)
     try:
@@ -114,6 +116,13 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
         assert "东村" in card_text(driver) and "s1" in card_text(driver)
         wait_until(lambda: ":" in card_text(driver, ".elapsed"), 5, "elapsed time ticking")
         driver.save_screenshot(str(shots / "2-new-alarm.png"))
+        wait_until(lambda: driver.execute_script(
+            "var c = document.querySelector('#cards .card.loud'); return c !== null;"), 10,
+            "escalated: loud, flashing card")
+        assert "已升级" in card_text(driver)
+        wait_until(lambda: "alarm-flash" in (body.get_attribute("class") or ""), 5,
+                   "the whole screen flashes")
+        driver.save_screenshot(str(shots / "2b-escalated.png"))
 
         on_card(driver, lambda c: c.find_element(By.CSS_SELECTOR, "button.ack").click())
         wait_until(lambda: s1.indicator.mode is Mode.ACKNOWLEDGED, 15,
@@ -123,6 +132,8 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
         assert card_state(driver) == "acknowledged"
         assert body.get_attribute("data-sound") == "armed", "acting must not silence the page"
         wait_until(lambda: body.get_attribute("data-ringing") == "0", 5, "tone stops")
+        wait_until(lambda: "alarm-flash" not in (body.get_attribute("class") or ""), 5,
+                   "flashing stops")
         driver.save_screenshot(str(shots / "3-acknowledged.png"))
 
         def dispatch(card: WebElement) -> None:
@@ -159,7 +170,9 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
         driver.save_screenshot(str(shots / "7-stations.png"))
         driver.get(f"{centre.url}/handover")
         assert "交接班" in driver.page_source, "Chinese first, whatever the browser's language"
-        assert "派出所 李警官" in driver.page_source or "dispatch" in driver.page_source
+        changes = driver.find_element(By.TAG_NAME, "main").text
+        for step in ("按下报警", "已升级", "已确认", "已派出", "已到场", "已处置"):
+            assert step in changes, f"handover shows the {step} step"
         driver.save_screenshot(str(shots / "8-handover.png"))
         # English on one click.
         driver.find_element(By.CSS_SELECTOR, "button[name=language][value=en]").click()

@@ -119,6 +119,15 @@ class Event(models.Model):
         ordering = ["-received_at"]
 
 
+ACTION_LABELS = {
+    "raise": _("pressed"), "press": _("pressed again"), "ack": _("acknowledged"),
+    "dispatch": _("dispatched"), "on_scene": _("on scene"), "resolve": _("resolved"),
+    "shelve": _("shelved"), "reopen": _("reopened"), "unshelve": _("shelf ended"),
+    "escalate": _("escalated"), "station_received": _("station shows received"),
+    "station_error": _("station error"), "snapshot": _("snapshot"),
+}
+
+
 class Transition(AppendOnly):
     """One step in an alarm's life: who, when, what, with a note. Never edited."""
 
@@ -132,6 +141,14 @@ class Transition(AppendOnly):
 
     class Meta:
         ordering = ["at", "id"]
+
+    @property
+    def label(self) -> str:
+        return str(ACTION_LABELS.get(self.action, self.action))
+
+    @property
+    def state_label(self) -> str:
+        return str(Alarm.State(self.to_state).label) if self.to_state else ""
 
 
 class EscalationFired(AppendOnly):
