@@ -126,7 +126,7 @@ def act(request: HttpRequest, alarm_id: int, action: str) -> HttpResponse:
     elif action == "resolve":
         fields["outcome"] = post.get("outcome", "")
     elif action == "shelve":
-        minutes = int(post.get("minutes", "0") or 0)
+        minutes = int(post["minutes"]) if post.get("minutes", "").isdigit() else 0
         fields["until"] = timezone.now() + timedelta(minutes=minutes)
         fields["reason"] = post.get("reason", "")
     try:
@@ -223,7 +223,8 @@ def export(request: HttpRequest, fmt: str) -> HttpResponse:
 
 @login_required
 def handover(request: HttpRequest) -> HttpResponse:
-    hours = int(request.GET.get("hours", "12") or 12)
+    given_hours = request.GET.get("hours", "")
+    hours = int(given_hours) if given_hours.isdigit() else 12
     since = timezone.now() - timedelta(hours=hours)
     given = parse_datetime(request.GET.get("since", ""))
     if given is not None:
