@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,3 +310,35 @@ def test_a_burst_larger_than_the_queue_is_stored_whole(centre, db, broker):  # t
     assert {r[0] for r in db.rows("SELECT id FROM console_event")} == set(ids)
     assert db.rows("SELECT COUNT(*) FROM console_quarantined")[0][0] == 0
     assert "dropped" not in centre.log.read_text(encoding="utf-8")
+
+
+def test_two_centre_processes_share_the_work_and_fire_each_rung_once(  # type: ignore[no-untyped-def]
+        tmp_path, db, broker, township, stations):
+    """Redundancy: two centres in one share group on one database. Every event is stored
+    once, a press makes one alarm, and the ladder's rung fires once, not once per process."""
+    ladder = '[[escalation.steps]]\nafter_s = 1\nname = "louder"\nnotify = ["log"]\n'
+    centres = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        centres.append(Centre(tmp_path / name, db, broker.port, township, toml=ladder).start())
+    try:
+        s1, s2 = stations("s1"), stations("s2")
+        sent = [st.broadcast_pressed(0.0).result(5).id for _ in range(40) for st in (s1, s2)]
+        sent.append(press(s1))
+        wait_until(lambda: db.rows("SELECT COUNT(*) FROM console_event WHERE type IN "
+                                   "('button.broadcast', 'alarm.panic')")[0][0] >= len(sent),
+                   30, "every event stored")
+        ids = [r[0] for r in db.rows("SELECT id FROM console_event WHERE type IN "
+                                     "('button.broadcast', 'alarm.panic')")]
+        assert sorted(ids) == sorted(sent)
+        officer = centres[0].session("officer")
+        wait_until(lambda: centres[0].alarms(officer)
+                   and centres[0].alarms(officer)[0]["escalation"] == 1, 15, "escalated")
+        time.sleep(2.5)  # both tickers have run past the rung several times
+        assert db.rows("SELECT COUNT(*) FROM console_escalationfired")[0][0] == 1
+        assert db.rows("SELECT COUNT(*) FROM console_transition WHERE action = 'escalate'"
+                       )[0][0] == 1
+        assert len(centres[1].alarms(centres[1].session("officer"))) == 1
+    finally:
+        for c in centres:
+            c.stop()
