@@ -70,10 +70,7 @@ class ControlServer:
             if self._server:
                 self._server.server_close()
             self._server = None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever if self._server else (lambda: None),
-            name="control", kwargs={"poll_interval": 0.2} if self._server else {},
-            daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -82,6 +79,10 @@ class ControlServer:
         except (msgspec.DecodeError, msgspec.ValidationError, ControlError) as exc:
             log(logger, "warning", "control.rejected", error=str(exc))
             return {"ok": False, "error": str(exc)}
+
+    def _serve(self) -> None:
+        if self._server is not None:
+            self._server.serve_forever(poll_interval=0.2)
 
     def start(self) -> None:
         self._thread.start()

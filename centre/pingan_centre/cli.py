@@ -6,11 +6,13 @@ import argparse
 import sys
 
 from pingan_centre.broker.cli import add_parser as add_broker_parser
+from pingan_centre.console.cli import add_parsers as add_console_parsers
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pingan-centre", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    add_console_parsers(sub)
     add_broker_parser(sub)
     return p
 
