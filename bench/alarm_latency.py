@@ -64,7 +64,7 @@ from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge.events import AlarmPanic, new_event_id
-from edge.localbroker import Mosquitto
+from edge.sim.localbroker import Mosquitto
 from edge.logs import JsonFormatter
 from edge.station import Station
 from edge.topics import township_filter

@@ -42,8 +42,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.localbroker import BrokerError
     from edge.pins import PinFactoryError
+    from edge.sim.localbroker import BrokerError
     from edge.station import Station
 
     cfg = _load(args)

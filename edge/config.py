@@ -59,6 +59,8 @@ class UplinkSection(_Section):
     backoff_min_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.5
     backoff_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
     max_command_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 16384
+    # Township commands waiting for the command worker; one more is answered `busy`.
+    command_queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     state_interval_s: Annotated[float, msgspec.Meta(ge=5, le=86400)] = 300.0
     session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)] = 86400
 

@@ -88,6 +88,8 @@ class ErrorInfo(_Shape):
     code: Literal[
         "malformed_json", "too_large", "invalid_command", "unknown_command",
         "unknown_event", "internal_error",
+        # The command queue was full / the station stopped before running it: not run.
+        "busy", "stopping",
         # The loudspeaker (edge/audio/).
         "unknown_clip", "clip_rejected", "expired", "quiet_hours", "audio_unavailable",
         "tts_failed", "unknown_schedule",

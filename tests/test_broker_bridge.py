@@ -8,7 +8,7 @@ from pathlib import Path
 from township_broker import CENTRE, CONFIG_DIR, Client, TownshipBroker, wait_for
 
 from edge import provision
-from edge.localbroker import Mosquitto
+from edge.sim.localbroker import Mosquitto
 
 T = "pingan/v1/t01"
 

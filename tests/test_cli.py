@@ -10,7 +10,7 @@ import time
 
 from conftest import Daemon, station_toml
 
-from edge.localbroker import free_port
+from edge.sim.localbroker import free_port
 from edge.uplink import Backoff
 
 

@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import provision
-from edge.localbroker import Mosquitto, free_port
+from edge.sim.localbroker import Mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "broker_config"

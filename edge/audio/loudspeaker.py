@@ -29,6 +29,7 @@ from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
 from edge.audio.store import AudioStore
 from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
 from edge.config import AudioSection
+from edge.dispatch import Handlers
 from edge.events import AudioPayload, ErrorInfo, Text, text
 from edge.health import Health
 from edge.logs import log
@@ -178,45 +179,55 @@ class Loudspeaker:
 
     # --- township commands -----------------------------------------------------------
 
-    def execute(self, cmd: commands.Command) -> dict[str, Any]:
-        if isinstance(cmd, commands.BroadcastPlay):
-            return self._play(cmd)
-        if isinstance(cmd, commands.BroadcastStop):
-            stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
-                cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
-            return {"stopped": stopped}
-        if isinstance(cmd, commands.ClipPut):
-            try:
-                return self.clips.put_chunk(cmd)
-            except ClipError as exc:
-                raise _reject(cmd, exc.code, exc.message) from exc
-        if isinstance(cmd, commands.ClipDelete):
-            if not self.clips.delete(cmd.clip_id):
-                raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
-                                                        f"no clip {cmd.clip_id} at this station"))
-            return {"clip_id": cmd.clip_id}
-        if isinstance(cmd, commands.ScheduleSet):
-            try:
-                Cron(cmd.cron)
-            except CronError as exc:
-                raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
-                    from exc
-            self._sound(cmd, cached=True)  # the clip exists / the text renders, now
-            self.store.put_schedule(cmd)
-            return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
-                    "timezone": self.config.timezone}
-        if isinstance(cmd, commands.ScheduleClear):
-            count = self.store.clear_schedules(cmd.schedule_id)
-            if cmd.schedule_id is not None and count == 0:
-                raise _reject(cmd, "unknown_schedule", text(
-                    f"本站没有定时广播 {cmd.schedule_id}",
-                    f"no schedule {cmd.schedule_id} at this station"))
-            return {"cleared": count}
-        if isinstance(cmd, commands.VolumeSet):
-            self.store.set_volume(cmd.volume)
-            self.volume = cmd.volume
-            return {"volume": cmd.volume}
-        raise TypeError(f"not an audio command: {cmd!r}")
+    def register(self, handlers: Handlers) -> None:
+        handlers.register(commands.BroadcastPlay, self._play)
+        handlers.register(commands.BroadcastStop, self._stop)
+        handlers.register(commands.ClipPut, self._clip_put)
+        handlers.register(commands.ClipDelete, self._clip_delete)
+        handlers.register(commands.ScheduleSet, self._schedule_set)
+        handlers.register(commands.ScheduleClear, self._schedule_clear)
+        handlers.register(commands.VolumeSet, self._volume_set)
+
+    def _stop(self, cmd: commands.BroadcastStop) -> dict[str, Any]:
+        stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
+            cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
+        return {"stopped": stopped}
+
+    def _clip_put(self, cmd: commands.ClipPut) -> dict[str, Any]:
+        try:
+            return self.clips.put_chunk(cmd)
+        except ClipError as exc:
+            raise _reject(cmd, exc.code, exc.message) from exc
+
+    def _clip_delete(self, cmd: commands.ClipDelete) -> dict[str, Any]:
+        if not self.clips.delete(cmd.clip_id):
+            raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
+                                                    f"no clip {cmd.clip_id} at this station"))
+        return {"clip_id": cmd.clip_id}
+
+    def _schedule_set(self, cmd: commands.ScheduleSet) -> dict[str, Any]:
+        try:
+            Cron(cmd.cron)
+        except CronError as exc:
+            raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
+                from exc
+        self._sound(cmd, cached=True)  # the clip exists / the text renders, now
+        self.store.put_schedule(cmd)
+        return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
+                "timezone": self.config.timezone}
+
+    def _schedule_clear(self, cmd: commands.ScheduleClear) -> dict[str, Any]:
+        count = self.store.clear_schedules(cmd.schedule_id)
+        if cmd.schedule_id is not None and count == 0:
+            raise _reject(cmd, "unknown_schedule", text(
+                f"本站没有定时广播 {cmd.schedule_id}",
+                f"no schedule {cmd.schedule_id} at this station"))
+        return {"cleared": count}
+
+    def _volume_set(self, cmd: commands.VolumeSet) -> dict[str, Any]:
+        self.store.set_volume(cmd.volume)
+        self.volume = cmd.volume
+        return {"volume": cmd.volume}
 
     def _sound(self, cmd: commands.BroadcastPlay | commands.ScheduleSet, *, cached: bool
                ) -> tuple[str, Any]:
