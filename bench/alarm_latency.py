@@ -64,8 +64,8 @@ from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge.events import AlarmPanic, new_event_id
-from edge.sim.localbroker import Mosquitto
 from edge.logs import JsonFormatter
+from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 from edge.topics import township_filter
 
