@@ -168,7 +168,9 @@ class StationState(_Shape):
     township: str
     online: bool
     version: str
-    ts: str
+    # When the station published this state. None in the Last Will: the broker sends that
+    # when the station vanished, at a time the station could not know when it set it.
+    ts: str | None
     clock_synced: bool
     pending: int | None = None
     problems: list[Problem] = []

@@ -119,6 +119,9 @@ class Station:
         self.control = ControlServer(config.control_socket, self._control)
         parts.callback(self.control.close)
         self._stopping = threading.Event()
+        # Software presses waiting for the events their button raises (edge/sim).
+        self._raised = threading.Condition()
+        self._collect: list[list[Future[Stored]]] = []
         self.watchdog = Watchdog(self.healthy)
         self.camera: camera.CameraPipeline | None = None
         if config.camera.enabled:
@@ -180,10 +183,10 @@ class Station:
                 **stamp()}
 
     def _panic_pressed(self, held_s: float) -> None:
-        self.raise_alarm("button", held_s)
+        self._pressed(self.raise_alarm("button", held_s))
 
     def _broadcast_pressed(self, held_s: float) -> None:
-        self.broadcast_pressed(held_s)
+        self._pressed(self.broadcast_pressed(held_s))
         if self.loudspeaker:
             self.loudspeaker.ptt_press()
 
@@ -215,6 +218,14 @@ class Station:
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
         future.add_done_callback(lambda f: self._stored(event, f))
+        return future
+
+    def _pressed(self, future: Future[Stored]) -> Future[Stored]:
+        """A button raised this event: a software press waiting for it hears of it."""
+        with self._raised:
+            for futures in self._collect:
+                futures.append(future)
+            self._raised.notify_all()
         return future
 
     def _stored(self, event: Event, future: Future[Stored]) -> None:
@@ -300,27 +311,36 @@ class Station:
         return self.status()
 
     def press(self, request: Press) -> dict[str, Any]:
-        """Drive a simulated button from the electrical side, as a finger would."""
+        """Drive a simulated button from the electrical side, as a finger would, and
+        answer with the events it raised once they are stored (or say why not)."""
         if not is_simulated(self.pin_factory):
             raise ControlError("buttons can only be pressed from software with "
                                "pins.factory = 'mock'; press the real button")
-        pins, timings = self.config.pins, self.config.buttons
-        pin = self.pin_factory.pin(pins.panic if request.button == "panic" else pins.broadcast)
-        configured = timings.panic_hold_s if request.button == "panic" else timings.broadcast_hold_s
-        hold = request.hold_s if request.hold_s is not None else (
-            round(configured + 0.15, 3) if configured else 0.0)
-        press, release = ((pin.drive_low, pin.drive_high) if pins.pull_up
-                          else (pin.drive_high, pin.drive_low))
-        for i in range(request.count):
-            if self._stopping.is_set():
-                break
-            press()
-            if hold:
-                time.sleep(hold)
-            release()
-            if request.interval_s and i + 1 < request.count:
-                time.sleep(request.interval_s)
-        return {"pressed": request.count, "button": request.button, "hold_s": hold}
+        from edge.sim.presses import press  # the simulator only, chosen by config
+
+        futures: list[Future[Stored]] = []
+        with self._raised:
+            self._collect.append(futures)
+        try:
+            done, hold = press(self.pin_factory, self.config.pins, self.config.buttons,
+                               request, self._stopping)
+            with self._raised:  # a held press fires on gpiozero's thread: let it land
+                self._raised.wait_for(lambda: len(futures) >= done, timeout=1.0)
+        finally:
+            with self._raised:
+                self._collect.remove(futures)
+        if not futures:
+            raise ControlError(
+                f"{done} press(es) of {hold} s raised no event: hold the {request.button} "
+                f"button at least buttons.{request.button}_hold_s")
+        events = []
+        for future in futures:
+            try:
+                stored = future.result(timeout=30)
+            except Exception as exc:  # not stored: the township hears of an alarm anyway
+                raise ControlError(f"an event of this press was not stored: {exc}") from exc
+            events.append({"id": stored.id, "seq": stored.seq, "type": stored.type})
+        return {"pressed": done, "button": request.button, "hold_s": hold, "events": events}
 
     def status(self) -> dict[str, Any]:
         cfg = self.config

@@ -186,7 +186,8 @@ class Uplink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.station.id,
                              protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self._window)
-        client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
+        client.will_set(self.topics.state, self._state_payload(False, will=True), qos=1,
+                        retain=True)
         if cfg.broker.username:
             client.username_pw_set(cfg.broker.username, cfg.password())
         if cfg.broker.tls:
@@ -229,10 +230,11 @@ class Uplink:
             else:
                 self._health.clear(code)
 
-    def _state_payload(self, online: bool) -> bytes:
+    def _state_payload(self, online: bool, *, will: bool = False) -> bytes:
         return encode(StationState(
             station=self._config.station.id, township=self._config.station.township,
-            online=online, version=__version__, ts=now_iso(), clock_synced=clock_synced(),
+            online=online, version=__version__, ts=None if will else now_iso(),
+            clock_synced=clock_synced(),
             pending=self._outbox.pending_count() if online else None,
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},

@@ -116,3 +116,24 @@ def test_duplicate_keys_and_a_broadcast_that_could_never_play_are_rejected(
     assert "twice" in _results(township, "k-1")[0]["error"]["message"]["en"]
     assert "never play" in _results(township, "k-2")[0]["error"]["message"]["en"]
     assert station.loudspeaker is not None and station.loudspeaker.volume != 0.9
+
+
+def test_the_retained_state_is_published_once_per_connect(own_broker, start_station,
+                                                          township_factory):
+    # A persistent session: what the station publishes while the township reconnects
+    # is kept for it.
+    township = township_factory(own_broker.port, session="township-state")
+    station = start_station(own_broker.port)
+    for connect in (1, 2):
+        wait_until(lambda: station.uplink.connected, 15, f"connect {connect}")
+        # Everything the station published before this event has arrived before it.
+        event = station.broadcast_pressed(0.0).result(5)
+        wait_until(lambda e=event: e.id in {x["id"] for x in township.events()}, 20,
+                   f"an event after connect {connect}")
+        with township._lock:  # live publishes only, not retained copies on resubscribe
+            online = [m for t, m, retained in township.messages
+                      if t.endswith("/v001/state") and m["online"] and not retained]
+        assert len(online) == connect, online
+        if connect == 1:
+            own_broker.restart()
+            wait_until(lambda: not station.uplink.connected, 10, "the link dropped")
