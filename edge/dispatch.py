@@ -8,8 +8,9 @@ camera) registers the commands it serves. A full queue is answered `busy` at onc
 nothing waits for room.
 
 Every command id is acted on and answered once, rejected ones too: the ids seen are
-kept (bounded) whatever the outcome, so a QoS 1 redelivery or a township retry with the
-same id gets no second answer.
+kept (the newest `remember`) whatever the outcome, so a QoS 1 redelivery or a township
+retry with the same id gets no second answer. They outlive a restart: the station seeds
+them from the answers (`cmd.result` events) stored in its outbox.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ class CommandWorker:
             self._queue.put_nowait(_STOP)
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def remember(self, cmd_ids: list[str]) -> None:
+        """Ids answered before (oldest first), e.g. by the previous run of the station."""
+        with self._seen_lock:
+            for cmd_id in cmd_ids:
+                self._seen.first_time(cmd_id)
 
     def _first_time(self, cmd_id: str | None) -> bool:
         if cmd_id is None:

@@ -51,6 +51,22 @@ from edge.watchdog import Watchdog
 
 logger = logging.getLogger("edge.station")
 
+# Command ids remembered (and seeded at start from the answers in the outbox), so that
+# each is acted on and answered once.
+REMEMBER_COMMANDS = 4096
+_result_head = msgspec.json.Decoder(dict[str, Any])
+
+
+def _answered(bodies: list[bytes]) -> list[str]:
+    """The command ids of stored `cmd.result` bodies (newest first), oldest first."""
+    ids = []
+    for body in reversed(bodies):
+        cmd_id = _result_head.decode(body).get("payload", {}).get("cmd_id")
+        if isinstance(cmd_id, str):
+            ids.append(cmd_id)
+    return ids
+
+
 AUDIO_COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipPut,
                   commands.ClipDelete, commands.ScheduleSet, commands.ScheduleClear,
                   commands.VolumeSet)
@@ -97,7 +113,8 @@ class Station:
         self.handlers = Handlers()
         self.commands = CommandWorker(
             self.handlers, self._answer, max_bytes=config.uplink.max_command_bytes,
-            queue_size=config.uplink.command_queue, remember=4096)
+            queue_size=config.uplink.command_queue, remember=REMEMBER_COMMANDS)
+        self.commands.remember(_answered(self.outbox.recent("cmd.result", REMEMBER_COMMANDS)))
         self.uplink = Uplink(config, self.outbox, self.health,
                              on_command=self.commands.receive, on_delivered=self._delivered)
         self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))

@@ -137,3 +137,21 @@ def test_the_retained_state_is_published_once_per_connect(own_broker, start_stat
         if connect == 1:
             own_broker.restart()
             wait_until(lambda: not station.uplink.connected, 10, "the link dropped")
+
+
+def test_a_command_id_answered_before_a_restart_is_not_run_again(broker, start_station,
+                                                                 township_factory):
+    township = township_factory(broker.port)
+    first = start_station(broker.port)
+    wait_until(lambda: first.uplink.connected, what="station connected")
+    township.command("v001", {"cmd": "state.get", "id": "keep-1"})
+    township.command("v001", b'{"cmd": "state.get", "id": "keep-2", "x": 1}')  # rejected
+    wait_until(lambda: _results(township, "keep-1") and _results(township, "keep-2"), 5)
+    first.stop()
+    second = start_station(broker.port)  # the same data directory
+    wait_until(lambda: second.uplink.connected, what="station connected again")
+    for cmd_id in ("keep-1", "keep-2"):
+        township.command("v001", {"cmd": "state.get", "id": cmd_id})
+    township.command("v001", {"cmd": "state.get", "id": "keep-3"})
+    wait_until(lambda: _results(township, "keep-3"), 5, "the new command's answer")
+    assert len(_results(township, "keep-1")) == 1 and len(_results(township, "keep-2")) == 1
