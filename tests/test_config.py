@@ -56,6 +56,10 @@ def test_example_config_is_valid():
     (GOOD + "[uplink]\nbackoff_min_s = 10\nbackoff_max_s = 1\n", "backoff_max_s"),
     (GOOD + "[buttons]\npanic_hold_s = -1\n", "buttons.panic_hold_s"),
     ('[station]\nid = "all"\ntownship = "t01"\n', "reserved"),
+    (GOOD + "data_max_bytes = 104857600\n",  # 100 MiB: the default caps take ~350
+     "station.data_max_bytes (104857600) is less than what the data directory may hold"),
+    (GOOD + "data_max_bytes = 104857600\n[outbox]\nmax_bytes = 33554432\n[audio]\n"
+     "enabled = false\n[uplink]\ncommand_queue = 0\n", "uplink.command_queue"),
 ])
 def test_bad_config_exits_2_naming_key_value_and_allowed(tmp_path, capsys, text, expected):
     path = tmp_path / "station.toml"
