@@ -83,7 +83,9 @@ def test_largest_valid_commands_keep_memory_and_disk_bounded(own_broker, townshi
     township = township_factory(own_broker.port)
     daemon = Daemon(config)
     try:
-        daemon.wait_logged("uplink.connected", 20)
+        wait_until(lambda: daemon.logged("uplink.connected") or daemon.proc.poll() is not None,
+                   60, "the daemon connected")
+        assert daemon.proc.poll() is None, daemon.lines
         rng = random.Random(9)
         sent: list[str] = []
 
