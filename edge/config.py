@@ -26,6 +26,9 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # One text rendered to speech (FLAC at the engine's rate; 2,000 characters of Mandarin
 # are ~10 MB). A longer rendering is refused.
 TTS_RENDER_MAX_BYTES = 16 << 20
+# How much lower than the station's own the CPU priority of background work (township
+# commands, rendering speech) is: on two cores the alarm path comes first.
+BACKGROUND_NICE = 10
 # The data directory's small files: databases' WAL, the audio settings, lock, socket.
 DATA_MARGIN_BYTES = 16 << 20
 

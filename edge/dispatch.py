@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from edge import commands
+from edge.config import BACKGROUND_NICE
 from edge.events import ErrorInfo, text
 from edge.logs import log
 
@@ -144,6 +146,10 @@ class CommandWorker:
         self._answer(exc.cmd_id, exc.cmd, False, exc.error, None)
 
     def _run(self) -> None:
+        # Commands are background work (speech, clips): on two cores the threads that
+        # store and send alarms come first. Linux gives each thread its own nice value.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
         while True:
             item = self._queue.get()
             if item is _STOP or self._stopping.is_set():

@@ -26,6 +26,7 @@ import soundfile
 from edge.audio.clips import resample
 from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
+from edge.config import BACKGROUND_NICE
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.tts")
@@ -61,7 +62,11 @@ class EspeakNg:
             raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
         try:
             # The text on stdin: on the command line, one starting with "-" is an option.
-            done = subprocess.run([exe, "-v", self.voice, "--stdout"], input=text.encode(),
+            # At a lower CPU priority: on two cores, speech must not slow the alarm path.
+            nice = shutil.which("nice")
+            argv = [exe, "-v", self.voice, "--stdout"]
+            done = subprocess.run([nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv,
+                                  input=text.encode(),
                                   capture_output=True, timeout=self._timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise TtsError(f"espeak-ng took over {self._timeout_s} s") from exc
