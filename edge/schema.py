@@ -12,11 +12,12 @@ from typing import Any
 import msgspec
 
 from edge.commands import Command
-from edge.events import Event, StationState
+from edge.events import Event, HealthReport, StationState
 
 SCHEMAS: dict[str, tuple[Any, str]] = {
     "event": (Event, "An event on pingan/v1/<township>/<station>/events or …/cmd/result"),
     "state": (StationState, "Retained state and Last Will on pingan/v1/<township>/<station>/state"),
+    "health": (HealthReport, "Retained health telemetry on pingan/v1/<township>/<station>/health"),
     "command": (Command, "A township command on …/<station>/cmd or pingan/v1/<township>/all/cmd"),
 }
 

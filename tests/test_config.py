@@ -29,7 +29,8 @@ def test_default_pin_map_matches_hardware_pinmap():
     defaults = config.PinsSection()
     assert {k: v["bcm"] for k, v in pinmap["pins"].items()} == {
         "panic": defaults.panic, "broadcast": defaults.broadcast,
-        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay}
+        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay,
+        "modem_power": defaults.modem_power}
 
 
 def test_example_config_is_valid():
@@ -56,6 +57,9 @@ def test_example_config_is_valid():
     (GOOD + "[uplink]\nbackoff_min_s = 10\nbackoff_max_s = 1\n", "backoff_max_s"),
     (GOOD + "[buttons]\npanic_hold_s = -1\n", "buttons.panic_hold_s"),
     ('[station]\nid = "all"\ntownship = "t01"\n', "reserved"),
+    (GOOD + '[modem]\nduty_numbers = ["138 0013 8000"]\n',
+     "modem.duty_numbers[0]: Expected `str` matching"),
+    (GOOD + "[pins]\nmodem_power = 23\n", "pins must be distinct"),
     (GOOD + "data_max_bytes = 104857600\n",  # 100 MiB: the default caps take ~350
      "station.data_max_bytes (104857600) is less than what the data directory may hold"),
     (GOOD + "data_max_bytes = 104857600\n[outbox]\nmax_bytes = 33554432\n[audio]\n"
@@ -108,8 +112,9 @@ def test_second_daemon_on_same_data_dir_is_refused(tmp_path, broker):
         first.wait_logged("station.started")
         proc = subprocess.run([sys.executable, "-m", "edge", "run", "-c", str(path)],
                               capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 2
+        assert proc.returncode == 3, "EXIT_ALREADY_RUNNING: systemd does not restart on it"
         assert "another pingan-edge already runs" in proc.stderr
+        assert "Traceback" not in proc.stderr
     finally:
         first.proc.terminate()
         first.finish()

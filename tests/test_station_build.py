@@ -37,6 +37,7 @@ def test_a_part_that_fails_closes_the_private_broker_and_the_lock(tmp_path):
     assert _processes_using(data / "broker") == [], "and stopped again"
     # The data directory's lock went with it: the same directory builds a station now.
     station = Station(make_config(data, free_port(), broker={"local_fallback": True}))
+    station.start()
     try:
         assert station.local_broker is not None and station.local_broker.running
     finally:
