@@ -50,8 +50,8 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station
 from edge import config as config_mod
 from edge.audio import tones
 from edge.audio.player import Level, Play
-from edge.localbroker import Mosquitto
 from edge.logs import JsonFormatter
+from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 
 AUDIO_TOML = """

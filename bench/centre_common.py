@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.localbroker import free_port, reachable
+from edge.sim.localbroker import free_port, reachable
 
 PG = "postgres://postgres@127.0.0.1:5432/"
 PASSWORD = "bench-pw"

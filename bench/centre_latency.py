@@ -49,7 +49,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from edge import config as config_mod
-from edge.localbroker import Mosquitto
+from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 
 OBSERVER = """

@@ -378,9 +378,9 @@ def verdict(ok: bool) -> str:
 def run(args: argparse.Namespace, tmp: Path) -> int:
     load_before = loadavg()
     from edge import config as config_mod
-    from edge.localbroker import Mosquitto
     from edge.logs import JsonFormatter
     from edge.outbox import Stored
+    from edge.sim.localbroker import Mosquitto
     from edge.station import Station
 
     handler = logging.FileHandler(tmp / "station.log", encoding="utf-8")

@@ -41,9 +41,9 @@ from modem_sim import ModemSim
 
 from edge import config as config_mod
 from edge.events import encode
-from edge.localbroker import Mosquitto
 from edge.modem import pdu
 from edge.modem.at import AtChannel
+from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 
 DUTY = "+8613800138000"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from township_broker import TownshipBroker
 
 from edge.bundle import install_bundle
-from edge.localbroker import Mosquitto
+from edge.sim.localbroker import Mosquitto
 from pingan_centre.broker import provision
 
 

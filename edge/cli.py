@@ -46,8 +46,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.localbroker import BrokerError
     from edge.pins import PinFactoryError
+    from edge.sim.localbroker import BrokerError
     from edge.station import AlreadyRunning, Station
 
     cfg = _load(args)

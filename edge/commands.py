@@ -7,6 +7,7 @@ answered on `…/cmd/result`. Nothing past this point sees unvalidated input.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -70,6 +71,12 @@ class BroadcastPlay(_Sound, tag="broadcast.play", kw_only=True):
     priority: Literal["normal", "emergency"] = "normal"
     not_before: WallTime | None = None
     expires: WallTime | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.not_before and self.expires and self.not_before >= self.expires:
+            raise ValueError(f"not_before ({self.not_before.isoformat()}) is not before "
+                             f"expires ({self.expires.isoformat()}): it could never play")
 
 
 class BroadcastStop(CommandBase, tag="broadcast.stop", kw_only=True):
@@ -166,6 +173,29 @@ def _reject(code: Any, zh: str, en: str, raw: Any = None) -> CommandRejected:
     )
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """The first key given twice in any object of `payload` (already valid JSON), if any.
+    msgspec, like most decoders, silently keeps the last one."""
+    try:
+        json.loads(payload, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as dup:
+        return str(dup.args[0])
+    return None
+
+
 def parse(payload: bytes, max_bytes: int) -> Command:
     """Validate one command payload; raise `CommandRejected` saying what is wrong."""
     if len(payload) > max_bytes:
@@ -178,6 +208,11 @@ def parse(payload: bytes, max_bytes: int) -> Command:
                       f"command is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise _reject("invalid_command", "命令必须是 JSON 对象", "command must be a JSON object")
+    duplicated = _duplicate_key(payload)
+    if duplicated is not None:
+        raise _reject("invalid_command", f"命令中字段 {duplicated!r} 出现了两次",
+                      f"key {duplicated!r} appears twice in the command: "
+                      f"which one was meant is unknown", raw if duplicated != "id" else None)
     # isinstance first: an unhashable "cmd" (a list, an object) must not reach `in KNOWN`.
     if not isinstance(raw.get("cmd"), str) or raw["cmd"] not in KNOWN:
         known = ", ".join(sorted(KNOWN))

@@ -25,6 +25,16 @@ Pin = Annotated[int, msgspec.Meta(ge=0, le=53)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
 
+# One text rendered to speech (FLAC at the engine's rate; 2,000 characters of Mandarin
+# are ~10 MB). A longer rendering is refused.
+TTS_RENDER_MAX_BYTES = 16 << 20
+# How much lower than the station's own the CPU priority of background work (township
+# commands, rendering speech) is: on two cores the alarm path comes first.
+BACKGROUND_NICE = 10
+# The data directory's small files: databases' WAL, the audio settings, lock, socket.
+DATA_MARGIN_BYTES = 16 << 20
+
+
 class ConfigError(ValueError):
     """The station configuration is unusable; the message says which key and why."""
 
@@ -41,6 +51,9 @@ class StationSection(_Section):
     village: str = ""
     # Empty means: $STATE_DIRECTORY (systemd), else the user's XDG state directory.
     data_dir: str = ""
+    # What the data directory may hold at most: the sum of the caps of what is kept there
+    # (outbox.max_bytes, the clips, the TTS cache, broadcasts waiting) must fit in it.
+    data_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 512 << 20
 
 
 class BrokerSection(_Section):
@@ -63,6 +76,8 @@ class UplinkSection(_Section):
     backoff_min_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 0.5
     backoff_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 60.0
     max_command_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 16384
+    # Township commands waiting for the command worker; one more is answered `busy`.
+    command_queue: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
     state_interval_s: Annotated[float, msgspec.Meta(ge=5, le=86400)] = 300.0
     session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)] = 86400
 
@@ -134,6 +149,15 @@ class AudioSection(_Section):
     amp_warm_up_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2
     amp_idle_off_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     clip_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = 8 << 20
+    # Every clip together (uploads in progress included), and how many: a full library
+    # refuses a new clip until one is deleted; clips are never dropped by themselves.
+    clips_total_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 64 << 20
+    clips_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 64
+    # Texts rendered for schedules and prompts, kept on disk; least recently used out.
+    tts_cache_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, le=1 << 30)] = 64 << 20
+    tts_cache_entries: Annotated[int, msgspec.Meta(ge=4, le=10000)] = 64
+    # Township and scheduled broadcasts waiting to play; one more is refused `busy`.
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     # Local wall-clock "HH:MM"; both empty = no quiet hours. Emergencies override them.
     quiet_start: OptionalClockTime = ""
     quiet_end: OptionalClockTime = ""
@@ -273,6 +297,17 @@ class Config(_Section):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"audio.timezone: unknown time zone {self.audio.timezone!r}; "
                              f"use an IANA name such as 'Asia/Shanghai'") from exc
+        parts = {"outbox.max_bytes": self.outbox.max_bytes, "files": DATA_MARGIN_BYTES}
+        if self.audio.enabled:
+            parts |= {"audio.clips_total_bytes": self.audio.clips_total_bytes,
+                      "audio.tts_cache_bytes": self.audio.tts_cache_bytes,
+                      "(audio.queue_max + 1) × TTS_RENDER_MAX_BYTES":
+                          (self.audio.queue_max + 1) * TTS_RENDER_MAX_BYTES}
+        if sum(parts.values()) > self.station.data_max_bytes:
+            raise ValueError(
+                f"station.data_max_bytes ({self.station.data_max_bytes}) is less than what "
+                f"the data directory may hold: {parts} = {sum(parts.values())} bytes; "
+                f"raise it or lower those caps")
         if self.camera.retry_max_s < self.camera.retry_min_s:
             raise ValueError(
                 f"camera.retry_max_s ({self.camera.retry_max_s}) must be >= "

@@ -88,6 +88,8 @@ class ErrorInfo(_Shape):
     code: Literal[
         "malformed_json", "too_large", "invalid_command", "unknown_command",
         "unknown_event", "internal_error",
+        # The command queue was full / the station stopped before running it: not run.
+        "busy", "stopping",
         # The loudspeaker (edge/audio/).
         "unknown_clip", "clip_rejected", "expired", "quiet_hours", "audio_unavailable",
         "tts_failed", "unknown_schedule",
@@ -195,7 +197,9 @@ class StationState(_Shape):
     township: str
     online: bool
     version: str
-    ts: str
+    # When the station published this state. None in the Last Will: the broker sends that
+    # when the station vanished, at a time the station could not know when it set it.
+    ts: str | None
     clock_synced: bool
     pending: int | None = None
     problems: list[Problem] = []

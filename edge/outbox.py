@@ -436,6 +436,15 @@ class Outbox:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def recent(self, event_type: str, limit: int) -> list[bytes]:
+        """The bodies of the newest `limit` stored events of `event_type`, newest first."""
+        with self._read_lock:
+            rows = self._read.execute(
+                "SELECT body FROM events WHERE type = ? ORDER BY seq DESC LIMIT ?",
+                (event_type, limit),
+            ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
     def lookup(self, event_id: str) -> tuple[str, bool] | None:
         """(type, delivered) of a stored event, or None if unknown."""
         with self._read_lock:

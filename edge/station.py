@@ -1,11 +1,14 @@
 """The one place that wires a station together, and what it does with its inputs.
 
 Parts talk through plain method calls: buttons → `raise_alarm` → outbox → uplink;
-uplink → `_command` / `_delivered` → indicator. Nothing here is global.
+uplink → the command worker (edge/dispatch.py) / `_delivered` → indicator. Township
+commands reach the parts through one handler table each part registers into.
+Nothing here is global.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import sqlite3
@@ -24,6 +27,7 @@ from edge.audio.loudspeaker import Loudspeaker
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
 from edge.control import ControlError, ControlServer, Press, Request
+from edge.dispatch import CommandWorker, Handlers, rejected
 from edge.events import (
     AlarmPanic,
     AudioPayload,
@@ -39,11 +43,9 @@ from edge.events import (
     PanicPayload,
     encode,
     stamp,
-    text,
 )
 from edge.health import Health
 from edge.indicator import AlarmIndicator
-from edge.localbroker import Mosquitto, reachable
 from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
@@ -53,26 +55,54 @@ from edge.watchdog import Watchdog
 
 logger = logging.getLogger("edge.station")
 
+# Command ids remembered (and seeded at start from the answers in the outbox), so that
+# each is acted on and answered once.
+REMEMBER_COMMANDS = 4096
+_result_head = msgspec.json.Decoder(dict[str, Any])
+
+
+def _answered(bodies: list[bytes]) -> list[str]:
+    """The command ids of stored `cmd.result` bodies (newest first), oldest first."""
+    ids = []
+    for body in reversed(bodies):
+        cmd_id = _result_head.decode(body).get("payload", {}).get("cmd_id")
+        if isinstance(cmd_id, str):
+            ids.append(cmd_id)
+    return ids
+
+
+AUDIO_COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipPut,
+                  commands.ClipDelete, commands.ScheduleSet, commands.ScheduleClear,
+                  commands.VolumeSet)
+
 
 class Station:
     def __init__(self, config: Config) -> None:
+        # Every part that holds a process, a thread, a file or a pin is closed by this
+        # stack: in stop(), or here at once if a later part fails to build.
+        self._parts = contextlib.ExitStack()
+        try:
+            self._build(config, self._parts)
+        except BaseException:
+            self._parts.close()
+            raise
+
+    def _build(self, config: Config, parts: contextlib.ExitStack) -> None:
         self.health = Health()
         data_dir = config.data_dir
         self._lock_file = _lock(data_dir)
+        if self._lock_file is not None:
+            parts.enter_context(self._lock_file)
 
-        self.local_broker: Mosquitto | None = None
-        broker = config.broker
-        if broker.local_fallback and not reachable(broker.host, broker.port):
-            self.local_broker = Mosquitto(data_dir / "broker").start()
-            log(logger, "warning", "station.local_broker", port=self.local_broker.port,
-                unreachable=f"{broker.host}:{broker.port}",
-                action="simulation only: started a private mosquitto on loopback")
-            broker = msgspec.structs.replace(broker, host="127.0.0.1",
-                                             port=self.local_broker.port)
-            config = msgspec.structs.replace(config, broker=broker)
+        self.local_broker: Any = None
+        if config.broker.local_fallback:
+            from edge.sim import fallback_broker  # the simulator only, chosen by config
+
+            self.local_broker, config = fallback_broker(config, parts)
         self.config = config
 
         self.pin_factory = make_factory(config.pins.factory)
+        parts.callback(self.pin_factory.close)
         self.outbox = Outbox(
             data_dir / "outbox.db",
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
@@ -80,13 +110,20 @@ class Station:
             on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
             health=self.health,
         )
+        parts.callback(self.outbox.close)
+        self.handlers = Handlers()
+        self.commands = CommandWorker(
+            self.handlers, self._answer, max_bytes=config.uplink.max_command_bytes,
+            queue_size=config.uplink.command_queue, remember=REMEMBER_COMMANDS)
+        self.commands.remember(_answered(self.outbox.recent("cmd.result", REMEMBER_COMMANDS)))
         self.uplink = Uplink(config, self.outbox, self.health,
-                             on_command=self._command, on_delivered=self._delivered)
-        self.led = LED(config.pins.alarm_led, pin_factory=self.pin_factory)
+                             on_command=self.commands.receive, on_delivered=self._delivered)
+        self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
+        parts.callback(self.buttons.close)
         self.buttons.broadcast.when_released = self._broadcast_released
         self.loudspeaker: Loudspeaker | None = None
         if config.audio.enabled:
@@ -98,10 +135,18 @@ class Station:
                 self.health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
                                 f"loudspeaker cannot start (data directory): {exc}",
                                 action="see storage_unwritable; alarms are still sent")
+        if self.loudspeaker:
+            parts.callback(self.loudspeaker.close)
+            self.loudspeaker.register(self.handlers)
+        else:
+            self.handlers.register(AUDIO_COMMANDS, self._no_loudspeaker)
         self.control = ControlServer(config.control_socket, self._control)
+        parts.callback(self.control.close)
         self._stopping = threading.Event()
+        # Software presses waiting for the events their button raises (edge/sim).
+        self._raised = threading.Condition()
+        self._collect: list[list[Future[Stored]]] = []
         self.watchdog = Watchdog(self.healthy)
-        self._seen = commands.SeenCommands()
         self.camera: camera.CameraPipeline | None = None
         if config.camera.enabled:
             try:
@@ -111,7 +156,11 @@ class Station:
                 self.health.set("camera_detector", f"摄像头人形检测无法启动：{exc}",
                                 f"camera person detector cannot start: {exc}",
                                 action="run models/build.sh or fix camera.model")
-        # The 4G modem (SMS fallback, signal) and health telemetry: their own threads.
+        self.handlers.register(commands.AlarmAck, self._alarm_ack)
+        self.handlers.register(commands.StateGet, self._state_get)
+        self.handlers.register((commands.CameraArm, commands.CameraDisarm), self._camera)
+        # The 4G modem (SMS fallback, signal) and health telemetry: their own threads,
+        # built last (nothing after them can fail) and closed by stop().
         self.modem = modem_parts.build(config, self.pin_factory, self.outbox, self.uplink,
                                        self.health, self._submit)
         self.telemetry = Telemetry(
@@ -125,6 +174,7 @@ class Station:
         pending_alarms = self.outbox.pending_ids("alarm.panic")
         for event_id in pending_alarms:
             self.indicator.raised(event_id)
+        self.commands.start()
         self.uplink.start()
         if self.loudspeaker:
             self.loudspeaker.start()
@@ -149,28 +199,22 @@ class Station:
         self.watchdog.stop()
         self.buttons.close()
         self.control.close()
-        if self.loudspeaker:
-            self.loudspeaker.close()
         if self.camera:
             self.camera.stop(timeout=0.3)
         if self.telemetry:
             self.telemetry.close()
         if self.modem:
             self.modem.close()
+        self.commands.stop(timeout=0.3)
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
-        self.outbox.close()
-        self.led.close()
-        self.pin_factory.close()
-        if self.local_broker:
-            self.local_broker.stop()
-        if self._lock_file:
-            self._lock_file.close()
+        self._parts.close()  # the loudspeaker, the outbox, pins, a private broker, the lock
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
 
     def healthy(self) -> bool:
         """The alarm path can work: its threads run and the outbox writer answers."""
-        return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0)
+        return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0) \
+            and self.commands.alive
 
     # --- inputs ----------------------------------------------------------------------
 
@@ -179,10 +223,10 @@ class Station:
                 **stamp()}
 
     def _panic_pressed(self, held_s: float) -> None:
-        self.raise_alarm("button", held_s)
+        self._pressed(self.raise_alarm("button", held_s))
 
     def _broadcast_pressed(self, held_s: float) -> None:
-        self.broadcast_pressed(held_s)
+        self._pressed(self.broadcast_pressed(held_s))
         if self.loudspeaker:
             self.loudspeaker.ptt_press()
 
@@ -214,6 +258,14 @@ class Station:
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
         future.add_done_callback(lambda f: self._stored(event, f))
+        return future
+
+    def _pressed(self, future: Future[Stored]) -> Future[Stored]:
+        """A button raised this event: a software press waiting for it hears of it."""
+        with self._raised:
+            for futures in self._collect:
+                futures.append(future)
+            self._raised.notify_all()
         return future
 
     def _stored(self, event: Event, future: Future[Stored]) -> None:
@@ -254,64 +306,33 @@ class Station:
             f"offline too long: dropped {info.count} lower-priority events "
             f"(seq {info.first_seq}-{info.last_seq}); all alarms kept")
 
-    def _command(self, topic: str, payload: bytes) -> None:
-        try:
-            cmd = commands.parse(payload, self.config.uplink.max_command_bytes)
-        except commands.CommandRejected as rejected:
-            self._reject(topic, rejected)
-            return
-        if not self._seen.first_time(cmd.id):
-            log(logger, "info", "command.duplicate", id=cmd.id, topic=topic)
-            return
-        try:
-            detail = self._execute(cmd)
-        except commands.CommandRejected as rejected:
-            self._reject(topic, rejected)
-            return
-        except Exception as exc:
-            logger.exception("command.failed", extra={"fields": {"cmd_id": cmd.id}})
-            self._answer(cmd.id, _tag(cmd), False, ErrorInfo(
-                code="internal_error", message=text("站点执行命令出错", f"station error: {exc}")))
-            return
-        log(logger, "info", "command.done", cmd=_tag(cmd), cmd_id=cmd.id, by=cmd.by, detail=detail)
-        self._answer(cmd.id, _tag(cmd), True, None, detail)
+    # --- township commands (run by the command worker, see edge/dispatch.py) ------------
 
-    def _reject(self, topic: str, rejected: commands.CommandRejected) -> None:
-        log(logger, "warning", "command.rejected", topic=topic, cmd_id=rejected.cmd_id,
-            code=rejected.error.code, error=rejected.error.message.en,
-            action="the township sent a bad command; it was answered on cmd/result")
-        self._answer(rejected.cmd_id, rejected.cmd, False, rejected.error)
+    def _alarm_ack(self, cmd: commands.AlarmAck) -> dict[str, Any]:
+        found = self.outbox.lookup(cmd.event_id)
+        if found is None or found[0] != "alarm.panic":
+            raise rejected(cmd, "unknown_event", f"本站没有报警 {cmd.event_id}",
+                           f"no alarm {cmd.event_id} at this station")
+        self.indicator.acknowledged(cmd.event_id)
+        if self.loudspeaker:
+            self.loudspeaker.silence_siren()
+            self.loudspeaker.prompt("alarm_received")
+        return {"event_id": cmd.event_id}
 
-    def _execute(self, cmd: commands.Command) -> dict[str, Any]:
-        if isinstance(cmd, commands.AlarmAck):
-            found = self.outbox.lookup(cmd.event_id)
-            if found is None or found[0] != "alarm.panic":
-                raise commands.CommandRejected(ErrorInfo(
-                    code="unknown_event",
-                    message=text(f"本站没有报警 {cmd.event_id}",
-                                 f"no alarm {cmd.event_id} at this station")), cmd.id, _tag(cmd))
-            self.indicator.acknowledged(cmd.event_id)
-            if self.loudspeaker:
-                self.loudspeaker.silence_siren()
-                self.loudspeaker.prompt("alarm_received")
-            return {"event_id": cmd.event_id}
-        if isinstance(cmd, commands.AudioCommand):
-            if self.loudspeaker is None:
-                raise commands.CommandRejected(ErrorInfo(
-                    code="audio_unavailable",
-                    message=text("本站未启用喇叭", "this station has no loudspeaker "
-                                 "(audio.enabled = false)")), cmd.id, _tag(cmd))
-            return self.loudspeaker.execute(cmd)
-        if isinstance(cmd, commands.CameraArm | commands.CameraDisarm):
-            if self.camera is None:
-                raise commands.CommandRejected(ErrorInfo(
-                    code="invalid_command",
-                    message=text("本站摄像头未启用", "the camera is not enabled at this station")),
-                    cmd.id, _tag(cmd))
-            self.camera.arming.set(isinstance(cmd, commands.CameraArm), cmd.for_s)
-            return {"armed": self.camera.arming.armed(), "for_s": cmd.for_s}
+    def _state_get(self, _cmd: commands.StateGet) -> dict[str, Any]:
         self.uplink.request_state()
         return {}
+
+    def _no_loudspeaker(self, cmd: commands.Command) -> dict[str, Any]:
+        raise rejected(cmd, "audio_unavailable", "本站未启用喇叭",
+                       "this station has no loudspeaker (audio.enabled = false)")
+
+    def _camera(self, cmd: commands.CameraArm | commands.CameraDisarm) -> dict[str, Any]:
+        if self.camera is None:
+            raise rejected(cmd, "invalid_command", "本站摄像头未启用",
+                           "the camera is not enabled at this station")
+        self.camera.arming.set(isinstance(cmd, commands.CameraArm), cmd.for_s)
+        return {"armed": self.camera.arming.armed(), "for_s": cmd.for_s}
 
     def _audio_event(self, payload: AudioPayload) -> None:
         self._submit(AudioPlayback(payload=payload, **self._identity()))
@@ -330,27 +351,36 @@ class Station:
         return self.status()
 
     def press(self, request: Press) -> dict[str, Any]:
-        """Drive a simulated button from the electrical side, as a finger would."""
+        """Drive a simulated button from the electrical side, as a finger would, and
+        answer with the events it raised once they are stored (or say why not)."""
         if not is_simulated(self.pin_factory):
             raise ControlError("buttons can only be pressed from software with "
                                "pins.factory = 'mock'; press the real button")
-        pins, timings = self.config.pins, self.config.buttons
-        pin = self.pin_factory.pin(pins.panic if request.button == "panic" else pins.broadcast)
-        configured = timings.panic_hold_s if request.button == "panic" else timings.broadcast_hold_s
-        hold = request.hold_s if request.hold_s is not None else (
-            round(configured + 0.15, 3) if configured else 0.0)
-        press, release = ((pin.drive_low, pin.drive_high) if pins.pull_up
-                          else (pin.drive_high, pin.drive_low))
-        for i in range(request.count):
-            if self._stopping.is_set():
-                break
-            press()
-            if hold:
-                time.sleep(hold)
-            release()
-            if request.interval_s and i + 1 < request.count:
-                time.sleep(request.interval_s)
-        return {"pressed": request.count, "button": request.button, "hold_s": hold}
+        from edge.sim.presses import press  # the simulator only, chosen by config
+
+        futures: list[Future[Stored]] = []
+        with self._raised:
+            self._collect.append(futures)
+        try:
+            done, hold = press(self.pin_factory, self.config.pins, self.config.buttons,
+                               request, self._stopping)
+            with self._raised:  # a held press fires on gpiozero's thread: let it land
+                self._raised.wait_for(lambda: len(futures) >= done, timeout=1.0)
+        finally:
+            with self._raised:
+                self._collect.remove(futures)
+        if not futures:
+            raise ControlError(
+                f"{done} press(es) of {hold} s raised no event: hold the {request.button} "
+                f"button at least buttons.{request.button}_hold_s")
+        events = []
+        for future in futures:
+            try:
+                stored = future.result(timeout=30)
+            except Exception as exc:  # not stored: the township hears of an alarm anyway
+                raise ControlError(f"an event of this press was not stored: {exc}") from exc
+            events.append({"id": stored.id, "seq": stored.seq, "type": stored.type})
+        return {"pressed": done, "button": request.button, "hold_s": hold, "events": events}
 
     def status(self) -> dict[str, Any]:
         cfg = self.config
@@ -394,7 +424,3 @@ def _lock(data_dir: Path) -> TextIO | None:
         raise AlreadyRunning(
             f"another pingan-edge already runs with data directory {data_dir}") from exc
     return lock_file
-
-
-def _tag(cmd: commands.Command) -> str:
-    return str(type(cmd).__struct_config__.tag)

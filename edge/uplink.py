@@ -113,6 +113,7 @@ class Uplink:
         self._rejected: list[Stored] = []
         self._rejected_due: float | None = None  # monotonic time to resend _rejected
         self._refusals: dict[int, int] = {}  # seq → refusals so far
+        self._parked: list[str] = []  # the type of each row parked by this process
         self._accepted = False  # a CONNACK arrived since the last connect attempt
         self.connects = 0  # accepted connections since start (health: reconnects)
         self._tls_ready = False
@@ -194,7 +195,8 @@ class Uplink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.station.id,
                              protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(self._window)
-        client.will_set(self.topics.state, self._state_payload(False), qos=1, retain=True)
+        client.will_set(self.topics.state, self._state_payload(False, will=True), qos=1,
+                        retain=True)
         if cfg.broker.username:
             client.username_pw_set(cfg.broker.username, cfg.password())
         if cfg.broker.tls:
@@ -238,10 +240,11 @@ class Uplink:
             else:
                 self._health.clear(code)
 
-    def _state_payload(self, online: bool) -> bytes:
+    def _state_payload(self, online: bool, *, will: bool = False) -> bytes:
         return encode(StationState(
             station=self._config.station.id, township=self._config.station.township,
-            online=online, version=__version__, ts=now_iso(), clock_synced=clock_synced(),
+            online=online, version=__version__, ts=None if will else now_iso(),
+            clock_synced=clock_synced(),
             pending=self._outbox.pending_count() if online else None,
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},
@@ -324,9 +327,10 @@ class Uplink:
         self._health.clear("uplink_down")
         self._health.clear("uplink_refused")
         client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
-        info = client.publish(self.topics.state, self._state_payload(True), qos=1, retain=True)
         with self._wake:
-            self._inflight[info.mid] = _STATE
+            # Once per connect, by the pump, first in its next round; the health changes
+            # just above asked for it too and coalesce into this one.
+            self._state_due = True
             self._retry.extend(self._rejected)
             self._rejected.clear()
             self._rejected_due = None
@@ -403,10 +407,14 @@ class Uplink:
                              f"the township broker refused events ({reason}); retrying",
                              action="check the station id, certificate and the township ACL")
             return
+        # Counted here, not read back from the outbox: this runs on the network thread,
+        # which must not wait for the writer (parked rows go back to the drain at start,
+        # so this process's own count is the whole of it).
         self._outbox.park(entry.seq, str(reason))
-        self._outbox.flush(2.0)
-        parked = self._outbox.parked()
-        alarms = sum(1 for _, kind, _ in parked if kind == "alarm.panic")
+        with self._wake:
+            self._parked.append(entry.type)
+            parked = list(self._parked)
+        alarms = parked.count("alarm.panic")
         log(logger, "error", "uplink.publish_parked", seq=entry.seq, id=entry.id,
             type=entry.type, reason=str(reason), parked=len(parked), parked_alarms=alarms,
             action="refused too often: kept in the outbox, not resent until the station "
@@ -422,7 +430,8 @@ class Uplink:
     def _clear_refused(self) -> None:
         with self._wake:
             outstanding = bool(self._refusals or self._rejected)
-        if not outstanding and not self._outbox.parked():
+            outstanding = outstanding or bool(self._parked)
+        if not outstanding:
             self._health.clear("publish_rejected")
 
     def _resend_rejected(self) -> None:

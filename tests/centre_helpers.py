@@ -20,7 +20,7 @@ import requests
 from conftest import station_toml, wait_until
 
 from edge import config as config_mod
-from edge.localbroker import free_port, reachable
+from edge.sim.localbroker import free_port, reachable
 from edge.station import Station
 
 PG = "postgres://postgres@127.0.0.1:5432/"

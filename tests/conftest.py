@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge.config import Config
-from edge.localbroker import Mosquitto
+from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 from edge.topics import township_filter
 from edge.uplink import set_no_delay

@@ -14,6 +14,7 @@ import pytest
 import soundfile
 
 from edge.audio.clips import ClipError, ClipLibrary
+from edge.audio.sound import FileSound
 from edge.commands import ClipPut, CommandRejected, parse
 
 RATE = 8000
@@ -35,6 +36,13 @@ def chunks(clip_id: str, data: bytes, step: int = 3000, **override) -> list[Clip
             for i, part in enumerate(parts)]
 
 
+def whole(sound: FileSound) -> np.ndarray:
+    try:
+        return sound[0:len(sound)]
+    finally:
+        sound.close()
+
+
 def upload(lib: ClipLibrary, puts: list[ClipPut]) -> dict[str, object]:
     result: dict[str, object] = {}
     for put in puts:
@@ -48,14 +56,15 @@ def peak_hz(x: np.ndarray, rate: int) -> float:
 
 @pytest.fixture
 def lib(tmp_path: Path) -> ClipLibrary:
-    library = ClipLibrary(tmp_path / "clips", max_bytes=64 * 1024)
+    library = ClipLibrary(tmp_path / "clips", max_bytes=64 * 1024, total_bytes=256 * 1024,
+                          max_clips=3)
     assert upload(library, chunks("notice", wav(500)))["complete"] is True
     return library
 
 
 def intact(lib: ClipLibrary) -> None:
     assert lib.ids() == ["notice"]
-    assert peak_hz(lib.load("notice", RATE), RATE) == pytest.approx(500, abs=5)
+    assert peak_hz(whole(lib.load("notice", RATE)), RATE) == pytest.approx(500, abs=5)
     assert not list((lib.root / ".incoming").iterdir()), "no partial left behind"
 
 
@@ -70,7 +79,7 @@ def test_uploaded_clip_in_chunks_plays_resampled(lib, fmt):
         assert err.value.code == "unknown_clip", "half-received is never playable"
     done = lib.put_chunk(puts[-1])
     assert done["complete"] is True and done["sha256"] == hashlib.sha256(data).hexdigest()
-    samples = lib.load("alert", RATE)
+    samples = whole(lib.load("alert", RATE))
     assert len(samples) == pytest.approx(RATE * 0.5, abs=2)
     assert peak_hz(samples, RATE) == pytest.approx(1000, abs=5)
 
@@ -119,7 +128,7 @@ def test_an_abandoned_upload_is_never_playable_and_can_restart(lib):
     with pytest.raises(ClipError):
         lib.load("later", RATE)
     assert upload(lib, puts)["complete"] is True  # starting again at chunk 0 works
-    assert peak_hz(lib.load("later", RATE), RATE) == pytest.approx(800, abs=5)
+    assert peak_hz(whole(lib.load("later", RATE)), RATE) == pytest.approx(800, abs=5)
 
 
 @pytest.mark.parametrize("hostile", ["../notice", "..", "a/b", "/etc/passwd", ".hidden",
@@ -162,7 +171,8 @@ def test_disk_full_during_upload_is_a_clear_rejection(tmp_path):
     from test_outbox import fill, tiny_disk
 
     with tiny_disk(tmp_path / "disk", "256k") as disk:
-        library = ClipLibrary(disk / "clips", max_bytes=64 * 1024)
+        library = ClipLibrary(disk / "clips", max_bytes=64 * 1024, total_bytes=1 << 20,
+                              max_clips=8)
         upload(library, chunks("notice", wav(500)))
         puts = chunks("big", wav(700))
         library.put_chunk(puts[0])
@@ -173,3 +183,42 @@ def test_disk_full_during_upload_is_a_clear_rejection(tmp_path):
         filler.unlink()
         assert not library.exists("big")
         intact(library)
+
+
+def test_the_library_is_bounded_by_count_and_bytes_and_a_full_one_refuses(lib, tmp_path):
+    # The fixture's library: at most 3 clips; "notice" is in it.
+    for name in ("b", "c"):
+        assert upload(lib, chunks(name, wav(600 + len(name))))["complete"] is True
+    with pytest.raises(ClipError, match="clips_max") as err:
+        upload(lib, chunks("d", wav(700)))
+    assert err.value.code == "clip_rejected"
+    assert upload(lib, chunks("b", wav(650)))["complete"] is True, "replacing one still fits"
+    assert lib.delete("c")
+    assert upload(lib, chunks("d", wav(700)))["complete"] is True
+
+    small = ClipLibrary(tmp_path / "small", max_bytes=64 * 1024, total_bytes=100 * 1024,
+                        max_clips=10)
+    big = wav(700, seconds=3.0)  # 48 KB: under the per-clip cap; three are over the total
+    for name in ("x", "y"):
+        assert upload(small, chunks(name, big))["complete"] is True
+    with pytest.raises(ClipError, match="clips_total_bytes"):
+        upload(small, chunks("z", big))
+    assert upload(small, chunks("x", big))["complete"] is True, "replacing one still fits"
+    assert small.ids() == ["x", "y"]
+    assert not list((small.root / ".incoming").iterdir())
+
+
+def test_a_sound_streamed_from_a_file_equals_the_whole_file_resampled(tmp_path):
+    from edge.audio.clips import resample
+
+    rng = np.random.default_rng(7)
+    source = (0.3 * rng.standard_normal(22050 * 3)).astype(np.float32)
+    path = tmp_path / "x.flac"
+    soundfile.write(path, source, 22050, format="FLAC", subtype="PCM_24")
+    expected = resample(soundfile.read(path, dtype="float32")[0], 22050, 16000)
+    sound = FileSound(path, 16000)
+    assert len(sound) == len(expected)
+    blocks = [sound[i:i + 320] for i in range(0, len(sound), 320)]  # as the player reads
+    assert np.allclose(np.concatenate(blocks), expected, atol=1e-5)
+    assert np.allclose(sound[8000:8320], expected[8000:8320], atol=1e-5), "seek (resume)"
+    sound.close()

@@ -265,6 +265,7 @@ def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player,
     import datetime as dt
 
     from edge.commands import ScheduleSet
+    from edge.dispatch import Handlers
 
     idle(player[0])
     sink.set_mark()
@@ -272,7 +273,9 @@ def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player,
     ls, _health, events, _factory = loudspeaker(now=lambda: clock[0], quiet_start="22:00",
                                                 quiet_end="06:00")
     ls.scheduler.close()  # the test drives the clock; no background firing
-    ls.execute(ScheduleSet(id="s1", schedule_id="chime", cron="* * * * *", tone="chime"))
+    handlers = Handlers()
+    ls.register(handlers)
+    handlers(ScheduleSet(id="s1", schedule_id="chime", cron="* * * * *", tone="chime"))
     assert ls.scheduler.run_due() == ["chime"]  # 21:59: before quiet hours, it plays
     wait_until(lambda: [e for e in events if e.phase == "finished"], 5)
     clock[0] += dt.timedelta(minutes=1)  # 22:00: quiet

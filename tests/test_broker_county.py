@@ -11,7 +11,7 @@ from pathlib import Path
 from township_broker import CONFIG_DIR, Client, wait_for
 
 from edge.bundle import install_bundle
-from edge.localbroker import Mosquitto, free_port
+from edge.sim.localbroker import Mosquitto, free_port
 from pingan_centre.broker import provision
 
 COUNTY = CONFIG_DIR / "county"

@@ -254,12 +254,27 @@ def test_centre_restart_while_stations_send_nothing_missed_nothing_twice(  # typ
     assert raised[0][0] == 1
 
 
-def test_station_grid_online_offline_and_silent(centre, db, stations, township):  # type: ignore[no-untyped-def]
+def test_station_grid_online_offline_and_silent(centre, db, broker, stations, township):  # type: ignore[no-untyped-def]
     s1 = stations("s1")
     s2 = stations("s2")
     tech = centre.session("tech")
     wait_until(lambda: len(db.rows("SELECT name FROM console_station WHERE online = ?",
                                    True)) == 2, 15, "both online")
+    # The Last Will, exactly as the broker would publish it for s1 (ts = null), marks it
+    # offline; s1's next state (it is still connected) brings it back online.
+    will = s1.uplink._client.will_payload
+    assert json.loads(will)["ts"] is None
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    pub.publish(f"pingan/v1/{centre.township}/s1/state", will, qos=1).wait_for_publish(5)
+    wait_until(lambda: db.rows("SELECT online FROM console_station WHERE name = 's1'")[0][0]
+               in (False, 0), 15, "s1 offline by its will")
+    s1.uplink.request_state()
+    wait_until(lambda: db.rows("SELECT online FROM console_station WHERE name = 's1'")[0][0]
+               in (True, 1), 15, "s1 online again")
+    pub.loop_stop()
+    pub.disconnect()
     s2.stop()  # a clean stop publishes online: false itself
     wait_until(lambda: db.rows("SELECT online FROM console_station WHERE name = 's2'")[0][0]
                in (False, 0), 15, "s2 offline")

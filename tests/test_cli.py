@@ -10,7 +10,7 @@ import time
 
 from conftest import Daemon, station_toml
 
-from edge.localbroker import free_port
+from edge.sim.localbroker import free_port
 from edge.uplink import Backoff
 
 
@@ -37,12 +37,22 @@ def test_press_and_tail_against_a_station_that_started_its_own_broker(tmp_path):
         time.sleep(0.5)  # let tail subscribe
         pressed = cli("press", "panic", "-c", str(config))
         assert pressed.returncode == 0 and json.loads(pressed.stdout)["ok"] is True
-        assert cli("press", "broadcast", "-c", str(config)).returncode == 0
+        # Answered once the event is stored, with what a technician checks it by.
+        [alarm] = json.loads(pressed.stdout)["events"]
+        assert alarm["type"] == "alarm.panic" and alarm["seq"] >= 1
+        broadcast = cli("press", "broadcast", "-c", str(config))
+        assert broadcast.returncode == 0
+        assert json.loads(broadcast.stdout)["events"][0]["seq"] == alarm["seq"] + 1
         out, err = tail.communicate(timeout=30)
         assert tail.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines()]
         events = [line["message"] for line in lines if line["topic"].endswith("/events")]
         assert [e["type"] for e in events] == ["alarm.panic", "button.broadcast"]
+        assert (events[0]["id"], events[0]["seq"]) == (alarm["id"], alarm["seq"])
+        # Too short to be a panic press (panic_hold_s = 0.1 in tests): an error, exit 1.
+        brushed = cli("press", "panic", "--hold", "0.01", "-c", str(config))
+        assert brushed.returncode == 1
+        assert "raised no event" in json.loads(brushed.stdout)["error"]
         assert json.loads(cli("status", "-c", str(config)).stdout)["alarm_led"] == "delivered"
     finally:
         daemon.proc.send_signal(signal.SIGTERM)

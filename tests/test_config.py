@@ -60,6 +60,10 @@ def test_example_config_is_valid():
     (GOOD + '[modem]\nduty_numbers = ["138 0013 8000"]\n',
      "modem.duty_numbers[0]: Expected `str` matching"),
     (GOOD + "[pins]\nmodem_power = 23\n", "pins must be distinct"),
+    (GOOD + "data_max_bytes = 104857600\n",  # 100 MiB: the default caps take ~350
+     "station.data_max_bytes (104857600) is less than what the data directory may hold"),
+    (GOOD + "data_max_bytes = 104857600\n[outbox]\nmax_bytes = 33554432\n[audio]\n"
+     "enabled = false\n[uplink]\ncommand_queue = 0\n", "uplink.command_queue"),
 ])
 def test_bad_config_exits_2_naming_key_value_and_allowed(tmp_path, capsys, text, expected):
     path = tmp_path / "station.toml"

@@ -33,7 +33,7 @@ def test_command_and_clip_ids_with_a_trailing_newline_are_refused(tmp_path):
         commands.parse(json.dumps({"cmd": "clip.delete", "id": "c-2",
                                    "clip_id": "bell\n"}).encode(), 4096)
     # The library checks again (a clip id is a file name on the unit).
-    library = ClipLibrary(tmp_path / "clips", 1 << 20)
+    library = ClipLibrary(tmp_path / "clips", 1 << 20, total_bytes=1 << 22, max_clips=4)
     assert library.delete("bell") is False
     with pytest.raises(ClipError):
         library.delete("bell\n")

@@ -17,7 +17,7 @@ import pytest
 from conftest import Daemon, station_toml, wait_until
 
 from edge.control import request
-from edge.localbroker import free_port
+from edge.sim.localbroker import free_port
 
 OLD_ALARMS = 20
 OLD_OTHERS = 200

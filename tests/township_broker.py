@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.localbroker import Mosquitto, free_port
+from edge.sim.localbroker import Mosquitto, free_port
 from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent

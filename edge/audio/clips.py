@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
 from edge.commands import ClipPut
 from edge.events import Text, text
@@ -49,9 +50,11 @@ class _Upload:
 
 
 class ClipLibrary:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, *, total_bytes: int, max_clips: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.total_bytes = total_bytes
+        self.max_clips = max_clips
         self._incoming = root / ".incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
         for stale in self._incoming.iterdir():  # uploads do not survive a restart
@@ -100,6 +103,7 @@ class ClipLibrary:
             if upload is None and len(self._uploads) >= MAX_UPLOADS:
                 raise _rejected(f"同时上传的片段过多（上限 {MAX_UPLOADS}）",
                                 f"too many uploads at once (limit {MAX_UPLOADS})")
+            self._check_room(cmd)
             upload = _Upload(cmd.sha256, cmd.size, cmd.chunks)
             self._uploads[cmd.clip_id] = upload
             part.write_bytes(b"")
@@ -123,6 +127,24 @@ class ClipLibrary:
             return {"clip_id": cmd.clip_id, "received": upload.received,
                     "chunks": upload.chunks, "complete": False}
         return self._finish(cmd.clip_id, part, upload)
+
+    def _check_room(self, cmd: ClipPut) -> None:
+        """The library, with this upload in place of the clip it replaces, within bounds
+        (uploads in progress count at their declared size)."""
+        others = {p.stem: p.stat().st_size for p in self.root.glob("*.clip")
+                  if p.stem != cmd.clip_id}
+        uploading = {cid: u.size for cid, u in self._uploads.items() if cid != cmd.clip_id}
+        count = len(others.keys() | uploading.keys()) + 1
+        total = sum(others.values()) + sum(uploading.values()) + cmd.size
+        if count > self.max_clips:
+            raise _rejected(f"本站片段已满（上限 {self.max_clips} 个），请先删除不用的片段",
+                            f"the clip library is full ({self.max_clips} clips, "
+                            f"audio.clips_max): delete clips first (clip.delete)")
+        if total > self.total_bytes:
+            raise _rejected(f"本站片段存储已满（上限 {self.total_bytes} 字节），请先删除不用的片段",
+                            f"the clips would take {total} bytes, more than "
+                            f"audio.clips_total_bytes = {self.total_bytes}: delete clips first "
+                            f"(clip.delete)")
 
     def _finish(self, clip_id: str, part: Path, upload: _Upload) -> dict[str, object]:
         if upload.written != upload.size:
@@ -166,22 +188,22 @@ class ClipLibrary:
             self._path(clip_id, ".sha256").unlink(missing_ok=True)
             return found
 
-    def load(self, clip_id: str, rate: int) -> Samples:
-        """The clip as mono float32 at `rate`, after checking it is the file uploaded."""
+    def load(self, clip_id: str, rate: int) -> FileSound:
+        """The clip, streamed at `rate`, after checking it is the file uploaded."""
         path = self._path(clip_id, ".clip")
         try:
-            data = path.read_bytes()
+            sound = FileSound(path, rate)  # open first: a replacement cannot swap it now
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
             expected = self._path(clip_id, ".sha256").read_text(encoding="ascii").strip()
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, soundfile.LibsndfileError) as exc:
             raise ClipError("unknown_clip", text(f"本站没有片段 {clip_id}",
                                                  f"no clip {clip_id} at this station")) from exc
-        if hashlib.sha256(data).hexdigest() != expected:
+        if digest != expected:
+            sound.close()
             raise ClipError("unknown_clip", text(f"片段 {clip_id} 已损坏，请重新上传",
                                                  f"clip {clip_id} is corrupt; upload it again"))
-        with soundfile.SoundFile(str(path)) as f:
-            audio = f.read(dtype="float32", always_2d=True)
-            source_rate = f.samplerate
-        return resample(audio.mean(axis=1).astype(np.float32), source_rate, rate)
+        return sound
 
 
 def resample(x: Samples, source: int, target: int) -> Samples:

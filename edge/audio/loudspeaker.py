@@ -26,9 +26,11 @@ from edge.audio.output import AudioUnavailable, Output, check, use_null_device
 from edge.audio.player import Level, Play, Player
 from edge.audio.ptt import PushToTalk
 from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
+from edge.audio.sound import Sound, release
 from edge.audio.store import AudioStore
 from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
-from edge.config import AudioSection
+from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
+from edge.dispatch import Handlers
 from edge.events import AudioPayload, ErrorInfo, Text, text
 from edge.health import Health
 from edge.logs import log
@@ -63,9 +65,13 @@ class Loudspeaker:
         self.player = Player(self.output, self.amplifier, lead_ms=audio.lead_ms,
                              idle_off_s=audio.amp_idle_off_s, on_unavailable=self._unavailable)
         self.player.add_listener(self._report)
-        self.clips = ClipLibrary(data_dir / "clips", audio.clip_max_bytes)
+        self.clips = ClipLibrary(data_dir / "clips", audio.clip_max_bytes,
+                                 total_bytes=audio.clips_total_bytes, max_clips=audio.clips_max)
         self.store = AudioStore(data_dir / "audio.db")
-        self.speech = Speech(EspeakNg(audio.tts_voice), data_dir / "tts-cache", rate)
+        self.speech = Speech(EspeakNg(audio.tts_voice), data_dir / "tts-cache", rate,
+                             max_bytes=audio.tts_cache_bytes,
+                             max_entries=audio.tts_cache_entries,
+                             max_render_bytes=TTS_RENDER_MAX_BYTES)
         self.tz = zoneinfo.ZoneInfo(audio.timezone)
         self.scheduler = Scheduler(self.store, self.tz, self._scheduled, now)
         self.ptt = PushToTalk(audio.mic_device, rate, self.output.block, tones.chime(rate))
@@ -100,7 +106,7 @@ class Loudspeaker:
         """Render the staff prompts once (cached on disk) so a press never waits for TTS."""
         try:
             for zh, _en in PROMPTS.values():
-                self.speech.render(zh, cached=True)
+                self.speech.prompt(zh)
             self._health.clear("tts_unavailable")
         except (TtsError, OSError, RuntimeError) as exc:  # no espeak-ng, disk full, ...
             self._health.set("tts_unavailable", f"语音合成不可用，提示音将不播放：{exc}",
@@ -178,53 +184,65 @@ class Loudspeaker:
 
     # --- township commands -----------------------------------------------------------
 
-    def execute(self, cmd: commands.Command) -> dict[str, Any]:
-        if isinstance(cmd, commands.BroadcastPlay):
-            return self._play(cmd)
-        if isinstance(cmd, commands.BroadcastStop):
-            stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
-                cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
-            return {"stopped": stopped}
-        if isinstance(cmd, commands.ClipPut):
-            try:
-                return self.clips.put_chunk(cmd)
-            except ClipError as exc:
-                raise _reject(cmd, exc.code, exc.message) from exc
-        if isinstance(cmd, commands.ClipDelete):
-            if not self.clips.delete(cmd.clip_id):
-                raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
-                                                        f"no clip {cmd.clip_id} at this station"))
-            return {"clip_id": cmd.clip_id}
-        if isinstance(cmd, commands.ScheduleSet):
-            try:
-                Cron(cmd.cron)
-            except CronError as exc:
-                raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
-                    from exc
-            self._sound(cmd, cached=True)  # the clip exists / the text renders, now
-            self.store.put_schedule(cmd)
-            return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
-                    "timezone": self.config.timezone}
-        if isinstance(cmd, commands.ScheduleClear):
-            count = self.store.clear_schedules(cmd.schedule_id)
-            if cmd.schedule_id is not None and count == 0:
-                raise _reject(cmd, "unknown_schedule", text(
-                    f"本站没有定时广播 {cmd.schedule_id}",
-                    f"no schedule {cmd.schedule_id} at this station"))
-            return {"cleared": count}
-        if isinstance(cmd, commands.VolumeSet):
-            self.store.set_volume(cmd.volume)
-            self.volume = cmd.volume
-            return {"volume": cmd.volume}
-        raise TypeError(f"not an audio command: {cmd!r}")
+    def register(self, handlers: Handlers) -> None:
+        handlers.register(commands.BroadcastPlay, self._play)
+        handlers.register(commands.BroadcastStop, self._stop)
+        handlers.register(commands.ClipPut, self._clip_put)
+        handlers.register(commands.ClipDelete, self._clip_delete)
+        handlers.register(commands.ScheduleSet, self._schedule_set)
+        handlers.register(commands.ScheduleClear, self._schedule_clear)
+        handlers.register(commands.VolumeSet, self._volume_set)
+
+    def _stop(self, cmd: commands.BroadcastStop) -> dict[str, Any]:
+        stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
+            cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
+        return {"stopped": stopped}
+
+    def _clip_put(self, cmd: commands.ClipPut) -> dict[str, Any]:
+        try:
+            return self.clips.put_chunk(cmd)
+        except ClipError as exc:
+            raise _reject(cmd, exc.code, exc.message) from exc
+
+    def _clip_delete(self, cmd: commands.ClipDelete) -> dict[str, Any]:
+        if not self.clips.delete(cmd.clip_id):
+            raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
+                                                    f"no clip {cmd.clip_id} at this station"))
+        return {"clip_id": cmd.clip_id}
+
+    def _schedule_set(self, cmd: commands.ScheduleSet) -> dict[str, Any]:
+        try:
+            Cron(cmd.cron)
+        except CronError as exc:
+            raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
+                from exc
+        release(self._sound(cmd, cached=True)[1])  # the clip exists / the text renders
+        self.store.put_schedule(cmd)
+        return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
+                "timezone": self.config.timezone}
+
+    def _schedule_clear(self, cmd: commands.ScheduleClear) -> dict[str, Any]:
+        count = self.store.clear_schedules(cmd.schedule_id)
+        if cmd.schedule_id is not None and count == 0:
+            raise _reject(cmd, "unknown_schedule", text(
+                f"本站没有定时广播 {cmd.schedule_id}",
+                f"no schedule {cmd.schedule_id} at this station"))
+        return {"cleared": count}
+
+    def _volume_set(self, cmd: commands.VolumeSet) -> dict[str, Any]:
+        self.store.set_volume(cmd.volume)
+        self.volume = cmd.volume
+        return {"volume": cmd.volume}
 
     def _sound(self, cmd: commands.BroadcastPlay | commands.ScheduleSet, *, cached: bool
-               ) -> tuple[str, Any]:
+               ) -> tuple[str, Sound]:
+        """What `cmd` sounds, streamed from a file for a clip or a text (close it, or
+        hand it to the player, which does)."""
         try:
             if cmd.clip is not None:
                 return f"clip:{cmd.clip}", self.clips.load(cmd.clip, self.output.rate)
             if cmd.text is not None:
-                return "text", self.speech.render(cmd.text, cached=cached)
+                return "text", self.speech.sound(cmd.text, cached=cached)
             assert cmd.tone is not None
             return f"tone:{cmd.tone}", tones.named(cmd.tone, self.output.rate)
         except ClipError as exc:
@@ -245,6 +263,12 @@ class Loudspeaker:
                 f"静默时段（{self.config.quiet_start}–{self.config.quiet_end}）只播放紧急广播",
                 f"quiet hours ({self.config.quiet_start}-{self.config.quiet_end}): "
                 f"only emergency broadcasts play"))
+        waiting = sum(1 for p in self.player.pending() if p.origin in ("township", "schedule"))
+        if waiting >= self.config.queue_max:
+            raise _reject(cmd, "busy", text(
+                f"已有 {waiting} 条广播等待播放，本条未接受，请稍后重发",
+                f"{waiting} broadcasts are already waiting to play (audio.queue_max): "
+                f"not accepted; send it again later"))
         if not self._device_ok:
             try:
                 check(self.config.device)
@@ -273,6 +297,12 @@ class Loudspeaker:
         if in_quiet_hours(minute, self.config.quiet_start, self.config.quiet_end):
             self._report("skipped", play, {"reason": text("静默时段，定时广播未播放",
                                                           "quiet hours: not played")})
+            return
+        waiting = sum(1 for p in self.player.pending() if p.origin in ("township", "schedule"))
+        if waiting >= self.config.queue_max:
+            self._report("skipped", play, {"reason": text(
+                "等待播放的广播过多，定时广播未播放",
+                "too many broadcasts waiting (audio.queue_max): not played")})
             return
         try:
             play.sound, play.samples = self._sound(spec, cached=True)

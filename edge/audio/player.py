@@ -21,6 +21,7 @@ import numpy as np
 
 from edge.audio.amplifier import Amplifier
 from edge.audio.output import AudioUnavailable, Output
+from edge.audio.sound import Sound, release
 from edge.audio.tones import Samples
 from edge.events import text
 from edge.logs import log
@@ -66,7 +67,7 @@ class Play:
     level: Level
     origin: str  # siren | township | ptt | schedule | prompt
     sound: str
-    samples: Samples | None = None
+    samples: Sound | None = None
     live: Callable[[], Iterator[Samples]] | None = None
     repeat: int = 1
     volume: float = 1.0
@@ -83,6 +84,9 @@ class Play:
 
     def ready(self, now: float) -> bool:
         return self.not_before <= now
+
+    def release(self) -> None:
+        release(self.samples)
 
 
 Listener = Callable[[str, Play, dict[str, object]], None]
@@ -122,6 +126,7 @@ class Player:
                 if other.play_id == play.play_id and other.samples is not None:
                     done = other.position // max(1, len(other.samples))
                     other.repeat = done + play.repeat
+                    play.release()
                     return False
             self._queue.append(play)
             self._cond.notify_all()
@@ -139,6 +144,7 @@ class Player:
             self._cond.notify_all()
         for play in gone:
             if play is not current:
+                play.release()
                 self._emit("stopped", play)
         return [p.play_id for p in gone]
 
@@ -158,6 +164,9 @@ class Player:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(2)
+        with self._cond:
+            for play in self._queue:
+                play.release()
         with contextlib.suppress(Exception):
             self._output.close()
         if self._amp:
@@ -200,6 +209,7 @@ class Player:
         while not self._closing:
             play, expired = self._next(idle_since)
             for old in expired:
+                old.release()
                 self._emit("skipped", old, reason=text("已过期，未播放",
                                                        "expired before it could play"))
             if play is not None:
@@ -288,6 +298,8 @@ class Player:
             self._end(play, requeue=policy is not OnPreempt.DROP)
 
     def _end(self, play: Play, *, requeue: bool) -> None:
+        if not requeue:
+            play.release()
         if not requeue and play._live_iter is not None:
             close = getattr(play._live_iter, "close", None)
             if close:

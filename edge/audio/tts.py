@@ -7,13 +7,16 @@ provisioned onto the unit) only needs `name` and `render`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +24,9 @@ import numpy as np
 import soundfile
 
 from edge.audio.clips import resample
+from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
+from edge.config import BACKGROUND_NICE
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.tts")
@@ -56,7 +61,12 @@ class EspeakNg:
         if exe is None:
             raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
         try:
-            done = subprocess.run([exe, "-v", self.voice, "--stdout", text],
+            # The text on stdin: on the command line, one starting with "-" is an option.
+            # At a lower CPU priority: on two cores, speech must not slow the alarm path.
+            nice = shutil.which("nice")
+            argv = [exe, "-v", self.voice, "--stdout"]
+            done = subprocess.run([nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv,
+                                  input=text.encode(),
                                   capture_output=True, timeout=self._timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise TtsError(f"espeak-ng took over {self._timeout_s} s") from exc
@@ -67,51 +77,142 @@ class EspeakNg:
         return audio.mean(axis=1).astype(np.float32), int(rate)
 
 
-class Speech:
-    """Renders text at the player's rate; `cached=True` keeps the result on disk under
-    `cache_dir`, keyed by engine and text, so a prompt is rendered once per unit."""
+# Rendered a piece at a time, so memory holds one piece (≤ ~40 s of speech), not the
+# whole text (2,000 characters are ~7 minutes: ~70 MB as float32 samples).
+PIECE_CHARS = 120
+_BREAK_AFTER = re.compile(r"(?<=[。！？；：，、,.!?;:\n])")
 
-    def __init__(self, engine: Engine, cache_dir: Path, rate: int) -> None:
+
+def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """`text` cut after punctuation into pieces of at most `limit` characters (a run
+    longer than that is cut where it reaches it)."""
+    out: list[str] = []
+    current = ""
+    for part in _BREAK_AFTER.split(text):
+        while len(part) > limit:
+            if current:
+                out.append(current)
+                current = ""
+            out.append(part[:limit])
+            part = part[limit:]
+        if len(current) + len(part) > limit:
+            out.append(current)
+            current = ""
+        current += part
+    if current.strip():
+        out.append(current)
+    return [p for p in out if p.strip()]
+
+
+class Speech:
+    """Renders text to FLAC files that the player streams (`FileSound`).
+
+    `cached=True` keeps the rendering under `cache_dir`, keyed by engine, rate and text,
+    and that cache is bounded by `max_bytes` and `max_entries`, least recently used out
+    first. Otherwise the rendering goes to `cache_dir/.scratch` and is unlinked at once:
+    its open `FileSound` keeps it until the play ends. One rendering is refused past
+    `max_render_bytes`. Only the staff prompts are kept in memory (`prompt`, `ready`)."""
+
+    def __init__(self, engine: Engine, cache_dir: Path, rate: int, *, max_bytes: int,
+                 max_entries: int, max_render_bytes: int) -> None:
         self.engine = engine
         self._dir = cache_dir
+        self._scratch = cache_dir / ".scratch"
         self._rate = rate
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._max_render_bytes = max_render_bytes
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
-        self._memory: dict[str, Samples] = {}
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        self._prompts: dict[str, Samples] = {}
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        for stale in self._scratch.iterdir():  # a crash mid-render; nothing plays them now
+            stale.unlink()
+        for stale in cache_dir.glob("*.tmp"):
+            stale.unlink()
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.engine.name}\0{self._rate}\0{text}".encode()).hexdigest()
 
-    def render(self, text: str, *, cached: bool = False) -> Samples:
-        if not cached:
-            samples, rate = self.engine.render(text)
-            return resample(samples, rate, self._rate)
-        key = self._key(text)
-        with self._render_lock:  # one rendering per text, even when asked twice at once
-            with self._lock:
-                if key in self._memory:
-                    return self._memory[key]
-            return self._render_cached(key, text)
-
-    def _render_cached(self, key: str, text: str) -> Samples:
-        path = self._dir / f"{key}.wav"
-        samples: Samples
-        if path.exists():
-            samples = soundfile.read(str(path), dtype="float32")[0].astype(np.float32)
-        else:
-            raw, rate = self.engine.render(text)
-            samples = resample(raw, rate, self._rate)
+    def sound(self, text: str, *, cached: bool = False) -> FileSound:
+        """`text` as a sound the player streams; renders it unless it is in the cache."""
+        with self._render_lock:  # one rendering at a time, and once per text
+            if not cached:
+                path = self._scratch / f"{uuid.uuid4().hex}.flac"
+                try:
+                    self._render_to(text, path)
+                    return FileSound(path, self._rate)
+                finally:
+                    path.unlink(missing_ok=True)
+            path = self._dir / f"{self._key(text)}.flac"
+            if path.exists():
+                os.utime(path)  # most recently used
+                return FileSound(path, self._rate)
             tmp = path.with_suffix(".tmp")
-            soundfile.write(str(tmp), samples, self._rate, subtype="PCM_16", format="WAV")
-            os.replace(tmp, path)
-            log(logger, "info", "tts.cached", text=text,
-                seconds=round(len(samples) / self._rate, 2))
+            try:
+                self._render_to(text, tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            sound = FileSound(path, self._rate)
+            log(logger, "info", "tts.cached", chars=len(text), seconds=round(sound.seconds, 2),
+                bytes=path.stat().st_size)
+            self._evict(keep=path)
+            return sound
+
+    def _render_to(self, text: str, path: Path) -> None:
+        out: soundfile.SoundFile | None = None
+        try:
+            for piece in pieces(text):
+                samples, rate = self.engine.render(piece)
+                if out is None:
+                    out = soundfile.SoundFile(str(path), "w", samplerate=rate, channels=1,
+                                              format="FLAC", subtype="PCM_16")
+                elif rate != out.samplerate:
+                    samples = resample(samples, rate, out.samplerate)
+                out.write(samples)
+                out.flush()
+                if path.stat().st_size > self._max_render_bytes:
+                    raise TtsError(f"the spoken text is longer than this station renders "
+                                   f"({self._max_render_bytes} bytes of audio)")
+        finally:
+            if out is not None:
+                out.close()
+        if out is None:
+            raise TtsError("nothing to say: the text has no speakable characters")
+
+    def _evict(self, keep: Path) -> None:
+        """Least recently used renderings out until the cache fits its bounds."""
+        files = []
+        for path in self._dir.glob("*.flac"):
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                files.append((st.st_mtime_ns, st.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        count = len(files)
+        for _, size, path in files:
+            if total <= self._max_bytes and count <= self._max_entries:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            count -= 1
+            log(logger, "info", "tts.evicted", file=path.name, bytes=size)
+
+    def prompt(self, text: str) -> Samples:
+        """A staff prompt, rendered (cached on disk) and kept in memory for `ready`."""
+        sound = self.sound(text, cached=True)
+        try:
+            samples = sound[0:len(sound)]
+        finally:
+            sound.close()
         with self._lock:
-            self._memory[key] = samples
+            self._prompts[self._key(text)] = samples
         return samples
 
     def ready(self, text: str) -> Samples | None:
-        """The cached rendering if it is in memory; never renders (for the alarm path)."""
+        """A prompt's samples if `prompt` made them; never renders (for the alarm path)."""
         with self._lock:
-            return self._memory.get(self._key(text))
+            return self._prompts.get(self._key(text))

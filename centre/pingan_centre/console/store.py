@@ -105,6 +105,12 @@ def _ensure_stations(named: set[tuple[str, str]]) -> None:
 
 def _state(data: dict[str, Any], now: datetime) -> None:
     st = Station.objects.get(pk=data["station"])
+    # The Last Will carries ts = null: the broker, not the station, says it went offline,
+    # and nobody knows when the station last spoke. It never goes back in time.
+    if data["ts"] is None:
+        st.online = False
+        st.save(update_fields=["online"])
+        return
     # A retained state can be older than one already seen (replayed after a reconnect).
     if st.state_ts and data["ts"] < st.state_ts:
         return
