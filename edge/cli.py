@@ -140,6 +140,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from edge import selftest
+
+    return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pingan-edge", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
@@ -169,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a station TOML and exit")
     sp.add_argument("path")
     sp.set_defaults(fn=cmd_check_config)
+    sp = with_config(sub.add_parser(
+        "selftest", help="on site: check every part of this unit (stops the station meanwhile)"))
+    sp.add_argument("--json", action="store_true", help="the results as JSON")
+    sp.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds to wait for each button press and answer")
+    sp.set_defaults(fn=cmd_selftest)
     add_broker_parser(sub)
     return p
 
