@@ -1,0 +1,197 @@
+"""Boot the built image under QEMU and check it becomes a working station (firmware/boot-test).
+
+1. A township on this machine: CA (its broker certificate names 10.0.2.2, the host as
+   QEMU's user network shows it), the shipped mosquitto config, a station bundle.
+2. A copy of the image, grown to a 4 GiB "card", written with firmware/flash: the bundle,
+   local settings (mock pins: a virt machine has no GPIO) and a technician password.
+3. qemu-system-aarch64 -M virt with the kernel and initrd taken from the card's own boot
+   partition (mtools), its cmdline.txt with the serial console of the virt machine.
+4. Waits for the retained state `online: true` at the township, logs in on the serial
+   console, runs `pingan-edge press panic`, and waits for the alarm at the township.
+
+Prints the times (power-on to login prompt, to online, press to township). The console
+log is kept in the work directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO / "tests"), str(HERE)]
+
+from pingan_firmware import card  # noqa: E402
+from township_broker import CENTRE, Client, TownshipBroker  # noqa: E402
+
+from edge import __version__, provision  # noqa: E402
+
+PASSWORD = "boot-test-only"
+SETTINGS = '[pins]\nfactory = "mock"\n\n[buttons]\npanic_hold_s = 0.1\n'
+
+
+class Console:
+    """The unit's serial console: everything it prints goes to a log and a buffer."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc, self.buf, self.lock = proc, b"", threading.Lock()
+        self.log = log.open("wb")
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            with self.lock:
+                self.buf += chunk
+            self.log.write(chunk)
+            self.log.flush()
+
+    def wait(self, pattern: bytes, timeout: float, start: int = 0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                m = re.search(pattern, self.buf[start:])
+                if m:
+                    return start + m.end()
+            if self.proc.poll() is not None:
+                raise SystemExit(f"QEMU exited ({self.proc.returncode}) waiting for {pattern!r}")
+            time.sleep(0.2)
+        raise SystemExit(f"timed out after {timeout:.0f} s waiting for {pattern!r} on the "
+                         "console (see the console log)")
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        for ch in text.encode():  # a slow typist: the emulated UART's FIFO is small
+            self.proc.stdin.write(bytes([ch]))
+            self.proc.stdin.flush()
+            time.sleep(0.01)
+
+    @property
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.buf)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", nargs="?", type=Path,
+                   default=HERE / "out" / f"pingan-edge-{__version__}-arm64.img")
+    p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole boot")
+    p.add_argument("--memory", default="1024")
+    args = p.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="pingan-boot-test-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work directory: {work}", flush=True)
+
+    township = TownshipBroker(work / "township")
+    provision.issue_server(township.town, ["10.0.2.2", "127.0.0.1"])
+    township.start()
+    bundle = provision.add_station(township.town, "s1", "10.0.2.2",
+                                   broker_port=township.tls_port)
+    centre = Client("centre.boot-test")
+    assert centre.connect(township.plain_port, CENTRE, township.centre_password)
+    centre.client.subscribe("pingan/v1/t01/s1/#", qos=1)
+
+    disk = work / "card.img"
+    (work / "settings.toml").write_text(SETTINGS)
+    (work / "password").write_text(PASSWORD + "\n")
+    t0 = time.monotonic()
+    subprocess.run([str(HERE / "flash"), str(args.image), str(disk), "--bundle", str(bundle),
+                    "--settings", str(work / "settings.toml"), "--serial", "BOOT-TEST",
+                    "--technician-password-file", str(work / "password")], check=True)
+    print(f"flash: {time.monotonic() - t0:.1f} s", flush=True)
+    os.truncate(disk, 4 * 1024**3)  # a 4 GiB card: first boot grows the data partition
+
+    for name in card.fat_list(disk, ""):
+        if name.startswith(("vmlinuz", "initrd.img")):
+            (work / name).write_bytes(card.fat_read(disk, name) or b"")
+    kernel = next(work.glob("vmlinuz*"))
+    initrd = next(work.glob("initrd.img*"))
+    cmdline = (card.fat_read(disk, "cmdline.txt") or b"").decode().split()
+    cmdline = [w for w in cmdline if not w.startswith("console=") and w != "quiet"]
+    cmdline += ["console=ttyAMA0,115200"]
+    qemu = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
+            "-m", args.memory, "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", " ".join(cmdline), "-drive", f"if=none,file={disk},format=raw,id=hd",
+            "-device", "virtio-blk-device,drive=hd", "-netdev", "user,id=net0",
+            "-device", "virtio-net-device,netdev=net0", "-display", "none",
+            "-serial", "stdio", "-monitor", "none", "-no-reboot"]
+    print(" ".join(qemu), flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(qemu, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    console = Console(proc, work / "console.log")
+    figures: dict[str, float] = {}
+    try:
+        def online() -> bool:
+            for topic, body in centre.received("/state"):
+                with_state = json.loads(body)
+                if topic.endswith("/state") and with_state.get("online") is True:
+                    return True
+            return False
+
+        at = console.wait(rb"pingan-s1 login:", args.timeout)
+        figures["power-on to login prompt (s)"] = time.monotonic() - start
+        print(f"login prompt after {figures['power-on to login prompt (s)']:.0f} s", flush=True)
+        deadline = time.monotonic() + args.timeout
+        while not online():
+            if time.monotonic() > deadline:
+                raise SystemExit("the station never reported online: true (console.log)")
+            if proc.poll() is not None:
+                raise SystemExit("QEMU exited")
+            time.sleep(0.5)
+        figures["power-on to online:true (s)"] = time.monotonic() - start
+        print(f"online: true after {figures['power-on to online:true (s)']:.0f} s", flush=True)
+        console.send("technician\n")
+        at = console.wait(rb"Password:", 120, at)
+        console.send(PASSWORD + "\n")
+        at = console.wait(rb"technician@pingan-s1:~\$ ", 300, at)
+        before = len(centre.received("/events"))
+        pressed = time.monotonic()
+        console.send("pingan-edge press panic\n")
+
+        def alarm() -> bool:
+            return any(json.loads(body).get("type") == "alarm.panic"
+                       for _, body in centre.received("/events")[before:])
+
+        while not alarm():
+            if time.monotonic() - pressed > 300:
+                raise SystemExit("the panic press never reached the township")
+            time.sleep(0.2)
+        figures["press over console to township (s)"] = time.monotonic() - pressed
+        at = console.wait(rb"technician@pingan-s1:~\$ ", 120, at)
+        console.send("findmnt -no OPTIONS /; df -h /data | tail -1; "
+                     "ls -l /etc/pingan-edge/tls/; ls /boot/firmware/pingan-edge/; "
+                     "systemctl is-active pingan-edge pingan-firstboot\n")
+        console.wait(rb"technician@pingan-s1:~\$ ", 120, at)
+    finally:
+        proc.kill()
+        proc.wait()
+        centre.close()
+        township.stop()
+    for name, value in figures.items():
+        print(f"{name}: {value:.1f}")
+    log = (work / "console.log").read_text(errors="replace")
+    print("--- console tail ---")
+    print(log[-2500:])
+    if os.environ.get("KEEP") != "1":
+        for path in (disk, kernel, initrd):
+            path.unlink(missing_ok=True)
+    shutil.rmtree(work / "township", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
