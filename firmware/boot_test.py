@@ -90,6 +90,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole boot")
     p.add_argument("--memory", default="1024")
+    p.add_argument("--idle-s", type=float, default=300,
+                   help="how long to watch the data partition's writes while idle")
+    p.add_argument("--alarms", type=int, default=5, help="presses for the per-alarm figure")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="pingan-boot-test-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -172,6 +175,33 @@ def main() -> int:
             time.sleep(0.2)
         figures["press over console to township (s)"] = time.monotonic() - pressed
         at = console.wait(rb"technician@pingan-s1:~\$ ", 120, at)
+
+        def written() -> int:
+            """Sectors written to the data partition since boot (/sys/block/.../stat)."""
+            nonlocal at
+            console.send("echo DATA-WRITES $(awk '{print $7}' /sys/block/vda/vda4/stat)\n")
+            at = console.wait(rb"DATA-WRITES \d+", 60, at)
+            with console.lock:
+                value = re.findall(rb"DATA-WRITES (\d+)", console.buf)[-1]
+            return int(value) * 512
+
+        # Idle: the station connected, nothing happening (ext4 commit=60, journal sync 5 min).
+        w0, t_idle = written(), time.monotonic()
+        time.sleep(args.idle_s)
+        w1, t1 = written(), time.monotonic()
+        idle_rate = (w1 - w0) / (t1 - t_idle)
+        figures["data partition bytes written per hour idle"] = idle_rate * 3600
+        seen = len(centre.received("/events"))
+        for _ in range(args.alarms):
+            console.send("pingan-edge press panic\n")
+            at = console.wait(rb"technician@pingan-s1:~\$ ", 120, at)
+        while sum(json.loads(b).get("type") == "alarm.panic"
+                  for _, b in centre.received("/events")[seen:]) < args.alarms:
+            time.sleep(0.5)
+        time.sleep(65)  # past ext4's commit interval, so the writes have reached the card
+        w2 = written()
+        figures["data partition bytes written per alarm (idle rate taken off)"] = max(
+            0.0, (w2 - w1) - idle_rate * (time.monotonic() - t1)) / args.alarms
         console.send("findmnt -no OPTIONS /; df -h /data | tail -1; "
                      "ls -l /etc/pingan-edge/tls/; ls /boot/firmware/pingan-edge/; "
                      "systemctl is-active pingan-edge pingan-firstboot\n")
