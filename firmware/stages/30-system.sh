@@ -32,16 +32,20 @@ mkdir -p "$root/data" "$root/var/lib/pingan-edge" "$root/etc/wpa_supplicant"
 rm -rf "$root/etc/pingan-edge" && mkdir -p "$root/etc/pingan-edge"
 echo "pingan-unset" > "$root/etc/hostname"
 # The data partition starts with what its bind mounts cover, so a unit works before first
-# boot has run (and first boot only adds to it).
+# boot has run (and first boot only adds to it). Moved out of the root once (the seed), so
+# this stage can run again.
+seed="$WORK/data-seed"
+if [ ! -d "$seed" ]; then
+    mkdir -p "$seed"
+    for d in var/lib/systemd:systemd var/log:log home:home; do
+        mv "$root/${d%%:*}" "$seed/${d#*:}" && mkdir -p "$root/${d%%:*}"
+    done
+fi
 rm -rf "$data" && mkdir -p "$data/etc/pingan-edge" "$data/state" "$data/etc/wpa_supplicant"
-cp -a "$root/var/lib/systemd" "$data/systemd"
-cp -a "$root/var/log" "$data/log" && mkdir -p "$data/log/journal"
-cp -a "$root/home" "$data/home"
+cp -a "$seed/." "$data/" && mkdir -p "$data/log/journal"
 uid="$(chroot "$root" id -u pingan)"; gid="$(chroot "$root" id -g pingan)"
 chown "$uid:$gid" "$data/state" && chmod 0750 "$data/state"
 chroot "$root" systemd-tmpfiles --create --prefix /var/log/journal >/dev/null 2>&1 || true
 install -d -m 2755 -g "$(chroot "$root" getent group systemd-journal | cut -d: -f3)" "$data/log/journal"
-# The rootfs copies of what the data partition now holds are only mount points.
-rm -rf "$root/var/log/"* "$root/home/"* "$root/var/lib/systemd/"*
 echo "station user uid $uid; data tree:" >&2
 ls -la "$data" >&2
