@@ -3,8 +3,11 @@
 # cmdline.txt. The flash tool adds each card's identity under pingan-edge/.
 root="$WORK/rootfs"
 boot="$WORK/boot"
-rm -rf "$boot" && cp -a "$root/boot/firmware" "$boot"
-rm -rf "$root/boot/firmware/"*
+seed="$WORK/boot-seed"
+if [ ! -d "$seed" ]; then  # once: the root keeps only the mount point
+    mv "$root/boot/firmware" "$seed" && mkdir -p "$root/boot/firmware"
+fi
+rm -rf "$boot" && cp -a "$seed" "$boot"
 kernel="$(cd "$boot" && ls vmlinuz* | head -1)"
 initrd="$(cd "$boot" && ls initrd.img* | head -1)"
 [ -n "$kernel" ] && [ -n "$initrd" ] || { echo "stage 40: no kernel/initrd in $boot" >&2; ls "$boot" >&2; exit 1; }
