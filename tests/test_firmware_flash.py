@@ -89,7 +89,7 @@ def test_flash_to_image_file_writes_verifies_and_puts_the_identity(
                                "--settings", settings, "--technician-password-file", password)
     assert code == 0, err
     assert out.startswith("LABEL  station=s1  township=t01  serial=SN-7")
-    assert "reading back" in err
+    assert "reading back" in err and "read back 100%" in err
     assert card.fat_list(target, "pingan-edge") == sorted(
         ["README.txt", "bundle.tar.gz", "network.toml", "settings.toml", "technician.hash"])
     assert card.fat_read(target, "pingan-edge/bundle.tar.gz") == bundle.read_bytes()

@@ -13,7 +13,7 @@ import os
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,9 +163,12 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
-def verify(target: Path, bmap: BlockMap) -> None:
-    """Read back every mapped range and compare it with the block map's checksum."""
+def verify(target: Path, bmap: BlockMap,
+           progress: Callable[[int, int], None] | None = None) -> None:
+    """Read back every mapped range and compare it with the block map's checksum;
+    `progress(done, total)` in bytes as it goes."""
     drop_cache(target)
+    done, total = 0, bmap.mapped_bytes
     with target.open("rb") as f:
         for first, last, chksum in bmap.ranges:
             f.seek(first * bmap.block_size)
@@ -177,6 +180,9 @@ def verify(target: Path, bmap: BlockMap) -> None:
                     break
                 h.update(chunk)
                 remaining -= len(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
             if remaining or h.hexdigest() != chksum:
                 raise CardError(
                     f"{target}: blocks {first}-{last} read back differently from the image: "

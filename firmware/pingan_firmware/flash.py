@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +109,24 @@ def write_image(image: Path, target: Path, *, force: bool) -> card.BlockMap:
         raise CardError(f"bmaptool could not write {target} (exit {done.returncode}); try "
                         "another card or reader")
     print("reading back …", file=sys.stderr, flush=True)
-    card.verify(target, bmap)
+    card.verify(target, bmap, _progress())
     return bmap
+
+
+def _progress() -> Callable[[int, int], None]:
+    """A percentage on one line on a terminal; every 25 % in a log."""
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        pct = done * 100 // max(total, 1)
+        step = 1 if sys.stderr.isatty() else 25
+        if pct // step != shown[0] // step:
+            shown[0] = pct
+            end = "\r" if sys.stderr.isatty() and pct < 100 else "\n"
+            print(f"read back {pct:3d}% ({done / 2**20:.0f}/{total / 2**20:.0f} MiB)",
+                  end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def put_identity(target: Path, ident: Identity) -> None:
