@@ -460,10 +460,23 @@ def own_station(cfg: Config) -> Iterator[None]:
         try:
             yield
         finally:
+            _give_back(data)
             fcntl.flock(lock, fcntl.LOCK_UN)
             if restart:
                 print(f">>> 恢复站点服务 / starting {SERVICE} again", file=sys.stderr)
                 subprocess.run(["systemctl", "start", "--no-block", SERVICE], check=False)
+
+
+def _give_back(data: Path) -> None:
+    """Run as root, the test may have created files (SQLite's -wal/-shm, the lock) in the
+    station's data directory: hand them to the directory's owner, the station user."""
+    if os.geteuid() != 0:
+        return
+    st = data.stat()
+    for path in data.iterdir():
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                os.chown(path, st.st_uid, st.st_gid)
 
 
 def main(cfg: Config, *, as_json: bool, button_timeout_s: float) -> int:
