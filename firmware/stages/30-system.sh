@@ -17,8 +17,8 @@ chroot "$root" sh -ec '
     passwd -l root >/dev/null
     passwd -l technician >/dev/null
     systemctl enable systemd-networkd systemd-resolved systemd-timesyncd \
-        pingan-firstboot.service pingan-edge.service wpa_supplicant@wlan0.service \
-        serial-getty@ttyAMA0.service serial-getty@ttyS0.service
+        pingan-firstboot.service pingan-edge.service
+    systemctl disable wpa_supplicant.service  # the D-Bus one; wlan0 gets its own via udev
     systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
         fstrim.timer systemd-rfkill.service systemd-rfkill.socket
 '

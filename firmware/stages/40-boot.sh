@@ -25,7 +25,9 @@ max_framebuffers=2
 [all]
 CFG
 # Root slot A; read-only; the machine id is added per card by the flash tool.
-echo "console=serial0,115200 console=tty1 root=PARTUUID=50494e47-02 rootfstype=ext4 ro fsck.repair=yes rootwait net.ifnames=0 quiet" > "$boot/cmdline.txt"
+# The serial console: ttyS1 is the Pi 3/4 mini UART on the upstream device trees (as in
+# Debian's own raspi images); systemd starts a login on every console= it finds.
+echo "console=tty0 console=ttyS1,115200 root=PARTUUID=50494e47-02 rootfstype=ext4 ro fsck.repair=yes rootwait net.ifnames=0 quiet" > "$boot/cmdline.txt"
 mkdir -p "$boot/pingan-edge"
 cat > "$boot/pingan-edge/README.txt" <<TXT
 Put this card's identity here with the flash tool (firmware/flash), not by hand:
