@@ -151,6 +151,14 @@ def test_a_bad_bundle_is_refused_before_writing(image: Path, tmp_path: Path) -> 
     assert code == 1 and "not a station bundle" in err and not target.exists()
 
 
+def test_a_wifi_password_wpa_would_refuse_is_refused_at_the_laptop(
+        image: Path, bundle: Path, tmp_path: Path) -> None:
+    target = tmp_path / "card.img"
+    code, _, err = run_flash(image, target, "--bundle", bundle, "--wifi-ssid", "x",
+                             "--wifi-psk", "short")
+    assert code == 1 and "8 to 63 characters" in err and not target.exists()
+
+
 def test_batch_flashes_each_row_with_a_label_and_reports_a_bad_one(
         image: Path, tmp_path: Path) -> None:
     b1, b2 = make_bundle(tmp_path, "s1"), make_bundle(tmp_path, "s2")

@@ -71,6 +71,11 @@ class Identity:
             files["settings.toml"] = text.encode()
         network = ""
         if self.wifi_ssid:
+            # Checked here, at the laptop, not at first boot in the village.
+            if any(c in v for v in (self.wifi_ssid, self.wifi_psk) for c in '"\n'):
+                raise CardError("Wi-Fi name and password may not contain quotes or newlines")
+            if self.wifi_psk and not 8 <= len(self.wifi_psk) <= 63:
+                raise CardError("a WPA2 Wi-Fi password has 8 to 63 characters")
             network += (f"[wifi]\nssid = {_q(self.wifi_ssid)}\npsk = {_q(self.wifi_psk)}\n"
                         f"country = {_q(self.wifi_country)}\n")
         if self.apn:
