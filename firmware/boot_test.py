@@ -52,6 +52,14 @@ echo END-CHECK
 SETTINGS = '[pins]\nfactory = "mock"\n\n[buttons]\npanic_hold_s = 0.1\n'
 
 
+class Figures(dict[str, float]):
+    """Printed as each is measured, so a later failure keeps them."""
+
+    def __setitem__(self, name: str, value: float) -> None:
+        print(f"FIGURE {name}: {value:.1f}", flush=True)
+        super().__setitem__(name, value)
+
+
 class Console:
     """The unit's serial console: everything it prints goes to a log and a buffer."""
 
@@ -151,7 +159,7 @@ def main() -> int:
     proc = subprocess.Popen(qemu, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     console = Console(proc, work / "console.log")
-    figures: dict[str, float] = {}
+    figures = Figures()
     try:
         def online() -> bool:
             for topic, body in centre.received("/state"):
@@ -222,7 +230,7 @@ def main() -> int:
         # FAT partition, the units active, and which processes wrote to disk.
         script = base64.b64encode(CHECK.encode()).decode()  # the typed line cannot match
         console.send(f"echo {PASSWORD} | sudo -S -p '' sh -c \"$(echo {script} | base64 -d)\"\n")
-        at = console.wait(rb"END-CHECK\r?\n", 300, at)
+        at = console.wait(rb"END-CHECK\r*\n", 300, at)  # the tty sends \r\r\n
         # The on-site check under systemd: it stops the station, checks, starts it again;
         # nobody presses the buttons here, and a virt machine has no sound card.
         seen = len(centre.received("/events"))
