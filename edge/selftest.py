@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -405,12 +406,19 @@ def _throttled() -> int | None:
     return None
 
 
+def _pad(text: str, width: int) -> str:
+    """Left-aligned in `width` terminal columns: a Chinese character takes two."""
+    used = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(1, width - used)
+
+
 def table(rows: list[Row]) -> str:
-    lines = [f"{'项目 / Check':<34}{'结果 / Result':<20}说明 / Detail"]
+    lines = [_pad("项目 / Check", 44) + _pad("结果 / Result", 20) + "说明 / Detail"]
     for r in rows:
-        lines.append(f"{r.zh + ' ' + r.en:<34}{STATUS_TEXT[r.status]:<20}{r.detail}")
+        lines.append(_pad(f"{r.zh} {r.en}", 44) + _pad(STATUS_TEXT[r.status], 20) + r.detail)
         if r.status == "fail":
-            lines.append(f"{'':<34}{'→ 处理 / do:':<20}{r.action_zh} / {r.action_en}")
+            lines.append(_pad("", 44) + _pad("→ 处理 / do:", 20) +
+                         f"{r.action_zh} / {r.action_en}")
     failed = sum(r.status == "fail" for r in rows)
     lines.append("全部通过 / all passed" if not failed else
                  f"{failed} 项失败 / {failed} failed")
