@@ -2,13 +2,16 @@
 
 What it measures
     The township broker as shipped (broker_config/mosquitto.conf and acl, ports and paths
-    changed as in the tests), identities from `edge.provision` (EC P-256 certificates).
+    changed as in the tests), identities from the centre's CA (EC P-256 certificates).
     `--stations` clients connect at once, `--workers` at a time, each until its CONNACK:
 
     tls:      the station listener: TLS 1.2+ handshake with a client certificate checked
               against the township CA and CRL, CN → username → client id, MQTT v5.
-    baseline: the loopback centre listener, same clients, password (PBKDF2-SHA512 check
-              by mosquitto), no TLS.
+    baseline: the same clients on a plain anonymous mosquitto (no TLS, no password):
+              what the broker costs without the station listener's security. (The
+              centre listener is no baseline any more: its client id is the account
+              name, one connection per account, and each login costs the 100,000
+              PBKDF2 rounds of the centre's password hash.)
 
     Rounds alternate tls / baseline so machine noise hits both. Per connection: time from
     socket open to CONNACK (median, p99); per round: time until every client is in.
@@ -35,13 +38,14 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from township_broker import CENTRE, TownshipBroker
+from township_broker import TownshipBroker
 
-from edge import provision
+from edge.bundle import install_bundle
+from edge.localbroker import Mosquitto
+from pingan_centre.broker import provision
 
 
-def connect_once(port: int, client_id: str, tls: tuple[Path, Path, Path] | None,
-                 password: str | None) -> float:
+def connect_once(port: int, client_id: str, tls: tuple[Path, Path, Path] | None) -> float:
     done = threading.Event()
     ok: list[bool] = []
 
@@ -55,8 +59,6 @@ def connect_once(port: int, client_id: str, tls: tuple[Path, Path, Path] | None,
     if tls:
         client.tls_set(ca_certs=str(tls[0]), certfile=str(tls[1]), keyfile=str(tls[2]),
                        cert_reqs=ssl.CERT_REQUIRED)
-    if password is not None:
-        client.username_pw_set(CENTRE, password)
     start = time.perf_counter()
     client.connect("127.0.0.1", port, keepalive=30)
     while not done.is_set():
@@ -82,20 +84,22 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     made = time.perf_counter()
     for i in range(args.stations):
         station = f"v{i:04d}"
-        provision.install_bundle(provision.add_station(town.town, station, "127.0.0.1"),
+        install_bundle(provision.add_station(town.town, station, "127.0.0.1"),
                                  tmp / "units" / station)
         d = tmp / "units" / station
         units.append((station, (d / "ca.crt", d / "station.crt", d / "station.key")))
     issue_s = (time.perf_counter() - made) / args.stations
     town.start()
+    plain = Mosquitto(tmp / "plain", persistence=False).start()
     figures: dict[str, list[tuple[float, list[float]]]] = {"tls": [], "baseline": []}
     try:
         for _ in range(args.rounds):
             figures["tls"].append(storm(args.stations, args.workers, lambda i: connect_once(
-                town.tls_port, units[i][0], units[i][1], None)))
+                town.tls_port, units[i][0], units[i][1])))
             figures["baseline"].append(storm(args.stations, args.workers, lambda i: connect_once(
-                town.plain_port, f"svc-{i}", None, town.centre_password)))
+                plain.port, units[i][0], None)))
     finally:
+        plain.stop()
         town.stop()
     print(f"township_connect: {args.stations} stations, {args.workers} at a time, "
           f"{args.rounds} rounds; issuing a bundle took {issue_s * 1000:.1f} ms each")

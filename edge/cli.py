@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,15 +18,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import __version__
 from edge import config as config_mod
-from edge.broker_cli import add_parser as add_broker_parser
+from edge.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.config import Config, ConfigError
 from edge.control import request
-from edge.logs import setup
+from edge.logs import log, setup
 from edge.topics import township_filter
 
 SYSTEM_CONFIG = Path("/etc/pingan-edge/station.toml")
-EXIT_CONFIG = 2
-
+# Exit statuses of `pingan-edge run` (docs/config.md); systemd restarts only on 1.
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a failure nobody foresaw: logged as JSON; a restart may help
+EXIT_CONFIG = 2  # station.toml, pin factory or the simulator's broker: fix, then start
+EXIT_ALREADY_RUNNING = 3  # another pingan-edge holds the data directory
 
 def _config_path(arg: str | None) -> Path | None:
     """--config, else $PINGAN_EDGE_CONFIG, else /etc/pingan-edge/station.toml, else none
@@ -44,22 +48,41 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.localbroker import BrokerError
     from edge.pins import PinFactoryError
-    from edge.station import Station
+    from edge.station import AlreadyRunning, Station
 
     cfg = _load(args)
     setup(cfg.log.level)
+    logger = logging.getLogger("edge.cli")
     try:
         station = Station(cfg)
-    except (PinFactoryError, BrokerError) as exc:
-        print(f"pingan-edge: {exc}", file=sys.stderr)
+    except AlreadyRunning as exc:
+        log(logger, "error", "station.already_running", error=str(exc), exit=EXIT_ALREADY_RUNNING,
+            action="stop the other pingan-edge (systemctl status pingan-edge) or give this "
+                   "one its own station.data_dir")
+        return EXIT_ALREADY_RUNNING
+    except (ConfigError, PinFactoryError, BrokerError) as exc:
+        log(logger, "error", "station.cannot_start", error=str(exc), exit=EXIT_CONFIG,
+            action="fix the configuration or the hardware named above, then start again")
         return EXIT_CONFIG
+    except Exception as exc:  # whatever it was, one JSON line and a status saying so
+        logger.exception("station.start_failed", extra={"fields": {
+            "error": str(exc), "exit": EXIT_UNEXPECTED,
+            "action": "unexpected: systemd restarts the station; report this log line"}})
+        return EXIT_UNEXPECTED
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    station.start()
+    try:
+        station.start()
+    except Exception as exc:
+        logger.exception("station.start_failed", extra={"fields": {
+            "error": str(exc), "exit": EXIT_UNEXPECTED,
+            "action": "unexpected: systemd restarts the station; report this log line"}})
+        station.stop()
+        return EXIT_UNEXPECTED
     stop.wait()
     station.stop()
-    return 0
+    return EXIT_OK
 
 
 def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +169,18 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
 
 
+def cmd_install_bundle(args: argparse.Namespace) -> int:
+    try:
+        toml = install_bundle(Path(args.bundle), Path(args.dest))
+    except (BundleError, OSError) as exc:
+        print(f"pingan-edge: {exc}", file=sys.stderr)
+        return 1
+    print(f"installed into {args.dest}; add this to the station config "
+          f"({SYSTEM_CONFIG}), then `pingan-edge check-config` it:\n")
+    print(toml.read_text(encoding="utf-8"))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pingan-edge", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
@@ -181,11 +216,30 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds to wait for each button press and answer")
     sp.set_defaults(fn=cmd_selftest)
-    add_broker_parser(sub)
+    sp = sub.add_parser("install-bundle", help="unpack the station bundle the township issued")
+    sp.add_argument("bundle")
+    sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")
+    sp.set_defaults(fn=cmd_install_bundle)
     return p
 
 
+def _moved(argv: list[str]) -> str | None:
+    """Where a command that left the unit's tool went (issue 9: township tooling lives
+    in the township's own package, pingan-centre)."""
+    if argv[:1] != ["broker"]:
+        return None
+    if argv[1:2] == ["install"]:
+        return "`pingan-edge broker install` is now `pingan-edge install-bundle BUNDLE`"
+    return ("`pingan-edge broker` moved to the township's tool: use `pingan-centre broker "
+            f"{' '.join(argv[1:2]) or '...'}` (pip install ./centre)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    moved = _moved(argv)
+    if moved:
+        print(f"pingan-edge: {moved}", file=sys.stderr)
+        return EXIT_CONFIG
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))

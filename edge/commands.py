@@ -15,7 +15,8 @@ import msgspec
 
 from edge.events import ErrorInfo, EventId, text
 
-CmdId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+CmdId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                    pattern=r"^[A-Za-z0-9._:-]+$(?!\n)")]
 
 
 class CommandBase(msgspec.Struct, tag_field="cmd", forbid_unknown_fields=True, kw_only=True):
@@ -38,10 +39,10 @@ class StateGet(CommandBase, tag="state.get", kw_only=True):
 
 # A clip or schedule id: also a file name on the unit, so no path separators, no leading dot.
 AudioId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
-                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$(?!\n)")]
 Volume = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Repeat = Annotated[int, msgspec.Meta(ge=1, le=50)]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
 SpokenText = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
 Tone = Literal["siren", "chime"]
 WallTime = Annotated[datetime, msgspec.Meta(tz=True)]

@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-Id = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+# `$(?!\n)`: Python's `$` also matches before a trailing newline, and `v001\n` must not
+# pass (JSON Schema's ECMA regexes read the lookahead the same way).
+Id = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 Pin = Annotated[int, msgspec.Meta(ge=0, le=53)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -35,6 +37,8 @@ class StationSection(_Section):
     id: Id
     township: Id
     name: str = ""
+    # The village, as officers know it (in alarm SMS).
+    village: str = ""
     # Empty means: $STATE_DIRECTORY (systemd), else the user's XDG state directory.
     data_dir: str = ""
 
@@ -76,6 +80,8 @@ class PinsSection(_Section):
     alarm_led: Pin = 22
     # The loudspeaker amplifier's power relay (see [audio]).
     amp_relay: Pin = 23
+    # The 4G modem's power relay (see [modem]): energised = modem supply cut.
+    modem_power: Pin = 24
     # Buttons wired between the pin and ground, with the internal pull-up.
     pull_up: bool = True
 
@@ -96,7 +102,8 @@ class ControlSection(_Section):
 
 
 # "HH:MM", or empty for none.
-OptionalClockTime = Annotated[str, msgspec.Meta(pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$")]
+OptionalClockTime = Annotated[str, msgspec.Meta(
+    pattern=r"^(|([01][0-9]|2[0-3]):[0-5][0-9])$(?!\n)")]
 
 
 class AudioSection(_Section):
@@ -122,7 +129,8 @@ class AudioSection(_Section):
     # Spoken prompts for staff (alarm saved / sent / received, link down).
     prompts: bool = True
     tts_engine: Literal["espeak-ng"] = "espeak-ng"
-    tts_voice: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_+-]{1,64}$")] = "cmn-latn-pinyin"
+    tts_voice: Annotated[str, msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_+-]{1,64}$(?!\n)")] = "cmn-latn-pinyin"
     amp_warm_up_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2
     amp_idle_off_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
     clip_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = 8 << 20
@@ -135,7 +143,7 @@ class AudioSection(_Section):
 Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
 # A polygon in normalised frame coordinates: [[x, y], ...], (0, 0) top left, (1, 1) bottom right.
 Polygon = Annotated[list[tuple[Unit, Unit]], msgspec.Meta(min_length=3, max_length=64)]
-ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$(?!\n)")]
 
 
 class CameraZone(_Section):
@@ -190,6 +198,40 @@ class CameraSection(_Section):
     schedule: Annotated[list[ArmWindow], msgspec.Meta(max_length=16)] = []
 
 
+PhoneNumber = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{3,20}$")]
+
+
+class ModemSection(_Section):
+    """The 4G modem (edge/modem/): SMS fallback for alarms, signal for the health topic."""
+
+    enabled: bool = False
+    # A pyserial URL: a device path, or e.g. rfc2217://host:port.
+    port: str = "/dev/ttyUSB2"
+    baudrate: Annotated[int, msgspec.Meta(ge=1200, le=4000000)] = 115200
+    command_timeout_s: Annotated[float, msgspec.Meta(ge=0.2, le=60)] = 5.0
+    sms_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 60.0
+    poll_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    rdy_timeout_s: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 30.0
+    power_off_s: Annotated[float, msgspec.Meta(ge=0.1, le=60)] = 3.0
+    retry_max_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 600.0
+    # Whether pins.modem_power drives a relay in the modem's supply.
+    power_relay: bool = False
+    # An alarm still not delivered to the broker this long after it was raised, while
+    # the uplink is down, goes by SMS to the duty numbers.
+    sms_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 120.0
+    duty_numbers: Annotated[list[PhoneNumber], msgspec.Meta(max_length=10)] = []
+    # SMS parts (what the operator bills) per rolling hour and day, alarms and replies.
+    sms_per_hour: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
+    sms_per_day: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 60
+
+
+class HealthSection(_Section):
+    """Health telemetry on the retained …/health topic."""
+
+    enabled: bool = True
+    interval_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -206,6 +248,8 @@ class Config(_Section):
     log: LogSection = msgspec.field(default_factory=LogSection)
     audio: AudioSection = msgspec.field(default_factory=AudioSection)
     camera: CameraSection = msgspec.field(default_factory=CameraSection)
+    modem: ModemSection = msgspec.field(default_factory=ModemSection)
+    health: HealthSection = msgspec.field(default_factory=HealthSection)
 
     def __post_init__(self) -> None:
         if self.station.id == "all":
@@ -218,7 +262,8 @@ class Config(_Section):
         if bool(self.broker.cert_file) != bool(self.broker.key_file):
             raise ValueError("broker.cert_file and broker.key_file must be given together")
         pins = {"panic": self.pins.panic, "broadcast": self.pins.broadcast,
-                "alarm_led": self.pins.alarm_led, "amp_relay": self.pins.amp_relay}
+                "alarm_led": self.pins.alarm_led, "amp_relay": self.pins.amp_relay,
+                "modem_power": self.pins.modem_power}
         if len(set(pins.values())) != len(pins):
             raise ValueError(f"pins must be distinct, got {pins}")
         if bool(self.audio.quiet_start) != bool(self.audio.quiet_end):

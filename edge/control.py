@@ -47,9 +47,7 @@ Handler = Callable[[Request], dict[str, Any]]
 class ControlServer:
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()  # left by a crash; a live daemon would hold the lock file instead
+        self._server: socketserver.UnixStreamServer | None = None
         outer = self
 
         class _Stream(socketserver.StreamRequestHandler):
@@ -59,10 +57,20 @@ class ControlServer:
                     self.wfile.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
 
         self._handler = handler
-        self._server = socketserver.UnixStreamServer(str(path), _Stream)
-        os.chmod(path, 0o660)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)  # left by a crash; a live daemon holds the lock
+            self._server = socketserver.UnixStreamServer(str(path), _Stream)
+            os.chmod(path, 0o660)
+        except OSError as exc:
+            # A read-only data directory must not take the alarm path down with it.
+            log(logger, "error", "control.unavailable", path=str(path), error=str(exc),
+                action="`pingan-edge press/status` cannot reach this station; make the "
+                       "socket's directory writable (or set control.socket) and restart")
+            if self._server:
+                self._server.server_close()
+            self._server = None
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -72,10 +80,16 @@ class ControlServer:
             log(logger, "warning", "control.rejected", error=str(exc))
             return {"ok": False, "error": str(exc)}
 
+    def _serve(self) -> None:
+        if self._server is not None:
+            self._server.serve_forever(poll_interval=0.2)
+
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
+        if self._server is None:
+            return
         if self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()

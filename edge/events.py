@@ -172,14 +172,42 @@ class Selftest(EventBase, tag="selftest", kw_only=True):
     payload: SelftestPayload
 
 
+class SmsRecipient(_Shape):
+    number: str
+    # queued → submitted → delivered / failed; held_back: over the SMS rate limit, not
+    # sent; unknown: the station restarted while submitting it.
+    status: Literal["queued", "submitted", "delivered", "failed", "held_back", "unknown"]
+    parts: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    submitted_at: str | None = None
+    reported_at: str | None = None
+    error: str | None = None
+
+
+class AlarmSmsPayload(_Shape):
+    """The alarm `alarm_id` was also sent by SMS (uplink down): to whom, and how it went."""
+
+    alarm_id: EventId
+    # What the SMS told the officer to quote.
+    code: str
+    recipients: list[SmsRecipient]
+
+
+class AlarmSms(EventBase, tag="alarm.sms", kw_only=True):
+    # After every alarm, before other events; kept when the outbox evicts.
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.COMMAND
+    payload: AlarmSmsPayload
+
+
 Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
-         | Selftest)
+         | AlarmSms | Selftest)
 
 
 class Problem(_Shape):
     code: str
     message: Text
     since: str
+    # Machine-readable figures behind the message (e.g. `outbox_corrupt`'s counts).
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class StationState(_Shape):
@@ -195,6 +223,43 @@ class StationState(_Shape):
     problems: list[Problem] = []
     # Running totals since start (e.g. camera_motion_without_person), see Health.count.
     counters: dict[str, int] = {}
+
+
+class ModemReport(_Shape):
+    state: Literal["starting", "ok", "absent", "sim_locked", "silent"]
+    model: str | None = None
+    iccid: str | None = None
+    # Registration: the better of +CREG and +CEREG.
+    reg: Literal["home", "roaming", "searching", "denied", "unknown", "none"] | None = None
+    operator: str | None = None
+    tech: str | None = None
+    csq_dbm: int | None = None
+    rsrp: float | None = None
+    rsrq: float | None = None
+    sinr: float | None = None
+
+
+class HealthReport(_Shape):
+    """Retained on `…/health`, every `health.interval_s`."""
+
+    station: str
+    township: str
+    ts: str
+    version: str
+    clock_synced: bool
+    uptime_s: Annotated[int, msgspec.Meta(ge=0)]
+    cpu_temp_c: float | None
+    load1: float
+    mem_avail_mb: int
+    disk_free_mb: int
+    outbox_pending: int
+    outbox_oldest_s: int | None
+    reconnects: int
+    # The firmware's get_throttled bits (bit 0 under-voltage now, 2 throttled now,
+    # 16 under-voltage has occurred, 18 throttled has occurred); null off a Pi.
+    throttled: int | None
+    modem: ModemReport | None
+    sms_held_back: int = 0
 
 
 _id_lock = threading.Lock()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from edge.clock import now_iso
 from edge.events import Problem, text
@@ -27,13 +28,15 @@ class Health:
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def set(self, code: str, zh: str, en: str, action: str = "") -> None:
+    def set(self, code: str, zh: str, en: str, action: str = "",
+            detail: dict[str, Any] | None = None) -> None:
         with self._lock:
             old = self._problems.get(code)
             if old and old.message.en == en:
                 return
             self._problems[code] = Problem(code=code, message=text(zh, en),
-                                           since=old.since if old else now_iso())
+                                           since=old.since if old else now_iso(),
+                                           detail=detail or {})
         log(logger, "warning", "health.problem", code=code, message=en, action=action)
         self._notify()
 

@@ -13,11 +13,20 @@
 - Pending rows are bounded by `max_bytes`: past it, the oldest lowest-priority events are
   evicted and logged. Alarms are never evicted.
 Delivered rows stay as the local event log, the newest `keep_delivered` of them.
+
+On open the database is checked (`quick_check`). A damaged one is quarantined and every
+readable row salvaged into a fresh outbox, alarms first (`edge.outbox_repair`). Seqs are
+reserved in blocks in a mark file beside the database (`edge.seqmark`), so no damage
+makes a seq repeat: lost events show up at the township as a gap. A data directory that
+cannot be written leaves an outbox that refuses every event (the station then sends
+alarms from memory) instead of no station at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -30,8 +39,13 @@ from pathlib import Path
 import msgspec
 import sqlite_utils
 
+from edge import outbox_repair
+from edge.clock import now_iso
 from edge.events import Event, Priority, encode
+from edge.health import Health
 from edge.logs import log
+from edge.outbox_repair import Damage, Salvage
+from edge.seqmark import Mark, SeqMark
 
 logger = logging.getLogger("edge.outbox")
 
@@ -88,6 +102,9 @@ _STOP = object()
 _CLEANUP_EVERY = 1000
 # A batch of PUBACKs alone waits this long for more, so a drain commits acks in bulk.
 _ACK_LINGER_S = 0.05
+# Seqs reserved per write of the mark file: one small fsynced write per this many events.
+SEQ_BLOCK = 1000
+_REPORTS_SHOWN = 5
 
 
 class Outbox:
@@ -100,8 +117,8 @@ class Outbox:
         batch_max: int = 500,
         on_commit: Callable[[list[Stored]], None] | None = None,
         on_evict: Callable[[Eviction], None] | None = None,
+        health: Health | None = None,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._max_bytes = max_bytes
         self._keep_delivered = keep_delivered
@@ -110,21 +127,172 @@ class Outbox:
         self._on_evict = on_evict
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._acks_since_cleanup = 0
+        self._mark = SeqMark(path.with_suffix(".seq"))
+        self._ceiling = 0
+        # Found wrong at this open; the reports in quarantine/ outlive a restart.
+        self.damage: Damage | None = None
+        # Why the data directory cannot be written, if it cannot: every event is refused.
+        self.unwritable: str | None = None
 
-        self._write = self._connect(path)
-        self._write.execute("PRAGMA journal_mode=WAL")
-        self._write.execute("PRAGMA synchronous=FULL")
-        self._create_schema()
-        self._unpark()
-        self._read = self._connect(path)
+        try:
+            self._open()
+            target = str(path)
+        except (OSError, sqlite3.Error) as exc:
+            target = self._open_unwritable(exc)
+        self._read = self._connect(target)
         self._read_lock = threading.Lock()
-        self._next_seq, self._pending_bytes = self._load_counters()
+        if health is not None:
+            self.report(health)
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
+    def _open(self) -> None:
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _probe_writable(path.parent)
+        prior = self._mark.read()
+        if prior is None and self._mark.path.exists():
+            log(logger, "error", "outbox.seq_mark_unreadable", path=str(self._mark.path),
+                action="the seq high-water mark is damaged; seq continues from the database")
+        wal_missing = (path.exists() and path.stat().st_size > 0
+                       and not Path(f"{path}-wal").exists())
+        salvage: Salvage | None = None
+        kept: Path | None = None
+        kind: str | None = None
+        error = ""
+        if (problem := outbox_repair.check(path)) is not None:
+            kind, error = "corrupt", problem
+            kept = outbox_repair.quarantine(path)
+            salvage = outbox_repair.salvage(kept)
+        elif prior is not None and prior.clean_next is None and wal_missing:
+            kind = "wal_lost"
+            error = "outbox.db-wal is missing after an unclean stop: its commits are lost"
+        elif prior is not None and _holds_nothing(path):
+            kind = "emptied"
+            error = ("outbox.db is missing" if not path.exists() else
+                     "outbox.db holds no events although this station stored some")
+            kept = outbox_repair.quarantine(path) if path.exists() else None
+
+        self._write = self._connect(str(path))
+        self._write.execute("PRAGMA journal_mode=WAL")
+        self._write.execute("PRAGMA synchronous=FULL")
+        self._create_schema()
+        if salvage is not None:
+            self._restore(salvage.rows)
+        self._unpark()
+        db_next, self._pending_bytes = self._load_counters()
+        self._next_seq = db_next
+        if kind is not None:
+            self._next_seq = max(db_next, prior.ceiling if prior else 1,
+                                 (salvage.meta_next or 1) if salvage else 1)
+        elif prior is not None and prior.clean_next is not None and db_next < prior.clean_next:
+            kind = "rolled_back"
+            error = (f"outbox.db ends before seq {prior.clean_next} although the station "
+                     f"stopped cleanly there: an older copy of the file?")
+            self._next_seq = prior.clean_next
+        with self._write:
+            self._write.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (self._next_seq,))
+        self._reserve(self._next_seq + SEQ_BLOCK)
+        if kind is not None:
+            self._record_damage(kind, error, kept, salvage)
+
+    def _open_unwritable(self, exc: BaseException) -> str:
+        """Keep the outbox's interface over an empty in-memory database; every event is
+        refused with the reason, so the station pages from memory and says why."""
+        self.unwritable = f"{self.path.parent}: {exc}"
+        log(logger, "error", "outbox.unwritable", data_dir=str(self.path.parent),
+            error=str(exc),
+            action="the data directory cannot be written: remount it read-write, fix its "
+                   "owner/permissions or free space, or replace the SD card, then restart; "
+                   "until then alarms are sent from memory and nothing is kept")
+        with contextlib.suppress(Exception):
+            self._write.close()
+        memory = f"file:outbox-{id(self)}?mode=memory&cache=shared"
+        self._write = self._connect(memory)
+        self._create_schema()
+        self._unpark()
+        self._next_seq, self._pending_bytes = 1, 0
+        # Events stored before the directory went read-only are still sent (and sent
+        # again after a restart: their delivery cannot be recorded; the township
+        # de-duplicates by id).
+        for mode in ("mode=ro", "immutable=1"):
+            stored = f"{self.path.absolute().as_uri()}?{mode}"
+            try:
+                conn = self._connect(stored)
+                try:
+                    conn.execute("SELECT seq, id, type, priority, body FROM events "
+                                 "WHERE delivered_at IS NULL LIMIT 1").fetchall()
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                continue
+            return stored
+        return memory
+
+    def _restore(self, rows: list[outbox_repair.Row]) -> None:
+        """Put salvaged rows into the fresh database: alarms committed first, so they are
+        safe even if the rest no longer fits."""
+        insert = ("INSERT OR IGNORE INTO events (seq, id, type, priority, body, size, created, "
+                  "delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        for group in ([r for r in rows if r.priority == Priority.ALARM],
+                      [r for r in rows if r.priority != Priority.ALARM]):
+            with self._write:
+                self._write.executemany(insert, [
+                    (r.seq, r.id, r.type, r.priority, r.body, r.size, r.created,
+                     r.delivered_at) for r in group])
+
+    def _record_damage(self, kind: str, error: str, kept: Path | None,
+                       salvage: Salvage | None) -> None:
+        rows = salvage.rows if salvage else []
+        lost = salvage.lost if salvage else None
+        folder = self.path.parent / outbox_repair.QUARANTINE
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = kept or folder / f"{self.path.stem}-{kind}-{stamp}"
+        self.damage = Damage(
+            kind=kind,  # type: ignore[arg-type]
+            found_at=now_iso(), error=error,
+            quarantined=str(kept.relative_to(self.path.parent)) if kept else None,
+            salvaged=len(rows), salvaged_alarms=sum(r.priority == Priority.ALARM for r in rows),
+            lost=lost, resumed_at=self._next_seq)
+        folder.mkdir(exist_ok=True)
+        outbox_repair.write_report(base, self.damage)
+        log(logger, "error", "outbox.damaged", **msgspec.to_builtins(self.damage),
+            report=str(base) + ".json",
+            action=_DAMAGE_ACTION)
+
+    def report(self, health: Health) -> None:
+        """Put what is wrong with the store on the state topic and in `status`."""
+        if self.unwritable:
+            health.set("storage_unwritable",
+                       f"数据目录无法写入，报警只能从内存发送，不能保存：{self.unwritable}",
+                       f"data directory cannot be written; alarms are sent from memory and "
+                       f"not kept: {self.unwritable}",
+                       action="remount it read-write or replace the SD card, then restart")
+        found = outbox_repair.reports(self.path.parent)
+        if not found:
+            return
+        last = found[-1]
+        lost = "unknown" if last.lost is None else str(last.lost)
+        health.set(
+            "outbox_corrupt",
+            f"本机事件库曾损坏（{len(found)} 次，最近 {last.found_at}：{last.kind}）；"
+            f"已隔离保存，恢复 {last.salvaged} 条（报警 {last.salvaged_alarms} 条），"
+            f"丢失 {'未知' if last.lost is None else last.lost} 条；"
+            f"新事件从序号 {last.resumed_at} 起",
+            f"outbox was damaged ({len(found)} time(s), latest {last.found_at}: {last.kind}); "
+            f"kept in quarantine, salvaged {last.salvaged} ({last.salvaged_alarms} alarms), "
+            f"lost {lost}; new events continue at seq {last.resumed_at}",
+            action=_DAMAGE_ACTION,
+            # The newest reports only: the state message stays small however many there are.
+            detail={"reports": [msgspec.to_builtins(d) for d in found[-_REPORTS_SHOWN:]],
+                    "count": len(found)})
+
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=10.0)
+    def _connect(target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0,
+                               uri=target.startswith("file:"))
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
@@ -210,6 +378,18 @@ class Outbox:
             self._thread.join(timeout)
         with self._read_lock:
             self._read.close()
+        if self.unwritable is None and not self._thread.is_alive():
+            # A clean stop: the exact next seq, so a database found behind it is a loss.
+            try:
+                self._mark.write(Mark(self._ceiling, clean_next=self._next_seq))
+            except OSError as exc:
+                log(logger, "warning", "outbox.seq_mark_failed", error=str(exc),
+                    action="check the SD card; seq stays safe from the last reservation")
+
+    def _reserve(self, ceiling: int) -> None:
+        """Durably reserve seqs below `ceiling` before any of them is used."""
+        self._mark.write(Mark(ceiling))
+        self._ceiling = ceiling
 
     # --- readers (any thread) --------------------------------------------------------
 
@@ -234,6 +414,13 @@ class Outbox:
         with self._read_lock:
             return int(self._read.execute(
                 "SELECT COUNT(*) FROM events WHERE delivered_at IS NULL").fetchone()[0])
+
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest undelivered event was accepted (wall clock), or None."""
+        with self._read_lock:
+            row = self._read.execute(
+                "SELECT MIN(created) FROM events WHERE delivered_at IS NULL").fetchone()
+        return None if row[0] is None else max(0.0, time.time() - row[0])
 
     def parked(self) -> list[tuple[int, str, str]]:
         """(seq, type, reason) of every parked row, oldest first."""
@@ -321,6 +508,13 @@ class Outbox:
                     self._on_commit(kept)
                 except Exception:
                     logger.exception("outbox.on_commit_failed")
+        if not self.unwritable and self._ceiling - self._next_seq < SEQ_BLOCK // 2:
+            try:  # after the futures resolved: the next block, before it is needed
+                self._reserve(self._next_seq + SEQ_BLOCK)
+            except OSError as exc:
+                log(logger, "error", "outbox.seq_mark_failed", error=str(exc),
+                    action="check free space and the SD card; events are refused until "
+                           "seqs can be reserved")
         for b in batch:
             if isinstance(b, _Barrier):
                 b.done.set()
@@ -328,6 +522,8 @@ class Outbox:
     def _transaction(
         self, appends: list[_Append], acks: list[_Ack], parks: list[_Park] | None = None
     ) -> tuple[list[Stored], list[tuple[int, int]]]:
+        if self.unwritable and appends:
+            raise OutboxError(f"data directory cannot be written ({self.unwritable})")
         seq = self._next_seq
         pending_bytes = self._pending_bytes
         stored: list[Stored] = []
@@ -341,6 +537,8 @@ class Outbox:
             pending_bytes += len(body)
             seq += 1
         evicted: list[tuple[int, int]] = []
+        if seq > self._ceiling and not self.unwritable:  # a burst larger than the reserve
+            self._reserve(seq + SEQ_BLOCK)
         # Only accepting events needs the fsync; delivery marks may be lost to a crash.
         self._write.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
         with self._write:
@@ -408,3 +606,34 @@ class Outbox:
                    "restore the link or raise outbox.max_bytes")
         if self._on_evict:
             self._on_evict(info)
+
+
+_DAMAGE_ACTION = ("the outbox was damaged: the damaged file is kept in <data_dir>/quarantine/ "
+                  "with a .json report; copy it off the unit for analysis, check or replace "
+                  "the SD card, then delete the .json report to clear this problem; new "
+                  "events continue after a seq gap")
+
+
+def _probe_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in `folder` (a read-only mount, wrong
+    owner or full disk shows here, before anything is half-opened)."""
+    probe = folder / f".write-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    probe.unlink()
+
+
+def _holds_nothing(path: Path) -> bool:
+    """The database is gone, zeroed, or not the outbox this station opened before (every
+    open stores `next_seq` in `meta`)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True
+    return row is None

@@ -1,6 +1,7 @@
 """The JSON Schemas of everything that crosses MQTT, generated from the shapes in
-`edge.events` and `edge.commands`. `python -m edge.schema docs/schema` rewrites them;
-a test fails when the committed files drift from the code."""
+`edge.events` and `edge.commands`. `python -m edge.schema` rewrites them in docs/schema and
+in the copy the township console ships in its package (it never imports `edge`); tests
+fail when either drifts from the code."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 import msgspec
 
 from edge.commands import Command
-from edge.events import Event, StationState
+from edge.events import Event, HealthReport, StationState
 
 SCHEMAS: dict[str, tuple[Any, str]] = {
     "event": (Event, "An event on pingan/v1/<township>/<station>/events or …/cmd/result"),
     "state": (StationState, "Retained state and Last Will on pingan/v1/<township>/<station>/state"),
+    "health": (HealthReport, "Retained health telemetry on pingan/v1/<township>/<station>/health"),
     "command": (Command, "A township command on …/<station>/cmd or pingan/v1/<township>/all/cmd"),
 }
 
@@ -34,11 +36,14 @@ def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
+PUBLISHED = ("docs/schema", "centre/pingan_centre/console/schemas")
+
+
 def main(argv: list[str]) -> int:
-    outdir = Path(argv[1] if len(argv) > 1 else "docs/schema")
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name, schema in generate().items():
-        (outdir / f"{name}.schema.json").write_text(render(schema), encoding="utf-8")
+    for outdir in map(Path, argv[1:] or PUBLISHED):
+        outdir.mkdir(parents=True, exist_ok=True)
+        for name, schema in generate().items():
+            (outdir / f"{name}.schema.json").write_text(render(schema), encoding="utf-8")
     return 0
 
 

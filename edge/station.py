@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import msgspec
 from gpiozero import LED
 
 from edge import __version__, camera, commands
+from edge import modem as modem_parts
 from edge.audio.loudspeaker import Loudspeaker
 from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
@@ -44,6 +47,7 @@ from edge.localbroker import Mosquitto, reachable
 from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
+from edge.telemetry import Telemetry
 from edge.uplink import Uplink
 from edge.watchdog import Watchdog
 
@@ -54,13 +58,7 @@ class Station:
     def __init__(self, config: Config) -> None:
         self.health = Health()
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(data_dir / "station.lock", "w")  # noqa: SIM115 - held for life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ConfigError(
-                f"another pingan-edge already runs with data directory {data_dir}") from exc
+        self._lock_file = _lock(data_dir)
 
         self.local_broker: Mosquitto | None = None
         broker = config.broker
@@ -80,6 +78,7 @@ class Station:
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
             batch_max=config.outbox.batch_max,
             on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+            health=self.health,
         )
         self.uplink = Uplink(config, self.outbox, self.health,
                              on_command=self._command, on_delivered=self._delivered)
@@ -89,10 +88,16 @@ class Station:
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
         self.buttons.broadcast.when_released = self._broadcast_released
-        self.loudspeaker = Loudspeaker(
-            config.audio, data_dir, pin_factory=self.pin_factory,
-            amp_pin=config.pins.amp_relay, health=self.health,
-            emit=self._audio_event) if config.audio.enabled else None
+        self.loudspeaker: Loudspeaker | None = None
+        if config.audio.enabled:
+            try:
+                self.loudspeaker = Loudspeaker(
+                    config.audio, data_dir, pin_factory=self.pin_factory,
+                    amp_pin=config.pins.amp_relay, health=self.health, emit=self._audio_event)
+            except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
+                self.health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
+                                f"loudspeaker cannot start (data directory): {exc}",
+                                action="see storage_unwritable; alarms are still sent")
         self.control = ControlServer(config.control_socket, self._control)
         self._stopping = threading.Event()
         self.watchdog = Watchdog(self.healthy)
@@ -106,6 +111,13 @@ class Station:
                 self.health.set("camera_detector", f"摄像头人形检测无法启动：{exc}",
                                 f"camera person detector cannot start: {exc}",
                                 action="run models/build.sh or fix camera.model")
+        # The 4G modem (SMS fallback, signal) and health telemetry: their own threads.
+        self.modem = modem_parts.build(config, self.pin_factory, self.outbox, self.uplink,
+                                       self.health, self._submit)
+        self.telemetry = Telemetry(
+            config, self.outbox, self.uplink, modem=self.modem.report if self.modem else None,
+            held_back=self.modem.held_back if self.modem else None,
+        ) if config.health.enabled else None
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -120,6 +132,10 @@ class Station:
         self.watchdog.start()
         if self.camera:
             self.camera.start()
+        if self.modem:
+            self.modem.start()
+        if self.telemetry:
+            self.telemetry.start()
         log(logger, "info", "station.started", station=self.config.station.id,
             township=self.config.station.township, version=__version__,
             broker=f"{self.config.broker.host}:{self.config.broker.port}",
@@ -137,6 +153,10 @@ class Station:
             self.loudspeaker.close()
         if self.camera:
             self.camera.stop(timeout=0.3)
+        if self.telemetry:
+            self.telemetry.close()
+        if self.modem:
+            self.modem.close()
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self.outbox.close()
@@ -144,7 +164,8 @@ class Station:
         self.pin_factory.close()
         if self.local_broker:
             self.local_broker.stop()
-        self._lock_file.close()
+        if self._lock_file:
+            self._lock_file.close()
         log(logger, "info", "station.stopped", took_s=round(time.monotonic() - started, 3))
 
     def healthy(self) -> bool:
@@ -342,8 +363,37 @@ class Station:
             "data_dir": str(cfg.data_dir),
             "audio": self.loudspeaker.status() if self.loudspeaker else None,
             "camera": self.camera.status() if self.camera else None,
+            "modem": self.modem.status() if self.modem else None,
             "counters": self.health.counts(),
         }
+
+
+class AlreadyRunning(ConfigError):
+    """Another pingan-edge holds this data directory: a restart cannot fix that."""
+
+
+def _lock(data_dir: Path) -> TextIO | None:
+    """Hold `station.lock` for life. A directory that cannot be written gives no lock and
+    no refusal: the outbox reports it and the station pages from memory."""
+    path = data_dir / "station.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = open(path, "a")  # noqa: SIM115 - held for life
+    except OSError as exc:
+        try:  # a read-only directory: an existing lock file still excludes a second station
+            lock_file = open(path)  # noqa: SIM115
+        except OSError:
+            log(logger, "error", "station.lock_unavailable", data_dir=str(data_dir),
+                error=str(exc), action="the data directory cannot be written; see the "
+                "storage_unwritable problem")
+            return None
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise AlreadyRunning(
+            f"another pingan-edge already runs with data directory {data_dir}") from exc
+    return lock_file
 
 
 def _tag(cmd: commands.Command) -> str:

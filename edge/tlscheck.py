@@ -72,7 +72,7 @@ def check_files(broker: BrokerSection, *, synced: bool, now: dt.datetime
         return TlsProblem(
             f"本站证书{which_zh}（有效期 {_day(start)} 至 {_day(end)}）",
             f"the station certificate is {which_en} (valid {_day(start)} to {_day(end)})",
-            "ask the township for a new bundle (pingan-edge broker add-station --replace)")
+            "ask the township for a new bundle (pingan-centre broker add-station --replace)")
     if broker.ca_file:
         ca = _read(broker.ca_file, " CA 证书", "CA certificate")
         if isinstance(ca, TlsProblem):
@@ -100,25 +100,25 @@ def expiring(broker: BrokerSection, *, now: dt.datetime,
     return TlsProblem(f"本站证书将于 {_day(end)} 过期，届时无法连接乡镇平台",
                       f"the station certificate expires {_day(end)}; the unit cannot "
                       f"connect after that",
-                      "issue a new bundle (pingan-edge broker add-station --replace) and "
+                      "issue a new bundle (pingan-centre broker add-station --replace) and "
                       "install it before then")
 
 
-def mismatch(broker: BrokerSection, station: str) -> TlsProblem | None:
-    """The broker knows a unit by its certificate's CN; a different station.id means
-    every publish is refused by the ACL."""
+def mismatch(broker: BrokerSection, township: str, station: str) -> TlsProblem | None:
+    """The broker knows a unit by its certificate's CN, `<township>/<station>` (its topic
+    path); a different station.id or township means every publish is refused by the ACL."""
     if not broker.cert_file:
         return None
     cert = _read(broker.cert_file, "", "")
     if isinstance(cert, TlsProblem):
         return None  # as in expiring()
     names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if names == [station]:
+    if names == [f"{township}/{station}"]:
         return None
-    return TlsProblem(f"本站编号 {station} 与证书 {names} 不符，平台将拒收所有消息",
-                      f"station.id is {station!r} but the certificate is for {names}: the "
-                      f"broker will refuse every message",
-                      "install this station's own bundle, or fix station.id")
+    return TlsProblem(f"本站编号 {township}/{station} 与证书 {names} 不符，平台将拒收所有消息",
+                      f"station.township/id is {township}/{station} but the certificate is "
+                      f"for {names}: the broker will refuse every message",
+                      "install this station's own bundle, or fix station.id and township")
 
 
 def diagnose(broker: BrokerSection, error: BaseException | None, *, synced: bool,
@@ -137,7 +137,7 @@ def diagnose(broker: BrokerSection, error: BaseException | None, *, synced: bool
                                   "fix time sync (NTP / the modem's network time)")
             return TlsProblem(f"乡镇平台证书{which_zh}",
                               f"the township broker's certificate is {which_en}",
-                              "the township must renew it (pingan-edge broker server-cert)")
+                              "the township must renew it (pingan-centre broker server-cert)")
         if code in _UNKNOWN_ISSUER:
             return TlsProblem(
                 "乡镇平台证书不是由本站 CA 签发（CA 错误或连错平台）",

@@ -2,6 +2,7 @@
 
     pingan/v1/<township>/<station>/events       station → township, QoS 1
     pingan/v1/<township>/<station>/state        station → township, QoS 1, retained, Last Will
+    pingan/v1/<township>/<station>/health       station → township, QoS 1, retained
     pingan/v1/<township>/<station>/cmd          township → station, QoS 1
     pingan/v1/<township>/<station>/cmd/result   station → township, QoS 1
     pingan/v1/<township>/all/cmd                township → every station of the township
@@ -35,6 +36,10 @@ class Topics:
     @property
     def state(self) -> str:
         return f"{self.root}/state"
+
+    @property
+    def health(self) -> str:
+        return f"{self.root}/health"
 
     @property
     def cmd(self) -> str:

@@ -114,6 +114,7 @@ class Uplink:
         self._rejected_due: float | None = None  # monotonic time to resend _rejected
         self._refusals: dict[int, int] = {}  # seq → refusals so far
         self._accepted = False  # a CONNACK arrived since the last connect attempt
+        self.connects = 0  # accepted connections since start (health: reconnects)
         self._tls_ready = False
 
         self._client = self._make_client()
@@ -150,6 +151,14 @@ class Uplink:
         """Last resort when the outbox cannot store an alarm: send it from memory."""
         info = self._publish(self.topics.for_type(stored.type), stored.body)
         self._track(info.mid, stored)
+
+    def publish_retained(self, topic: str, body: bytes) -> bool:
+        """Latest-value telemetry (health): sent only while connected, never stored."""
+        if not self._connected:
+            return False
+        info = self._publish(topic, body, retain=True)
+        self._track(info.mid, _STATE)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _publish(self, topic: str, body: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         # Not from the network thread's callbacks: those already hold self._io.
@@ -221,7 +230,8 @@ class Uplink:
         """Problems the township should see while the link still works."""
         broker = self._config.broker
         checks = {"cert_expiring": tlscheck.expiring(broker, now=dt.datetime.now(dt.UTC)),
-                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.id)}
+                  "cert_mismatch": tlscheck.mismatch(broker, self._config.station.township,
+                                                     self._config.station.id)}
         for code, found in checks.items():
             if found:
                 self._health.set(code, found.zh, found.en, action=found.action)
@@ -307,6 +317,7 @@ class Uplink:
                              f"township broker refused the connection: {reason}")
             return
         self._accepted = True
+        self.connects += 1
         self._backoff.reset()
         self._health.clear("uplink_tls")
         self._check_certificate()

@@ -35,7 +35,8 @@ sys.path[:0] = [str(REPO / "tests"), str(HERE)]
 from pingan_firmware import card  # noqa: E402
 from township_broker import CENTRE, Client, TownshipBroker  # noqa: E402
 
-from edge import __version__, provision  # noqa: E402
+from edge import __version__  # noqa: E402
+from pingan_centre.broker import provision  # noqa: E402
 
 PASSWORD = "boot-test-only"
 CHECK = """echo ROOT $(findmnt -no OPTIONS /)

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from edge import provision
+from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSEMBLE = ROOT / "firmware" / "assemble-image"

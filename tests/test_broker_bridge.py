@@ -7,8 +7,9 @@ from pathlib import Path
 
 from township_broker import CENTRE, CONFIG_DIR, Client, TownshipBroker, wait_for
 
-from edge import provision
+from edge.bundle import install_bundle
 from edge.localbroker import Mosquitto
+from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"
 
@@ -36,7 +37,7 @@ def test_bridge_sends_station_traffic_up_and_commands_down(tmp_path: Path):
         assert up.connect(county.port)
         up.subscribe("pingan/#")
         bundle = provision.add_station(town.town, "v001", "127.0.0.1")
-        provision.install_bundle(bundle, tmp_path / "unit")
+        install_bundle(bundle, tmp_path / "unit")
         unit = tmp_path / "unit"
         station = Client("v001", tls=(unit / "ca.crt", unit / "station.crt",
                                       unit / "station.key"))

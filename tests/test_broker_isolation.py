@@ -1,4 +1,4 @@
-"""The township broker as shipped (broker_config/), with identities from edge.provision:
+"""The township broker as shipped (broker_config/), with identities from the centre's CA:
 each station speaks only as itself and hears only its own commands. Isolation is judged
 by what is delivered, never by SUBACK (the broker grants any subscription)."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from township_broker import CENTRE, Client, TownshipBroker, wait_for
 
-from edge import provision
+from edge.bundle import install_bundle
+from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"
 
@@ -21,7 +22,7 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TownshipBroker]:
     broker = TownshipBroker(tmp_path_factory.mktemp("township"))
     for station in ("v001", "v002"):
         bundle = provision.add_station(broker.town, station, "127.0.0.1")
-        provision.install_bundle(bundle, broker.town.dir.parent / "units" / station)
+        install_bundle(bundle, broker.town.dir.parent / "units" / station)
     broker.start()
     yield broker
     broker.stop()
@@ -147,7 +148,7 @@ def test_anonymous_wrong_password_and_foreign_certificates_are_refused(town, cli
     other = provision.Township(tmp_path / "other")
     provision.init(other, "t02", ["127.0.0.1"])
     provision.add_station(other, "v001", "127.0.0.1")
-    provision.install_bundle(other.bundle("v001"), tmp_path / "foreign")
+    install_bundle(other.bundle("v001"), tmp_path / "foreign")
     foreign = Client("v001", tls=(town.town.ca_crt, tmp_path / "foreign" / "station.crt",
                                   tmp_path / "foreign" / "station.key"))
     clients.append(foreign)
@@ -157,7 +158,7 @@ def test_anonymous_wrong_password_and_foreign_certificates_are_refused(town, cli
 
 def test_revoked_certificate_is_refused_after_reload(town, clients):
     bundle = provision.add_station(town.town, "v009", "127.0.0.1")
-    provision.install_bundle(bundle, town.town.dir.parent / "units" / "v009")
+    install_bundle(bundle, town.town.dir.parent / "units" / "v009")
     station(town, clients, "v009")  # accepted before revocation
 
     failures_before = town.log().count("certificate verify failed")

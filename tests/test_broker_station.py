@@ -18,10 +18,12 @@ from conftest import make_config, schema, station_toml, wait_until
 from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
-from edge import provision, tlscheck
+from edge import tlscheck
+from edge.bundle import install_bundle
 from edge.indicator import Mode
 from edge.station import Station
 from edge.uplink import MAX_REFUSALS
+from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"
 
@@ -40,7 +42,7 @@ def run_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     def run(town: TownshipBroker, bundle: Path, station_id: str | None = None,
             **broker: Any) -> Station:
         """Install `bundle` as a technician would, then start a station with it."""
-        toml = tomllib.loads(provision.install_bundle(bundle, tmp_path / "unit-tls").read_text())
+        toml = tomllib.loads(install_bundle(bundle, tmp_path / "unit-tls").read_text())
         section = toml["broker"]
         section.update(host="127.0.0.1", port=town.tls_port, **broker)
         config = config_mod.parse(station_toml(tmp_path / "station", town.tls_port,
@@ -104,14 +106,16 @@ def test_press_reaches_township_over_tls_with_certificate_identity(town, run_sta
     result = wait_until(lambda: bodies(hq, "/v001/cmd/result"), what="command result")
     assert result[0]["payload"]["ok"] is True and result[0]["payload"]["cmd_id"] == "c-1"
     wait_until(lambda: station.indicator.mode is Mode.ACKNOWLEDGED, what="LED shows ack")
-    assert "u'v001'" in town.log()  # the broker saw the certificate's name as the user
+    assert "u't01/v001'" in town.log()  # the broker saw the certificate's name as the user
 
 
 def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_restart(
         town, run_station, centre, caplog):
     acl = town.town.dir / "acl"
     shipped = acl.read_text()
-    acl.write_text(shipped.replace("pattern write pingan/v1/+/%u/events\n", ""))
+    rule = "pattern write pingan/v1/%u/events\n"
+    assert rule in shipped
+    acl.write_text(shipped.replace(rule, ""))
     town.start()
     hq = centre()
     bundle = provision.add_station(town.town, "v001", "127.0.0.1")
@@ -174,7 +178,7 @@ def test_tls_failures_are_explained_on_the_unit(town, run_station, tmp_path):
     provision.revoke(town.town, "v002")
     town.reload()
     probe = tmp_path / "probe"
-    provision.install_bundle(bundle, probe)
+    install_bundle(bundle, probe)
     town.wait_refused((probe / "ca.crt", probe / "station.crt", probe / "station.key"))
     revoked = run_station(town, bundle)
     assert "refused this station's certificate (revoked" in wait_until(
@@ -208,7 +212,7 @@ def test_tls_failures_are_explained_on_the_unit(town, run_station, tmp_path):
 def test_clock_not_synced_is_named_as_the_cause(town):
     """A Pi without RTC boots with an old clock: the certificate looks not yet valid."""
     bundle = provision.add_station(town.town, "v001", "127.0.0.1")
-    provision.install_bundle(bundle, town.town.dir / "unit")
+    install_bundle(bundle, town.town.dir / "unit")
     broker = make_config(town.town.dir / "s", 1, broker={
         "tls": True, "ca_file": str(town.town.dir / "unit" / "ca.crt"),
         "cert_file": str(town.town.dir / "unit" / "station.crt"),
@@ -228,7 +232,7 @@ def test_station_id_not_matching_its_certificate_is_named(town, run_station):
     bundle = provision.add_station(town.town, "v007", "127.0.0.1")
     station = run_station(town, bundle, station_id="v001")  # a technician's typo
     wait_until(lambda: station.uplink.connected)
-    assert "certificate is for ['v007']" in problem(station, "cert_mismatch")
+    assert "certificate is for ['t01/v007']" in problem(station, "cert_mismatch")
     station.raise_alarm("simulator", 0.0).result(5)
     assert "refused" in wait_until(lambda: problem(station, "publish_rejected"))
 
@@ -243,7 +247,7 @@ def test_missing_bundle_files_are_named_and_picked_up_once_copied(town, run_stat
     assert "cannot read the station certificate" in wait_until(
         lambda: problem(station, "uplink_tls"), what="missing files named")
     assert station.raise_alarm("simulator", 0.0).result(5).seq == 1  # the unit still works
-    provision.install_bundle(bundle, later)  # the technician copies them in
+    install_bundle(bundle, later)  # the technician copies them in
     wait_until(lambda: station.uplink.connected, what="connects with the files")
     wait_until(lambda: station.indicator.mode is Mode.DELIVERED, what="alarm delivered")
     assert problem(station, "uplink_tls") == ""

@@ -29,7 +29,8 @@ def test_default_pin_map_matches_hardware_pinmap():
     defaults = config.PinsSection()
     assert {k: v["bcm"] for k, v in pinmap["pins"].items()} == {
         "panic": defaults.panic, "broadcast": defaults.broadcast,
-        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay}
+        "alarm_led": defaults.alarm_led, "amp_relay": defaults.amp_relay,
+        "modem_power": defaults.modem_power}
 
 
 def test_example_config_is_valid():
@@ -56,6 +57,9 @@ def test_example_config_is_valid():
     (GOOD + "[uplink]\nbackoff_min_s = 10\nbackoff_max_s = 1\n", "backoff_max_s"),
     (GOOD + "[buttons]\npanic_hold_s = -1\n", "buttons.panic_hold_s"),
     ('[station]\nid = "all"\ntownship = "t01"\n', "reserved"),
+    (GOOD + '[modem]\nduty_numbers = ["138 0013 8000"]\n',
+     "modem.duty_numbers[0]: Expected `str` matching"),
+    (GOOD + "[pins]\nmodem_power = 23\n", "pins must be distinct"),
 ])
 def test_bad_config_exits_2_naming_key_value_and_allowed(tmp_path, capsys, text, expected):
     path = tmp_path / "station.toml"
@@ -104,8 +108,9 @@ def test_second_daemon_on_same_data_dir_is_refused(tmp_path, broker):
         first.wait_logged("station.started")
         proc = subprocess.run([sys.executable, "-m", "edge", "run", "-c", str(path)],
                               capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 2
+        assert proc.returncode == 3, "EXIT_ALREADY_RUNNING: systemd does not restart on it"
         assert "another pingan-edge already runs" in proc.stderr
+        assert "Traceback" not in proc.stderr
     finally:
         first.proc.terminate()
         first.finish()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Daemon, station_toml, wait_until
 
 from edge.control import request
+
+UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "pingan-edge.service"
+TIMEOUT_STOP_S = float(re.search(r"^TimeoutStopSec=(\d+)$", UNIT_FILE.read_text(), re.M)[1])
 
 
 def test_sigkill_mid_burst_then_restart_delivers_every_accepted_event(broker, tmp_path,
@@ -66,7 +71,8 @@ def test_sigkill_mid_burst_then_restart_delivers_every_accepted_event(broker, tm
         restarted.finish()
 
 
-def test_sigterm_stops_within_a_second_and_says_offline(broker, tmp_path, township_factory):
+def test_sigterm_stops_before_systemd_would_kill_and_says_offline(broker, tmp_path,
+                                                                  township_factory):
     township = township_factory(broker.port)
     config = tmp_path / "station.toml"
     config.write_text(station_toml(tmp_path / "data", broker.port))
@@ -76,8 +82,10 @@ def test_sigterm_stops_within_a_second_and_says_offline(broker, tmp_path, townsh
     started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.finish() == 0
-    assert time.monotonic() - started < 1.5  # includes interpreter exit
-    assert daemon.logged("station.stopped")[0]["took_s"] < 1.0
+    # The requirement is systemd's: after TimeoutStopSec it sends SIGKILL. Station.stop
+    # bounds its own waits at ~1 s, so only a stop that blocks fails this, not a slow machine.
+    assert time.monotonic() - started < TIMEOUT_STOP_S  # includes interpreter exit
+    assert daemon.logged("station.stopped")[0]["took_s"] < TIMEOUT_STOP_S
     last_state = wait_until(lambda: [s for s in township.on("/v001/state") if not s["online"]])
     assert last_state[-1]["station"] == "v001"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -23,7 +24,7 @@ from edge.events import (
     stamp,
     text,
 )
-from edge.outbox import Outbox, OutboxError, OutboxFull
+from edge.outbox import SEQ_BLOCK, Outbox, OutboxError, OutboxFull
 
 
 def alarm() -> AlarmPanic:
@@ -202,3 +203,60 @@ def test_station_on_full_disk_still_sends_the_alarm(tmp_path: Path, broker, town
             wait_until(lambda: not station.health.problems(), what="problem cleared")
         finally:
             station.stop()
+
+
+def test_seq_mark_is_written_once_per_block_not_per_event(tmp_path: Path):
+    box = Outbox(tmp_path / "outbox.db")
+    mark = tmp_path / "outbox.seq"
+    inode = mark.stat().st_ino  # every write is a new file renamed over the old one
+    for _ in range(SEQ_BLOCK // 2 - 5):
+        box.append(broadcast())
+    assert mark.stat().st_ino == inode, "no write of the mark for an event inside the block"
+    stored = [box.append(broadcast()) for _ in range(SEQ_BLOCK)]
+    ceiling = json.loads(mark.read_bytes())["ceiling"]
+    assert stored[-1].seq < ceiling <= stored[-1].seq + SEQ_BLOCK + 1
+    box.close()
+    assert json.loads(mark.read_bytes())["clean_next"] == stored[-1].seq + 1
+
+
+def test_a_replaced_older_database_cannot_make_seq_repeat(tmp_path: Path):
+    db = tmp_path / "outbox.db"
+    box = Outbox(db)
+    box.append(alarm())
+    box.close()
+    older = tmp_path / "older.db"
+    older.write_bytes(db.read_bytes())
+    box = Outbox(db)
+    last = [box.append(broadcast()) for _ in range(5)][-1]
+    box.close()
+    db.write_bytes(older.read_bytes())  # e.g. restored from an old copy after a clean stop
+
+    box = Outbox(db)
+    assert box.damage is not None and box.damage.kind == "rolled_back"
+    assert box.append(broadcast()).seq == last.seq + 1
+    box.close()
+
+
+def test_salvage_reads_rows_around_a_garbled_page_alarms_first(tmp_path: Path):
+    db = tmp_path / "outbox.db"
+    box = Outbox(db)
+    made = [box.append(alarm() if i % 10 == 0 else status(size=400)) for i in range(300)]
+    box.close()
+    size = db.stat().st_size
+    with open(db, "r+b") as f:  # one leaf page of the events table, in the middle
+        f.seek(size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096)
+
+    box = Outbox(db)
+    damage = box.damage
+    assert damage is not None and damage.kind == "corrupt"
+    assert damage.salvaged + (damage.lost or 0) == len(made) and damage.salvaged > 250
+    kept = tmp_path / str(damage.quarantined)
+    assert kept.read_bytes()[size // 2 // 4096 * 4096:][:4096] == b"\xff" * 4096, "kept as found"
+    pending = box.pending({}, 1000)
+    assert len(pending) == damage.salvaged
+    assert [p.priority for p in pending] == sorted(p.priority for p in pending)
+    by_id = {m.id: m.seq for m in made}
+    assert all(by_id[p.id] == p.seq for p in pending), "salvaged rows keep their seq"
+    assert box.append(alarm()).seq > made[-1].seq
+    box.close()

@@ -19,9 +19,11 @@ from conftest import schema, wait_until
 from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
-from edge import provision, selftest
+from edge import selftest
+from edge.bundle import install_bundle
 from edge.config import Config
 from edge.station import Station
+from pingan_centre.broker import provision
 
 RATE = 16000
 
@@ -73,7 +75,7 @@ def township(tmp_path: Path) -> Iterator[TownshipBroker]:
 def unit_config(tmp_path: Path, tb: TownshipBroker, *, mic_level: float = 0.3) -> Config:
     bundle = provision.add_station(tb.town, "v001", "127.0.0.1", broker_port=tb.tls_port)
     tls = tmp_path / "tls"
-    provision.install_bundle(bundle, tls)
+    install_bundle(bundle, tls)
     data = tmp_path / "data"
     data.mkdir()
     # What the microphone hears (the null ALSA device's capture file): someone speaking.

@@ -1,5 +1,5 @@
 """A real township broker for tests: broker_config/mosquitto.conf and acl, as shipped,
-with only ports and paths changed, and identities made by edge.provision."""
+with only ports and paths changed, and identities made by pingan_centre.broker.provision."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge import provision
 from edge.localbroker import Mosquitto, free_port
+from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "broker_config"
@@ -44,13 +44,16 @@ def render(conf: str, town_dir: Path, data_dir: Path, tls_port: int, plain_port:
 
 
 class TownshipBroker:
-    """`extras` are files for the include directory (e.g. a bridge), by name."""
+    """`extras` are files for the include directory (e.g. a bridge), by name; `changes`
+    replace shipped lines (a small limit to reach in a test), each of which must exist."""
 
-    def __init__(self, workdir: Path, extras: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, extras: dict[str, str] | None = None,
+                 changes: dict[str, str] | None = None) -> None:
         self.town = provision.Township(workdir / "pingan")
         provision.init(self.town, TOWNSHIP, ["127.0.0.1", "localhost"])
-        (self.town.dir / "acl").write_text((CONFIG_DIR / "acl").read_text())
         self.centre_password = provision.add_account(self.town, CENTRE)
+        # What the tool writes is what broker_config/acl documents.
+        assert self.town.acl.read_text() == (CONFIG_DIR / "acl").read_text()
         self.tls_port, self.plain_port = free_port(), free_port()
         data = workdir / "data"
         data.mkdir()
@@ -58,8 +61,11 @@ class TownshipBroker:
         conf_d.mkdir()
         for name, text in (extras or {}).items():
             (conf_d / name).write_text(text)
-        conf = render((CONFIG_DIR / "mosquitto.conf").read_text(), self.town.dir, data,
-                      self.tls_port, self.plain_port, conf_d)
+        conf = (CONFIG_DIR / "mosquitto.conf").read_text()
+        for old, new in (changes or {}).items():
+            assert f"\n{old}\n" in conf, f"broker_config/mosquitto.conf has no line {old!r}"
+            conf = conf.replace(f"\n{old}\n", f"\n{new}\n")
+        conf = render(conf, self.town.dir, data, self.tls_port, self.plain_port, conf_d)
         self.mosquitto = Mosquitto(data, self.plain_port, config=conf)
 
     def start(self) -> TownshipBroker:

@@ -23,7 +23,7 @@ from edge.audio.tones import Samples
 from edge.commands import ClipPut
 from edge.events import Text, text
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_UPLOADS = 4
 
 
@@ -63,7 +63,7 @@ class ClipLibrary:
         """The file for `clip_id`; an id that could name anything else is refused here
         too, whatever the command schema already checked."""
         base = where or self.root
-        if not _ID.match(clip_id):
+        if not _ID.fullmatch(clip_id):
             raise _rejected(f"片段编号无效：{clip_id!r}", f"invalid clip id {clip_id!r}")
         path = base / f"{clip_id}{suffix}"
         if path.resolve().parent != base.resolve():
@@ -153,7 +153,7 @@ class ClipLibrary:
 
     def _abandon(self, clip_id: str) -> None:
         self._uploads.pop(clip_id, None)
-        if _ID.match(clip_id):
+        if _ID.fullmatch(clip_id):
             (self._incoming / f"{clip_id}.part").unlink(missing_ok=True)
 
     # --- use -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`pingan-edge broker …`: the township's identity tool (see broker_config/README.md)."""
+"""`pingan-centre broker …`: the township's identity tool (see broker_config/README.md)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge import provision
-from edge.provision import DEFAULT_DIR, UNIT_DIR, ProvisionError, Township
+from pingan_centre.broker import provision
+from pingan_centre.broker.provision import DEFAULT_DIR, UNIT_DIR, ProvisionError, Township
 
 RELOAD = "reload the broker so it reads the change: systemctl reload mosquitto"
 
@@ -38,8 +38,9 @@ def cmd_add_station(args: argparse.Namespace) -> int:
     bundle = provision.add_station(town, args.station, args.broker_host,
                                    broker_port=args.broker_port, days=args.days,
                                    replace=args.replace, unit_dir=args.unit_dir)
-    print(f"station {args.station}: bundle {bundle}")
-    print(f"on the unit: pingan-edge broker install {bundle.name} (as root), "
+    identity = provision.identity(town.township_id(), args.station)
+    print(f"station {args.station}: bundle {bundle} (broker identity {identity})")
+    print(f"on the unit: pingan-edge install-bundle {bundle.name} (as root), "
           "then merge the printed station.toml")
     if args.replace:
         print(f"the old certificate is revoked; {RELOAD}")
@@ -65,11 +66,11 @@ def cmd_add_account(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_install(args: argparse.Namespace) -> int:
-    toml = provision.install_bundle(Path(args.bundle), Path(args.dest))
-    print(f"installed into {args.dest}; add this to the station config "
-          f"(/etc/pingan-edge/station.toml), then `pingan-edge check-config` it:\n")
-    print(toml.read_text(encoding="utf-8"))
+def cmd_acl(args: argparse.Namespace) -> int:
+    town = _town(args)
+    provision.write_acl(town)
+    print(f"{town.acl}: township {town.township_id()}, accounts "
+          f"{', '.join(provision.accounts(town)) or 'none'}; {RELOAD}")
     return 0
 
 
@@ -111,15 +112,14 @@ def add_parser(sub: Any) -> None:
     sp.add_argument("name", help="like centre.ops")
     sp.add_argument("--password-file", help="read the password from here (default: generate)")
     sp.set_defaults(broker_fn=cmd_add_account)
-    sp = bsub.add_parser("install", help="on a unit: unpack a station bundle")
-    sp.add_argument("bundle")
-    sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")
-    sp.set_defaults(broker_fn=cmd_install)
+    sp = town(bsub.add_parser("acl", help="rewrite the township's ACL (acl) from its CA "
+                              "and accounts"))
+    sp.set_defaults(broker_fn=cmd_acl)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.broker_fn(args))
     except (ProvisionError, OSError) as exc:
-        print(f"pingan-edge broker: {exc}", file=sys.stderr)
+        print(f"pingan-centre broker: {exc}", file=sys.stderr)
         return 1

@@ -6,28 +6,30 @@ reads) holds:
     ca.key ca.crt         the township CA (keep ca.key off the broker if you can)
     server.key server.crt the broker's TLS certificate, signed by the CA
     crl.pem               revoked station certificates (mosquitto `crlfile`)
-    passwd                password entries for the centre's accounts (mosquitto_passwd)
+    passwd                the centre accounts' password hashes (mosquitto's `$7$` format)
+    acl                   who may use which topic (mosquitto `acl_file`), for this township
     issued/<station>.crt  every station certificate issued, for revocation and audit
     bundles/<station>.tar.gz  what a technician copies onto the unit
 
-A station's identity is its certificate: CN = station id = MQTT username (the broker
-sets `use_identity_as_username`) = client id (`use_username_as_clientid`). The ACL
-grants by that name, so a unit can only ever speak as itself. Centre accounts are
-passwords on the loopback listener; their names contain a dot, which no station id
-can, so a certificate can never be mistaken for a centre account.
+A station's identity is its certificate: CN = `<township>/<station>` = MQTT username
+(the broker sets `use_identity_as_username`) = client id (`use_username_as_clientid`),
+which is also its topic path. The ACL grants by that name, so a unit can only ever speak
+as itself, in its own township. Centre accounts are passwords on the loopback listener,
+whose client id is the account name too; their names contain a dot and no slash, which
+no station identity can, so the two never meet.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import grp
+import hashlib
 import io
 import os
 import re
 import secrets
-import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -38,14 +40,41 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-STATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Centre accounts: `centre.<name>`; the dot keeps them apart from every station id.
-ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}$")
+ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}")
 DEFAULT_DIR = Path("/etc/mosquitto/pingan")
-UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit
-STATION_GROUP = "pingan"  # the station service's group (systemd/pingan-edge.service)
+UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit (edge.bundle)
 # A past notBefore, so a unit whose clock lags a little behind still accepts the broker.
 _BACKDATE = dt.timedelta(days=1)
+# mosquitto_passwd's default is 101. A centre login costs the broker's one thread
+# ~40 ms at 100,000 (2-vCPU x86); logins are rare (a service starting), and a
+# generated password (144 bits) needs no stretching: the rounds guard chosen ones.
+PBKDF2_ROUNDS = 100_000
+
+# The township broker's ACL (broker_config/acl is this for t01). A station's MQTT
+# username is its certificate CN, `<township>/<station>` (use_identity_as_username), so
+# `pingan/v1/%u/...` is exactly its own topic tree: it cannot write under another
+# township or station. The township's `all` commands need the literal township.
+ACL_TEMPLATE = """\
+# Ping'an township ACL for township {township} (mosquitto acl_file), written by
+# `pingan-centre broker init` and `add-account` into /etc/mosquitto/pingan/acl.
+# A station's username is its certificate CN = `<township>/<station>`
+# (use_identity_as_username), so %u below is the station's own topic path: a unit can
+# speak only as itself, and only in its own township. Topic layout: docs/topics.md.
+
+# Every station: publish its own events, state (retained; also its Last Will, which the
+# broker checks against these same rules) and command results...
+pattern write pingan/v1/%u/events
+pattern write pingan/v1/%u/state
+pattern write pingan/v1/%u/cmd/result
+# ...and read only its own commands and its township's township-wide ones.
+pattern read pingan/v1/%u/cmd
+pattern read pingan/v1/{township}/all/cmd
+
+# The centre's services (password accounts on the loopback listener; the dot in the
+# name means no station certificate can ever carry it): read the township, command it.
+"""
 
 
 class ProvisionError(ValueError):
@@ -77,6 +106,10 @@ class Township:
         return self.dir / "crl.pem"
 
     @property
+    def acl(self) -> Path:
+        return self.dir / "acl"
+
+    @property
     def passwd(self) -> Path:
         return self.dir / "passwd"
 
@@ -91,6 +124,12 @@ class Township:
         ca = _load_cert(self.ca_crt)
         values = ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         return str(values[0].value) if values else ""
+
+
+def identity(township: str, station: str) -> str:
+    """A station's certificate CN, MQTT username and client id: its topic path. Unique
+    across townships, so a county broker trusting several township CAs keeps them apart."""
+    return f"{township}/{station}"
 
 
 def _now() -> dt.datetime:
@@ -139,7 +178,7 @@ def _load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError as exc:
-        raise ProvisionError(f"{path} not found: run `pingan-edge broker init` first") from exc
+        raise ProvisionError(f"{path} not found: run `pingan-centre broker init` first") from exc
 
 
 def _load_ca(town: Township) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -181,7 +220,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 def init(town: Township, township: str, hosts: list[str], *, days: int = 7300,
          server_days: int = 1825) -> None:
     """Create the township CA, the broker's server certificate, an empty CRL and passwd."""
-    if not STATION_ID.match(township):
+    if not STATION_ID.fullmatch(township):
         raise ProvisionError(f"township id {township!r} must match {STATION_ID.pattern}")
     if town.ca_key.exists():
         raise ProvisionError(f"{town.ca_key} exists: this township already has a CA")
@@ -211,6 +250,7 @@ def init(town: Township, township: str, hosts: list[str], *, days: int = 7300,
     _write_crl(town, [])
     if not town.passwd.exists():
         _write(town.passwd, b"", 0o600)
+    write_acl(town)
 
 
 def issue_server(town: Township, hosts: list[str], *, days: int = 1825) -> None:
@@ -237,7 +277,7 @@ def add_station(town: Township, station: str, broker_host: str, *, broker_port: 
 
     `replace` (a unit swapped or its key exposed) revokes the old certificate first.
     `issued_at` back-dates the validity (to rehearse an expired certificate)."""
-    if not STATION_ID.match(station) or station == "all":
+    if not STATION_ID.fullmatch(station) or station == "all":
         raise ProvisionError(
             f"station id {station!r} must match {STATION_ID.pattern} and not be 'all'")
     if town.issued(station).exists():
@@ -247,10 +287,12 @@ def add_station(town: Township, station: str, broker_host: str, *, broker_port: 
         revoke(town, station)
     ca, ca_key = _load_ca(town)
     key = _new_key()
-    cert = _issue(ca, ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, station)]),
-                  key, days, ExtendedKeyUsageOID.CLIENT_AUTH, now=issued_at)
-    _write(town.issued(station), _pem(cert))
     township = town.township_id()
+    cert = _issue(ca, ca_key, x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, township),
+        x509.NameAttribute(NameOID.COMMON_NAME, identity(township, station))]),
+        key, days, ExtendedKeyUsageOID.CLIENT_AUTH, now=issued_at)
+    _write(town.issued(station), _pem(cert))
     toml = (
         f"# Station {station}, township {township}: issued {_now():%Y-%m-%d}, "
         f"valid until {cert.not_valid_after_utc:%Y-%m-%d}.\n"
@@ -269,31 +311,6 @@ def add_station(town: Township, station: str, broker_host: str, *, broker_port: 
             tar.addfile(info, io.BytesIO(data))
     _write(town.bundle(station), buf.getvalue(), 0o600)
     return town.bundle(station)
-
-
-def install_bundle(bundle: Path, dest: Path) -> Path:
-    """Unpack a bundle into `dest` (on the unit); returns the station.toml written there.
-
-    The snippet's paths are rewritten to `dest`, so the unpacked files are what it names."""
-    with tarfile.open(bundle, "r:gz") as tar:
-        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-        needed = {"ca.crt", "station.crt", "station.key", "station.toml"}
-        if not needed <= members.keys():
-            raise ProvisionError(f"{bundle}: not a station bundle (needs {sorted(needed)})")
-        data = {}
-        for name in needed:
-            f = tar.extractfile(members[name])
-            assert f is not None
-            data[name] = f.read()
-    toml = data["station.toml"].decode()
-    toml = re.sub(r'"[^"\n]*/(ca\.crt|station\.crt|station\.key)"',
-                  lambda m: f'"{dest / m.group(1)}"', toml)
-    for name in ("ca.crt", "station.crt"):
-        _write(dest / name, data[name])
-    _write(dest / "station.key", data["station.key"], 0o600)
-    _readable_by(dest / "station.key", STATION_GROUP)
-    _write(dest / "station.toml", toml.encode())
-    return dest / "station.toml"
 
 
 def revoke(town: Township, station: str) -> int:
@@ -330,18 +347,55 @@ def _write_crl(town: Township, serials: list[int], days: int = 3650) -> None:
         serialization.Encoding.PEM))
 
 
-def add_account(town: Township, name: str, password: str | None = None) -> str:
-    """Add or change a centre account's password (mosquitto_passwd); returns the password."""
-    if not ACCOUNT.match(name):
+def add_account(town: Township, name: str, password: str | None = None, *,
+                rounds: int = PBKDF2_ROUNDS) -> str:
+    """Add or change a centre account's password; returns the password.
+
+    The hash is written here in mosquitto's own `$7$` format (PBKDF2-HMAC-SHA512), so the
+    password never appears on a command line (`/proc/<pid>/cmdline`) or in an error."""
+    if not ACCOUNT.fullmatch(name):
         raise ProvisionError(f"account {name!r} must look like 'centre.ops' "
                              f"({ACCOUNT.pattern}); the dot keeps it apart from station ids")
-    exe = shutil.which("mosquitto_passwd")
-    if exe is None:
-        raise ProvisionError("mosquitto_passwd not found (apt-get install mosquitto)")
     password = password or secrets.token_urlsafe(18)
-    if not town.passwd.exists():
-        _write(town.passwd, b"", 0o600)
-    subprocess.run([exe, "-b", str(town.passwd), name, password], check=True,
-                   capture_output=True)
+    if "\n" in password or "\r" in password:
+        raise ProvisionError("a password cannot contain a line break")
+    lines = town.passwd.read_text(encoding="utf-8").splitlines() if town.passwd.exists() else []
+    lines = [line for line in lines if line.split(":", 1)[0] != name]
+    lines.append(f"{name}:{passwd_hash(password, rounds=rounds)}")
+    _write(town.passwd, "".join(f"{line}\n" for line in lines).encode(), 0o600)
     _broker_readable(town.passwd)
+    write_acl(town)
     return password
+
+
+def passwd_hash(password: str, *, rounds: int = PBKDF2_ROUNDS, salt: bytes | None = None
+                ) -> str:
+    """`$7$<rounds>$<salt>$<hash>`: what mosquitto_passwd writes (mosquitto 2.0's
+    PW_SHA512_PBKDF2: 12-byte salt, 64-byte PBKDF2-HMAC-SHA512, standard base64)."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, rounds)
+    return (f"$7${rounds}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
+
+
+def accounts(town: Township) -> list[str]:
+    """The centre accounts in the password file, in file order."""
+    if not town.passwd.exists():
+        return []
+    return [line.split(":", 1)[0] for line in
+            town.passwd.read_text(encoding="utf-8").splitlines() if ":" in line]
+
+
+def acl_text(township: str, centre_accounts: list[str]) -> str:
+    """The township broker's ACL: a station writes only under its own certificate name,
+    `<township>/<station>`, and reads its own and its township's `all` commands."""
+    head = ACL_TEMPLATE.format(township=township)
+    blocks = [f"user {name}\ntopic read pingan/v1/{township}/#\n"
+              f"topic write pingan/v1/{township}/+/cmd\ntopic read $SYS/#\n"
+              for name in centre_accounts]
+    return head + "\n".join(blocks)
+
+
+def write_acl(town: Township) -> None:
+    """(Re)write `acl` from the township id and the accounts; reload mosquitto after."""
+    _write(town.acl, acl_text(town.township_id(), accounts(town)).encode())

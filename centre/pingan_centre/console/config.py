@@ -1,0 +1,126 @@
+"""The centre's own settings: one TOML file (optional) plus environment overrides.
+
+A township needs none of it: everything has a default, the database is an SQLite file in
+the data directory. A county sets `database = "postgres://..."` and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+ENV_CONFIG = "PINGAN_CENTRE_CONFIG"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung of the escalation ladder: after `after_s` unacknowledged, do it once."""
+
+    after_s: float
+    name: str
+    notify: tuple[str, ...] = ()
+    loud: bool = False
+
+
+DEFAULT_LADDER = (
+    Step(60, "louder", notify=("log",), loud=True),
+    Step(180, "leader", notify=("log", "webhook"), loud=True),
+)
+
+
+@dataclass(frozen=True)
+class CentreConfig:
+    data_dir: Path
+    database: str = ""
+    township: str = "t01"
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    broker_username: str = ""
+    broker_password: str = ""
+    broker_tls_ca: str = ""
+    # Shared-subscription group: two centre processes in one group split the work.
+    share_group: str = "centre"
+    client_id: str = "pingan-centre"
+    session_expiry_s: int = 7 * 86400
+    max_payload_bytes: int = 512 * 1024
+    # A station whose last state or event is older than this shows as silent.
+    stale_after_s: float = 700.0
+    secret_key: str = ""
+    debug: bool = False
+    escalation: tuple[Step, ...] = field(default_factory=lambda: DEFAULT_LADDER)
+    webhook_url: str = ""
+    # Station id -> village name, applied when a station is first seen (admin can edit).
+    villages: dict[str, str] = field(default_factory=dict)
+
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("PINGAN_CENTRE_DATA", "") or Path.cwd() / "centre-data")
+
+
+def load(path: str | None = None) -> CentreConfig:
+    """Read the TOML file named by `path` or $PINGAN_CENTRE_CONFIG; env vars win."""
+    raw: dict[str, Any] = {}
+    path = path or os.environ.get(ENV_CONFIG)
+    if path:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    broker = raw.get("broker", {})
+    env = os.environ
+    ladder = tuple(Step(float(s["after_s"]), str(s["name"]), tuple(s.get("notify", ())),
+                        bool(s.get("loud", False)))
+                   for s in raw.get("escalation", {}).get("steps", [])) or DEFAULT_LADDER
+    data_dir = Path(env.get("PINGAN_CENTRE_DATA") or raw.get("data_dir") or _data_dir())
+    return CentreConfig(
+        data_dir=data_dir,
+        database=env.get("PINGAN_CENTRE_DATABASE") or raw.get("database", ""),
+        township=env.get("PINGAN_CENTRE_TOWNSHIP") or raw.get("township", "t01"),
+        broker_host=env.get("PINGAN_CENTRE_BROKER_HOST") or broker.get("host", "127.0.0.1"),
+        broker_port=int(env.get("PINGAN_CENTRE_BROKER_PORT") or broker.get("port", 1883)),
+        broker_username=broker.get("username", ""),
+        broker_password=broker.get("password", ""),
+        broker_tls_ca=broker.get("tls_ca", ""),
+        share_group=raw.get("share_group", "centre"),
+        client_id=env.get("PINGAN_CENTRE_CLIENT_ID") or raw.get("client_id", "pingan-centre"),
+        session_expiry_s=int(raw.get("session_expiry_s", 7 * 86400)),
+        max_payload_bytes=int(raw.get("max_payload_bytes", 512 * 1024)),
+        stale_after_s=float(env.get("PINGAN_CENTRE_STALE_AFTER_S")
+                            or raw.get("stale_after_s", 700.0)),
+        secret_key=raw.get("secret_key", ""),
+        debug=bool(raw.get("debug", False)),
+        escalation=ladder,
+        webhook_url=raw.get("webhook_url", ""),
+        villages={str(k): str(v) for k, v in raw.get("villages", {}).items()},
+    )
+
+
+def database_settings(url: str, data_dir: Path) -> dict[str, Any]:
+    """Django DATABASES['default'] from `postgres://user:pw@host:port/name` or SQLite."""
+    if not url or url.startswith("sqlite"):
+        name = urlparse(url).path if url.startswith("sqlite:///") else ""
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": name or str(data_dir / "centre.sqlite3"),
+            "OPTIONS": {
+                # WAL: the duty screen reads while ingest writes; IMMEDIATE: writers queue
+                # on the lock at BEGIN instead of failing half way with "database is locked".
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"database must be postgres://... or sqlite:///path, not {url!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.path.lstrip("/") or "pingan",
+        "USER": unquote(parsed.username or "postgres"),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "127.0.0.1",
+        "PORT": str(parsed.port or 5432),
+        "CONN_MAX_AGE": 60,
+    }

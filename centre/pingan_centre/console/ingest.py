@@ -1,0 +1,168 @@
+"""The MQTT subscriber: a persistent shared subscription, a bounded queue, one worker.
+
+paho's network thread only queues what arrives (callbacks on I/O threads return at
+once). The worker stores a batch in one transaction and only then acknowledges each
+message to the broker (manual PUBACK): a centre killed mid-batch gets the batch again
+from its persistent session, and the event ids make the second copy harmless.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from pingan_centre.console import link
+from pingan_centre.console.config import CentreConfig
+from pingan_centre.console.logs import log
+from pingan_centre.console.store import Checked, parse, quarantine, store
+from pingan_centre.console.validate import Rejected
+
+# Asked of the broker: at most this many unacknowledged messages in flight to us.
+RECEIVE_MAXIMUM = 200
+BATCH = 200
+QUEUE = 1000
+
+Message = tuple[str, bytes, int, int]
+
+
+class Ingest:
+    def __init__(self, cfg: CentreConfig, clock: Callable[[], datetime] = timezone.now) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=QUEUE)
+        self.connected = threading.Event()
+        self.stored = 0
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="centre-ingest", daemon=True)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        if cfg.broker_username:
+            self.client.username_pw_set(cfg.broker_username, cfg.broker_password or None)
+        if cfg.broker_tls_ca:
+            self.client.tls_set(ca_certs=cfg.broker_tls_ca)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> Ingest:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self._worker.start()
+        self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port, keepalive=15,
+                                  clean_start=False, properties=props)
+        self.client.loop_start()
+        link.register(self.publish)
+        return self
+
+    def stop(self) -> None:
+        link.register(None)
+        # The network thread first: the worker still drains, so a put() it is blocked in
+        # returns. What is queued but not stored is not acknowledged: the broker keeps it.
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._stop.set()
+        self.queue.put(None)
+        self._worker.join(10)
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        info = self.client.publish(topic, payload, qos=1)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN
+
+    # --- paho's network thread: queue and return --------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any,
+                    _p: Any = None) -> None:
+        if reason.is_failure:
+            log("error", "ingest.refused", reason=str(reason),
+                action="check the centre's broker account (pingan-centre broker add-account)")
+            return
+        t, group = self.cfg.township, self.cfg.share_group
+        client.subscribe([
+            # Shared: each event reaches one process of the group (redundant centres).
+            (f"$share/{group}/pingan/v1/{t}/+/events", 1),
+            (f"$share/{group}/pingan/v1/{t}/+/cmd/result", 1),
+            # Retained state is never sent to a shared subscription: every centre process
+            # reads it directly (storing it is idempotent).
+            (f"pingan/v1/{t}/+/state", 1)])
+        self.connected.set()
+        log("info", "ingest.connected", host=self.cfg.broker_host, port=self.cfg.broker_port,
+            session_present=bool(_f.session_present))
+
+    def _on_disconnect(self, *_: Any) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log("warning", "ingest.disconnected", action="reconnecting; the broker keeps "
+                "this centre's session, nothing is lost while it is away")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # Blocks only when the worker is a full queue behind: paho then stops reading the
+        # socket and the broker holds the rest (back-pressure; nothing is dropped). The
+        # worker's PUBACKs do not need this thread to be free to be queued.
+        self.queue.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    # --- the worker -------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._store(batch)
+                    return
+                batch.append(item)
+            self._store(batch)
+
+    def _store(self, batch: list[Message]) -> None:
+        close_old_connections()
+        now = self.clock()
+        checked: list[Checked] = []
+        aside: list[tuple[str, bytes, str]] = []
+        for topic, payload, _mid, _qos in batch:
+            try:
+                item = parse(topic, payload, self.cfg.township, self.cfg.max_payload_bytes)
+            except Rejected as why:
+                aside.append((topic, payload, str(why)))
+                continue
+            if item is not None:
+                checked.append(item)
+        while True:
+            try:
+                with transaction.atomic():
+                    for topic, payload, reason in aside:
+                        self._aside(topic, payload, reason, now)
+                    store(checked, now)
+                break
+            except Exception as exc:  # the database is away (or a bug): keep, retry
+                log("error", "ingest.store_failed", error=repr(exc), batch=len(batch),
+                    action="check the database; messages stay unacknowledged meanwhile")
+                close_old_connections()
+                if self._stop.wait(1.0):
+                    return
+        for _topic, _payload, mid, qos in batch:
+            if qos > 0:
+                self.client.ack(mid, qos)
+        self.stored += len(batch)
+
+    def _aside(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
+        quarantine(topic, payload, reason, now)
+        log("warning", "ingest.quarantined", topic=topic, reason=reason,
+            action="see Quarantine in the console; the station sent a bad payload")

@@ -1,0 +1,209 @@
+"""What the centre keeps: stations, events (one row per event id), alarms and their
+lifecycle, commands sent and their results, payloads kept aside, and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class AppendOnly(models.Model):
+    """Rows that are history: written once, never changed or deleted by the application."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and type(self)._default_manager.filter(pk=self.pk).exists():
+            raise PermissionError(f"{type(self).__name__} is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(f"{type(self).__name__} is append-only")
+
+
+class Station(models.Model):
+    name = models.CharField(max_length=64, primary_key=True)
+    township = models.CharField(max_length=64)
+    village = models.CharField(_("village"), max_length=100, blank=True, default="")
+    online = models.BooleanField(default=False)
+    state_ts = models.CharField(max_length=40, blank=True, default="")
+    last_seen = models.DateTimeField(null=True, blank=True)
+    problems = models.JSONField(default=list, blank=True)
+    pending = models.IntegerField(null=True, blank=True)
+    version = models.CharField(max_length=40, blank=True, default="")
+    clock_synced = models.BooleanField(default=False)
+    last_selftest = models.DateTimeField(null=True, blank=True)
+    counters = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["village", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.village or '-'} / {self.name}"
+
+
+class Alarm(models.Model):
+    class State(models.TextChoices):
+        NEW = "new", _("new")
+        ACKNOWLEDGED = "acknowledged", _("acknowledged")
+        DISPATCHED = "dispatched", _("dispatched")
+        ON_SCENE = "on_scene", _("on scene")
+        RESOLVED = "resolved", _("resolved")
+        SHELVED = "shelved", _("shelved")
+
+    class Outcome(models.TextChoices):
+        GENUINE = "genuine", _("genuine")
+        FALSE = "false", _("false alarm")
+        DRILL = "drill", _("drill")
+        TEST = "test", _("test")
+
+    station = models.ForeignKey(Station, on_delete=models.PROTECT, related_name="alarms")
+    first_event = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.NEW,
+                             db_index=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True, default="")
+    raised_at = models.DateTimeField(db_index=True)
+    station_ts = models.CharField(max_length=40, blank=True, default="")
+    presses = models.IntegerField(default=1)
+    escalation = models.IntegerField(default=0)
+    loud = models.BooleanField(default=False)
+    dispatched_to = models.CharField(max_length=200, blank=True, default="")
+    shelved_until = models.DateTimeField(null=True, blank=True)
+    shelve_reason = models.CharField(max_length=500, blank=True, default="")
+    snapshot = models.ForeignKey("Event", null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="+")
+    acked_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    on_scene_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    ack_by = models.CharField(max_length=150, blank=True, default="")
+    ack_cmd = models.CharField(max_length=64, blank=True, default="")
+
+    OPEN = (State.NEW, State.ACKNOWLEDGED, State.DISPATCHED, State.ON_SCENE, State.SHELVED)
+
+    class Meta:
+        ordering = ["-raised_at"]
+        permissions = [
+            ("ack_alarm", "Can acknowledge alarms"),
+            ("dispatch_alarm", "Can dispatch and record arrival"),
+            ("resolve_alarm", "Can resolve alarms"),
+            ("shelve_alarm", "Can shelve alarms"),
+            ("reopen_alarm", "Can reopen alarms"),
+            ("export_stats", "Can export statistics"),
+            ("view_quarantine", "Can see payloads kept aside"),
+        ]
+        indexes = [models.Index(fields=["station", "state"])]
+
+    def __str__(self) -> str:
+        return f"alarm {self.pk} at {self.station_id} ({self.state})"
+
+
+class Event(models.Model):
+    """Every accepted event once (the station may send one twice: its id decides)."""
+
+    id = models.CharField(max_length=64, primary_key=True)
+    station = models.ForeignKey(Station, on_delete=models.PROTECT, related_name="events")
+    type = models.CharField(max_length=40, db_index=True)
+    seq = models.BigIntegerField(default=0)
+    priority = models.IntegerField(default=3)
+    ts = models.CharField(max_length=40)
+    received_at = models.DateTimeField(db_index=True)
+    payload = models.JSONField(default=dict)
+    alarm = models.ForeignKey(Alarm, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="events")
+
+    class Meta:
+        ordering = ["-received_at"]
+
+
+ACTION_LABELS = {
+    "raise": _("pressed"), "press": _("pressed again"), "ack": _("acknowledged"),
+    "dispatch": _("dispatched"), "on_scene": _("on scene"), "resolve": _("resolved"),
+    "shelve": _("shelved"), "reopen": _("reopened"), "unshelve": _("shelf ended"),
+    "escalate": _("escalated"), "station_received": _("station shows received"),
+    "station_error": _("station error"), "snapshot": _("snapshot"),
+}
+
+
+class Transition(AppendOnly):
+    """One step in an alarm's life: who, when, what, with a note. Never edited."""
+
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="transitions")
+    action = models.CharField(max_length=20)
+    from_state = models.CharField(max_length=20, blank=True, default="")
+    to_state = models.CharField(max_length=20, blank=True, default="")
+    by = models.CharField(max_length=150)
+    at = models.DateTimeField()
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    @property
+    def label(self) -> str:
+        return str(ACTION_LABELS.get(self.action, self.action))
+
+    @property
+    def state_label(self) -> str:
+        return str(Alarm.State(self.to_state).label) if self.to_state else ""
+
+
+class EscalationFired(AppendOnly):
+    """A rung of the ladder fired for an alarm: unique, so it fires once even with two
+    centre processes running."""
+
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="escalations")
+    step = models.CharField(max_length=40)
+    at = models.DateTimeField()
+    notified = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["alarm", "step"], name="step_once")]
+
+
+class Command(models.Model):
+    """A command sent to a station, and the station's cmd.result when it comes."""
+
+    id = models.CharField(max_length=64, primary_key=True)
+    station = models.ForeignKey(Station, on_delete=models.PROTECT, related_name="commands")
+    cmd = models.CharField(max_length=40)
+    payload = models.JSONField(default=dict)
+    alarm = models.ForeignKey(Alarm, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="commands")
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+    sent = models.BooleanField(default=False)
+    result_ok = models.BooleanField(null=True)
+    result = models.JSONField(null=True, blank=True)
+    result_at = models.DateTimeField(null=True, blank=True)
+
+
+class Quarantined(models.Model):
+    """A payload that failed validation: kept with its reason, never dropped silently."""
+
+    topic = models.CharField(max_length=300)
+    received_at = models.DateTimeField(db_index=True)
+    size = models.IntegerField()
+    reason = models.TextField()
+    # The first bytes only: an oversized payload must not fill the database.
+    head = models.BinaryField()
+
+    class Meta:
+        ordering = ["-received_at"]
+
+
+class AuditEntry(AppendOnly):
+    at = models.DateTimeField(db_index=True)
+    user = models.CharField(max_length=150)
+    action = models.CharField(max_length=60)
+    target = models.CharField(max_length=120, blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+

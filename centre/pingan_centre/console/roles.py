@@ -1,0 +1,25 @@
+"""The five roles as Django groups, and what each may do."""
+
+from __future__ import annotations
+
+ALARM_PERMS = ["ack_alarm", "dispatch_alarm", "resolve_alarm", "shelve_alarm"]
+
+ROLES: dict[str, list[str]] = {
+    "viewer": [],
+    "duty_officer": ALARM_PERMS,
+    "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine"],
+    "technician": ["view_quarantine", "change_station", "view_station"],
+    "admin": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine",
+              "change_station", "view_station", "view_auditentry"],
+}
+
+
+def ensure_groups() -> None:
+    """Create or refresh the groups (after every migrate: permissions come from it)."""
+    from django.contrib.auth.models import Group, Permission
+
+    for role, codenames in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        perms = Permission.objects.filter(content_type__app_label="console",
+                                          codename__in=codenames)
+        group.permissions.set(perms)

@@ -1,0 +1,196 @@
+"""One incoming MQTT message into the database: state, events, alarms, command results.
+
+Called by the ingest worker inside a transaction; raises `Rejected` for a payload to keep
+aside. Every alarm change writes a Transition (the duty screen's version follows it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+
+from pingan_centre.console import link, live
+from pingan_centre.console.lifecycle import record
+from pingan_centre.console.logs import log
+from pingan_centre.console.models import Alarm, Command, Event, Quarantined, Station
+from pingan_centre.console.validate import Rejected, check
+
+SNAPSHOT_WINDOW = timedelta(minutes=5)
+HEAD_BYTES = 4096
+
+
+def route(topic: str, township: str) -> tuple[str, str] | None:
+    """(station, kind) for a topic of this township; None for what the centre ignores
+    (its own commands, echoed back by the subscription)."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[:3] != ["pingan", "v1", township]:
+        raise Rejected(f"topic outside pingan/v1/{township}/: {topic}")
+    station, rest = parts[3], "/".join(parts[4:])
+    if rest == "cmd":
+        return None
+    if rest not in ("events", "state", "cmd/result"):
+        raise Rejected(f"unknown topic {topic}")
+    return station, rest
+
+
+def quarantine(topic: str, payload: bytes, reason: str, now: datetime) -> None:
+    Quarantined.objects.create(topic=topic[:300], received_at=now, size=len(payload),
+                               reason=reason, head=payload[:HEAD_BYTES])
+
+
+Checked = tuple[str, str, dict[str, Any]]  # (topic, kind, payload)
+
+
+def parse(topic: str, payload: bytes, township: str, max_bytes: int) -> Checked | None:
+    """Route and validate one message (no database); None for what the centre ignores."""
+    routed = route(topic, township)
+    if routed is None:
+        return None
+    station_name, kind = routed
+    data = check("state" if kind == "state" else "event", payload, max_bytes)
+    if data.get("station") != station_name or data.get("township") != township:
+        raise Rejected(f"payload names {data.get('township')}/{data.get('station')}, "
+                       f"topic names {township}/{station_name}")
+    return topic, kind, data
+
+
+def store(batch: list[Checked], now: datetime) -> None:
+    """Store a batch of checked messages, in arrival order, with few queries: the
+    stations they name, the events not yet seen (one INSERT), then what each means."""
+    _ensure_stations({(d["station"], d["township"]) for _, _, d in batch})
+    ids = [d["id"] for _, kind, d in batch if kind != "state"]
+    seen = set(Event.objects.filter(id__in=ids).values_list("id", flat=True))
+    fresh: list[Event] = []
+    for _, kind, data in batch:
+        if kind == "state":
+            _state(data, now)
+        elif data["id"] not in seen:
+            seen.add(data["id"])  # at-least-once delivery: a copy in the same batch
+            fresh.append(Event(id=data["id"], station_id=data["station"], type=data["type"],
+                               seq=data.get("seq", 0), priority=data.get("priority", 3),
+                               ts=data["ts"], received_at=now, payload=data["payload"]))
+    Event.objects.bulk_create(fresh)
+    for event in fresh:
+        handler = _BY_TYPE.get(event.type)
+        if handler:
+            try:
+                with transaction.atomic():
+                    handler(Station.objects.get(pk=event.station_id), event, now)
+            except DatabaseError:
+                raise  # the batch is retried
+            except Exception as exc:  # a bug here must not stop ingest: keep it visible
+                log("error", "ingest.internal_error", event_id=event.id, error=repr(exc),
+                    action="a bug in the centre: report it with this event (kept aside)")
+                quarantine(f"pingan/v1/{event.station_id}/events", json.dumps(
+                    event.payload).encode(), f"internal error on {event.id}: {exc!r}", now)
+    names = {e.station_id for e in fresh}
+    if names:
+        Station.objects.filter(name__in=names).update(last_seen=now)
+
+
+def _ensure_stations(named: set[tuple[str, str]]) -> None:
+    known = set(Station.objects.filter(name__in=[n for n, _ in named])
+                .values_list("name", flat=True))
+    villages = settings.CENTRE.villages
+    Station.objects.bulk_create(
+        [Station(name=n, township=t, village=villages.get(n, "")) for n, t in named
+         if n not in known], ignore_conflicts=True)
+
+
+def _state(data: dict[str, Any], now: datetime) -> None:
+    st = Station.objects.get(pk=data["station"])
+    # A retained state can be older than one already seen (replayed after a reconnect).
+    if st.state_ts and data["ts"] < st.state_ts:
+        return
+    st.online = data["online"]
+    st.state_ts = data["ts"]
+    if data["online"]:
+        st.last_seen = now
+    st.problems = data.get("problems", [])
+    st.pending = data.get("pending")
+    st.version = data["version"]
+    st.clock_synced = data["clock_synced"]
+    st.counters = data.get("counters", {})
+    st.save()  # not live.bump(): station health on the cards follows within 30 s
+
+
+def _panic(st: Station, event: Event, now: datetime) -> None:
+    if event.payload.get("source") == "selftest":
+        Station.objects.filter(pk=st.pk).update(last_selftest=now)
+        return
+    alarm = (Alarm.objects.select_for_update().filter(station=st, state__in=Alarm.OPEN)
+             .order_by("-raised_at").first())
+    if alarm is None:
+        alarm = Alarm.objects.create(station=st, first_event=event.id, raised_at=now,
+                                     station_ts=event.ts, snapshot=_recent_snapshot(st, now))
+        record(alarm, "raise", "", "station", now)
+    else:
+        # A second press while it is open: the same incident, not a new card.
+        old = alarm.state
+        alarm.presses += 1
+        if alarm.state == Alarm.State.SHELVED:
+            alarm.state, alarm.shelved_until = Alarm.State.NEW, None
+        alarm.save()
+        record(alarm, "press", old, "station", now, f"press {alarm.presses}")
+    Event.objects.filter(pk=event.pk).update(alarm=alarm)
+    if alarm.acked_at is not None and alarm.state != Alarm.State.NEW:
+        _ack_press(alarm, st, event, now)
+    live.bump()
+
+
+def _ack_press(alarm: Alarm, st: Station, event: Event, now: datetime) -> None:
+    """The alarm was already acknowledged: tell the station this press was seen too."""
+    cmd_id = f"ack-{uuid.uuid4().hex[:20]}"
+    payload = {"cmd": "alarm.ack", "id": cmd_id, "event_id": event.id, "by": alarm.ack_by[:64]}
+    command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack", payload=payload,
+                                     alarm=alarm, by=alarm.ack_by, created_at=now)
+    topic = f"pingan/v1/{st.township}/{st.name}/cmd"
+
+    def publish() -> None:
+        if link.send(topic, payload):
+            Command.objects.filter(pk=command.pk).update(sent=True)
+
+    transaction.on_commit(publish)
+
+
+def _recent_snapshot(st: Station, now: datetime) -> Event | None:
+    return (Event.objects.filter(station=st, type="camera.person",
+                                 received_at__gte=now - SNAPSHOT_WINDOW)
+            .order_by("-received_at").first())
+
+
+def _person(st: Station, event: Event, now: datetime) -> None:
+    alarm = Alarm.objects.filter(station=st, state__in=Alarm.OPEN, snapshot=None).first()
+    if alarm is not None and event.payload.get("snapshot_jpeg"):
+        Alarm.objects.filter(pk=alarm.pk).update(snapshot=event)
+        record(alarm, "snapshot", alarm.state, "station", now)
+        live.bump()
+
+
+def _cmd_result(st: Station, event: Event, now: datetime) -> None:
+    result = event.payload
+    cmd_id = result.get("cmd_id")
+    if not cmd_id:
+        return
+    updated = Command.objects.filter(pk=cmd_id).update(
+        result_ok=bool(result.get("ok")), result=result, result_at=now)
+    command = Command.objects.filter(pk=cmd_id).select_related("alarm").first()
+    if updated and command is not None and command.alarm is not None:
+        alarm = command.alarm
+        word = "station_received" if result.get("ok") else "station_error"
+        error = (result.get("error") or {}).get("message", {}).get("en", "")
+        record(alarm, word, alarm.state, "station", now, error)
+        live.bump()
+
+
+def snapshot_bytes(event: Event) -> bytes:
+    return base64.b64decode(event.payload.get("snapshot_jpeg", ""))
+
+
+_BY_TYPE = {"alarm.panic": _panic, "camera.person": _person, "cmd.result": _cmd_result}

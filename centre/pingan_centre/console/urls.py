@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from pingan_centre.console import views
+
+urlpatterns = [
+    path("", views.duty, name="duty"),
+    path("cards", views.cards, name="cards"),
+    path("events", views.stream, name="stream"),
+    path("api/alarms", views.alarms_json, name="alarms_json"),
+    path("alarm/<int:alarm_id>", views.alarm_detail, name="alarm"),
+    path("alarm/<int:alarm_id>/<str:action>", views.act, name="act"),
+    path("snapshot/<str:event_id>.jpg", views.snapshot, name="snapshot"),
+    path("stations", views.stations, name="stations"),
+    path("stats", views.statistics, name="stats"),
+    path("stats.<str:fmt>", views.export, name="export"),
+    path("handover", views.handover, name="handover"),
+    path("quarantine", views.quarantine, name="quarantine"),
+    path("audit", views.audit_log, name="audit"),
+    path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
+         name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,259 @@
+"""The screens: duty (open alarms, live), stations, one alarm, statistics, handover,
+quarantine, audit. Every change goes through lifecycle.act (permission checked there)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db.models import Case, Count, IntegerField, Q, When
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_POST
+
+from pingan_centre.console import lifecycle, live, stats
+from pingan_centre.console.models import (
+    Alarm,
+    AuditEntry,
+    Event,
+    Quarantined,
+    Station,
+    Transition,
+)
+from pingan_centre.console.store import snapshot_bytes
+
+STALE = timedelta(seconds=settings.CENTRE.stale_after_s)
+URGENCY = Case(When(state="new", then=0), When(state="acknowledged", then=1),
+               When(state="dispatched", then=2), When(state="on_scene", then=3),
+               default=4, output_field=IntegerField())
+
+
+def health(station: Station, now: datetime) -> str:
+    """online / silent (no word within the state interval) / offline (Last Will)."""
+    if not station.online:
+        return "offline"
+    if station.last_seen is None or now - station.last_seen > STALE:
+        return "silent"
+    return "online"
+
+
+def open_alarms() -> list[Alarm]:
+    alarms: list[Alarm] = list(Alarm.objects.filter(state__in=Alarm.OPEN).select_related("station")
+                  .annotate(urgency=URGENCY).order_by("urgency", "-escalation", "-raised_at"))
+    now = timezone.now()
+    for alarm in alarms:
+        alarm.health = health(alarm.station, now)  # type: ignore[attr-defined]
+        alarm.last_result = (alarm.commands.filter(result_at__isnull=False)  # type: ignore[attr-defined]
+                             .order_by("-result_at").first())
+    return alarms
+
+
+@login_required
+def duty(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/duty.html", {"alarms": open_alarms(), "page": "duty",
+                                                 "outcomes": Alarm.Outcome.choices})
+
+
+@login_required
+def cards(request: HttpRequest) -> HttpResponse:
+    return render(request, "console/cards.html", {"alarms": open_alarms(),
+                                                  "outcomes": Alarm.Outcome.choices})
+
+
+@login_required
+def alarms_json(request: HttpRequest) -> JsonResponse:
+    data = [{"id": a.pk, "station": a.station_id, "village": a.station.village,
+             "state": a.state, "presses": a.presses, "escalation": a.escalation,
+             "raised_at": a.raised_at.isoformat(), "first_event": a.first_event}
+            for a in open_alarms()]
+    return JsonResponse({"alarms": data})
+
+
+async def stream(request: HttpRequest) -> StreamingHttpResponse | HttpResponse:
+    """Server-sent events: `change` whenever an alarm or a station changed."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return HttpResponseForbidden()
+
+    async def changes() -> AsyncIterator[str]:
+        seen: tuple[int, int] | None = None
+        checked = 0.0
+        loop = asyncio.get_running_loop()
+        db_version = 0
+        yield "retry: 1000\n\n"
+        while True:
+            now = loop.time()
+            # In this process a change is seen at once; from another centre process
+            # (a second ingest), within a second through the database.
+            if now - checked >= 1.0 or live.local() != (seen or (0, -1))[1]:
+                db_version = await sync_to_async(live.alarms_version)()
+                checked = now
+            version = (db_version, live.local())
+            if version != seen:
+                seen = version
+                yield f"event: change\ndata: {json.dumps(version)}\n\n"
+            elif now - checked < 0.05:
+                yield ": ping\n\n"
+            await asyncio.sleep(0.05)
+
+    response = StreamingHttpResponse(changes(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@require_POST
+@login_required
+def act(request: HttpRequest, alarm_id: int, action: str) -> HttpResponse:
+    post = request.POST
+    fields: dict[str, Any] = {}
+    if action == "dispatch":
+        fields["to"] = post.get("to", "")
+    elif action == "resolve":
+        fields["outcome"] = post.get("outcome", "")
+    elif action == "shelve":
+        minutes = int(post["minutes"]) if post.get("minutes", "").isdigit() else 0
+        fields["until"] = timezone.now() + timedelta(minutes=minutes)
+        fields["reason"] = post.get("reason", "")
+    try:
+        lifecycle.act(alarm_id, action, request.user, timezone.now(), post.get("note", ""),
+                      **fields)
+    except lifecycle.NotAllowed as why:
+        return HttpResponseForbidden(str(why))
+    except Alarm.DoesNotExist:
+        return HttpResponse(status=404)
+    if request.headers.get("Accept") == "application/json":
+        return JsonResponse({"ok": True})
+    return redirect(post.get("next") or "duty")
+
+
+@login_required
+def alarm_detail(request: HttpRequest, alarm_id: int) -> HttpResponse:
+    alarm = get_object_or_404(Alarm.objects.select_related("station"), pk=alarm_id)
+    return render(request, "console/alarm.html", {
+        "alarm": alarm, "page": "duty", "outcomes": Alarm.Outcome.choices,
+        "transitions": alarm.transitions.all(),
+        "commands": alarm.commands.order_by("created_at"),
+        "events": alarm.events.order_by("received_at")})
+
+
+@login_required
+def snapshot(request: HttpRequest, event_id: str) -> HttpResponse:
+    event = get_object_or_404(Event, pk=event_id, type="camera.person")
+    return HttpResponse(snapshot_bytes(event), content_type="image/jpeg")
+
+
+@login_required
+def stations(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    village = request.GET.get("village", "")
+    problem = request.GET.get("problem", "")
+    rows = list(Station.objects.all())
+    for st in rows:
+        st.health = health(st, now)  # type: ignore[attr-defined]
+        st.open_alarms = 0  # type: ignore[attr-defined]
+    counts = dict(Alarm.objects.filter(state__in=Alarm.OPEN).values("station")
+                  .annotate(n=Count("id")).values_list("station", "n"))
+    villages = sorted({st.village for st in rows})
+    problems = sorted({p["code"] for st in rows for p in st.problems}
+                      | {"offline", "silent"})
+    if village:
+        rows = [st for st in rows if st.village == village]
+    if problem:
+        rows = [st for st in rows if problem == st.health  # type: ignore[attr-defined]
+                or any(p["code"] == problem for p in st.problems)]
+    for st in rows:
+        st.open_alarms = counts.get(st.name, 0)  # type: ignore[attr-defined]
+    healths = [st.health for st in rows]  # type: ignore[attr-defined]
+    summary = {h: healths.count(h) for h in ("online", "silent", "offline")}
+    return render(request, "console/stations.html", {
+        "stations": rows, "villages": villages, "problems": problems, "village": village,
+        "problem": problem, "summary": summary, "page": "stations"})
+
+
+def _since(request: HttpRequest) -> datetime | None:
+    months = request.GET.get("months", "")
+    if months.isdigit():
+        return timezone.now() - timedelta(days=31 * int(months))
+    return None
+
+
+@login_required
+def statistics(request: HttpRequest) -> HttpResponse:
+    by = request.GET.get("by", "village")
+    if by not in ("village", "station", "month"):
+        by = "village"
+    rows = stats.table(by, _since(request))
+    charts = [(phase, stats.bars(rows, phase)) for phase in ("ack", "resolve")]
+    totals = {o: sum(r.outcomes[o] for r in rows) for o in stats.OUTCOMES}
+    return render(request, "console/stats.html", {
+        "rows": rows, "by": by, "charts": charts, "totals": totals, "page": "stats",
+        "outcomes": Alarm.Outcome.choices, "phases": stats.PHASES})
+
+
+@permission_required("console.export_stats", raise_exception=True)
+def export(request: HttpRequest, fmt: str) -> HttpResponse:
+    since = _since(request)
+    lifecycle.audit(request.user.get_username(), "stats.export", fmt, timezone.now())
+    if fmt == "csv":
+        body = stats.to_csv(stats.table(request.GET.get("by", "village"), since))
+        response = HttpResponse("\ufeff" + body, content_type="text/csv; charset=utf-8")
+    else:
+        sheets = {by: stats.table(by, since) for by in ("village", "station", "month")}
+        response = HttpResponse(
+            stats.to_xlsx(sheets),
+            content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    response["Content-Disposition"] = f'attachment; filename="pingan-stats.{fmt}"'
+    return response
+
+
+@login_required
+def handover(request: HttpRequest) -> HttpResponse:
+    given_hours = request.GET.get("hours", "")
+    hours = int(given_hours) if given_hours.isdigit() else 12
+    since = timezone.now() - timedelta(hours=hours)
+    given = parse_datetime(request.GET.get("since", ""))
+    if given is not None:
+        since = given
+    changed = (Transition.objects.filter(at__gte=since).select_related("alarm__station")
+               .order_by("at"))
+    now = timezone.now()
+    down = [st for st in Station.objects.all() if health(st, now) != "online" or st.problems]
+    return render(request, "console/handover.html", {
+        "alarms": open_alarms(), "changed": changed, "since": since, "hours": hours,
+        "stations_down": down, "page": "handover",
+        "raised": Alarm.objects.filter(raised_at__gte=since).count(),
+        "resolved": Alarm.objects.filter(resolved_at__gte=since).count()})
+
+
+@permission_required("console.view_quarantine", raise_exception=True)
+def quarantine(request: HttpRequest) -> HttpResponse:
+    rows = list(Quarantined.objects.all()[:500])
+    for q in rows:
+        q.preview = bytes(q.head[:400]).decode("utf-8", "replace")  # type: ignore[attr-defined]
+    return render(request, "console/quarantine.html", {"rows": rows, "page": "quarantine",
+                                                       "total": Quarantined.objects.count()})
+
+
+@permission_required("console.view_auditentry", raise_exception=True)
+def audit_log(request: HttpRequest) -> HttpResponse:
+    q = request.GET.get("q", "")
+    rows = AuditEntry.objects.all()
+    if q:
+        rows = rows.filter(Q(user__icontains=q) | Q(action__icontains=q) | Q(target=q))
+    return render(request, "console/audit.html", {"rows": rows[:500], "q": q,
+                                                  "page": "audit"})

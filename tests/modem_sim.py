@@ -1,0 +1,326 @@
+"""A 4G modem that speaks AT over a real pseudo-terminal pair.
+
+The code under test opens `sim.path` (e.g. /dev/pts/7) exactly as it opens /dev/ttyUSB2
+on a unit. Profiles: a Quectel EC25 and a SIMCom SIM7600. Faults on demand: slow
+replies, URCs in the middle of a reply, +CMS ERROR, hanging until AT+CFUN=1,1 or until a
+power cycle (through a gpiozero MockFactory pin), resetting by itself (RDY), vanishing,
+and the EC25's delivery reports announced as +CDSI: "SM" but stored in "SR".
+
+Status reports and incoming SMS-DELIVER PDUs are built here by hand, and the SMS-SUBMIT
+PDUs the station sends are kept raw for the tests to decode with another library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from typing import Any
+
+from gsmmodem import pdu as gsm_pdu
+
+SCA = "0891683108200105F0"  # +8613800250500, a China Mobile service centre
+SCTS = "62113202030023"  # 2026-11-23 20:30:00 +08:00
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "EC25": {
+        "ATI": ["Quectel", "EC25", "Revision: EC25EFAR06A06M4G"],
+        "AT+CGMM": ["EC25"],
+        "AT+QCCID": ["+QCCID: 89860012345678901234"],
+        'AT+QENG="servingcell"': ['+QENG: "servingcell","NOCONN","LTE","FDD",460,00,1A2D001,'
+                                  '123,1650,3,5,5,1234,-95,-11,-65,12,-'],
+        "boot": ["RDY", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE"],
+    },
+    "SIM7600": {
+        "ATI": ["Manufacturer: SIMCOM INCORPORATED", "Model: SIMCOM_SIM7600G-H",
+                "Revision: LE20B04SIM7600G22", "IMEI: 862636050000000"],
+        "AT+CGMM": ["SIMCOM_SIM7600G-H"],
+        "AT+CICCID": ["+ICCID: 89860098765432109876"],
+        "AT+CPSI?": ["+CPSI: LTE,Online,460-00,0x1A2D,12345678,123,EUTRAN-BAND3,1650,5,5,"
+                     "-9,-88,-60,15"],
+        "boot": ["RDY", "+CPIN: READY", "SMS DONE", "PB DONE"],
+    },
+}
+
+
+def bcd(number: str) -> tuple[int, int, str]:
+    digits = number.lstrip("+")
+    padded = digits + ("F" if len(digits) % 2 else "")
+    return (len(digits), 0x91 if number.startswith("+") else 0x81,
+            "".join(padded[i + 1] + padded[i] for i in range(0, len(padded), 2)))
+
+
+def status_report(reference: int, number: str, status: int = 0) -> tuple[int, str]:
+    """(TPDU length, hex) of an SMS-STATUS-REPORT."""
+    n, toa, digits = bcd(number)
+    tpdu = f"06{reference:02X}{n:02X}{toa:02X}{digits}{SCTS}{SCTS}{status:02X}"
+    return len(tpdu) // 2, SCA + tpdu
+
+
+def deliver(sender: str, text: str, *, gsm7: bool = False,
+            part: tuple[int, int, int] | None = None) -> tuple[int, str]:
+    """(TPDU length, hex) of an SMS-DELIVER from `sender`; `part` = (ref, count, number)."""
+    n, toa, digits = bcd(sender)
+    udh = bytes([5, 0, 3, *part]) if part else b""
+    first = 0x04 | (0x40 if part else 0)
+    if gsm7:
+        assert not part
+        septets = gsm_pdu.encodeGsm7(text)
+        ud, udl, dcs = bytes(gsm_pdu.packSeptets(septets)), len(septets), 0x00
+    else:
+        ud = udh + text.encode("utf-16-be")
+        udl, dcs = len(ud), 0x08
+    tpdu = (f"{first:02X}{n:02X}{toa:02X}{digits}00{dcs:02X}{SCTS}{udl:02X}"
+            + ud.hex().upper())
+    return len(tpdu) // 2, SCA + tpdu
+
+
+@dataclass
+class Submitted:
+    length: int
+    pdu: str
+    reference: int
+    at: float
+
+
+class ModemSim:
+    def __init__(self, profile: str = "EC25", *, sim: str = "READY", cdsi_quirk: bool = False,
+                 report_status: int | None = 0, report_delay_s: float = 0.05,
+                 slow_s: float = 0.0, rdy_delay_s: float = 0.2, power_pin: Any = None) -> None:
+        self.profile = profile
+        self.spec = PROFILES[profile]
+        self.sim = sim
+        self.cdsi_quirk = cdsi_quirk
+        self.report_status = report_status
+        self.report_delay_s = report_delay_s
+        self.slow_s = slow_s
+        self.rdy_delay_s = rdy_delay_s
+        self.power_pin = power_pin
+        self.hang: str | None = None  # "cfun": until AT+CFUN=1,1; "power": until power cycle
+        self.cms_error: str | None = None  # the next AT+CMGS answers this
+        self.commands: list[str] = []
+        self.submitted: list[Submitted] = []
+        self.store: dict[str, dict[int, str]] = {"SM": {}, "SR": {}}
+        self.mid_reply: list[str] = []  # URC lines slipped into the next multi-line reply
+        self._mem = "SM"
+        self._echo = True
+        self._cnmi_ds = 0
+        self._mr = 0
+        self._off = False
+        self._lock = threading.RLock()
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.path = os.ttyname(self._slave)
+        self._stop = threading.Event()
+        self._timers: list[threading.Timer] = []
+        self._thread = threading.Thread(target=self._run, name="modem-sim", daemon=True)
+        self._thread.start()
+
+    # --- test controls ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._timers:
+            t.cancel()
+        self._thread.join(2)
+        for fd in (self.master, self._slave):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.master = self._slave = -1
+
+    def vanish(self) -> None:
+        """Unplugged: the pty goes away under the reader."""
+        self.close()
+
+    def reset(self) -> None:
+        """The modem restarts by itself (brown-out, firmware watchdog)."""
+        self._boot()
+
+    def count(self, prefix: str) -> int:
+        with self._lock:
+            return sum(1 for c in self.commands if c.startswith(prefix))
+
+    def receive(self, sender: str, text: str, **kw: Any) -> int:
+        """An SMS arrives: stored in "SM", announced by +CMTI."""
+        _, hexpdu = deliver(sender, text, **kw)
+        with self._lock:
+            index = max(self.store["SM"], default=0) + 1
+            self.store["SM"][index] = hexpdu
+        self._send(f'\r\n+CMTI: "SM",{index}\r\n')
+        return index
+
+    def report(self, reference: int, number: str, status: int = 0) -> None:
+        length, hexpdu = status_report(reference, number, status)
+        if self.cdsi_quirk:
+            with self._lock:
+                index = max(self.store["SR"], default=0) + 1
+                self.store["SR"][index] = hexpdu
+            self._send(f'\r\n+CDSI: "SM",{index}\r\n')
+        elif self._cnmi_ds == 1:
+            self._send(f"\r\n+CDS: {length}\r\n{hexpdu}\r\n")
+
+    # --- the wire --------------------------------------------------------------------
+
+    def _send(self, text: str) -> None:
+        if self.master < 0 or self._off:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.master, text.encode("latin-1"))
+
+    def _later(self, delay: float, fn: Any, *args: Any) -> None:
+        t = threading.Timer(delay, fn, args)
+        t.daemon = True
+        self._timers.append(t)
+        t.start()
+
+    def _run(self) -> None:
+        buf = b""
+        body: str | None = None  # collecting the PDU after "> "
+        pending_cmgs = 0
+        was_on = True
+        while not self._stop.is_set():
+            if self.power_pin is not None:
+                on = not self.power_pin.state  # relay energised = supply cut
+                if on != was_on:
+                    was_on = on
+                    self._off = not on
+                    if on:
+                        self.hang = None
+                        self._later(self.rdy_delay_s, self._boot)
+            try:
+                ready, _, _ = select.select([self.master], [], [], 0.02)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                continue
+            if self._off:
+                continue
+            buf += data
+            while buf:
+                if body is not None:
+                    end = min((i for i in (buf.find(b"\x1a"), buf.find(b"\x1b")) if i >= 0),
+                              default=-1)
+                    if end < 0:
+                        break
+                    cancelled = buf[end] == 0x1b
+                    body += buf[:end].decode("latin-1")
+                    buf = buf[end + 1:]
+                    if not cancelled:
+                        self._submit(pending_cmgs, body)
+                    body = None
+                    continue
+                end = buf.find(b"\r")
+                if end < 0:
+                    break
+                line = buf[:end].decode("latin-1").strip()
+                buf = buf[end + 1:].lstrip(b"\n")
+                if not line:
+                    continue
+                if self._echo and not self.hang:
+                    self._send(line + "\r\n")
+                m = re.fullmatch(r"AT\+CMGS=(\d+)", line, re.IGNORECASE)
+                if m and not self.hang:
+                    with self._lock:
+                        self.commands.append(line)
+                    pending_cmgs = int(m.group(1))
+                    body = ""
+                    self._send("\r\n> ")
+                    continue
+                self._command(line)
+
+    def _reply(self, lines: list[str], final: str = "OK") -> None:
+        out = []
+        for i, line in enumerate(lines):
+            out.append(f"\r\n{line}\r\n")
+            if i == 0 and self.mid_reply:
+                out.extend(f"\r\n{u}\r\n" for u in self.mid_reply)
+                self.mid_reply = []
+        if not lines and self.mid_reply:
+            out.extend(f"\r\n{u}\r\n" for u in self.mid_reply)
+            self.mid_reply = []
+        self._send("".join(out))
+        if self.slow_s:
+            self._stop.wait(self.slow_s)
+        self._send(f"\r\n{final}\r\n")
+
+    def _boot(self) -> None:
+        with self._lock:
+            self._echo = True
+            self._cnmi_ds = 0
+            self._mem = "SM"
+            self.hang = None
+        self._send("".join(f"\r\n{u}\r\n" for u in self.spec["boot"]))
+
+    def _command(self, line: str) -> None:
+        with self._lock:
+            self.commands.append(line)
+        cmd = line.upper()
+        if self.hang == "power" or (self.hang == "cfun" and cmd != "AT+CFUN=1,1"):
+            return
+        spec = self.spec
+        if cmd == "AT+CFUN=1,1":
+            self._reply([])
+            self._later(self.rdy_delay_s, self._boot)
+        elif cmd in ("AT", "AT+CMEE=1", "AT+CMGF=0", "AT+CREG=1", "AT+CEREG=1") or \
+                cmd.startswith("AT+CSMP="):
+            self._reply([])
+        elif cmd == "ATE0":
+            self._echo = False
+            self._reply([])
+        elif cmd.startswith("AT+CNMI="):
+            self._cnmi_ds = int(cmd.split("=")[1].split(",")[3])
+            self._reply([])
+        elif line in spec:
+            self._reply(spec[line])
+        elif cmd == "AT+CPIN?":
+            if self.sim == "absent":
+                self._reply([], "+CME ERROR: 10")
+            else:
+                self._reply([f"+CPIN: {self.sim}"])
+        elif cmd.startswith("AT+CPMS="):
+            self._mem = line.split("=")[1].split(",")[0].strip('"')
+            self._reply(["+CPMS: 0,50,0,50,0,50"])
+        elif cmd == "AT+CSQ":
+            self._reply(["+CSQ: 20,99"])
+        elif cmd == "AT+CREG?":
+            self._reply(["+CREG: 1,1"])
+        elif cmd == "AT+CEREG?":
+            self._reply(["+CEREG: 1,1"])
+        elif cmd == "AT+COPS?":
+            self._reply(['+COPS: 0,0,"CHINA MOBILE",7'])
+        elif cmd.startswith("AT+CMGR="):
+            index = int(cmd.split("=")[1])
+            found = self.store.get(self._mem, {}).get(index)
+            if found is None:
+                self._reply([], "+CMS ERROR: 321")
+            else:
+                self._reply([f"+CMGR: 0,,{(len(found) - 18) // 2}", found])
+        elif cmd.startswith("AT+CMGD="):
+            self.store.get(self._mem, {}).pop(int(cmd.split("=")[1]), None)
+            self._reply([])
+        else:
+            self._reply([], "ERROR")
+
+    def _submit(self, length: int, body: str) -> None:
+        if self.cms_error:
+            error, self.cms_error = self.cms_error, None
+            self._reply([], error)
+            return
+        with self._lock:
+            self._mr = (self._mr + 1) & 0xFF
+            mr = self._mr
+            self.submitted.append(Submitted(length, body.strip(), mr, time.monotonic()))
+        self._reply([f"+CMGS: {mr}"])
+        if self.report_status is not None:
+            number = gsm_pdu.decodeSmsPdu(body.strip())["number"]
+            self._later(self.report_delay_s, self.report, mr, number, self.report_status)
