@@ -380,20 +380,32 @@ class Selftest:
                    "use a 5 V 3 A supply and a short thick cable; check cooling")
 
     def modem(self) -> Row:
-        """The seam for the 4G modem part (edge/modem): a `selftest(cfg) -> (ok, detail)`."""
+        """The 4G modem (edge/modem) when `modem.enabled`: its own report, read here."""
         zh, en = "4G 模块与信号", "4G modem and signal"
-        try:
-            import importlib
+        if not self.cfg.modem.enabled:
+            return Row("modem", zh, en, "not_fitted", "modem.enabled = false")
+        from edge.health import Health
+        from edge.modem.device import Modem
 
-            probe = importlib.import_module("edge.modem").selftest
-        except (ImportError, AttributeError):
-            return Row("modem", zh, en, "not_fitted", "no modem support on this unit")
-        ok, detail = probe(self.cfg)
-        if ok is None:
-            return Row("modem", zh, en, "not_fitted", detail)
-        return Row("modem", zh, en, "pass" if ok else "fail", detail,
-                   "" if ok else "检查 SIM 卡、天线和 APN", "" if ok else
-                   "check the SIM card, the antenna and the APN")
+        modem = Modem(self.cfg.modem, Health())
+        modem.start()
+        try:
+            deadline = time.monotonic() + self.cfg.modem.rdy_timeout_s + 10
+            report = modem.report()
+            while time.monotonic() < deadline and (report.state == "starting" or (
+                    report.state == "ok" and report.reg is None)):
+                time.sleep(0.2)
+                report = modem.report()
+        finally:
+            modem.close()
+        detail = (f"{report.state}, {report.model or '?'}, reg {report.reg or '-'}, "
+                  f"{report.operator or '-'} {report.tech or ''}, "
+                  f"{report.csq_dbm if report.csq_dbm is not None else '?'} dBm")
+        if report.state == "ok" and report.reg in ("home", "roaming"):
+            return Row("modem", zh, en, "pass", detail)
+        return Row("modem", zh, en, "fail", detail, "检查 SIM 卡、天线、APN 和模块供电",
+                   f"check the SIM card, the antenna, the APN and the modem's power "
+                   f"({self.cfg.modem.port})")
 
 
 def _throttled() -> int | None:

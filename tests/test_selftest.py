@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from conftest import schema, wait_until
+from modem_sim import ModemSim
 from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
@@ -148,6 +150,24 @@ def test_every_part_passes_with_a_technician_and_the_real_broker(
     assert got["modem"].status == "not_fitted"
     assert "press the panic button now (within 3 s)" in tech.heard
     assert got["broker"].detail == f"127.0.0.1:{township.tls_port}, TLS on"
+
+
+def test_a_fitted_modem_is_read_for_its_signal(tmp_path: Path,
+                                               township: TownshipBroker) -> None:
+    sim = ModemSim("EC25")
+    try:
+        cfg = unit_config(tmp_path, township)
+        cfg = msgspec.structs.replace(cfg, modem=msgspec.structs.replace(
+            cfg.modem, enabled=True, port=sim.path))
+        test = selftest.Selftest(cfg, Technician())
+        row = test.modem()
+        sim.vanish()
+        gone = test.modem()
+    finally:
+        sim.close()
+    assert row.status == "pass", row
+    assert row.detail.startswith("ok, EC25, reg home, CHINA MOBILE LTE, -73 dBm")
+    assert gone.status == "fail" and "SIM" in gone.action_en
 
 
 def test_a_part_that_fails_says_what_to_do_and_the_rest_still_run(
