@@ -163,6 +163,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from edge import selftest
+
+    return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
+
+
 def cmd_install_bundle(args: argparse.Namespace) -> int:
     try:
         toml = install_bundle(Path(args.bundle), Path(args.dest))
@@ -204,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a station TOML and exit")
     sp.add_argument("path")
     sp.set_defaults(fn=cmd_check_config)
+    sp = with_config(sub.add_parser(
+        "selftest", help="on site: check every part of this unit (stops the station meanwhile)"))
+    sp.add_argument("--json", action="store_true", help="the results as JSON")
+    sp.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds to wait for each button press and answer")
+    sp.set_defaults(fn=cmd_selftest)
     sp = sub.add_parser("install-bundle", help="unpack the station bundle the township issued")
     sp.add_argument("bundle")
     sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")

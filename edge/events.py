@@ -152,6 +152,28 @@ class CameraPerson(EventBase, tag="camera.person", kw_only=True):
     payload: CameraPersonPayload
 
 
+class SelftestResult(_Shape):
+    # alarm_led, panic_button, broadcast_button, loudspeaker, microphone, camera, broker,
+    # certificate, clock, disk, power, modem (more may come).
+    check: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    status: Literal["pass", "fail", "not_fitted"]
+    detail: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class SelftestPayload(_Shape):
+    """`pingan-edge selftest` on site: every check and whether all passed."""
+
+    passed: bool
+    # Who ran it (the login on the unit).
+    by: Annotated[str, msgspec.Meta(max_length=64)]
+    results: list[SelftestResult]
+
+
+class Selftest(EventBase, tag="selftest", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: SelftestPayload
+
+
 class SmsRecipient(_Shape):
     number: str
     # queued → submitted → delivered / failed; held_back: over the SMS rate limit, not
@@ -179,7 +201,7 @@ class AlarmSms(EventBase, tag="alarm.sms", kw_only=True):
 
 
 Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
-         | AlarmSms)
+         | AlarmSms | Selftest)
 
 
 class Problem(_Shape):

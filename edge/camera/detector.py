@@ -18,10 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge import resources
 from edge.camera.motion import Box
 from edge.camera.sources import Frame
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "person_ssdlite.tflite"
+# The default model: see edge.resources for where it is looked up.
+BUNDLED_MODEL = resources.model_path()
 RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 # Crops smaller than this (pixels, square side) are not informative; grow them.
 MIN_CROP = 96
@@ -40,8 +42,9 @@ class Detection:
 def make_interpreter(model: Path, threads: int) -> Any:
     """Build an Interpreter from the first runtime that is installed and works."""
     if not model.is_file():
-        raise DetectorError(f"model {model} not found (run models/build.sh, or provision "
-                            "camera.model)")
+        hint = (resources.missing_hint(resources.MODEL) if model == BUNDLED_MODEL
+                else "check camera.model")
+        raise DetectorError(f"model {model} not found ({hint}; models/build.sh builds it)")
     errors = []
     for name in RUNTIMES:
         try:

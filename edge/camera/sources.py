@@ -14,10 +14,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from edge import resources
 from edge.config import CameraSection
 
 # The simulator's scene when camera.source = "folder" and camera.path is empty.
-BUNDLED_SCENE = Path(__file__).resolve().parents[2] / "sim" / "camera"
+BUNDLED_SCENE = resources.scene_path()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 OPEN_TIMEOUT_MS = 10000
 READ_TIMEOUT_MS = 5000

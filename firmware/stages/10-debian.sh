@@ -1,0 +1,20 @@
+# Stage 10: Debian 12 arm64 from Debian's packages (as Debian's own raspi images do:
+# raspi-firmware + linux-image-arm64). A directory, so later stages can chroot into it.
+root="$WORK/rootfs"
+rm -rf "$root"
+packages=(
+    systemd systemd-sysv systemd-timesyncd systemd-resolved udev kmod dbus
+    linux-image-arm64 raspi-firmware initramfs-tools
+    python3 python3-venv espeak-ng libportaudio2 libasound2 alsa-utils
+    ca-certificates iproute2 iputils-ping wpasupplicant
+    e2fsprogs dosfstools fdisk cloud-guest-utils util-linux sudo less
+)
+# raspi-firmware's kernel hook copies the kernel/initrd/dtbs into /boot/firmware: make it
+# exist before the kernel is installed.
+mmdebstrap --arch=arm64 --variant=apt --components=main,non-free-firmware \
+    --include="$(IFS=,; echo "${packages[*]}")" \
+    --essential-hook='mkdir -p "$1/boot/firmware"' \
+    --customize-hook='rm -f "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*_Packages' \
+    bookworm "$root" "deb http://deb.debian.org/debian bookworm main non-free-firmware" \
+    "deb http://deb.debian.org/debian-security bookworm-security main non-free-firmware"
+ls "$root/boot" "$root/boot/firmware" >&2
