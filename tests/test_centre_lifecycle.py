@@ -19,6 +19,8 @@ from centre_helpers import Centre, Database, database, press, station
 from conftest import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.config import Config
+from edge.events import Selftest, SelftestPayload, SelftestResult, stamp
 from edge.indicator import Mode
 
 
@@ -254,6 +256,12 @@ def test_centre_restart_while_stations_send_nothing_missed_nothing_twice(  # typ
     assert raised[0][0] == 1
 
 
+def selftest_event(cfg: Config, results: list[SelftestResult]) -> Selftest:
+    return Selftest(**stamp(), station=cfg.station.id, township=cfg.station.township,
+                    payload=SelftestPayload(passed=all(r.status != "fail" for r in results),
+                                            by="technician", results=results))
+
+
 def test_station_grid_online_offline_and_silent(centre, db, broker, stations, township):  # type: ignore[no-untyped-def]
     s1 = stations("s1")
     s2 = stations("s2")
@@ -285,6 +293,14 @@ def test_station_grid_online_offline_and_silent(centre, db, broker, stations, to
     assert 'id="st-s2"' in only and 'id="st-s1"' not in only
     offline = tech.get(f"{centre.url}/stations?problem=offline", timeout=10).text
     assert 'id="st-s2"' in offline and 'id="st-s1"' not in offline
+    # An on-site self-test (the event `pingan-edge selftest` stores) shows when and how.
+    checks = [SelftestResult(check="alarm_led", status="pass"),
+              SelftestResult(check="broker", status="fail", detail="refused")]
+    s1.outbox.append(selftest_event(s1.config, checks))
+    wait_until(lambda: db.rows("SELECT last_selftest_passed FROM console_station "
+                               "WHERE name = 's1'")[0][0] in (False, 0), 15, "selftest stored")
+    page = tech.get(f"{centre.url}/stations", timeout=10).text
+    assert "✗ 未通过" in page.split('id="selftest-s1"')[1].split("</td>")[0]
     # Silence: no word from s1 for longer than stale_after_s shows it as such.
     centre.python("""
 from datetime import timedelta

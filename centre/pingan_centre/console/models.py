@@ -36,6 +36,8 @@ class Station(models.Model):
     version = models.CharField(max_length=40, blank=True, default="")
     clock_synced = models.BooleanField(default=False)
     last_selftest = models.DateTimeField(null=True, blank=True)
+    # None: never self-tested on site (or only by a selftest-sourced press).
+    last_selftest_passed = models.BooleanField(null=True, blank=True)
     counters = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -199,4 +199,11 @@ def snapshot_bytes(event: Event) -> bytes:
     return base64.b64decode(event.payload.get("snapshot_jpeg", ""))
 
 
-_BY_TYPE = {"alarm.panic": _panic, "camera.person": _person, "cmd.result": _cmd_result}
+def _selftest(st: Station, event: Event, now: datetime) -> None:
+    """`pingan-edge selftest` on site: the grid shows when and whether it all passed."""
+    Station.objects.filter(pk=st.pk).update(last_selftest=now,
+                                            last_selftest_passed=event.payload["passed"])
+
+
+_BY_TYPE = {"alarm.panic": _panic, "camera.person": _person, "cmd.result": _cmd_result,
+            "selftest": _selftest}
