@@ -10,10 +10,9 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from township_broker import CENTRE, Client, TownshipBroker, wait_for
+from township_broker import CENTRE, Client, TownshipBroker, town_with_units, unit, wait_for
 
 from edge.bundle import install_bundle
 from pingan_centre.broker import provision
@@ -24,18 +23,9 @@ T = "pingan/v1/t01"
 
 @pytest.fixture(scope="module")
 def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TownshipBroker]:
-    broker = TownshipBroker(tmp_path_factory.mktemp("township"))
-    for station in ("v001", "v002"):
-        bundle = provision.add_station(broker.town, station, "127.0.0.1")
-        install_bundle(bundle, broker.town.dir.parent / "units" / station)
-    broker.start()
+    broker = town_with_units(tmp_path_factory.mktemp("township"))
     yield broker
     broker.stop()
-
-
-def unit(town: TownshipBroker, station: str) -> tuple[Path, Path, Path]:
-    d = town.town.dir.parent / "units" / station
-    return d / "ca.crt", d / "station.crt", d / "station.key"
 
 
 @pytest.fixture

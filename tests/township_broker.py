@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.bundle import install_bundle
 from edge.sim.localbroker import Mosquitto, free_port
 from pingan_centre.broker import provision
 
@@ -182,3 +183,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
             return value
         time.sleep(0.005)
     return predicate()
+
+
+def town_with_units(tmp: Path, stations: tuple[str, ...] = ("v001", "v002")) -> TownshipBroker:
+    """A started township broker, each station's bundle installed as its unit would."""
+    broker = TownshipBroker(tmp)
+    for station in stations:
+        bundle = provision.add_station(broker.town, station, "127.0.0.1")
+        install_bundle(bundle, broker.town.dir.parent / "units" / station)
+    return broker.start()
+
+
+def unit(town: TownshipBroker, station: str) -> tuple[Path, Path, Path]:
+    """A unit's CA, certificate and key, as `town_with_units` installed them."""
+    d = town.town.dir.parent / "units" / station
+    return d / "ca.crt", d / "station.crt", d / "station.key"
