@@ -89,7 +89,7 @@ for name, role in {users!r}.items():
         return done.stdout
 
     def start(self, command: str = "serve", *extra: str) -> Centre:
-        args = [sys.executable, "-m", "pingan_centre.console.cli", command]
+        args = [sys.executable, "-m", "pingan_centre", command]
         if command == "serve":
             args += ["--host", "127.0.0.1", "--port", str(self.port), *extra]
         with self.log.open("ab") as log:

@@ -104,7 +104,7 @@ class Centre:
     def start(self) -> Centre:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pingan_centre.console.cli", "serve", "--host",
+                [sys.executable, "-m", "pingan_centre", "serve", "--host",
                  "127.0.0.1", "--port", str(self.port)], env=self.env, stdout=log,
                 stderr=subprocess.STDOUT)
         wait_until(lambda: reachable("127.0.0.1", self.port, 0.2) or self._dead(), 60,

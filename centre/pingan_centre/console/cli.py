@@ -176,13 +176,3 @@ def add_parsers(sub: Any) -> None:
                    choices=["viewer", "duty_officer", "leader", "technician", "admin"])
     p.add_argument("--password", help="default: generated and printed")
     p.set_defaults(fn=_console(createuser))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pingan_centre.console.cli serve` is `pingan-centre serve`."""
-    from pingan_centre.cli import main as centre_main
-    return centre_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
