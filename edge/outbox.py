@@ -4,8 +4,11 @@
   does `submit()`'s future resolve, so "accepted" survives a power cut.
 - One writer thread owns the write connection and commits whatever has queued up in one
   transaction (group commit): a burst costs one fsync per batch, not one per event.
-- Sequence numbers are assigned in that transaction from a counter stored beside the
-  rows, so they survive restarts and have no gaps among accepted events.
+- Sequence numbers are assigned in that transaction; the next one is the highest row's
+  plus one, so they survive restarts and have no gaps among accepted events. The
+  counter row in `meta` is written only by transactions that delete rows (eviction,
+  parking, cleanup), so that a deleted top row's seq is not used again; an isolated
+  event writes no page for it.
 - Rows drain by priority, then sequence, and are marked delivered only on PUBACK.
 - A row the broker keeps refusing (its ACL) is *parked*: moved to the `rejected` table,
   out of the drain and of eviction, kept with the reason; on the next open (a restart,
@@ -163,7 +166,7 @@ class Outbox:
         if (problem := outbox_repair.check(path)) is not None:
             kind, error = "corrupt", problem
             kept = outbox_repair.quarantine(path)
-            salvage = outbox_repair.salvage(kept)
+            salvage = outbox_repair.salvage(kept, prior.clean_next if prior else None)
         elif prior is not None and prior.clean_next is None and wal_missing:
             kind = "wal_lost"
             error = "outbox.db-wal is missing after an unclean stop: its commits are lost"
@@ -174,6 +177,7 @@ class Outbox:
             kept = outbox_repair.quarantine(path) if path.exists() else None
 
         self._write = self._connect(str(path))
+        self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
         self._write.execute("PRAGMA synchronous=FULL")
         self._create_schema()
@@ -197,6 +201,29 @@ class Outbox:
         self._reserve(self._next_seq + SEQ_BLOCK)
         if kind is not None:
             self._record_damage(kind, error, kept, salvage)
+
+    def _page_size(self) -> None:
+        """Small pages for a new database; one made with SQLite's default 4 KiB pages is
+        rebuilt once (VACUUM under a rollback journal: a crash midway leaves the old
+        file). If that fails (no room for the copy), the old page size is kept."""
+        conn = self._write
+        size = outbox_repair.PAGE_SIZE
+        if conn.execute("PRAGMA page_size").fetchone()[0] == size:
+            return
+        conn.execute(f"PRAGMA page_size={size}")
+        if not conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            return  # a new database: created with `size` at its first write
+        started = time.monotonic()
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")  # checkpoints the WAL into the file
+            conn.execute("VACUUM")
+        except sqlite3.Error as exc:
+            log(logger, "warning", "outbox.page_size_kept", error=str(exc),
+                action="the outbox keeps its 4 KiB pages (more SD-card writes per event); "
+                       "free space on the data partition and restart to shrink them")
+            return
+        log(logger, "info", "outbox.page_size_changed", page_size=size,
+            seconds=round(time.monotonic() - started, 3))
 
     def _open_unwritable(self, exc: BaseException) -> str:
         """Keep the outbox's interface over an empty in-memory database; every event is
@@ -312,10 +339,9 @@ class Outbox:
                 "CREATE INDEX IF NOT EXISTS events_pending ON events(priority, seq) "
                 "WHERE delivered_at IS NULL"
             )
-            self._write.execute(
-                "CREATE INDEX IF NOT EXISTS events_delivered ON events(seq) "
-                "WHERE delivered_at IS NOT NULL"
-            )
+            # Kept up by every delivery mark for a cleanup every 1,000 marks: not worth
+            # its page writes (older databases had it).
+            self._write.execute("DROP INDEX IF EXISTS events_delivered")
 
     def _unpark(self) -> None:
         """Parked rows get another chance on each open: a restart is how a technician
@@ -555,9 +581,6 @@ class Outbox:
                 self._write.executemany(
                     "INSERT INTO events (seq, id, type, priority, body, size, created) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                self._write.execute(
-                    "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (seq,))
             for ack in acks:
                 if self._write.execute(
                         "UPDATE events SET delivered_at = ? WHERE seq = ? AND delivered_at IS NULL",
@@ -574,16 +597,22 @@ class Outbox:
                     "size, created, ?, ? FROM events WHERE seq = ?", (now, park.reason, park.seq))
                 self._write.execute("DELETE FROM events WHERE seq = ?", (park.seq,))
                 pending_bytes -= row[0]
+            deleted = bool(parks)
             if pending_bytes > self._max_bytes:
                 evicted = self._evict(pending_bytes - self._max_bytes)
                 pending_bytes -= sum(size for _, size in evicted)
+                deleted = True
             self._acks_since_cleanup += len(acks)
             if self._acks_since_cleanup >= _CLEANUP_EVERY:
                 self._acks_since_cleanup = 0
+                deleted = True
                 self._write.execute(
                     "DELETE FROM events WHERE delivered_at IS NOT NULL AND seq < "
                     "(SELECT seq FROM events WHERE delivered_at IS NOT NULL "
                     "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (max(0, self._keep_delivered - 1),))
+            if deleted:
+                self._write.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
         self._next_seq, self._pending_bytes = seq, pending_bytes
         return stored, evicted
 

@@ -26,6 +26,9 @@ logger = logging.getLogger("edge.outbox")
 
 QUARANTINE = "quarantine"
 _MAGIC = b"SQLite format 3\x00"
+# The outbox's page size: an isolated event rewrites a few pages, and small pages are
+# fewer bytes written to the SD card (set when the database is created).
+PAGE_SIZE = 1024
 _COLUMNS = "seq, id, type, priority, body, size, created"
 
 
@@ -130,9 +133,10 @@ def reports(data_dir: Path) -> list[Damage]:
     return out
 
 
-def salvage(quarantined: Path) -> Salvage:
+def salvage(quarantined: Path, next_seq: int | None = None) -> Salvage:
     """Read every row that can still be read from a quarantined outbox, through a
-    scratch copy (deleted afterwards) whose header is rebuilt if need be."""
+    scratch copy (deleted afterwards) whose header is rebuilt if need be. `next_seq`,
+    if known (a clean stop's seq mark), counts the rows lost from a damaged tail."""
     scratch = quarantined.with_name(quarantined.name + ".salvage")
     try:
         try:
@@ -147,7 +151,7 @@ def salvage(quarantined: Path) -> Salvage:
         if conn is None:
             return Salvage([], None, None)
         try:
-            return _read_all(conn)
+            return _read_all(conn, next_seq)
         finally:
             conn.close()
     finally:
@@ -158,9 +162,11 @@ def salvage(quarantined: Path) -> Salvage:
 def _open_readable(scratch: Path) -> sqlite3.Connection | None:
     """A connection that can read the schema, rebuilding the 100-byte header (page
     count from the file's size) when the file as found cannot be read at all."""
-    for attempt in range(2):
-        if attempt:
-            _rebuild_header(scratch, wal=Path(str(scratch) + "-wal").exists())
+    # The page size a garbled header no longer tells: the outbox's own, then SQLite's
+    # default (an outbox created before it chose its own).
+    for guess in (None, PAGE_SIZE, 4096):
+        if guess:
+            _rebuild_header(scratch, wal=Path(str(scratch) + "-wal").exists(), guess=guess)
         try:
             conn = sqlite3.connect(scratch)
         except sqlite3.Error:
@@ -173,13 +179,13 @@ def _open_readable(scratch: Path) -> sqlite3.Connection | None:
     return None
 
 
-def _rebuild_header(path: Path, *, wal: bool) -> None:
+def _rebuild_header(path: Path, *, wal: bool, guess: int) -> None:
     with open(path, "r+b") as f:
         head = f.read(100).ljust(100, b"\x00")
         raw = int.from_bytes(head[16:18], "big")
         page = 65536 if raw == 1 else raw
         if head[:16] != _MAGIC or page < 512 or page & (page - 1):
-            page = 4096  # SQLite's default, which the outbox never changes
+            page = guess
         size = os.fstat(f.fileno()).st_size
         pages = max(1, -(-size // page))
         f.truncate(pages * page)  # a file cut mid-page: the rest of that page reads as zeros
@@ -205,7 +211,7 @@ def _rebuild_header(path: Path, *, wal: bool) -> None:
         f.write(header)
 
 
-def _read_all(conn: sqlite3.Connection) -> Salvage:
+def _read_all(conn: sqlite3.Connection, next_seq: int | None) -> Salvage:
     meta_next: int | None = None
     with contextlib.suppress(sqlite3.Error):
         row = conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
@@ -219,7 +225,8 @@ def _read_all(conn: sqlite3.Connection) -> Salvage:
     top = max([*rows, *unreadable], default=0)
     lost: int | None = len(unreadable - set(rows)) + sum(s.skipped for s in scans)
     if scans[0].tail_failed:
-        lost = None if meta_next is None or lost is None else lost + max(0, meta_next - 1 - top)
+        # The counter in `meta` is not kept per event: only a clean stop's mark tells.
+        lost = None if next_seq is None or lost is None else lost + max(0, next_seq - 1 - top)
     if not rows and not unreadable and meta_next is None:
         lost = None  # nothing could be read: nothing tells how many rows there were
     return Salvage(sorted(rows.values(), key=lambda r: (r.priority, r.seq)), lost, meta_next)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_until
 
+from edge import outbox_repair
 from edge.events import (
     AlarmPanic,
     ButtonBroadcast,
@@ -260,3 +262,51 @@ def test_salvage_reads_rows_around_a_garbled_page_alarms_first(tmp_path: Path):
     assert all(by_id[p.id] == p.seq for p in pending), "salvaged rows keep their seq"
     assert box.append(alarm()).seq > made[-1].seq
     box.close()
+
+
+def page_size(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_an_outbox_with_4k_pages_is_rebuilt_with_small_ones_keeping_its_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    db = tmp_path / "o.db"
+    monkeypatch.setattr(outbox_repair, "PAGE_SIZE", 4096)  # as outboxes were created before
+    box = Outbox(db)
+    stored = [box.append(e) for e in (alarm(), status(3000), broadcast())]
+    box.mark_delivered(stored[0].seq, len(stored[0].body))
+    box.close()
+    assert page_size(db) == 4096
+    monkeypatch.undo()
+
+    box = Outbox(db)
+    try:
+        assert page_size(db) == outbox_repair.PAGE_SIZE < 4096
+        assert box.damage is None
+        assert [(p.seq, p.body) for p in box.pending({}, 10)] == [  # broadcast, then status
+            (s.seq, s.body) for s in (stored[2], stored[1])]
+        assert box.lookup(stored[0].id) == ("alarm.panic", True)
+        assert box.append(alarm()).seq == 4
+    finally:
+        box.close()
+
+
+def test_a_seq_evicted_at_the_top_is_not_used_again(tmp_path: Path):
+    """The next seq is the highest row's plus one: an eviction that removes the highest
+    row must leave the counter behind (the seq mark is removed to test the database)."""
+    db = tmp_path / "o.db"
+    box = Outbox(db, max_bytes=500)
+    assert [box.append(alarm()).seq for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(OutboxFull):
+        box.append(status())  # seq 4, over the bound, evicted at once
+    box.close()
+    db.with_suffix(".seq").unlink()
+    box = Outbox(db, max_bytes=500)
+    try:
+        assert box.append(alarm()).seq == 5
+    finally:
+        box.close()
