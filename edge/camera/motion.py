@@ -22,6 +22,8 @@ from edge.config import CameraSection, Polygon
 
 # A pixel with any colour channel at 250 or above is clipped.
 UNCLIPPED_LOW, UNCLIPPED_HIGH = (0, 0, 0), (249, 249, 249)
+# Working pixels around a box absorbed into the background (the blur's and the box's slack).
+ABSORB_MARGIN = 2
 # With more than this fraction of the frame differing, the light may have changed.
 LIGHT_SUSPECT = 0.002
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in full-frame pixels, x1/y1 exclusive
@@ -131,6 +133,21 @@ class MotionDetector:
             dx, dy, dw, dh = cv2.boundingRect(changed_here)
             boxes.append(self._to_full(x + dx, y + dy, x + dx + dw, y + dy + dh))
         return Motion(_merge(boxes), changed)
+
+    def absorb(self, box: Box) -> None:
+        """Take `box` (full-frame pixels) of the last frame into the background at once.
+
+        For motion the detector found no person in: mostly the ghost a person leaves
+        where they stood, which the running average would report for seconds, each frame
+        a detector run. Something that moves on makes new motion where it goes.
+        """
+        if self._background is None:
+            return
+        s = self._scale
+        x0, y0 = max(0, int(box[0] / s) - ABSORB_MARGIN), max(0, int(box[1] / s) - ABSORB_MARGIN)
+        x1 = min(self._w, int(np.ceil(box[2] / s)) + ABSORB_MARGIN)
+        y1 = min(self._h, int(np.ceil(box[3] / s)) + ABSORB_MARGIN)
+        self._background[y0:y1, x0:x1] = self._grey[y0:y1, x0:x1]
 
     def _difference(self, grey: np.ndarray[Any, Any], reference: np.ndarray[Any, Any],
                     out: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
