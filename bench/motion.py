@@ -15,6 +15,9 @@ What it measures (one process, OpenCV on ONE thread)
         at 133x100 (its default) and 160x120. No third-party code: it is the baseline to
         time against. It is handed the grey frame, as Frigate takes the Y plane of the
         camera's YUV frames without a conversion; the project's detector is handed BGR.
+        Its frames/s is the baseline; its accuracy here is that of this re-implementation
+        on this noisy scene (its contrast stretch amplifies the noise: every still frame
+        shows motion), not a claim about Frigate's own.
 
 Run
     .venv/bin/python bench/motion.py            # ~1 min
