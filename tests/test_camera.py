@@ -105,6 +105,26 @@ def test_global_light_change_alone_raises_no_event(detector, change):
     assert len(sightings) == 1
 
 
+def test_ghost_a_person_leaves_costs_one_frame_of_detector_runs(detector):
+    health, sightings = Health(), []
+    pipeline = make_pipeline(detector, health, sightings)
+    scene = empty_scene()
+    frames = incident(scene)
+    for frame in frames[:12]:  # empty, then the person walking
+        pipeline.process(frame)
+    assert len(sightings) == 1
+    runs = health.counts()["camera_detector_runs"]
+    # Gone: where they stood the background still holds some of them (a ghost). The
+    # detector finds nobody there once, and the ghost is taken into the background.
+    for _ in range(20):
+        pipeline.process(scene)
+    ghost_runs = health.counts()["camera_detector_runs"] - runs
+    assert 1 <= ghost_runs <= CameraSection().max_regions, health.counts()
+    # Still watching: the person walking in again is seen (and moving motion is found).
+    pipeline.process(with_person(scene, 100, 240))
+    assert health.counts()["camera_detector_runs"] > runs + ghost_runs
+
+
 def test_masked_motion_is_ignored():
     cfg = CameraSection(masks=[[(0.6, 0.4), (0.9, 0.4), (0.9, 0.8), (0.6, 0.8)]])
     motion = MotionDetector(cfg, W, H)

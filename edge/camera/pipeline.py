@@ -209,7 +209,12 @@ class CameraPipeline:
         best: tuple[Detection, str] | None = None
         for region in motion.boxes[: self._cfg.max_regions]:
             self._health.count("camera_detector_runs")
-            for det in self._detector.detect(frame, region):
+            found = self._detector.detect(frame, region)
+            if not found:
+                # No person there: into the background with it, so that a ghost left
+                # where someone stood does not cost a detector run every frame.
+                self._motion.absorb(region)
+            for det in found:
                 zone = zone_of(self._normalised(det.box), self._cfg)
                 if zone is not None and (best is None or det.score > best[0].score):
                     best = (det, zone)
