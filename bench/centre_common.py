@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from edge.sim.localbroker import free_port, reachable
 
@@ -144,3 +148,15 @@ def state(township: str, station: str, online: bool = True) -> dict[str, Any]:
 
 def dumps(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+def browser(profile: Path) -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"),
+                            options=options)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import shutil
 import statistics
 import sys
 import tempfile
@@ -41,11 +40,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import requests
-from centre_common import PASSWORD, Centre, Db, dumps, event, pg_available, state
+from centre_common import PASSWORD, Centre, Db, browser, dumps, event, pg_available, state
 from common import loadavg, machine_line, pct
 from paho.mqtt.enums import CallbackAPIVersion
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from edge import config as config_mod
@@ -126,18 +123,6 @@ class LightStations:
         for _name, c in self.clients:
             c.loop_stop()
             c.disconnect()
-
-
-def browser(profile: Path) -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"),
-                            options=options)
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:

@@ -18,7 +18,6 @@ Run
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -27,10 +26,8 @@ import uuid
 from pathlib import Path
 
 import requests
-from centre_common import PASSWORD, Centre, Db, pg_available
+from centre_common import PASSWORD, Centre, Db, browser, pg_available
 from common import loadavg, machine_line
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 PAGES = ["/", "/stations", "/stats", "/stats?by=month", "/handover"]
@@ -87,18 +84,6 @@ for i in range(5):
                               at=timezone.now())
 print("5")
 """
-
-
-def browser(profile: Path) -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"),
-                            options=options)
 
 
 def measure(centre: Centre, tmp: Path, rounds: int) -> dict[str, tuple[float, float]]:
