@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from township_broker import Client
 
 from edge import config as config_mod
 from edge.config import Config
@@ -206,3 +207,12 @@ class Daemon:
         code = self.proc.wait(timeout)
         self._reader.join(5)
         return code
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    """MQTT clients a test opens on a township broker, closed after it."""
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()

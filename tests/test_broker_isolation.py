@@ -23,14 +23,6 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TownshipBroker]:
     broker.stop()
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def station(town: TownshipBroker, clients: list[Client], name: str,
             client_id: str | None = None) -> Client:
     c = Client(client_id if client_id is not None else name, tls=unit(town, name))

@@ -28,14 +28,6 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TownshipBroker]:
     broker.stop()
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def station(town: TownshipBroker, clients: list[Client], name: str) -> Client:
     c = Client(name, tls=unit(town, name))
     clients.append(c)
