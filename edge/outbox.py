@@ -531,18 +531,20 @@ class Outbox:
             evicted_seqs = {seq for seq, _ in evicted}
             if evicted:  # before any future resolves: whoever waits sees the report first
                 self._report_eviction(evicted)
+            kept = [s for s in stored if s.seq not in evicted_seqs]
+            # The uplink first: the futures' callbacks (log lines, the LED) run on this
+            # thread and must not hold a committed alarm back from the township.
+            if kept and self._on_commit:
+                try:
+                    self._on_commit(kept)
+                except Exception:
+                    logger.exception("outbox.on_commit_failed")
             for a, s in zip(appends, stored, strict=True):
                 if s.seq in evicted_seqs:
                     a.future.set_exception(OutboxFull(
                         f"outbox full of higher-priority events; {s.type} {s.id} not kept"))
                 else:
                     a.future.set_result(s)
-            kept = [s for s in stored if s.seq not in evicted_seqs]
-            if kept and self._on_commit:
-                try:
-                    self._on_commit(kept)
-                except Exception:
-                    logger.exception("outbox.on_commit_failed")
         if not self.unwritable and self._ceiling - self._next_seq < SEQ_BLOCK // 2:
             try:  # after the futures resolved: the next block, before it is needed
                 self._reserve(self._next_seq + SEQ_BLOCK)

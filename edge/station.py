@@ -237,10 +237,12 @@ class Station:
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
+        # On its way to disk first: the LED (a blink thread), the log line and the siren
+        # come after and never delay it.
+        future = self._submit(event)
         self.indicator.raised(event.id)
         log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        future = self._submit(event)
-        if self.loudspeaker:  # after the event is on its way to disk: never delays it
+        if self.loudspeaker:
             self.loudspeaker.siren()
         return future
 

@@ -114,6 +114,28 @@ def test_ack_display_ends_with_led_off():
     factory.close()
 
 
+def test_a_delivery_heard_before_the_led_was_told_leaves_it_steady() -> None:
+    """The alarm is stored before the LED is told of it: on a loaded unit its PUBACK can
+    come first. The LED must then show "delivered", never blink for it."""
+    from gpiozero import LED
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.indicator import AlarmIndicator
+
+    factory = MockFactory()
+    led = LED(5, pin_factory=factory)
+    indicator = AlarmIndicator(led, ack_display_s=2.0)
+    indicator.delivered("e1")
+    indicator.raised("e1")
+    assert indicator.mode is Mode.DELIVERED and led.value == 1
+    assert led_toggles(factory.pin(5), 0.6) == 0
+    indicator.raised("e2")  # another alarm, in the usual order, still blinks
+    assert indicator.mode is Mode.PENDING
+    indicator.delivered("e2")
+    assert indicator.mode is Mode.DELIVERED
+    factory.close()
+
+
 def test_ack_for_unknown_alarm_is_an_error_and_changes_nothing(broker, start_station,
                                                                township_factory):
     township = township_factory(broker.port)
