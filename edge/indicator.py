@@ -46,7 +46,8 @@ class AlarmIndicator:
 
     def raised(self, event_id: str) -> None:
         with self._lock:
-            if self._settled.pop(event_id, None) is not None:
+            if event_id in self._settled:
+                del self._settled[event_id]
                 return  # delivered (or acknowledged) before this was called: see delivered
             self._pending.add(event_id)
             self._show()

@@ -59,7 +59,6 @@ def test_a_stuck_stream_neither_blocks_callers_nor_grows_without_bound(
     assert done.wait(10), "a log call waited for the stuck stream"
     assert stream.entered.wait(5)
     stream.release.set()
-    log(logger, "info", "test.after", n=-1)
     stop()
 
     written = lines(stream)
@@ -68,9 +67,10 @@ def test_a_stuck_stream_neither_blocks_callers_nor_grows_without_bound(
     # 1 line in the stream's hands + at most QUEUE_MAX queued; the rest counted, not kept.
     assert len(ns) <= 51
     dropped = [d for d in written if d["event"] == "logs.dropped"]
-    assert len(dropped) == 1 and dropped[0]["count"] == 500 - len(ns)
-    assert dropped[0]["level"] == "warning" and "action" in dropped[0]
-    assert written[-1]["event"] == "test.after"  # stop() wrote everything queued
+    # Said when the writer next gets through (more than once if drops went on meanwhile).
+    assert dropped and sum(int(str(d["count"])) for d in dropped) == 500 - len(ns)
+    assert all(d["level"] == "warning" and "action" in d for d in dropped)
+    assert written[-1]["event"] == "test.line" and len(ns) >= 50  # stop() wrote the queue
 
 
 def test_lines_keep_their_fields_exception_and_time_of_the_call(root_handlers: None) -> None:
