@@ -12,7 +12,9 @@ import ctypes.util
 import datetime as dt
 
 _TIME_ERROR = 5  # adjtimex(2): "clock not synchronized"
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# PyDLL: the call keeps the GIL. adjtimex(2) only reading is a quick system call, and the
+# alarm path makes one per event: letting go of the GIL there hands it to another thread.
+_libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def clock_synced() -> bool:

@@ -132,6 +132,7 @@ class Outbox:
         self._acks_since_cleanup = 0
         self._mark = SeqMark(path.with_suffix(".seq"))
         self._ceiling = 0
+        self._sync = ""  # the write connection's PRAGMA synchronous, as last set
         # Found wrong at this open; the reports in quarantine/ outlive a restart.
         self.damage: Damage | None = None
         # Why the data directory cannot be written, if it cannot: every event is refused.
@@ -180,6 +181,7 @@ class Outbox:
         self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
         self._write.execute("PRAGMA synchronous=FULL")
+        self._sync = "FULL"
         self._create_schema()
         if salvage is not None:
             self._restore(salvage.rows)
@@ -577,7 +579,7 @@ class Outbox:
         if seq > self._ceiling and not self.unwritable:  # a burst larger than the reserve
             self._reserve(seq + SEQ_BLOCK)
         # Only accepting events needs the fsync; delivery marks may be lost to a crash.
-        self._write.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
+        self._synchronous("FULL" if rows else "NORMAL")
         with self._write:
             if rows:
                 self._write.executemany(
@@ -616,7 +618,15 @@ class Outbox:
                 self._write.execute(
                     "UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
         self._next_seq, self._pending_bytes = seq, pending_bytes
+        # Back to FULL now, while nothing waits: the statement costs as much as an insert,
+        # and the next event to accept may be an alarm.
+        self._synchronous("FULL")
         return stored, evicted
+
+    def _synchronous(self, mode: str) -> None:
+        if mode != self._sync:
+            self._write.execute(f"PRAGMA synchronous={mode}")
+            self._sync = mode
 
     def _evict(self, excess: int) -> list[tuple[int, int]]:
         """Delete the oldest lowest-priority pending rows until `excess` bytes are freed."""

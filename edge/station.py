@@ -44,6 +44,7 @@ from edge.events import (
     encode,
     stamp,
 )
+from edge.feedback import Feedback
 from edge.health import Health
 from edge.indicator import AlarmIndicator
 from edge.logs import log
@@ -107,7 +108,7 @@ class Station:
             data_dir / "outbox.db",
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
             batch_max=config.outbox.batch_max,
-            on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+            on_commit=lambda rows: self.uplink.notify(rows), on_evict=self._evicted,
             health=self.health,
         )
         parts.callback(self.outbox.close)
@@ -120,6 +121,7 @@ class Station:
                              on_command=self.commands.receive, on_delivered=self._delivered)
         self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
+        self.feedback = Feedback()
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed)
@@ -175,6 +177,7 @@ class Station:
         for event_id in pending_alarms:
             self.indicator.raised(event_id)
         self.commands.start()
+        self.feedback.start()
         self.uplink.start()
         if self.loudspeaker:
             self.loudspeaker.start()
@@ -206,6 +209,7 @@ class Station:
         if self.modem:
             self.modem.close()
         self.commands.stop(timeout=0.3)
+        self.feedback.close(timeout=0.2)
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self._parts.close()  # the loudspeaker, the outbox, pins, a private broker, the lock
@@ -237,14 +241,15 @@ class Station:
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
-        # On its way to disk first: the LED (a blink thread), the log line and the siren
-        # come after and never delay it.
         future = self._submit(event)
-        self.indicator.raised(event.id)
-        log(logger, "warning", "alarm.raised", id=event.id, source=source)
+        self.feedback.after(future, lambda: self._alarm_feedback(event.id, source))
+        return future
+
+    def _alarm_feedback(self, event_id: str, source: str) -> None:
+        self.indicator.raised(event_id)
+        log(logger, "warning", "alarm.raised", id=event_id, source=source)
         if self.loudspeaker:
             self.loudspeaker.siren()
-        return future
 
     def broadcast_pressed(self, held_s: float) -> Future[Stored]:
         event = ButtonBroadcast(

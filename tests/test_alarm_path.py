@@ -71,7 +71,7 @@ def test_led_blinks_until_delivered_then_steady_then_ack_pattern(own_broker, sta
     wait_until(lambda: not station.uplink.connected, what="station notices broker down")
     future = station.raise_alarm("simulator", 0.0)
     stored = future.result(5)
-    assert station.indicator.mode is Mode.PENDING
+    wait_until(lambda: station.indicator.mode is Mode.PENDING, 2, "LED told of the alarm")
     assert led_toggles(led, 1.0) >= 3, "LED must blink fast (0.2 s / 0.2 s) while undelivered"
 
     own_broker.start()
