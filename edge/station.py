@@ -124,9 +124,9 @@ class Station:
         self.feedback = Feedback()
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
-                                      on_broadcast=self._broadcast_pressed)
+                                      on_broadcast=self._broadcast_pressed,
+                                      on_broadcast_released=self._broadcast_released)
         parts.callback(self.buttons.close)
-        self.buttons.broadcast.when_released = self._broadcast_released
         self.loudspeaker: Loudspeaker | None = None
         if config.audio.enabled:
             try:
@@ -243,6 +243,8 @@ class Station:
                            **self._identity())
         future = self._submit(event)
         self.feedback.after(future, lambda: self._alarm_feedback(event.id, source))
+        # Queued behind the siren: what staff hear once the alarm is kept.
+        future.add_done_callback(lambda f: self.feedback.after(f, lambda: self._alarm_kept(f)))
         return future
 
     def _alarm_feedback(self, event_id: str, source: str) -> None:
@@ -250,6 +252,10 @@ class Station:
         log(logger, "warning", "alarm.raised", id=event_id, source=source)
         if self.loudspeaker:
             self.loudspeaker.siren()
+
+    def _alarm_kept(self, future: Future[Stored]) -> None:
+        if self.loudspeaker and future.exception() is None and not self.uplink.connected:
+            self.loudspeaker.prompt("alarm_saved_link_down")
 
     def broadcast_pressed(self, held_s: float) -> Future[Stored]:
         event = ButtonBroadcast(
@@ -281,8 +287,6 @@ class Station:
             stored = future.result()
             log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
             self.health.clear("outbox_failed")
-            if isinstance(event, AlarmPanic) and self.loudspeaker and not self.uplink.connected:
-                self.loudspeaker.prompt("alarm_saved_link_down")
             return
         log(logger, "error", "event.refused", id=event.id, error=str(exc),
             action="see outbox.write_failed / outbox.evicted")
