@@ -19,8 +19,10 @@ What it measures
               received by the same subscriber, timed the same way.
 
     The station figure is also split where the alarm's outbox future resolves (its
-    transaction committed and fsynced): press->committed and committed->township. For that
-    the script wraps `submit` on the station's Outbox instance (edge/ is not modified).
+    transaction committed and fsynced, and a lone alarm already handed to paho by the
+    outbox writer): press->stored and stored->township (negative when the township has it
+    before the future's callbacks ran). For that the script wraps `submit` on the
+    station's Outbox instance (edge/ is not modified).
 
     fsync:    1 KiB written in place into a file in the data directory, then os.fsync:
               the least a durable commit costs this disk.
@@ -458,8 +460,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
               f"station overhead over baseline: p50 +{st['p50'] - bl['p50']:.2f} ms")
         if commit_ms:
             print("  station breakdown (same presses):")
-            summary("press->committed (outbox future resolved, fsync done)", commit_ms, 56)
-            summary("committed->township (pump, paho, broker)", after_ms, 56)
+            summary("press->stored (future resolved: fsynced, handed to paho)", commit_ms, 56)
+            summary("stored->township (socket, broker, subscriber)", after_ms, 56)
         if lost["station"] or lost["baseline"]:
             print(f"  LOST (not received within {args.timeout} s): {lost}")
         fs = summary("fsync", quiet["fsync"])
@@ -485,8 +487,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             ss = summary("station", stormy["station"])
             summary("baseline", stormy["base"])
             if stormy["commit"]:
-                summary("press->committed", stormy["commit"], 22)
-                summary("committed->township", stormy["after"], 22)
+                summary("press->stored", stormy["commit"], 22)
+                summary("stored->township", stormy["after"], 22)
             if stormy["lost"]["station"] or stormy["lost"]["baseline"]:
                 print(f"  LOST (not received within {args.timeout} s): {stormy['lost']}")
             ratio = ss["p99"] / st["p99"]

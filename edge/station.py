@@ -8,6 +8,7 @@ Nothing here is global.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -44,7 +45,6 @@ from edge.events import (
     encode,
     stamp,
 )
-from edge.feedback import Feedback
 from edge.health import Health
 from edge.indicator import AlarmIndicator
 from edge.logs import log
@@ -54,6 +54,7 @@ from edge.telemetry import Telemetry
 from edge.uplink import Uplink
 from edge.watchdog import Watchdog
 
+FEEDBACK_WAIT_S = 0.05
 logger = logging.getLogger("edge.station")
 
 # Command ids remembered (and seeded at start from the answers in the outbox), so that
@@ -121,7 +122,6 @@ class Station:
                              on_command=self.commands.receive, on_delivered=self._delivered)
         self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
-        self.feedback = Feedback()
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
                                       on_broadcast=self._broadcast_pressed,
@@ -177,7 +177,6 @@ class Station:
         for event_id in pending_alarms:
             self.indicator.raised(event_id)
         self.commands.start()
-        self.feedback.start()
         self.uplink.start()
         if self.loudspeaker:
             self.loudspeaker.start()
@@ -209,7 +208,6 @@ class Station:
         if self.modem:
             self.modem.close()
         self.commands.stop(timeout=0.3)
-        self.feedback.close(timeout=0.2)
         self.outbox.flush(timeout=0.3)
         self.uplink.stop(timeout=0.5)
         self._parts.close()  # the loudspeaker, the outbox, pins, a private broker, the lock
@@ -242,16 +240,17 @@ class Station:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
         future = self._submit(event)
-        self.feedback.after(future, lambda: self._alarm_feedback(event.id, source))
-        # Queued behind the siren: what staff hear once the alarm is kept.
-        future.add_done_callback(lambda f: self.feedback.after(f, lambda: self._alarm_kept(f)))
-        return future
-
-    def _alarm_feedback(self, event_id: str, source: str) -> None:
-        self.indicator.raised(event_id)
-        log(logger, "warning", "alarm.raised", id=event_id, source=source)
+        # What staff see and hear (the LED's blink thread, the siren, a log line) waits
+        # until the alarm is stored, and so handed to the uplink: Python runs one thread
+        # at a time, and this work must not compete with the alarm on its way. A slow
+        # card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
+        concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
+        self.indicator.raised(event.id)
+        log(logger, "warning", "alarm.raised", id=event.id, source=source)
         if self.loudspeaker:
             self.loudspeaker.siren()
+        future.add_done_callback(self._alarm_kept)  # after the siren, on whichever thread
+        return future
 
     def _alarm_kept(self, future: Future[Stored]) -> None:
         if self.loudspeaker and future.exception() is None and not self.uplink.connected:
