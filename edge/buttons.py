@@ -9,29 +9,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gpiozero import Button
+from gpiozero import Button, DigitalInputDevice
 
 from edge.config import ButtonsSection, PinsSection
 
 
 def _button(pin: int, hold_s: float, pins: PinsSection, timings: ButtonsSection,
-            factory: Any, action: Callable[[float], None]) -> Any:
-    button = Button(pin, pull_up=pins.pull_up, bounce_time=timings.bounce_s or None,
-                    hold_time=hold_s or 1.0, pin_factory=factory)
+            factory: Any, action: Callable[[float], None],
+            released: Callable[[], None] | None = None) -> Any:
+    bounce = timings.bounce_s or None
     if hold_s > 0:
+        button: Any = Button(pin, pull_up=pins.pull_up, bounce_time=bounce, hold_time=hold_s,
+                             pin_factory=factory)
         button.when_held = lambda: action(hold_s)
     else:
-        button.when_pressed = lambda: action(0.0)
+        # Fires on press: no hold thread (gpiozero's polls ten times a second, and wakes
+        # beside the alarm it should not compete with).
+        button = DigitalInputDevice(pin, pull_up=pins.pull_up, bounce_time=bounce,
+                                    pin_factory=factory)
+        button.when_activated = lambda: action(0.0)
+    if released is not None:
+        button.when_deactivated = released
     return button
 
 
 class StationButtons:
     def __init__(self, factory: Any, pins: PinsSection, timings: ButtonsSection, *,
                  on_panic: Callable[[float], None],
-                 on_broadcast: Callable[[float], None]) -> None:
+                 on_broadcast: Callable[[float], None],
+                 on_broadcast_released: Callable[[], None]) -> None:
         self.panic = _button(pins.panic, timings.panic_hold_s, pins, timings, factory, on_panic)
         self.broadcast = _button(pins.broadcast, timings.broadcast_hold_s, pins, timings,
-                                 factory, on_broadcast)
+                                 factory, on_broadcast, on_broadcast_released)
 
     def close(self) -> None:
         self.panic.close()

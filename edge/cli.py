@@ -46,12 +46,19 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    stop_logs = setup(cfg.log.level)
+    try:
+        return _run_station(cfg)
+    finally:
+        stop_logs()
+
+
+def _run_station(cfg: Config) -> int:
     from edge.pins import PinFactoryError
     from edge.sim.localbroker import BrokerError
     from edge.station import AlreadyRunning, Station
 
-    cfg = _load(args)
-    setup(cfg.log.level)
     logger = logging.getLogger("edge.cli")
     try:
         station = Station(cfg)

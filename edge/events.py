@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
@@ -269,6 +268,19 @@ class HealthReport(_Shape):
 _id_lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+# Kernel randomness fetched a page at a time: each os.urandom call lets go of the GIL,
+# which on the alarm path hands it to another thread for a while.
+_RANDOM_PAGE = 4096
+_random = memoryview(b"")
+
+
+def _random_bytes(n: int) -> bytes:
+    """`n` bytes from os.urandom, taken from a page of them (call with _id_lock held)."""
+    global _random
+    if len(_random) < n:
+        _random = memoryview(os.urandom(_RANDOM_PAGE))
+    taken, _random = _random[:n], _random[n:]
+    return bytes(taken)
 
 
 def new_event_id() -> str:
@@ -287,9 +299,10 @@ def new_event_id() -> str:
             ms = _last_ms
         else:
             _last_ms, _counter = ms, 0
-        rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+        rand_b = int.from_bytes(_random_bytes(8)) & ((1 << 62) - 1)
         value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand_b
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # uuid.UUID's str, without building the object
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def stamp() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 ACK_PERIOD_S = 2.0
+_SETTLED_MAX = 64
 
 
 class Mode(StrEnum):
@@ -35,6 +36,8 @@ class AlarmIndicator:
         self._delivered: set[str] = set()
         self._acked_at: float | None = None
         self._shown = Mode.IDLE
+        # Alarms delivered before `raised` was called for them, oldest first, bounded.
+        self._settled: dict[str, None] = {}
 
     @property
     def mode(self) -> Mode:
@@ -43,23 +46,36 @@ class AlarmIndicator:
 
     def raised(self, event_id: str) -> None:
         with self._lock:
+            if event_id in self._settled:
+                del self._settled[event_id]
+                return  # delivered (or acknowledged) before this was called: see delivered
             self._pending.add(event_id)
             self._show()
 
     def delivered(self, event_id: str) -> None:
         with self._lock:
-            if event_id in self._pending:
-                self._pending.discard(event_id)
-                self._delivered.add(event_id)
-                self._show()
+            if event_id not in self._pending:
+                # The alarm is stored before the LED is told of it, so on a loaded unit its
+                # PUBACK can come first: remember it, so the LED never blinks for it.
+                self._remember_settled(event_id)
+            self._pending.discard(event_id)
+            self._delivered.add(event_id)
+            self._show()
 
     def acknowledged(self, event_id: str) -> None:
         with self._lock:
+            if event_id not in self._pending and event_id not in self._delivered:
+                self._remember_settled(event_id)
             self._pending.discard(event_id)
             self._delivered.discard(event_id)
             self._acked_at = self._clock()
             self._shown = Mode.IDLE  # restart the acknowledged pattern on every ack
             self._show()
+
+    def _remember_settled(self, event_id: str) -> None:
+        self._settled[event_id] = None
+        while len(self._settled) > _SETTLED_MAX:
+            del self._settled[next(iter(self._settled))]
 
     def _mode(self) -> Mode:
         if self._pending:

@@ -132,6 +132,7 @@ class Outbox:
         self._acks_since_cleanup = 0
         self._mark = SeqMark(path.with_suffix(".seq"))
         self._ceiling = 0
+        self._sync = ""  # the write connection's PRAGMA synchronous, as last set
         # Found wrong at this open; the reports in quarantine/ outlive a restart.
         self.damage: Damage | None = None
         # Why the data directory cannot be written, if it cannot: every event is refused.
@@ -180,6 +181,7 @@ class Outbox:
         self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
         self._write.execute("PRAGMA synchronous=FULL")
+        self._sync = "FULL"
         self._create_schema()
         if salvage is not None:
             self._restore(salvage.rows)
@@ -531,18 +533,20 @@ class Outbox:
             evicted_seqs = {seq for seq, _ in evicted}
             if evicted:  # before any future resolves: whoever waits sees the report first
                 self._report_eviction(evicted)
+            kept = [s for s in stored if s.seq not in evicted_seqs]
+            # The uplink first: the futures' callbacks (log lines, the LED) run on this
+            # thread and must not hold a committed alarm back from the township.
+            if kept and self._on_commit:
+                try:
+                    self._on_commit(kept)
+                except Exception:
+                    logger.exception("outbox.on_commit_failed")
             for a, s in zip(appends, stored, strict=True):
                 if s.seq in evicted_seqs:
                     a.future.set_exception(OutboxFull(
                         f"outbox full of higher-priority events; {s.type} {s.id} not kept"))
                 else:
                     a.future.set_result(s)
-            kept = [s for s in stored if s.seq not in evicted_seqs]
-            if kept and self._on_commit:
-                try:
-                    self._on_commit(kept)
-                except Exception:
-                    logger.exception("outbox.on_commit_failed")
         if not self.unwritable and self._ceiling - self._next_seq < SEQ_BLOCK // 2:
             try:  # after the futures resolved: the next block, before it is needed
                 self._reserve(self._next_seq + SEQ_BLOCK)
@@ -575,7 +579,7 @@ class Outbox:
         if seq > self._ceiling and not self.unwritable:  # a burst larger than the reserve
             self._reserve(seq + SEQ_BLOCK)
         # Only accepting events needs the fsync; delivery marks may be lost to a crash.
-        self._write.execute(f"PRAGMA synchronous={'FULL' if rows else 'NORMAL'}")
+        self._synchronous("FULL" if rows else "NORMAL")
         with self._write:
             if rows:
                 self._write.executemany(
@@ -614,7 +618,15 @@ class Outbox:
                 self._write.execute(
                     "UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
         self._next_seq, self._pending_bytes = seq, pending_bytes
+        # Back to FULL now, while nothing waits: the statement costs as much as an insert,
+        # and the next event to accept may be an alarm.
+        self._synchronous("FULL")
         return stored, evicted
+
+    def _synchronous(self, mode: str) -> None:
+        if mode != self._sync:
+            self._write.execute(f"PRAGMA synchronous={mode}")
+            self._sync = mode
 
     def _evict(self, excess: int) -> list[tuple[int, int]]:
         """Delete the oldest lowest-priority pending rows until `excess` bytes are freed."""

@@ -8,6 +8,7 @@ Nothing here is global.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -53,6 +54,7 @@ from edge.telemetry import Telemetry
 from edge.uplink import Uplink
 from edge.watchdog import Watchdog
 
+FEEDBACK_WAIT_S = 0.05
 logger = logging.getLogger("edge.station")
 
 # Command ids remembered (and seeded at start from the answers in the outbox), so that
@@ -107,7 +109,7 @@ class Station:
             data_dir / "outbox.db",
             max_bytes=config.outbox.max_bytes, keep_delivered=config.outbox.keep_delivered,
             batch_max=config.outbox.batch_max,
-            on_commit=lambda _rows: self.uplink.notify(), on_evict=self._evicted,
+            on_commit=lambda rows: self.uplink.notify(rows), on_evict=self._evicted,
             health=self.health,
         )
         parts.callback(self.outbox.close)
@@ -122,9 +124,9 @@ class Station:
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
                                       on_panic=self._panic_pressed,
-                                      on_broadcast=self._broadcast_pressed)
+                                      on_broadcast=self._broadcast_pressed,
+                                      on_broadcast_released=self._broadcast_released)
         parts.callback(self.buttons.close)
-        self.buttons.broadcast.when_released = self._broadcast_released
         self.loudspeaker: Loudspeaker | None = None
         if config.audio.enabled:
             try:
@@ -237,12 +239,22 @@ class Station:
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
+        future = self._submit(event)
+        # What staff see and hear (the LED's blink thread, the siren, a log line) waits
+        # until the alarm is stored, and so handed to the uplink: Python runs one thread
+        # at a time, and this work must not compete with the alarm on its way. A slow
+        # card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
+        concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
         self.indicator.raised(event.id)
         log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        future = self._submit(event)
-        if self.loudspeaker:  # after the event is on its way to disk: never delays it
+        if self.loudspeaker:
             self.loudspeaker.siren()
+        future.add_done_callback(self._alarm_kept)  # after the siren, on whichever thread
         return future
+
+    def _alarm_kept(self, future: Future[Stored]) -> None:
+        if self.loudspeaker and future.exception() is None and not self.uplink.connected:
+            self.loudspeaker.prompt("alarm_saved_link_down")
 
     def broadcast_pressed(self, held_s: float) -> Future[Stored]:
         event = ButtonBroadcast(
@@ -274,8 +286,6 @@ class Station:
             stored = future.result()
             log(logger, "info", "event.accepted", id=stored.id, seq=stored.seq, type=stored.type)
             self.health.clear("outbox_failed")
-            if isinstance(event, AlarmPanic) and self.loudspeaker and not self.uplink.connected:
-                self.loudspeaker.prompt("alarm_saved_link_down")
             return
         log(logger, "error", "event.refused", id=event.id, error=str(exc),
             action="see outbox.write_failed / outbox.evicted")

@@ -50,6 +50,8 @@ logger = logging.getLogger("edge.uplink")
 
 _STATE = object()  # marks a state publish in the in-flight table
 MAX_REFUSALS = 3
+# A commit of at most this many rows is handed to paho by the outbox writer itself.
+DIRECT_MAX = 4
 # A broker that closes a TLS link this soon, before any CONNACK, refused our certificate.
 _TLS_REFUSED_WITHIN_S = 5.0
 
@@ -102,6 +104,11 @@ class Uplink:
         # a drain refills in pages rather than one query per PUBACK).
         self._fresh = True
         self._backlog = False
+        # _caught_up: every committed row told to notify() has been handed to paho, so a
+        # new commit can go straight from the outbox writer (see notify); _sending: the
+        # pump or the writer is handing rows to paho (one at a time keeps them in order).
+        self._caught_up = False
+        self._sending = False
         self._state_due = True
         self._connected = False
         self._stopping = threading.Event()
@@ -137,11 +144,48 @@ class Uplink:
         self._net.start()
         self._pump.start()
 
-    def notify(self, _stored: list[Stored] | None = None) -> None:
-        """New rows were committed (called from the outbox writer)."""
+    def notify(self, rows: list[Stored] | None = None) -> None:
+        """New rows were committed (called from the outbox writer, after the commit).
+
+        When nothing older waits and the link is idle, a few rows (an alarm) are handed to
+        paho right here: no other thread has to wake, and no query runs, between the
+        fsync and the socket. Otherwise, or if the socket is busy, the pump takes them."""
+        if rows and len(rows) <= DIRECT_MAX and self._send_direct(rows):
+            return
         with self._wake:
             self._fresh = True
+            self._caught_up = False
             self._wake.notify()
+
+    def _send_direct(self, rows: list[Stored]) -> bool:
+        with self._wake:
+            if not (self._connected and self._caught_up and not self._sending
+                    and not self._retry and len(rows) <= self._window - len(self._inflight)):
+                return False
+            rows = [r for r in rows if r.seq > self._cursor.get(r.priority, 0)]
+            self._sending = True
+        try:
+            # Never wait for the socket here: the network thread may be in a handshake.
+            # (Held across the rows; _publish takes the re-entrant lock again.)
+            if not self._io.acquire(blocking=False):
+                with self._wake:
+                    self._caught_up = False
+                return False
+            try:
+                sent = self._hand_over(rows)
+            finally:
+                self._io.release()
+        finally:
+            with self._wake:
+                self._sending = False
+                if self._fresh or self._ready():
+                    self._wake.notify()
+        if not sent:
+            with self._wake:
+                self._caught_up = False
+                self._fresh = True
+                self._wake.notify()
+        return True
 
     def request_state(self) -> None:
         with self._wake:
@@ -344,6 +388,7 @@ class Uplink:
                        _p: Properties | None) -> None:
         with self._wake:
             self._connected = False
+            self._caught_up = False
         if not self._closing.is_set():
             log(logger, "warning", "uplink.disconnected", reason=str(reason),
                 action="reconnecting with back-off; events are kept in the outbox")
@@ -459,7 +504,7 @@ class Uplink:
         next_state = time.monotonic() + interval
         while not self._stopping.is_set():
             with self._wake:
-                while not self._stopping.is_set() and not self._ready():
+                while not self._stopping.is_set() and (self._sending or not self._ready()):
                     timeout = next_state - time.monotonic()
                     if timeout <= 0:
                         self._state_due = True
@@ -476,25 +521,46 @@ class Uplink:
                     return
                 state_due, self._state_due = self._state_due, False
                 self._fresh = False
+                self._sending = True
                 room = self._window - len(self._inflight)
                 retry, self._retry = self._retry[:room], self._retry[room:]
-            if state_due:
-                next_state = time.monotonic() + interval
-                info = self._publish(self.topics.state, self._state_payload(True), retain=True)
-                self._track(info.mid, _STATE)
-                room -= 1
-            rows = retry + self._outbox.pending(self._cursor, max(0, room - len(retry)))
-            for row in rows:
-                info = self._publish(self.topics.for_type(row.type), row.body)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    log(logger, "warning", "uplink.publish_failed", rc=str(info.rc), seq=row.seq)
-                    with self._wake:
-                        self._retry.append(row)
-                    break
-                self._cursor[row.priority] = max(self._cursor.get(row.priority, 0), row.seq)
-                self._track(info.mid, row)
+            try:
+                if state_due:
+                    next_state = time.monotonic() + interval
+                    info = self._publish(self.topics.state, self._state_payload(True),
+                                         retain=True)
+                    self._track(info.mid, _STATE)
+                    room -= 1
+                asked = max(0, room - len(retry))
+                fetched = self._outbox.pending(self._cursor, asked)
+                rows = retry + fetched
+                sent = self._hand_over(rows)
+            finally:
+                with self._wake:
+                    self._sending = False
             with self._wake:
                 self._backlog = len(rows) >= room or bool(self._retry)
+                # All that was committed before the query is handed over, and nothing was
+                # committed since (notify would have set _fresh): the writer may send next.
+                self._caught_up = (sent and len(fetched) < asked and not self._retry
+                                   and not self._fresh and self._connected)
+
+    def _hand_over(self, rows: list[Stored]) -> bool:
+        """Publish `rows` in order; False if paho refused one. The rows not handed over
+        stay behind the cursor, so the pump's next query finds them again (those that
+        came from the retry list go back to it)."""
+        for n, row in enumerate(rows):
+            info = self._publish(self.topics.for_type(row.type), row.body)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log(logger, "warning", "uplink.publish_failed", rc=str(info.rc), seq=row.seq)
+                with self._wake:
+                    self._retry.extend(r for r in rows[n:]
+                                       if r.seq <= self._cursor.get(r.priority, 0))
+                return False
+            with self._wake:
+                self._cursor[row.priority] = max(self._cursor.get(row.priority, 0), row.seq)
+            self._track(info.mid, row)
+        return True
 
 
 def set_no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:

@@ -71,7 +71,7 @@ def test_led_blinks_until_delivered_then_steady_then_ack_pattern(own_broker, sta
     wait_until(lambda: not station.uplink.connected, what="station notices broker down")
     future = station.raise_alarm("simulator", 0.0)
     stored = future.result(5)
-    assert station.indicator.mode is Mode.PENDING
+    wait_until(lambda: station.indicator.mode is Mode.PENDING, 2, "LED told of the alarm")
     assert led_toggles(led, 1.0) >= 3, "LED must blink fast (0.2 s / 0.2 s) while undelivered"
 
     own_broker.start()
@@ -111,6 +111,28 @@ def test_ack_display_ends_with_led_off():
     # One flash (2 s / 2 s period), then gpiozero leaves it off for good.
     assert led_toggles(factory.pin(5), 3.0) <= 2
     assert led_toggles(factory.pin(5), 1.0) == 0 and not led.is_lit
+    factory.close()
+
+
+def test_a_delivery_heard_before_the_led_was_told_leaves_it_steady() -> None:
+    """The alarm is stored before the LED is told of it: on a loaded unit its PUBACK can
+    come first. The LED must then show "delivered", never blink for it."""
+    from gpiozero import LED
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.indicator import AlarmIndicator
+
+    factory = MockFactory()
+    led = LED(5, pin_factory=factory)
+    indicator = AlarmIndicator(led, ack_display_s=2.0)
+    indicator.delivered("e1")
+    indicator.raised("e1")
+    assert indicator.mode is Mode.DELIVERED and led.value == 1
+    assert led_toggles(factory.pin(5), 0.6) == 0
+    indicator.raised("e2")  # another alarm, in the usual order, still blinks
+    assert indicator.mode is Mode.PENDING
+    indicator.delivered("e2")
+    assert indicator.mode is Mode.DELIVERED
     factory.close()
 
 

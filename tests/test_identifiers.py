@@ -37,3 +37,16 @@ def test_command_and_clip_ids_with_a_trailing_newline_are_refused(tmp_path):
     assert library.delete("bell") is False
     with pytest.raises(ClipError):
         library.delete("bell\n")
+
+
+def test_event_ids_are_uuid7_unique_and_in_creation_order() -> None:
+    import uuid
+
+    from edge.events import new_event_id
+
+    ids = [new_event_id() for _ in range(20_000)]  # more than one page of randomness
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+    for event_id in ids[:: 997]:
+        parsed = uuid.UUID(event_id)
+        assert str(parsed) == event_id and parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
