@@ -102,7 +102,12 @@ class _Barrier:
 
 
 _STOP = object()
-_CLEANUP_EVERY = 1000
+# Delivered rows past `keep_delivered` are deleted after this many marks: the cut-off is
+# found by walking the newest delivered rows, so it is walked rarely.
+_CLEANUP_EVERY = 5000
+# A batch of marks alone may be this many times `batch_max`.
+_ACK_BATCH_X = 4
+WAL_CHECKPOINT_BYTES = 4 << 20
 # A batch of PUBACKs alone waits this long for more, so a drain commits acks in bulk.
 _ACK_LINGER_S = 0.05
 # Seqs reserved per write of the mark file: one small fsynced write per this many events.
@@ -180,6 +185,10 @@ class Outbox:
         self._write = self._connect(str(path))
         self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
+        # Checkpoint after the same WAL bytes as SQLite's default does with 4 KiB pages
+        # (1,000 pages): small pages must not mean four times the checkpoints in a burst.
+        page = self._write.execute("PRAGMA page_size").fetchone()[0]
+        self._write.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page}")
         self._write.execute("PRAGMA synchronous=FULL")
         self._sync = "FULL"
         self._create_schema()
@@ -341,7 +350,7 @@ class Outbox:
                 "CREATE INDEX IF NOT EXISTS events_pending ON events(priority, seq) "
                 "WHERE delivered_at IS NULL"
             )
-            # Kept up by every delivery mark for a cleanup every 1,000 marks: not worth
+            # Kept up by every delivery mark for a cleanup every _CLEANUP_EVERY marks: not worth
             # its page writes (older databases had it).
             self._write.execute("DROP INDEX IF EXISTS events_delivered")
 
@@ -495,11 +504,13 @@ class Outbox:
             self._write.close()
 
     def _gather(self, first: object) -> list[object]:
-        """Take what is queued; a batch of acks alone lingers briefly for more."""
+        """Take what is queued; a batch of acks alone lingers briefly for more, and may
+        be larger (a mark is a few bytes and needs no fsync; fewer, larger transactions
+        write fewer pages in a drain)."""
         batch = [first]
         acks_only = isinstance(first, _Ack)
         deadline = time.monotonic() + _ACK_LINGER_S
-        while len(batch) < self._batch_max:
+        while len(batch) < self._batch_max * (_ACK_BATCH_X if acks_only else 1):
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:

@@ -79,8 +79,11 @@ def test_group_commit_many_concurrent_submissions(tmp_path: Path):
 
 
 def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
+    from edge.outbox import _CLEANUP_EVERY
+
     box = Outbox(tmp_path / "o.db", keep_delivered=100)
-    stored = [box.append(broadcast()) for _ in range(1200)]
+    futures = [box.submit(broadcast()) for _ in range(_CLEANUP_EVERY + 200)]
+    stored = [f.result(30) for f in futures]
     for s in stored:
         box.mark_delivered(s.seq, len(s.body))
     box.flush()
