@@ -104,6 +104,7 @@ class ModemSim:
         self.hang: str | None = None  # "cfun": until AT+CFUN=1,1; "power": until power cycle
         self.cms_error: str | None = None  # the next AT+CMGS answers this
         self.commands: list[str] = []
+        self.holding = threading.Event()
         self.submitted: list[Submitted] = []
         self.store: dict[str, dict[int, str]] = {"SM": {}, "SR": {}}
         self.mid_reply: list[str] = []  # URC lines slipped into the next multi-line reply
@@ -250,6 +251,7 @@ class ModemSim:
             self.mid_reply = []
         self._send("".join(out))
         if self.slow_s:
+            self.holding.set()  # a command's final answer is being held back
             self._stop.wait(self.slow_s)
         self._send(f"\r\n{final}\r\n")
 

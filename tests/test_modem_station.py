@@ -235,8 +235,8 @@ def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, to
                                                          poll_s=1.0))
     wait_until(lambda: station.uplink.connected and station.modem.modem.ready, 10)
     sim.slow_s = 20.0  # every reply now takes 20 s: the modem thread sits in a command
-    sent = len(sim.commands)
-    wait_until(lambda: len(sim.commands) > sent, 10, "the modem thread sent a command")
+    # (maybe one it sent just before: its answer is held back too)
+    wait_until(sim.holding.is_set, 10, "the modem thread waiting in a command")
     started = time.monotonic()
     stored = station.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
