@@ -150,8 +150,13 @@ class Uplink:
         When nothing older waits and the link is idle, a few rows (an alarm) are handed to
         paho right here: no other thread has to wake, and no query runs, between the
         fsync and the socket. Otherwise, or if the socket is busy, the pump takes them."""
-        if rows and len(rows) <= DIRECT_MAX and self._send_direct(rows):
-            return
+        if rows and len(rows) <= DIRECT_MAX:
+            try:
+                if self._send_direct(rows):
+                    return
+            except Exception:  # whatever it was, the pump (from the database) sends them
+                logger.exception("uplink.direct_send_failed", extra={"fields": {
+                    "action": "none: the events are sent by the pump; report this log line"}})
         with self._wake:
             self._fresh = True
             self._caught_up = False
@@ -535,6 +540,18 @@ class Uplink:
                 fetched = self._outbox.pending(self._cursor, asked)
                 rows = retry + fetched
                 sent = self._hand_over(rows)
+            except Exception:  # the pump must outlive whatever paho or the store raised
+                logger.exception("uplink.pump_failed", extra={"fields": {
+                    "action": "retrying in a second; events stay in the outbox; report this "
+                              "log line"}})
+                with self._wake:
+                    # Retries taken for this round go back (a repeat is harmless: the
+                    # township de-duplicates by id); the rest is found by the next query.
+                    self._retry[:0] = retry
+                    self._fresh = True
+                    self._caught_up = False
+                self._stopping.wait(1.0)
+                continue
             finally:
                 with self._wake:
                     self._sending = False

@@ -111,3 +111,54 @@ def test_staff_feedback_follows_the_store_and_never_waits_for_a_stuck_one(
     stored = future.result(15)
     wait_until(lambda: [e["id"] for e in township.events()] == [stored.id], what="the alarm")
     wait_until(lambda: station.indicator.mode is Mode.DELIVERED, 5, "LED steady")
+
+
+def test_a_failing_short_way_leaves_the_alarm_to_the_pump(broker, start_station,
+                                                          township_factory):  # type: ignore[no-untyped-def]
+    township = township_factory(broker.port)
+    station = start_station(broker.port)
+    wait_until(lambda: station.uplink.connected)
+    wait_until(lambda: township.on("/v001/state"), what="station online")
+    warm = station.raise_alarm("button", 0.0).result(5)  # the uplink caught up after it
+    wait_until(lambda: [e["id"] for e in township.events()] == [warm.id], what="warm-up")
+    time.sleep(0.2)
+    client = station.uplink._client
+    publish = client.publish
+    failed: list[str] = []
+
+    def once_broken(topic: str, *a: Any, **kw: Any) -> Any:
+        if topic.endswith("/events") and not failed:
+            failed.append(threading.current_thread().name)
+            raise RuntimeError("socket trouble on the short way")
+        return publish(topic, *a, **kw)
+
+    client.publish = once_broken
+    first = station.raise_alarm("button", 0.0).result(5)
+    time.sleep(0.2)
+    second = station.raise_alarm("button", 0.0).result(5)
+    wait_until(lambda: {e["id"] for e in township.events()} >= {first.id, second.id}, 15,
+               "both alarms, the first by the pump")
+    assert failed == ["outbox-writer"]
+    assert [e["seq"] for e in township.unique_events()] == [warm.seq, first.seq, second.seq]
+
+
+def test_the_pump_outlives_a_failing_publish(broker, start_station, township_factory):  # type: ignore[no-untyped-def]
+    township = township_factory(broker.port)
+    station = start_station(broker.port)
+    wait_until(lambda: station.uplink.connected)
+    client = station.uplink._client
+    publish = client.publish
+    failures = [0]
+
+    def broken_twice(topic: str, *a: Any, **kw: Any) -> Any:
+        if topic.endswith("/events") and failures[0] < 2:
+            failures[0] += 1
+            raise RuntimeError("socket trouble")
+        return publish(topic, *a, **kw)
+
+    client.publish = broken_twice
+    stored = [f.result(5) for f in [station._submit(status_event(station, i))
+                                    for i in range(50)]]
+    wait_until(lambda: len(township.unique_events()) == 50, 20, "all 50 despite the failures")
+    assert failures[0] == 2 and station.uplink.alive
+    assert [e["seq"] for e in township.unique_events()] == [s.seq for s in stored]
