@@ -40,19 +40,24 @@ if [ ! -x .build-venv/bin/python ]; then
     say "making models/.build-venv (TensorFlow is for the build only, never on a unit)"
     "$python" -m venv .build-venv
 fi
-# The same release on both: PyPI has tensorflow-cpu for x86_64 only; aarch64's
-# `tensorflow` wheel is the CPU build.
+# The same release on both, from locks/model-build.txt (bin/lock): PyPI has tensorflow-cpu
+# for x86_64 only; aarch64's `tensorflow` wheel is the CPU build.
 case "$(uname -m)" in
     aarch64|arm64) tf_package=tensorflow ;;
     *) tf_package=tensorflow-cpu ;;
 esac
 if [ "$(.build-venv/bin/python -m pip show "$tf_package" 2>/dev/null \
         | sed -n 's/^Version: //p')" != "$tf_version" ]; then
-    say "installing $tf_package==$tf_version into models/.build-venv (first time: a" \
-        "274 MB wheel plus ~60 MB of dependencies; 30 s on a fast link, minutes on a slow one)"
+    say "installing $tf_package==$tf_version into models/.build-venv from locks/model-build.txt" \
+        "(first time: a 274 MB wheel plus ~60 MB of dependencies; 30 s on a fast link," \
+        "minutes on a slow one)"
     .build-venv/bin/python -m pip install --disable-pip-version-check --progress-bar off \
-        "$tf_package==$tf_version" 2>&1 \
+        --require-hashes --no-deps --only-binary=:all: -r ../locks/model-build.txt 2>&1 \
         | { grep -E '^(Collecting|Downloading|Installing|Successfully|ERROR)' || true; }
+    [ "$(.build-venv/bin/python -m pip show "$tf_package" 2>/dev/null \
+        | sed -n 's/^Version: //p')" = "$tf_version" ] || {
+        echo "models/build.sh: $tf_package $tf_version did not install from" \
+             "locks/model-build.txt (see above)" >&2; exit 1; }
     say "TensorFlow installed ($(elapsed))"
 fi
 work=$(mktemp -d)
