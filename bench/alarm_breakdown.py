@@ -33,10 +33,10 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station
 
 from edge import config as config_mod
 from edge import logs
-from edge.outbox import Outbox
+from edge.link.uplink import Uplink
 from edge.sim.localbroker import Mosquitto
 from edge.station import Station
-from edge.uplink import Uplink
+from edge.store.outbox import Outbox
 
 STEPS = ["press", "handler", "event", "event made", "queued", "transaction",
          "committed", "uplink told", "publish", "published", "township"]

@@ -94,7 +94,7 @@ from paho.mqtt.properties import Properties
 
 from edge import config as config_mod
 from edge import logs
-from edge.events import AlarmPanic, new_event_id
+from edge.contract.events import AlarmPanic, new_event_id
 from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 

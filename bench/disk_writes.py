@@ -6,7 +6,7 @@ What it measures
     including SQLite's WAL frames, checkpoints and the seq mark file. An SD card wears by
     these bytes; each isolated event also costs one fsync.
 
-    outbox: `edge.outbox.Outbox` (durable on accept: WAL + synchronous=FULL, fsync per
+    outbox: `edge.store.outbox.Outbox` (durable on accept: WAL + synchronous=FULL, fsync per
         commit) on `--tmpdir`, a real alarm of ~220 B.
         - isolated event: one `append` (its commit) with nothing else queued;
         - isolated mark: its PUBACK (`mark_delivered`), committed after the ack linger;
@@ -61,9 +61,9 @@ from common import (
 from paho.mqtt.enums import CallbackAPIVersion
 from persistqueue import SQLiteAckQueue
 
-from edge.events import AlarmPanic, PanicPayload, encode, stamp
-from edge.outbox import _ACK_LINGER_S, Outbox
+from edge.contract.events import AlarmPanic, PanicPayload, encode, stamp
 from edge.sim.localbroker import Mosquitto
+from edge.store.outbox import _ACK_LINGER_S, Outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ What it measures
 
     1. The station connects, then the broker is stopped (SIGTERM, session saved).
     2. (a) enqueue: `--events` events (about 2 % `AlarmPanic`, the rest `ButtonBroadcast`
-       and `Status`, ids/ts from `edge.events.stamp()`), built beforehand, are submitted
+       and `Status`, ids/ts from `edge.contract.events.stamp()`), built beforehand, are submitted
        with `station.outbox.submit(event)` (group commit) and all futures are waited for.
        Baselines in the same run, same rows (the outbox's own stored bodies), same disk,
        same table and indexes as the outbox:
@@ -307,7 +307,7 @@ enabled = false
 
 
 def build_events(n: int, alarm_every: int, seed: int = 7) -> list[Any]:
-    from edge.events import (
+    from edge.contract.events import (
         AlarmPanic,
         ButtonBroadcast,
         ButtonPayload,
@@ -379,9 +379,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     load_before = loadavg()
     from edge import config as config_mod
     from edge.logs import JsonFormatter
-    from edge.outbox import Stored
     from edge.sim.localbroker import Mosquitto
     from edge.station import Station
+    from edge.store.outbox import Stored
 
     handler = logging.FileHandler(tmp / "station.log", encoding="utf-8")
     handler.setFormatter(JsonFormatter())

@@ -40,7 +40,7 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station
 from modem_sim import ModemSim
 
 from edge import config as config_mod
-from edge.events import encode
+from edge.contract.events import encode
 from edge.modem import pdu
 from edge.modem.at import AtChannel
 from edge.sim.localbroker import Mosquitto

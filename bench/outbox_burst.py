@@ -1,7 +1,7 @@
 """Burst throughput of the outbox: its small pages against the same outbox with 4 KiB pages.
 
 What it measures
-    `edge.outbox.Outbox` on `--tmpdir` (WAL, synchronous=FULL on accept), `--events`
+    `edge.store.outbox.Outbox` on `--tmpdir` (WAL, synchronous=FULL on accept), `--events`
     events of ~220 B (button.broadcast) submitted at once and waited for (group commit:
     the durable enqueue of an outage), then every one marked delivered and flushed (the
     drain's PUBACKs). Events per second for each phase.
@@ -33,17 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 
-from edge import outbox as outbox_mod
-from edge import outbox_repair
-from edge.events import ButtonBroadcast, ButtonPayload, stamp
+from edge.contract.events import ButtonBroadcast, ButtonPayload, stamp
+from edge.store import outbox as outbox_mod
+from edge.store import repair
 
-SHIPPED = {"PAGE_SIZE": outbox_repair.PAGE_SIZE, "_ACK_BATCH_X": outbox_mod._ACK_BATCH_X,
+SHIPPED = {"PAGE_SIZE": repair.PAGE_SIZE, "_ACK_BATCH_X": outbox_mod._ACK_BATCH_X,
            "_CLEANUP_EVERY": outbox_mod._CLEANUP_EVERY}
 BEFORE = {"PAGE_SIZE": 4096, "_ACK_BATCH_X": 1, "_CLEANUP_EVERY": 1000}
 
 
 def settings(values: dict[str, int]) -> None:
-    outbox_repair.PAGE_SIZE = values["PAGE_SIZE"]
+    repair.PAGE_SIZE = values["PAGE_SIZE"]
     outbox_mod._ACK_BATCH_X = values["_ACK_BATCH_X"]
     outbox_mod._CLEANUP_EVERY = values["_CLEANUP_EVERY"]
 

@@ -1,7 +1,7 @@
 """The outbox on disk: bytes written per isolated event, and the start-up cost of damage.
 
 What it measures
-    1. bytes/event: one `edge.outbox.Outbox` (WAL, synchronous=FULL) on `--tmpdir`;
+    1. bytes/event: one `edge.store.outbox.Outbox` (WAL, synchronous=FULL) on `--tmpdir`;
        `--events` isolated alarms, each appended, marked delivered (its PUBACK) and
        committed before the next (the ack batch's linger is waited out), as a quiet
        station sees them. The figure is this process's `write_bytes` from
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_tmp_args, fs_of, loadavg, machine_line, run_in_tmp
 
-from edge.events import AlarmPanic, PanicPayload, Status, StatusPayload, stamp, text
-from edge.outbox import _ACK_LINGER_S, SEQ_BLOCK, Outbox
+from edge.contract.events import AlarmPanic, PanicPayload, Status, StatusPayload, stamp, text
+from edge.store.outbox import _ACK_LINGER_S, SEQ_BLOCK, Outbox
 
 
 def write_bytes() -> int:

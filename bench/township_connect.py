@@ -40,8 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from township_broker import TownshipBroker
 
-from edge.bundle import install_bundle
 from edge.sim.localbroker import Mosquitto
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 
 

@@ -18,11 +18,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge import __version__
 from edge import config as config_mod
-from edge.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.config import Config, ConfigError
-from edge.control import request
+from edge.contract.topics import township_filter
 from edge.logs import log, setup
-from edge.topics import township_filter
+from edge.unit.bundle import UNIT_DIR, BundleError, install_bundle
+from edge.unit.control import request
 
 SYSTEM_CONFIG = Path("/etc/pingan-edge/station.toml")
 # Exit statuses of `pingan-edge run` (docs/config.md); systemd restarts only on 1.
@@ -55,9 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_station(cfg: Config) -> int:
-    from edge.pins import PinFactoryError
     from edge.sim.localbroker import BrokerError
     from edge.station import AlreadyRunning, Station
+    from edge.unit.pins import PinFactoryError
 
     logger = logging.getLogger("edge.cli")
     try:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.clock import now_iso
-from edge.events import Problem, text
+from edge.contract.events import Problem, text
 from edge.logs import log
 
 logger = logging.getLogger("edge.health")

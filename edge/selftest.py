@@ -34,9 +34,9 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from edge import events
 from edge.clock import clock_synced
 from edge.config import Config
+from edge.contract import events
 
 Status = Literal["pass", "fail", "not_fitted"]
 STATUS_TEXT = {"pass": "通过 PASS", "fail": "失败 FAIL", "not_fitted": "未安装 not fitted"}
@@ -103,7 +103,7 @@ class Selftest:
                 self.disk, self.power, self.modem]
 
     def run(self) -> list[Row]:
-        from edge.pins import PinFactoryError, make_factory
+        from edge.unit.pins import PinFactoryError, make_factory
 
         try:
             self.factory = make_factory(self.cfg.pins.factory)
@@ -345,7 +345,7 @@ class Selftest:
                    "check the network and NTP (timedatectl status)")
 
     def disk(self) -> Row:
-        from edge.outbox import Outbox, OutboxError
+        from edge.store.outbox import Outbox, OutboxError
 
         zh, en = "存储空间与事件库", "disk space and outbox"
         data = self.cfg.data_dir
@@ -448,7 +448,7 @@ def event(cfg: Config, rows: list[Row], by: str) -> events.Selftest:
 
 def record(cfg: Config, ev: events.Selftest) -> int:
     """Into the station's outbox: delivered, in sequence, when the station runs."""
-    from edge.outbox import Outbox
+    from edge.store.outbox import Outbox
 
     outbox = Outbox(cfg.data_dir / "outbox.db", max_bytes=cfg.outbox.max_bytes,
                     keep_delivered=cfg.outbox.keep_delivered)

@@ -22,14 +22,12 @@ from typing import Any, TextIO
 import msgspec
 from gpiozero import LED
 
-from edge import __version__, camera, commands
+from edge import __version__, camera
 from edge import modem as modem_parts
 from edge.audio.loudspeaker import Loudspeaker
-from edge.buttons import StationButtons
 from edge.config import Config, ConfigError
-from edge.control import ControlError, ControlServer, Press, Request
-from edge.dispatch import CommandWorker, Handlers, rejected
-from edge.events import (
+from edge.contract import commands
+from edge.contract.events import (
     AlarmPanic,
     AudioPayload,
     AudioPlayback,
@@ -46,13 +44,16 @@ from edge.events import (
     stamp,
 )
 from edge.health import Health
-from edge.indicator import AlarmIndicator
+from edge.link.dispatch import CommandWorker, Handlers, rejected
+from edge.link.telemetry import Telemetry
+from edge.link.uplink import Uplink
 from edge.logs import log
-from edge.outbox import Eviction, Outbox, OutboxFull, Stored
-from edge.pins import is_simulated, make_factory
-from edge.telemetry import Telemetry
-from edge.uplink import Uplink
-from edge.watchdog import Watchdog
+from edge.store.outbox import Eviction, Outbox, OutboxFull, Stored
+from edge.unit.buttons import StationButtons
+from edge.unit.control import ControlError, ControlServer, Press, Request
+from edge.unit.indicator import AlarmIndicator
+from edge.unit.pins import is_simulated, make_factory
+from edge.unit.watchdog import Watchdog
 
 FEEDBACK_WAIT_S = 0.05
 logger = logging.getLogger("edge.station")

@@ -23,10 +23,10 @@ from township_broker import Client
 
 from edge import config as config_mod
 from edge.config import Config
+from edge.contract.topics import township_filter
+from edge.link.uplink import set_no_delay
 from edge.sim.localbroker import Mosquitto
 from edge.station import Station
-from edge.topics import township_filter
-from edge.uplink import set_no_delay
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "docs" / "schema"

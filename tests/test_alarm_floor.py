@@ -15,8 +15,8 @@ from typing import Any
 from conftest import wait_until
 from test_offline import status_event
 
-from edge.events import Priority
-from edge.indicator import Mode
+from edge.contract.events import Priority
+from edge.unit.indicator import Mode
 
 
 def publishers(station: Any) -> list[str]:

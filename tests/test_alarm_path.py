@@ -6,7 +6,7 @@ import time
 
 from conftest import schema, wait_until
 
-from edge.indicator import Mode
+from edge.unit.indicator import Mode
 
 
 def led_toggles(pin, seconds: float) -> int:  # type: ignore[no-untyped-def]
@@ -95,7 +95,7 @@ def test_ack_display_ends_with_led_off():
     from gpiozero import LED
     from gpiozero.pins.mock import MockFactory
 
-    from edge.indicator import AlarmIndicator
+    from edge.unit.indicator import AlarmIndicator
 
     now = [100.0]
     factory = MockFactory()
@@ -120,7 +120,7 @@ def test_a_delivery_heard_before_the_led_was_told_leaves_it_steady() -> None:
     from gpiozero import LED
     from gpiozero.pins.mock import MockFactory
 
-    from edge.indicator import AlarmIndicator
+    from edge.unit.indicator import AlarmIndicator
 
     factory = MockFactory()
     led = LED(5, pin_factory=factory)

@@ -15,7 +15,7 @@ import soundfile
 
 from edge.audio.clips import ClipError, ClipLibrary
 from edge.audio.sound import FileSound
-from edge.commands import ClipPut, CommandRejected, parse
+from edge.contract.commands import ClipPut, CommandRejected, parse
 
 RATE = 8000
 

@@ -264,8 +264,8 @@ def test_staff_prompts_wait_behind_the_siren_once_not_per_press(sink, player, lo
 def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player, loudspeaker):
     import datetime as dt
 
-    from edge.commands import ScheduleSet
-    from edge.dispatch import Handlers
+    from edge.contract.commands import ScheduleSet
+    from edge.link.dispatch import Handlers
 
     idle(player[0])
     sink.set_mark()

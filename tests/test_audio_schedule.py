@@ -11,7 +11,7 @@ import pytest
 
 from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
 from edge.audio.store import AudioStore
-from edge.commands import ScheduleSet
+from edge.contract.commands import ScheduleSet
 
 TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
 

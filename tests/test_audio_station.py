@@ -235,7 +235,7 @@ def test_unit_without_any_sound_card_runs_and_says_so(broker, tmp_path, township
 
     from conftest import Daemon, station_toml
 
-    from edge.control import request
+    from edge.unit.control import request
 
     config = tmp_path / "station.toml"
     config.write_text(station_toml(tmp_path / "data", broker.port,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from township_broker import CENTRE, CONFIG_DIR, Client, TownshipBroker, wait_for
 
-from edge.bundle import install_bundle
 from edge.sim.localbroker import Mosquitto
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from township_broker import CONFIG_DIR, Client, wait_for
 
-from edge.bundle import install_bundle
 from edge.sim.localbroker import Mosquitto, free_port
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 
 COUNTY = CONFIG_DIR / "county"

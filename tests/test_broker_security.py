@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from township_broker import CENTRE, Client, TownshipBroker, town_with_units, unit, wait_for
 
-from edge.bundle import install_bundle
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 from pingan_centre.cli import main as centre_main
 

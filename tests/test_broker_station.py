@@ -18,11 +18,11 @@ from conftest import make_config, schema, station_toml, wait_until
 from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
-from edge import tlscheck
-from edge.bundle import install_bundle
-from edge.indicator import Mode
+from edge.link import tlscheck
+from edge.link.uplink import MAX_REFUSALS
 from edge.station import Station
-from edge.uplink import MAX_REFUSALS
+from edge.unit.bundle import install_bundle
+from edge.unit.indicator import Mode
 from pingan_centre.broker import provision
 
 T = "pingan/v1/t01"

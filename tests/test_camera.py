@@ -16,13 +16,14 @@ import pytest
 from camera_scenes import H, W, empty_scene, incident, photo, with_person, write_sequence
 from conftest import schema, wait_until
 
-from edge import camera, commands
+from edge import camera
 from edge import config as config_mod
 from edge.camera.detector import BUNDLED_MODEL, PersonDetector, crop_box, make_interpreter
 from edge.camera.motion import MotionDetector
 from edge.camera.pipeline import Arming, CameraPipeline, Sighting, snapshot
 from edge.camera.sources import BUNDLED_SCENE, FolderSource
 from edge.config import ArmWindow, CameraSection, ConfigError
+from edge.contract import commands
 from edge.health import Health
 
 

@@ -20,8 +20,8 @@ from conftest import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import Config
-from edge.events import Selftest, SelftestPayload, SelftestResult, stamp
-from edge.indicator import Mode
+from edge.contract.events import Selftest, SelftestPayload, SelftestResult, stamp
+from edge.unit.indicator import Mode
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

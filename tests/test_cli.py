@@ -10,8 +10,8 @@ import time
 
 from conftest import Daemon, station_toml
 
+from edge.link.uplink import Backoff
 from edge.sim.localbroker import free_port
-from edge.uplink import Backoff
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from conftest import wait_until
 
-from edge import commands
-from edge.indicator import Mode
+from edge.contract import commands
+from edge.unit.indicator import Mode
 
 
 def _results(township: Any, cmd_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from conftest import schema, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.indicator import Mode
+from edge.unit.indicator import Mode
 
 MAX = 16384
 KNOWN = {"alarm.ack", "state.get", "broadcast.play", "broadcast.stop", "clip.put",

@@ -1,4 +1,4 @@
-"""First boot (edge.firstboot) against a unit's directory tree: identity moved off the FAT
+"""First boot (edge.unit.firstboot) against a unit's directory tree: identity moved off the FAT
 partition, secrets deleted, and a run cut short (a fault, kill -9) finished by the next."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def card(tmp_path: Path, station: str = "s1") -> Path:
 
 
 def firstboot(root: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "edge.firstboot", "--root", str(root)],
+    return subprocess.Popen([sys.executable, "-m", "edge.unit.firstboot", "--root", str(root)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

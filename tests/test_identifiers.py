@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from edge import commands
 from edge import config as config_mod
 from edge.audio.clips import ClipError, ClipLibrary
 from edge.config import ConfigError
+from edge.contract import commands
 
 GOOD = '[station]\nid = "{id}"\ntownship = "{township}"\n'
 
@@ -42,7 +42,7 @@ def test_command_and_clip_ids_with_a_trailing_newline_are_refused(tmp_path):
 def test_event_ids_are_uuid7_unique_and_in_creation_order() -> None:
     import uuid
 
-    from edge.events import new_event_id
+    from edge.contract.events import new_event_id
 
     ids = [new_event_id() for _ in range(20_000)]  # more than one page of randomness
     assert len(set(ids)) == len(ids) and ids == sorted(ids)

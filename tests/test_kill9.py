@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, schema, station_toml, wait_until
 
-from edge.control import request
+from edge.unit.control import request
 
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "pingan-edge.service"
 TIMEOUT_STOP_S = float(re.search(r"^TimeoutStopSec=(\d+)$", UNIT_FILE.read_text(), re.M)[1])
@@ -130,7 +130,7 @@ def test_systemd_notify_ready_and_watchdog_pings(broker, tmp_path):
 def test_watchdog_stays_silent_when_unhealthy(tmp_path, monkeypatch):
     import socket
 
-    from edge.watchdog import Watchdog
+    from edge.unit.watchdog import Watchdog
 
     sock_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from modem_sim import ModemSim, status_report
 
 from edge.config import ModemSection
-from edge.events import ModemReport
+from edge.contract.events import ModemReport
 from edge.health import Health
 from edge.modem import pdu
 from edge.modem.at import AtChannel, AtError, AtTimeout, Urc

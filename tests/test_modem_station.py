@@ -17,7 +17,7 @@ from gsmmodem import pdu as gsm_pdu
 from modem_sim import ModemSim
 
 from edge.config import Config
-from edge.events import AlarmPanic, PanicPayload, stamp
+from edge.contract.events import AlarmPanic, PanicPayload, stamp
 from edge.modem import pdu
 from edge.modem.fallback import alarm_text, short_code
 from edge.station import Station

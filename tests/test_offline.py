@@ -6,7 +6,7 @@ import random
 
 from conftest import schema, wait_until
 
-from edge.events import Priority
+from edge.contract.events import Priority
 
 
 def produce(station, count: int, alarm_every: int = 10, seed: int = 7) -> list:  # type: ignore[no-untyped-def]
@@ -23,7 +23,7 @@ def produce(station, count: int, alarm_every: int = 10, seed: int = 7) -> list: 
 
 
 def status_event(station, i: int):  # type: ignore[no-untyped-def]
-    from edge.events import Status, StatusPayload, stamp, text
+    from edge.contract.events import Status, StatusPayload, stamp, text
 
     return Status(station="v001", township="t01",
                   payload=StatusPayload(code="test.tick", level="info",

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_until
 
-from edge import outbox_repair
-from edge.events import (
+from edge.contract.events import (
     AlarmPanic,
     ButtonBroadcast,
     ButtonPayload,
@@ -26,7 +25,8 @@ from edge.events import (
     stamp,
     text,
 )
-from edge.outbox import SEQ_BLOCK, Outbox, OutboxError, OutboxFull
+from edge.store import repair
+from edge.store.outbox import SEQ_BLOCK, Outbox, OutboxError, OutboxFull
 
 
 def alarm() -> AlarmPanic:
@@ -79,7 +79,7 @@ def test_group_commit_many_concurrent_submissions(tmp_path: Path):
 
 
 def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
-    from edge.outbox import _CLEANUP_EVERY
+    from edge.store.outbox import _CLEANUP_EVERY
 
     box = Outbox(tmp_path / "o.db", keep_delivered=100)
     futures = [box.submit(broadcast()) for _ in range(_CLEANUP_EVERY + 200)]
@@ -278,7 +278,7 @@ def page_size(db: Path) -> int:
 def test_an_outbox_with_4k_pages_is_rebuilt_with_small_ones_keeping_its_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     db = tmp_path / "o.db"
-    monkeypatch.setattr(outbox_repair, "PAGE_SIZE", 4096)  # as outboxes were created before
+    monkeypatch.setattr(repair, "PAGE_SIZE", 4096)  # as outboxes were created before
     box = Outbox(db)
     stored = [box.append(e) for e in (alarm(), status(3000), broadcast())]
     box.mark_delivered(stored[0].seq, len(stored[0].body))
@@ -288,7 +288,7 @@ def test_an_outbox_with_4k_pages_is_rebuilt_with_small_ones_keeping_its_rows(
 
     box = Outbox(db)
     try:
-        assert page_size(db) == outbox_repair.PAGE_SIZE < 4096
+        assert page_size(db) == repair.PAGE_SIZE < 4096
         assert box.damage is None
         assert [(p.seq, p.body) for p in box.pending({}, 10)] == [  # broadcast, then status
             (s.seq, s.body) for s in (stored[2], stored[1])]

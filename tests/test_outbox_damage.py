@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import Daemon, station_toml, wait_until
 
-from edge.control import request
 from edge.sim.localbroker import free_port
+from edge.unit.control import request
 
 OLD_ALARMS = 20
 OLD_OTHERS = 200

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from test_outbox import alarm, broadcast, status
 
-from edge.outbox import Outbox
+from edge.store.outbox import Outbox
 
 
 def test_parked_row_leaves_the_drain_survives_and_returns_on_reopen(tmp_path: Path):

@@ -9,7 +9,7 @@ import pytest
 from conftest import SCHEMA_DIR, schema
 from jsonschema import ValidationError
 
-from edge import schema as schema_mod
+from edge.contract import schema as schema_mod
 
 
 @pytest.mark.parametrize("name", sorted(schema_mod.SCHEMAS))
@@ -18,7 +18,7 @@ def test_committed_schema_matches_code(name):
     # fail it. Nothing in a schema is computed in floating point, so values are exact.
     generated = schema_mod.generate()[name]
     committed = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
-    assert committed == json.loads(json.dumps(generated)), "run: python -m edge.schema docs/schema"
+    assert committed == json.loads(json.dumps(generated)), "run: python -m edge.contract.schema"
 
 
 GOOD_ALARM = {"type": "alarm.panic", "id": "01a2079b-5233-7000-9f2d-9c959f9ec0b7",
@@ -40,7 +40,7 @@ def test_event_schema_accepts_good_and_rejects_bad():
 
 
 def test_command_schema_matches_parser():
-    from edge import commands
+    from edge.contract import commands
 
     validator = schema("command")
     good = {"cmd": "alarm.ack", "id": "c1", "event_id": "e1"}

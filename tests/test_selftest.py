@@ -22,9 +22,9 @@ from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
 from edge import selftest
-from edge.bundle import install_bundle
 from edge.config import Config
 from edge.station import Station
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 
 RATE = 16000

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import make_config
 
-from edge.pins import PinFactoryError
 from edge.sim.localbroker import free_port
 from edge.station import Station
+from edge.unit.pins import PinFactoryError
 
 
 def _processes_using(path: Path) -> list[str]:

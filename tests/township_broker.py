@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.bundle import install_bundle
 from edge.sim.localbroker import Mosquitto, free_port
+from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent

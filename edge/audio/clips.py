@@ -21,8 +21,8 @@ import soundfile
 
 from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
-from edge.commands import ClipPut
-from edge.events import Text, text
+from edge.contract.commands import ClipPut
+from edge.contract.events import Text, text
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_UPLOADS = 4

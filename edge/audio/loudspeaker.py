@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge import commands
 from edge.audio import tones
 from edge.audio.amplifier import Amplifier
 from edge.audio.clips import ClipError, ClipLibrary
@@ -30,9 +29,10 @@ from edge.audio.sound import Sound, release
 from edge.audio.store import AudioStore
 from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
-from edge.dispatch import Handlers
-from edge.events import AudioPayload, ErrorInfo, Text, text
+from edge.contract import commands
+from edge.contract.events import AudioPayload, ErrorInfo, Text, text
 from edge.health import Health
+from edge.link.dispatch import Handlers
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio")

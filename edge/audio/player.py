@@ -23,7 +23,7 @@ from edge.audio.amplifier import Amplifier
 from edge.audio.output import AudioUnavailable, Output
 from edge.audio.sound import Sound, release
 from edge.audio.tones import Samples
-from edge.events import text
+from edge.contract.events import text
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.player")

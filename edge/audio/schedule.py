@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, time, timedelta, tzinfo
 
 from edge.audio.store import AudioStore
-from edge.commands import ScheduleSet
+from edge.contract.commands import ScheduleSet
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.schedule")

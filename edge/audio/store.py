@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 
-from edge.commands import ScheduleSet
+from edge.contract.commands import ScheduleSet
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (

@@ -10,12 +10,12 @@ import msgspec
 from gpiozero import OutputDevice
 
 from edge.config import Config
-from edge.events import Event, ModemReport
+from edge.contract.events import Event, ModemReport
 from edge.health import Health
+from edge.link.uplink import Uplink
 from edge.modem.device import Modem
 from edge.modem.fallback import SmsFallback
-from edge.outbox import Outbox
-from edge.uplink import Uplink
+from edge.store.outbox import Outbox
 
 
 class ModemParts:

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from edge.config import ModemSection
-from edge.events import ModemReport
+from edge.contract.events import ModemReport
 from edge.health import Health
 from edge.logs import log
 from edge.modem import pdu, signal

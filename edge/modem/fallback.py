@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Config
-from edge.events import (
+from edge.contract.events import (
     AlarmPanic,
     AlarmSms,
     AlarmSmsPayload,
@@ -46,11 +46,11 @@ from edge.events import (
     stamp,
 )
 from edge.health import Health
+from edge.link.uplink import Uplink
 from edge.logs import log
 from edge.modem import pdu
 from edge.modem.device import Modem, SmsJob
-from edge.outbox import Outbox
-from edge.uplink import Uplink
+from edge.store.outbox import Outbox
 
 logger = logging.getLogger("edge.modem.fallback")
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from edge.config import ButtonsSection, PinsSection
-from edge.control import Press
+from edge.unit.control import Press
 
 
 def press(factory: Any, pins: PinsSection, timings: ButtonsSection, request: Press,

@@ -44,7 +44,7 @@ STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Centre accounts: `centre.<name>`; the dot keeps them apart from every station id.
 ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}")
 DEFAULT_DIR = Path("/etc/mosquitto/pingan")
-UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit (edge.bundle)
+UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit (edge.unit.bundle)
 # A past notBefore, so a unit whose clock lags a little behind still accepts the broker.
 _BACKDATE = dt.timedelta(days=1)
 # mosquitto_passwd's default is 101. A centre login costs the broker's one thread

@@ -1,4 +1,4 @@
-"""First boot of a unit made by firmware/build-image: `python -m edge.firstboot`.
+"""First boot of a unit made by firmware/build-image: `python -m edge.unit.firstboot`.
 
 The flash tool leaves the card's identity on the FAT boot partition (readable by anyone who
 pulls the card) under `pingan-edge/`:
@@ -303,7 +303,7 @@ def run(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edge.firstboot", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edge.unit.firstboot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/", help="the image tree to provision (default: this "
                    "system)")

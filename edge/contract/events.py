@@ -1,7 +1,7 @@
 """The event model: every shape that crosses MQTT, defined once.
 
 Events are published on `…/events` (and `cmd.result` on `…/cmd/result`); the JSON
-Schemas in docs/schema/ are generated from these classes (`python -m edge.schema`).
+Schemas in docs/schema/ are generated from these classes (`python -m edge.contract.schema`).
 """
 
 from __future__ import annotations

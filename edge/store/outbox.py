@@ -18,8 +18,8 @@
 Delivered rows stay as the local event log, the newest `keep_delivered` of them.
 
 On open the database is checked (`quick_check`). A damaged one is quarantined and every
-readable row salvaged into a fresh outbox, alarms first (`edge.outbox_repair`). Seqs are
-reserved in blocks in a mark file beside the database (`edge.seqmark`), so no damage
+readable row salvaged into a fresh outbox, alarms first (`edge.store.repair`). Seqs are
+reserved in blocks in a mark file beside the database (`edge.store.seqmark`), so no damage
 makes a seq repeat: lost events show up at the township as a gap. A data directory that
 cannot be written leaves an outbox that refuses every event (the station then sends
 alarms from memory) instead of no station at all.
@@ -42,13 +42,13 @@ from pathlib import Path
 import msgspec
 import sqlite_utils
 
-from edge import outbox_repair
 from edge.clock import now_iso
-from edge.events import Event, Priority, encode
+from edge.contract.events import Event, Priority, encode
 from edge.health import Health
 from edge.logs import log
-from edge.outbox_repair import Damage, Salvage
-from edge.seqmark import Mark, SeqMark
+from edge.store import repair
+from edge.store.repair import Damage, Salvage
+from edge.store.seqmark import Mark, SeqMark
 
 logger = logging.getLogger("edge.outbox")
 
@@ -169,10 +169,10 @@ class Outbox:
         kept: Path | None = None
         kind: str | None = None
         error = ""
-        if (problem := outbox_repair.check(path)) is not None:
+        if (problem := repair.check(path)) is not None:
             kind, error = "corrupt", problem
-            kept = outbox_repair.quarantine(path)
-            salvage = outbox_repair.salvage(kept, prior.clean_next if prior else None)
+            kept = repair.quarantine(path)
+            salvage = repair.salvage(kept, prior.clean_next if prior else None)
         elif prior is not None and prior.clean_next is None and wal_missing:
             kind = "wal_lost"
             error = "outbox.db-wal is missing after an unclean stop: its commits are lost"
@@ -180,7 +180,7 @@ class Outbox:
             kind = "emptied"
             error = ("outbox.db is missing" if not path.exists() else
                      "outbox.db holds no events although this station stored some")
-            kept = outbox_repair.quarantine(path) if path.exists() else None
+            kept = repair.quarantine(path) if path.exists() else None
 
         self._write = self._connect(str(path))
         self._page_size()
@@ -218,7 +218,7 @@ class Outbox:
         rebuilt once (VACUUM under a rollback journal: a crash midway leaves the old
         file). If that fails (no room for the copy), the old page size is kept."""
         conn = self._write
-        size = outbox_repair.PAGE_SIZE
+        size = repair.PAGE_SIZE
         if conn.execute("PRAGMA page_size").fetchone()[0] == size:
             return
         conn.execute(f"PRAGMA page_size={size}")
@@ -269,7 +269,7 @@ class Outbox:
             return stored
         return memory
 
-    def _restore(self, rows: list[outbox_repair.Row]) -> None:
+    def _restore(self, rows: list[repair.Row]) -> None:
         """Put salvaged rows into the fresh database: alarms committed first, so they are
         safe even if the rest no longer fits."""
         insert = ("INSERT OR IGNORE INTO events (seq, id, type, priority, body, size, created, "
@@ -285,7 +285,7 @@ class Outbox:
                        salvage: Salvage | None) -> None:
         rows = salvage.rows if salvage else []
         lost = salvage.lost if salvage else None
-        folder = self.path.parent / outbox_repair.QUARANTINE
+        folder = self.path.parent / repair.QUARANTINE
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         base = kept or folder / f"{self.path.stem}-{kind}-{stamp}"
         self.damage = Damage(
@@ -295,7 +295,7 @@ class Outbox:
             salvaged=len(rows), salvaged_alarms=sum(r.priority == Priority.ALARM for r in rows),
             lost=lost, resumed_at=self._next_seq)
         folder.mkdir(exist_ok=True)
-        outbox_repair.write_report(base, self.damage)
+        repair.write_report(base, self.damage)
         log(logger, "error", "outbox.damaged", **msgspec.to_builtins(self.damage),
             report=str(base) + ".json",
             action=_DAMAGE_ACTION)
@@ -308,7 +308,7 @@ class Outbox:
                        f"data directory cannot be written; alarms are sent from memory and "
                        f"not kept: {self.unwritable}",
                        action="remount it read-write or replace the SD card, then restart")
-        found = outbox_repair.reports(self.path.parent)
+        found = repair.reports(self.path.parent)
         if not found:
             return
         last = found[-1]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edge.events import ErrorInfo, EventId, text
+from edge.contract.events import ErrorInfo, EventId, text
 
 CmdId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                     pattern=r"^[A-Za-z0-9._:-]+$(?!\n)")]

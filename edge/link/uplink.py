@@ -37,14 +37,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge import __version__, tlscheck
+from edge import __version__
 from edge.clock import clock_synced, now_iso
 from edge.config import Config
-from edge.events import StationState, encode
+from edge.contract.events import StationState, encode
+from edge.contract.topics import Topics
 from edge.health import Health
+from edge.link import tlscheck
 from edge.logs import log
-from edge.outbox import Outbox, Stored
-from edge.topics import Topics
+from edge.store.outbox import Outbox, Stored
 
 logger = logging.getLogger("edge.uplink")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from edge import __version__
 from edge.clock import clock_synced, now_iso
 from edge.config import Config
-from edge.events import HealthReport, ModemReport, encode
-from edge.outbox import Outbox
-from edge.uplink import Uplink
+from edge.contract.events import HealthReport, ModemReport, encode
+from edge.link.uplink import Uplink
+from edge.store.outbox import Outbox
 
 logger = logging.getLogger("edge.telemetry")
 

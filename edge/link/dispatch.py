@@ -23,9 +23,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edge import commands
 from edge.config import BACKGROUND_NICE
-from edge.events import ErrorInfo, text
+from edge.contract import commands
+from edge.contract.events import ErrorInfo, text
 from edge.logs import log
 
 logger = logging.getLogger("edge.commands")

@@ -1,7 +1,9 @@
 """The JSON Schemas of everything that crosses MQTT, generated from the shapes in
-`edge.events` and `edge.commands`. `python -m edge.schema` rewrites them in docs/schema and
-in the copy the township console ships in its package (it never imports `edge`); tests
-fail when either drifts from the code."""
+`edge.contract.events` and `edge.contract.commands`. `python -m edge.contract.schema`
+rewrites them in docs/schema, their published place; a test fails when they drift from
+the code. The township console ships its own copy of them and checks it against
+docs/schema itself (tests/test_centre_package.py): the unit writes nothing of the
+township's."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from edge.commands import Command
-from edge.events import Event, HealthReport, StationState
+from edge.contract.commands import Command
+from edge.contract.events import Event, HealthReport, StationState
 
 SCHEMAS: dict[str, tuple[Any, str]] = {
     "event": (Event, "An event on pingan/v1/<township>/<station>/events or …/cmd/result"),
@@ -36,11 +38,11 @@ def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-PUBLISHED = ("docs/schema", "centre/pingan_centre/console/schemas")
+PUBLISHED = "docs/schema"
 
 
 def main(argv: list[str]) -> int:
-    for outdir in map(Path, argv[1:] or PUBLISHED):
+    for outdir in map(Path, argv[1:] or [PUBLISHED]):
         outdir.mkdir(parents=True, exist_ok=True)
         for name, schema in generate().items():
             (outdir / f"{name}.schema.json").write_text(render(schema), encoding="utf-8")

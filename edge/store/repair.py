@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from edge.events import decode_event
+from edge.contract.events import decode_event
 
 logger = logging.getLogger("edge.outbox")
 
