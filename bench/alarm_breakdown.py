@@ -34,9 +34,9 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station
 from edge import config as config_mod
 from edge import logs
 from edge.link.uplink import Uplink
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
 from edge.store.outbox import Outbox
+from pingan_sim.localbroker import Mosquitto
 
 STEPS = ["press", "handler", "event", "event made", "queued", "transaction",
          "committed", "uplink told", "publish", "published", "township"]

@@ -95,8 +95,8 @@ from paho.mqtt.properties import Properties
 from edge import config as config_mod
 from edge import logs
 from edge.contract.events import AlarmPanic, new_event_id
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
+from pingan_sim.localbroker import Mosquitto
 
 TARGET_P99_MS = 20.0
 FLOOR_BASELINE_X = 2.0  # the alarm path's floor: 2x bare paho plus one fsync (p99s)

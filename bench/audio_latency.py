@@ -51,8 +51,8 @@ from edge import config as config_mod
 from edge.audio import tones
 from edge.audio.player import Level, Play
 from edge.logs import JsonFormatter
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
+from pingan_sim.localbroker import Mosquitto
 
 AUDIO_TOML = """
 [audio]

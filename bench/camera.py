@@ -1,7 +1,7 @@
 """Camera stage: motion fps, detector ms per crop, CPU gated vs ungated, RSS.
 
 What it measures (one process, OpenCV and the interpreter on ONE thread, as on a unit)
-    Frames are the simulator's scene (sim/camera/: the empty `rocket` launch site, and
+    Frames are the simulator's scene (pingan_sim.SCENE: the empty `rocket` launch site, and
     the same with a small person walking in), 640x480 BGR, decoded once beforehand.
 
     1. motion: `MotionDetector.detect` on --motion-frames frames alternating the empty
@@ -38,15 +38,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edge.camera.detector import BUNDLED_MODEL, PersonDetector  # noqa: E402
-from edge.camera.motion import MotionDetector  # noqa: E402
-from edge.camera.pipeline import CameraPipeline, Sighting  # noqa: E402
-from edge.camera.sources import BUNDLED_SCENE, FolderSource  # noqa: E402
-from edge.config import CameraSection  # noqa: E402
-from edge.health import Health  # noqa: E402
+from edge.camera.detector import BUNDLED_MODEL, PersonDetector
+from edge.camera.motion import MotionDetector
+from edge.camera.pipeline import CameraPipeline, Sighting
+from edge.camera.sources import FolderSource
+from edge.config import CameraSection
+from edge.health import Health
+from pingan_sim import SCENE
 
 FPS = 5
 TARGET_MOTION_FPS = 15.0
@@ -62,7 +60,7 @@ def proc_status(key: str) -> float:
 
 
 def scene_frames() -> tuple[np.ndarray[Any, Any], list[np.ndarray[Any, Any]]]:
-    files = sorted(BUNDLED_SCENE.glob("*.jpg"))
+    files = sorted(SCENE.glob("*.jpg"))
     frames = [cv2.imread(str(f)) for f in files]
     empty = frames[0]
     people = [f for f in frames if cv2.absdiff(f, empty).max() > 60]
@@ -132,7 +130,7 @@ def main() -> None:
     clip = video(empty, people, args.video_s)
     sightings: list[Sighting] = []
     health = Health()
-    pipeline = CameraPipeline(cfg, FolderSource(BUNDLED_SCENE, cfg.width, cfg.height),
+    pipeline = CameraPipeline(cfg, FolderSource(SCENE, cfg.width, cfg.height),
                               detector, health, sightings.append)
     started = time.process_time()
     for frame in clip:

@@ -16,7 +16,7 @@ from typing import Any
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from edge.sim.localbroker import free_port, reachable
+from pingan_sim.localbroker import free_port, reachable
 
 PG = "postgres://postgres@127.0.0.1:5432/"
 PASSWORD = "bench-pw"

@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.sim.localbroker import Mosquitto
+from pingan_sim.localbroker import Mosquitto
 
 
 def publish_all(port: int, township: str, n: int, stations: int) -> float:

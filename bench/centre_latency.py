@@ -46,8 +46,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from selenium.webdriver.common.by import By
 
 from edge import config as config_mod
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
+from pingan_sim.localbroker import Mosquitto
 
 OBSERVER = """
 window.__cards = {};

@@ -62,8 +62,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from persistqueue import SQLiteAckQueue
 
 from edge.contract.events import AlarmPanic, PanicPayload, encode, stamp
-from edge.sim.localbroker import Mosquitto
 from edge.store.outbox import _ACK_LINGER_S, Outbox
+from pingan_sim.localbroker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 

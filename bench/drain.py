@@ -379,9 +379,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     load_before = loadavg()
     from edge import config as config_mod
     from edge.logs import JsonFormatter
-    from edge.sim.localbroker import Mosquitto
     from edge.station import Station
     from edge.store.outbox import Stored
+    from pingan_sim.localbroker import Mosquitto
 
     handler = logging.FileHandler(tmp / "station.log", encoding="utf-8")
     handler.setFormatter(JsonFormatter())

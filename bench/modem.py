@@ -2,7 +2,7 @@
 
 What it measures
     sms: a real `edge.station.Station` whose broker is unreachable (the uplink is down)
-         and whose modem is the simulated EC25 of tests/modem_sim.py on a real
+         and whose modem is the simulated EC25 of pingan_sim.modem on a real
          pseudo-terminal. Each round raises one alarm; the figure is from the moment it
          became overdue (raised + `modem.sms_after_s`) to the first part of its SMS
          reaching the simulated modem (after `AT+CMGS=<n>`, the `> ` prompt and Ctrl-Z).
@@ -33,18 +33,17 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station_toml
-from modem_sim import ModemSim
 
 from edge import config as config_mod
 from edge.contract.events import encode
 from edge.modem import pdu
 from edge.modem.at import AtChannel
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
+from pingan_sim.localbroker import Mosquitto
+from pingan_sim.modem import ModemSim
 
 DUTY = "+8613800138000"
 

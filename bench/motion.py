@@ -1,7 +1,7 @@
 """Motion detection: frames/s and accuracy against a Frigate-style reference, same run.
 
 What it measures (one process, OpenCV on ONE thread)
-    The ground-truth scene of tests/motion_scene.py: 858 frames, 640x480 at 5 fps (still,
+    The ground-truth scene of pingan_sim.motion_scene: 858 frames, 640x480 at 5 fps (still,
     a 120 px and a 60 px person walking, exposure steps, a cloud, the IR switch, sensor
     noise). Each frame is made once and handed, in turn, to every detector; only the
     `detect` call is timed (time.perf_counter). Three passes; frames/s is the median
@@ -29,23 +29,16 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from motion_scene import Score, frames  # noqa: E402
-
-from edge.camera.motion import MotionDetector  # noqa: E402
-from edge.config import CameraSection  # noqa: E402
+from edge.camera.motion import MotionDetector
+from edge.config import CameraSection
+from pingan_sim.motion_scene import Score, frames
 
 Box = tuple[int, int, int, int]
 Frame = np.ndarray[Any, Any]

@@ -37,12 +37,10 @@ import paho.mqtt.client as mqtt
 from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from township_broker import TownshipBroker
-
-from edge.sim.localbroker import Mosquitto
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
+from pingan_sim.localbroker import Mosquitto
+from pingan_sim.township import TownshipBroker
 
 
 def connect_once(port: int, client_id: str, tls: tuple[Path, Path, Path] | None) -> float:

@@ -1,4 +1,5 @@
-"""`pingan-edge`: run the station, press simulated buttons, watch what the township sees."""
+"""`pingan-edge`: run the station, ask it how it is, watch what the township sees, and
+press the buttons of a simulated one (`pingan-sim run`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,12 +30,12 @@ SYSTEM_CONFIG = Path("/etc/pingan-edge/station.toml")
 # Exit statuses of `pingan-edge run` (docs/config.md); systemd restarts only on 1.
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1  # a failure nobody foresaw: logged as JSON; a restart may help
-EXIT_CONFIG = 2  # station.toml, pin factory or the simulator's broker: fix, then start
+EXIT_CONFIG = 2  # station.toml or the pin factory (or the simulator's broker): fix, then start
 EXIT_ALREADY_RUNNING = 3  # another pingan-edge holds the data directory
 
 def _config_path(arg: str | None) -> Path | None:
     """--config, else $PINGAN_EDGE_CONFIG, else /etc/pingan-edge/station.toml, else none
-    (the embedded simulation defaults)."""
+    (edge.config.NO_FILE_TOML: the simulated station's identity)."""
     if arg:
         return Path(arg)
     if os.environ.get("PINGAN_EDGE_CONFIG"):
@@ -45,29 +47,51 @@ def _load(args: argparse.Namespace) -> Config:
     return config_mod.load(_config_path(args.config))
 
 
+class Runnable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    path = _config_path(args.config)
+    if path is None:
+        print(f"pingan-edge: no station config (-c FILE, $PINGAN_EDGE_CONFIG or "
+              f"{SYSTEM_CONFIG}); a simulated station runs with `pingan-sim run` (bin/sim)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    from edge.station import Station
+
+    return serve(config_mod.load(path), Station)
+
+
+def serve(cfg: Config, build: Callable[[Config], Runnable], *,
+          cannot_start: tuple[type[Exception], ...] = ()) -> int:
+    """Build the station, start it, stop it on SIGTERM/SIGINT; whatever goes wrong is one
+    JSON log line and the exit status docs/config.md gives it (`cannot_start`: more
+    errors that a restart cannot fix, e.g. the simulator's broker)."""
     stop_logs = setup(cfg.log.level)
     try:
-        return _run_station(cfg)
+        return _serve(cfg, build, cannot_start)
     finally:
         stop_logs()
 
 
-def _run_station(cfg: Config) -> int:
-    from edge.sim.localbroker import BrokerError
-    from edge.station import AlreadyRunning, Station
+def _serve(cfg: Config, build: Callable[[Config], Runnable],
+           cannot_start: tuple[type[Exception], ...]) -> int:
+    from edge.station import AlreadyRunning
     from edge.unit.pins import PinFactoryError
 
     logger = logging.getLogger("edge.cli")
+    unfit: tuple[type[Exception], ...] = (ConfigError, PinFactoryError, *cannot_start)
     try:
-        station = Station(cfg)
+        station = build(cfg)
     except AlreadyRunning as exc:
         log(logger, "error", "station.already_running", error=str(exc), exit=EXIT_ALREADY_RUNNING,
             action="stop the other pingan-edge (systemctl status pingan-edge) or give this "
                    "one its own station.data_dir")
         return EXIT_ALREADY_RUNNING
-    except (ConfigError, PinFactoryError, BrokerError) as exc:
+    except unfit as exc:
         log(logger, "error", "station.cannot_start", error=str(exc), exit=EXIT_CONFIG,
             action="fix the configuration or the hardware named above, then start again")
         return EXIT_CONFIG
@@ -98,7 +122,8 @@ def _ask(args: argparse.Namespace, payload: dict[str, Any]) -> dict[str, Any]:
         return request(socket_path, payload)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise SystemExit(f"pingan-edge: no station is running at {socket_path} ({exc}); "
-                         f"start one with `pingan-edge run`") from exc
+                         f"start one with `pingan-edge run` (a simulated one: `pingan-sim run`)"
+                         ) from exc
 
 
 def cmd_press(args: argparse.Namespace) -> int:
@@ -195,11 +220,12 @@ def parser() -> argparse.ArgumentParser:
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("-c", "--config", help="station TOML (default: $PINGAN_EDGE_CONFIG, "
-                        f"{SYSTEM_CONFIG}, else a simulated station)")
+                        f"{SYSTEM_CONFIG}, else the simulated station)")
         return sp
 
     with_config(sub.add_parser("run", help="run the station")).set_defaults(fn=cmd_run)
-    sp = with_config(sub.add_parser("press", help="press a simulated button on a running station"))
+    sp = with_config(sub.add_parser(
+        "press", help="press a button of a running simulated station (pingan-sim run)"))
     sp.add_argument("button", choices=["panic", "broadcast"])
     sp.add_argument("--hold", type=float, default=None, help="seconds held (default: enough)")
     sp.add_argument("--count", type=int, default=1)

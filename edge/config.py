@@ -67,7 +67,8 @@ class BrokerSection(_Section):
     username: str = ""
     # Read from $CREDENTIALS_DIRECTORY/<name> when relative and that directory is set.
     password_file: str = ""
-    # Simulation only: start a private mosquitto when the broker cannot be reached.
+    # Read by the simulator (`pingan-sim run`) only: start a private mosquitto when the
+    # broker cannot be reached. The unit itself never starts a broker.
     local_fallback: bool = False
 
 
@@ -187,8 +188,7 @@ class CameraSection(_Section):
     source: Literal["v4l2", "rtsp", "picamera2", "folder"] = "v4l2"
     device: Annotated[int, msgspec.Meta(ge=0, le=63)] = 0
     url: str = ""
-    # A folder of images (replayed in name order) or a video file; empty with the folder
-    # source means the bundled simulator scene.
+    # A folder of images (replayed in name order) or a video file (source = "folder").
     path: str = ""
     loop: bool = False
     fps: Annotated[float, msgspec.Meta(ge=0.5, le=30)] = 5.0
@@ -315,6 +315,8 @@ class Config(_Section):
             )
         if self.camera.enabled and self.camera.source == "rtsp" and not self.camera.url:
             raise ValueError("camera.url is required with camera.source = 'rtsp'")
+        if self.camera.enabled and self.camera.source == "folder" and not self.camera.path:
+            raise ValueError("camera.path is required with camera.source = 'folder'")
 
     @property
     def data_dir(self) -> Path:
@@ -344,28 +346,14 @@ class Config(_Section):
             ) from exc
 
 
-# The embedded defaults: with no config file the unit runs as a simulated station.
-SIMULATION_TOML = """
+# No config file anywhere: a developer's machine, not a unit (a unit has
+# /etc/pingan-edge/station.toml). The station is the one `pingan-sim run` simulates, so
+# that `pingan-edge press/status/tail` reach it without a config file either.
+NO_FILE_TOML = """
 [station]
 id = "sim-001"
 township = "sim"
 name = "模拟村 (simulated village)"
-
-[broker]
-local_fallback = true
-
-[pins]
-factory = "mock"
-
-[audio]
-output = "null"
-amp_warm_up_s = 0.0
-
-[camera]
-enabled = true
-source = "folder"
-loop = true
-fps = 2
 """
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -436,9 +424,9 @@ def parse(text: str, source: str = "<config>") -> Config:
 
 
 def load(path: Path | None) -> Config:
-    """Load the config file, or the embedded simulation defaults when `path` is None."""
+    """Load the config file, or the no-file station (NO_FILE_TOML) when `path` is None."""
     if path is None:
-        return parse(SIMULATION_TOML, "<embedded simulation defaults>")
+        return parse(NO_FILE_TOML, "<no config file>")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""Where the station's data files are: the person model and the simulator's camera scene.
+"""Where the station's data files are: the person model.
 
 A unit gets a plain wheel install, so nothing may be found relative to a source checkout
 alone. Each file is looked up, first found wins, in:
@@ -17,7 +17,6 @@ from pathlib import Path
 
 PROVISIONED = Path("/usr/share/pingan-edge")
 MODEL = "models/person_ssdlite.tflite"
-SCENE = "sim/camera"
 
 
 def search_path() -> list[Path]:
@@ -41,7 +40,3 @@ def missing_hint(name: str) -> str:
 
 def model_path() -> Path:
     return find(MODEL)
-
-
-def scene_path() -> Path:
-    return find(SCENE)

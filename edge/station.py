@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import logging
 import sqlite3
-import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -50,9 +49,9 @@ from edge.link.uplink import Uplink
 from edge.logs import log
 from edge.store.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.unit.buttons import StationButtons
-from edge.unit.control import ControlError, ControlServer, Press, Request
+from edge.unit.control import ControlServer, StatusRequest
 from edge.unit.indicator import AlarmIndicator
-from edge.unit.pins import is_simulated, make_factory
+from edge.unit.pins import make_factory
 from edge.unit.watchdog import Watchdog
 
 FEEDBACK_WAIT_S = 0.05
@@ -97,11 +96,6 @@ class Station:
         if self._lock_file is not None:
             parts.enter_context(self._lock_file)
 
-        self.local_broker: Any = None
-        if config.broker.local_fallback:
-            from edge.sim import fallback_broker  # the simulator only, chosen by config
-
-            self.local_broker, config = fallback_broker(config, parts)
         self.config = config
 
         self.pin_factory = make_factory(config.pins.factory)
@@ -124,7 +118,7 @@ class Station:
         self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,
-                                      on_panic=self._panic_pressed,
+                                      on_panic=lambda held_s: self.raise_alarm("button", held_s),
                                       on_broadcast=self._broadcast_pressed,
                                       on_broadcast_released=self._broadcast_released)
         parts.callback(self.buttons.close)
@@ -143,12 +137,9 @@ class Station:
             self.loudspeaker.register(self.handlers)
         else:
             self.handlers.register(AUDIO_COMMANDS, self._no_loudspeaker)
-        self.control = ControlServer(config.control_socket, self._control)
+        self.control = ControlServer(config.control_socket)
+        self.control.register(StatusRequest, lambda _request: self.status())
         parts.callback(self.control.close)
-        self._stopping = threading.Event()
-        # Software presses waiting for the events their button raises (edge/sim).
-        self._raised = threading.Condition()
-        self._collect: list[list[Future[Stored]]] = []
         self.watchdog = Watchdog(self.healthy)
         self.camera: camera.CameraPipeline | None = None
         if config.camera.enabled:
@@ -198,7 +189,6 @@ class Station:
     def stop(self) -> None:
         """Stop taking input, commit what was accepted, say offline, close. Under ~1 s."""
         started = time.monotonic()
-        self._stopping.set()  # ends a simulated press burst in progress
         self.watchdog.stop()
         self.buttons.close()
         self.control.close()
@@ -225,13 +215,11 @@ class Station:
         return {"station": self.config.station.id, "township": self.config.station.township,
                 **stamp()}
 
-    def _panic_pressed(self, held_s: float) -> None:
-        self._pressed(self.raise_alarm("button", held_s))
-
-    def _broadcast_pressed(self, held_s: float) -> None:
-        self._pressed(self.broadcast_pressed(held_s))
+    def _broadcast_pressed(self, held_s: float) -> Future[Stored]:
+        future = self.broadcast_pressed(held_s)
         if self.loudspeaker:
             self.loudspeaker.ptt_press()
+        return future
 
     def _broadcast_released(self) -> None:
         if self.loudspeaker:
@@ -271,14 +259,6 @@ class Station:
     def _submit(self, event: Event) -> Future[Stored]:
         future = self.outbox.submit(event)
         future.add_done_callback(lambda f: self._stored(event, f))
-        return future
-
-    def _pressed(self, future: Future[Stored]) -> Future[Stored]:
-        """A button raised this event: a software press waiting for it hears of it."""
-        with self._raised:
-            for futures in self._collect:
-                futures.append(future)
-            self._raised.notify_all()
         return future
 
     def _stored(self, event: Event, future: Future[Stored]) -> None:
@@ -355,43 +335,6 @@ class Station:
                                **self._identity()))
 
     # --- the local control socket ----------------------------------------------------
-
-    def _control(self, request: Request) -> dict[str, Any]:
-        if isinstance(request, Press):
-            return self.press(request)
-        return self.status()
-
-    def press(self, request: Press) -> dict[str, Any]:
-        """Drive a simulated button from the electrical side, as a finger would, and
-        answer with the events it raised once they are stored (or say why not)."""
-        if not is_simulated(self.pin_factory):
-            raise ControlError("buttons can only be pressed from software with "
-                               "pins.factory = 'mock'; press the real button")
-        from edge.sim.presses import press  # the simulator only, chosen by config
-
-        futures: list[Future[Stored]] = []
-        with self._raised:
-            self._collect.append(futures)
-        try:
-            done, hold = press(self.pin_factory, self.config.pins, self.config.buttons,
-                               request, self._stopping)
-            with self._raised:  # a held press fires on gpiozero's thread: let it land
-                self._raised.wait_for(lambda: len(futures) >= done, timeout=1.0)
-        finally:
-            with self._raised:
-                self._collect.remove(futures)
-        if not futures:
-            raise ControlError(
-                f"{done} press(es) of {hold} s raised no event: hold the {request.button} "
-                f"button at least buttons.{request.button}_hold_s")
-        events = []
-        for future in futures:
-            try:
-                stored = future.result(timeout=30)
-            except Exception as exc:  # not stored: the township hears of an alarm anyway
-                raise ControlError(f"an event of this press was not stored: {exc}") from exc
-            events.append({"id": stored.id, "seq": stored.seq, "type": stored.type})
-        return {"pressed": done, "button": request.button, "hold_s": hold, "events": events}
 
     def status(self) -> dict[str, Any]:
         cfg = self.config

@@ -28,15 +28,12 @@ import threading
 import time
 from pathlib import Path
 
+from edge import __version__
+from pingan_centre.broker import provision
+from pingan_firmware import card
+from pingan_sim.township import CENTRE, Client, TownshipBroker
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(REPO / "tests"), str(HERE)]
-
-from pingan_firmware import card  # noqa: E402
-from township_broker import CENTRE, Client, TownshipBroker  # noqa: E402
-
-from edge import __version__  # noqa: E402
-from pingan_centre.broker import provision  # noqa: E402
 
 PASSWORD = "boot-test-only"
 CHECK = """echo ROOT $(findmnt -no OPTIONS /)

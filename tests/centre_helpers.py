@@ -20,8 +20,8 @@ import requests
 from conftest import station_toml, wait_until
 
 from edge import config as config_mod
-from edge.sim.localbroker import free_port, reachable
 from edge.station import Station
+from pingan_sim.localbroker import free_port, reachable
 
 PG = "postgres://postgres@127.0.0.1:5432/"
 PASSWORD = "pw-for-tests"

@@ -19,14 +19,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from township_broker import Client
 
 from edge import config as config_mod
 from edge.config import Config
 from edge.contract.topics import township_filter
 from edge.link.uplink import set_no_delay
-from edge.sim.localbroker import Mosquitto
 from edge.station import Station
+from pingan_sim.localbroker import Mosquitto
+from pingan_sim.township import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "docs" / "schema"
@@ -178,12 +178,15 @@ def township_factory() -> Iterator[Callable[..., Township]]:
 
 
 class Daemon:
-    """`python -m edge run` as a real child process, its JSON log lines collected."""
+    """`python -m edge run` as a real child process, its JSON log lines collected; with
+    `simulated`, `python -m pingan_sim run` (the same station, whose buttons the test
+    presses over the control socket)."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *, simulated: bool = False) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "run", "-c", str(config_path)],
+            [sys.executable, "-m", "pingan_sim" if simulated else "edge", "run", "-c",
+             str(config_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
         self.lines: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -245,7 +245,7 @@ def test_unit_without_any_sound_card_runs_and_says_so(broker, tmp_path, township
     # The machine's own ALSA setup: no sound card (other tests point ALSA at a file sink).
     saved = os.environ.pop("ALSA_CONFIG_PATH", None)
     try:
-        daemon = Daemon(config)
+        daemon = Daemon(config, simulated=True)
     finally:
         if saved is not None:
             os.environ["ALSA_CONFIG_PATH"] = saved

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from township_broker import CENTRE, CONFIG_DIR, Client, TownshipBroker, wait_for
-
-from edge.sim.localbroker import Mosquitto
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
+from pingan_sim.localbroker import Mosquitto
+from pingan_sim.township import CENTRE, CONFIG_DIR, Client, TownshipBroker, wait_for
 
 T = "pingan/v1/t01"
 

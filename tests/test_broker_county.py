@@ -8,11 +8,10 @@ import os
 import time
 from pathlib import Path
 
-from township_broker import CONFIG_DIR, Client, wait_for
-
-from edge.sim.localbroker import Mosquitto, free_port
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
+from pingan_sim.localbroker import Mosquitto, free_port
+from pingan_sim.township import CONFIG_DIR, Client, wait_for
 
 COUNTY = CONFIG_DIR / "county"
 

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from township_broker import CENTRE, Client, TownshipBroker, town_with_units, unit, wait_for
 
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
 from pingan_centre.cli import main as centre_main
+from pingan_sim.township import CENTRE, Client, TownshipBroker, town_with_units, unit, wait_for
 
 T = "pingan/v1/t01"
 

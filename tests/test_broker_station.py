@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from conftest import make_config, schema, station_toml, wait_until
-from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
 from edge.link import tlscheck
@@ -24,6 +23,7 @@ from edge.station import Station
 from edge.unit.bundle import install_bundle
 from edge.unit.indicator import Mode
 from pingan_centre.broker import provision
+from pingan_sim.township import CENTRE, Client, TownshipBroker
 
 T = "pingan/v1/t01"
 

@@ -13,7 +13,6 @@ import cv2
 import msgspec
 import numpy as np
 import pytest
-from camera_scenes import H, W, empty_scene, incident, photo, with_person, write_sequence
 from conftest import schema, wait_until
 
 from edge import camera
@@ -21,10 +20,13 @@ from edge import config as config_mod
 from edge.camera.detector import BUNDLED_MODEL, PersonDetector, crop_box, make_interpreter
 from edge.camera.motion import MotionDetector
 from edge.camera.pipeline import Arming, CameraPipeline, Sighting, snapshot
-from edge.camera.sources import BUNDLED_SCENE, FolderSource
+from edge.camera.sources import FolderSource
 from edge.config import ArmWindow, CameraSection, ConfigError
 from edge.contract import commands
 from edge.health import Health
+from pingan_sim import SCENE
+from pingan_sim.scenes import H, W, empty_scene, incident, photo, with_person, write_sequence
+from pingan_sim.station import defaults as simulation_defaults
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +289,11 @@ def test_missing_model_is_a_problem_and_the_unit_keeps_working(
 
 
 def test_simulator_defaults_watch_the_bundled_scene():
-    cfg = config_mod.load(None)
-    assert cfg.camera.enabled and cfg.camera.source == "folder" and not cfg.camera.path
+    cfg = simulation_defaults()
+    assert cfg.camera.enabled and cfg.camera.source == "folder" and cfg.camera.path == str(SCENE)
     sightings: list[Sighting] = []
     pipeline = camera.build(cfg.camera, Health(), sightings.append)
-    source = FolderSource(BUNDLED_SCENE, cfg.camera.width, cfg.camera.height)
+    source = FolderSource(SCENE, cfg.camera.width, cfg.camera.height)
     source.open()
     while (frame := source.read()) is not None:
         pipeline.process(frame)

@@ -11,7 +11,7 @@ import time
 from conftest import Daemon, station_toml
 
 from edge.link.uplink import Backoff
-from edge.sim.localbroker import free_port
+from pingan_sim.localbroker import free_port
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -25,7 +25,7 @@ def test_press_and_tail_against_a_station_that_started_its_own_broker(tmp_path):
     config = tmp_path / "station.toml"
     config.write_text(station_toml(tmp_path / "data", free_port(),
                                    broker={"local_fallback": True}))
-    daemon = Daemon(config)
+    daemon = Daemon(config, simulated=True)
     try:
         started = daemon.wait_logged("station.local_broker")
         daemon.wait_logged("uplink.connected")

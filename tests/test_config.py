@@ -11,6 +11,7 @@ import pytest
 
 from edge import config
 from edge.cli import main
+from pingan_sim.station import defaults as simulation_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = '[station]\nid = "v001"\ntownship = "t01"\n'
@@ -21,7 +22,18 @@ def test_identity_is_the_only_required_value():
     assert (cfg.station.id, cfg.station.township) == ("v001", "t01")
     assert cfg.broker.port == 1883 and cfg.uplink.inflight == 20
     assert cfg.pins.factory == "lgpio", "a config file means a real unit"
-    assert config.load(None).pins.factory == "mock", "no config file means the simulator"
+    # No config file means the simulator (pingan-sim run); the unit's CLI reaches the
+    # simulated station by the identity it has with no file.
+    assert simulation_defaults().pins.factory == "mock", "no config file means the simulator"
+    assert config.load(None).station == simulation_defaults().station
+
+
+def test_run_without_any_config_file_names_the_simulator(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "edge", "run"], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert proc.returncode == 2
+    assert "no station config" in proc.stderr and "pingan-sim run" in proc.stderr
 
 
 def test_default_pin_map_matches_hardware_pinmap():

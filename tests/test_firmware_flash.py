@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_until as wait_for
 from firmware_helpers import CMDLINE, ROOT, make_bundle, make_image
+
 from pingan_firmware import card, guards
 
 FLASH = ROOT / "firmware" / "flash"

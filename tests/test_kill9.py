@@ -25,7 +25,7 @@ def test_sigkill_mid_burst_then_restart_delivers_every_accepted_event(broker, tm
     data = tmp_path / "data"
     config.write_text(station_toml(data, broker.port, buttons={"panic_hold_s": 0.0},
                                    log={"level": "info"}))
-    daemon = Daemon(config)
+    daemon = Daemon(config, simulated=True)
     daemon.wait_logged("uplink.connected")
 
     def burst(button: str, count: int) -> None:
@@ -55,7 +55,7 @@ def test_sigkill_mid_burst_then_restart_delivers_every_accepted_event(broker, tm
     accepted = {line["id"]: line["seq"] for line in daemon.logged("event.accepted")}
     assert len(accepted) >= 400
 
-    restarted = Daemon(config)
+    restarted = Daemon(config, simulated=True)
     try:
         restarted.wait_logged("station.started")
         wait_until(lambda: set(accepted) <= {e["id"] for e in township.unique_events()}, 60,

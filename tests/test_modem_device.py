@@ -13,7 +13,6 @@ from gpiozero.pins.mock import MockFactory
 from gsmmodem import pdu as gsm_pdu
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from modem_sim import ModemSim, status_report
 
 from edge.config import ModemSection
 from edge.contract.events import ModemReport
@@ -21,6 +20,7 @@ from edge.health import Health
 from edge.modem import pdu
 from edge.modem.at import AtChannel, AtError, AtTimeout, Urc
 from edge.modem.device import Modem, SmsJob
+from pingan_sim.modem import ModemSim, status_report
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 from gsmmodem import pdu as gsm_pdu
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modem_sim import deliver, status_report
 from smspdudecoder.easy import read_outgoing_sms
 
 from edge.modem import pdu
+from pingan_sim.modem import deliver, status_report
 
 
 def decoded_text(parts: list[pdu.Part]) -> str:

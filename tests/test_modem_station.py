@@ -14,13 +14,13 @@ import msgspec
 import pytest
 from conftest import make_config, schema, wait_until
 from gsmmodem import pdu as gsm_pdu
-from modem_sim import ModemSim
 
 from edge.config import Config
 from edge.contract.events import AlarmPanic, PanicPayload, stamp
 from edge.modem import pdu
 from edge.modem.fallback import alarm_text, short_code
 from edge.station import Station
+from pingan_sim.modem import ModemSim
 
 DUTY = ["+8613800138000", "13912345678"]
 

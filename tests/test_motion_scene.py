@@ -1,14 +1,14 @@
-"""Motion accuracy on the ground-truth scene (tests/motion_scene.py): people caught, no
+"""Motion accuracy on the ground-truth scene (pingan_sim.motion_scene): people caught, no
 false motion on still frames or light changes, boxes on the person. Speed is measured by
 bench/motion.py, not here."""
 
 from __future__ import annotations
 
 import pytest
-from motion_scene import FRAMES, Score, frames
 
 from edge.camera.motion import MotionDetector
 from edge.config import CameraSection
+from pingan_sim.motion_scene import FRAMES, Score, frames
 
 
 @pytest.mark.parametrize("width", [160, 133])

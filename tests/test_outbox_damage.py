@@ -1,6 +1,6 @@
 """A damaged disk never stops the station: the six ways issue 9 damaged `outbox.db`,
-each on real SQLite files written by a real `pingan-edge run`, then the daemon started
-again against a real broker. Every time it comes up, delivers a new alarm within
+each on real SQLite files written by a real simulated station (`pingan-sim run`), then
+the daemon started again against a real broker. Every time it comes up, delivers a new alarm within
 seconds, reports the problem, keeps the damaged file, and no seq repeats."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import Daemon, station_toml, wait_until
 
-from edge.sim.localbroker import free_port
 from edge.unit.control import request
+from pingan_sim.localbroker import free_port
 
 OLD_ALARMS = 20
 OLD_OTHERS = 200
@@ -59,7 +59,7 @@ def fill(tmp_path: Path, data: Path, *, kill: bool) -> dict[str, int]:
     config = tmp_path / "offline.toml"
     config.write_text(station_toml(data, free_port(), buttons={"panic_hold_s": 0.0},
                                    control={"socket": str(tmp_path / "ctl.sock")}))
-    daemon = Daemon(config)
+    daemon = Daemon(config, simulated=True)
     try:
         daemon.wait_logged("station.started")
         press(tmp_path / "ctl.sock", "broadcast", OLD_OTHERS // 2)
@@ -108,7 +108,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], bool]] = {
 def restart(tmp_path: Path, data: Path, port: int) -> tuple[Daemon, Path]:
     config = tmp_path / "station.toml"
     config.write_text(station_toml(data, port, control={"socket": str(tmp_path / "ctl.sock")}))
-    daemon = Daemon(config)
+    daemon = Daemon(config, simulated=True)
     daemon.wait_logged("station.started", timeout=30)
     return daemon, tmp_path / "ctl.sock"
 

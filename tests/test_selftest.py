@@ -17,8 +17,6 @@ import msgspec
 import numpy as np
 import pytest
 from conftest import schema, wait_until
-from modem_sim import ModemSim
-from township_broker import CENTRE, Client, TownshipBroker
 
 from edge import config as config_mod
 from edge import selftest
@@ -26,6 +24,8 @@ from edge.config import Config
 from edge.station import Station
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
+from pingan_sim.modem import ModemSim
+from pingan_sim.township import CENTRE, Client, TownshipBroker
 
 RATE = 16000
 

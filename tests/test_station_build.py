@@ -1,5 +1,6 @@
 """The station is built under one ExitStack: a part that fails to build closes what the
-parts before it opened (a private broker, the data directory's lock, the outbox)."""
+parts before it opened (the simulator's private broker, the data directory's lock, the
+outbox)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import make_config
 
-from edge.sim.localbroker import free_port
-from edge.station import Station
 from edge.unit.pins import PinFactoryError
+from pingan_sim.localbroker import free_port
+from pingan_sim.station import SimulatedStation
 
 
 def _processes_using(path: Path) -> list[str]:
@@ -32,11 +33,11 @@ def test_a_part_that_fails_closes_the_private_broker_and_the_lock(tmp_path):
     config = make_config(data, free_port(), broker={"local_fallback": True},
                          pins={"factory": "lgpio"})  # not usable off a Pi
     with pytest.raises(PinFactoryError):
-        Station(config)
+        SimulatedStation(config)
     assert (data / "broker" / "mosquitto.conf").exists(), "the private broker was started"
     assert _processes_using(data / "broker") == [], "and stopped again"
     # The data directory's lock went with it: the same directory builds a station now.
-    station = Station(make_config(data, free_port(), broker={"local_fallback": True}))
+    station = SimulatedStation(make_config(data, free_port(), broker={"local_fallback": True}))
     station.start()
     try:
         assert station.local_broker is not None and station.local_broker.running

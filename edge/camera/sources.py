@@ -14,11 +14,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge import resources
 from edge.config import CameraSection
 
-# The simulator's scene when camera.source = "folder" and camera.path is empty.
-BUNDLED_SCENE = resources.scene_path()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 OPEN_TIMEOUT_MS = 10000
 READ_TIMEOUT_MS = 5000
@@ -191,8 +188,7 @@ def make_source(cfg: CameraSection) -> FrameSource:
         return OpenCVSource(cfg.url, cfg.width, cfg.height, cfg.fps)
     if cfg.source == "picamera2":
         return Picamera2Source(cfg.width, cfg.height)
-    path = Path(cfg.path).expanduser() if cfg.path else BUNDLED_SCENE
-    return FolderSource(path, cfg.width, cfg.height, loop=cfg.loop)
+    return FolderSource(Path(cfg.path).expanduser(), cfg.width, cfg.height, loop=cfg.loop)
 
 
 def _redact(url: str) -> str:

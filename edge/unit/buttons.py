@@ -1,17 +1,22 @@
 """The station's physical buttons, read with gpiozero.
 
 The panic button must be held for `panic_hold_s` (default 0.3 s) so that a brush
-against it does not page the township; 0 fires on press.
+against it does not page the township; 0 fires on press. Each press raises an event;
+whoever listens (the simulator's `press`) hears of each one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from gpiozero import Button, DigitalInputDevice
 
 from edge.config import ButtonsSection, PinsSection
+from edge.store.outbox import Stored
+
+Raised = Future[Stored]
 
 
 def _button(pin: int, hold_s: float, pins: PinsSection, timings: ButtonsSection,
@@ -35,12 +40,23 @@ def _button(pin: int, hold_s: float, pins: PinsSection, timings: ButtonsSection,
 
 class StationButtons:
     def __init__(self, factory: Any, pins: PinsSection, timings: ButtonsSection, *,
-                 on_panic: Callable[[float], None],
-                 on_broadcast: Callable[[float], None],
+                 on_panic: Callable[[float], Raised],
+                 on_broadcast: Callable[[float], Raised],
                  on_broadcast_released: Callable[[], None]) -> None:
-        self.panic = _button(pins.panic, timings.panic_hold_s, pins, timings, factory, on_panic)
+        self._listeners: list[Callable[[Raised], None]] = []
+        self.panic = _button(pins.panic, timings.panic_hold_s, pins, timings, factory,
+                             lambda held_s: self._raised(on_panic(held_s)))
         self.broadcast = _button(pins.broadcast, timings.broadcast_hold_s, pins, timings,
-                                 factory, on_broadcast, on_broadcast_released)
+                                 factory, lambda held_s: self._raised(on_broadcast(held_s)),
+                                 on_broadcast_released)
+
+    def listen(self, listener: Callable[[Raised], None]) -> None:
+        """`listener` hears of every event a press raises, as the outbox's future."""
+        self._listeners.append(listener)
+
+    def _raised(self, future: Raised) -> None:
+        for listener in self._listeners:
+            listener(future)
 
     def close(self) -> None:
         self.panic.close()

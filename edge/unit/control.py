@@ -1,4 +1,5 @@
-"""The local control socket: what `pingan-edge press` and `pingan-edge status` talk to.
+"""The local control socket: what `pingan-edge status` (and, to a simulated station,
+`pingan-edge press`) talk to.
 
 One JSON object per line in, one per line out, over a Unix socket only the owner (and
 group) can open. Requests are validated here like any other input.
@@ -14,7 +15,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -23,29 +24,27 @@ from edge.logs import log
 logger = logging.getLogger("edge.control")
 
 
-class Press(msgspec.Struct, tag_field="op", tag="press", forbid_unknown_fields=True):
-    button: Literal["panic", "broadcast"]
-    hold_s: Annotated[float, msgspec.Meta(ge=0, le=30)] | None = None
-    count: Annotated[int, msgspec.Meta(ge=1, le=100000)] = 1
-    interval_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
-
-
 class StatusRequest(msgspec.Struct, tag_field="op", tag="status", forbid_unknown_fields=True):
     pass
 
 
-Request = Press | StatusRequest
+class _Op(msgspec.Struct):
+    op: str
 
 
 class ControlError(Exception):
     """A request the station refuses; the message goes back to the caller."""
 
 
-Handler = Callable[[Request], dict[str, Any]]
+R = TypeVar("R", bound=msgspec.Struct)
+Handler = Callable[[Any], dict[str, Any]]
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    """The socket and its handler table: each request is a tagged struct (`op`), and the
+    part that serves it registers it (the station `status`, the simulator `press`)."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._server: socketserver.UnixStreamServer | None = None
         outer = self
@@ -56,7 +55,7 @@ class ControlServer:
                     reply = outer._answer(line)
                     self.wfile.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
 
-        self._handler = handler
+        self._table: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)  # left by a crash; a live daemon holds the lock
@@ -72,10 +71,20 @@ class ControlServer:
             self._server = None
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
+    def register(self, kind: type[R], handler: Callable[[R], dict[str, Any]]) -> None:
+        op = str(kind.__struct_config__.tag)
+        if op in self._table:
+            raise ValueError(f"control request {op!r} already has a handler")
+        self._table[op] = (kind, handler)
+
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:
-            request = msgspec.json.decode(line, type=Request)
-            return {"ok": True, **self._handler(request)}
+            op = msgspec.json.decode(line, type=_Op).op
+            if op not in self._table:
+                raise ControlError(f"unknown request {op!r}: this station answers "
+                                   f"{', '.join(sorted(self._table))}")
+            kind, handler = self._table[op]
+            return {"ok": True, **handler(msgspec.json.decode(line, type=kind))}
         except (msgspec.DecodeError, msgspec.ValidationError, ControlError) as exc:
             log(logger, "warning", "control.rejected", error=str(exc))
             return {"ok": False, "error": str(exc)}

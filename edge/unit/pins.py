@@ -31,9 +31,3 @@ def make_factory(name: str) -> Any:
             f"pins.factory = {name!r} is not usable here ({type(exc).__name__}: {exc}); "
             f"on a Pi install its library (e.g. python3-lgpio), elsewhere use 'mock'"
         ) from exc
-
-
-def is_simulated(factory: Any) -> bool:
-    from gpiozero.pins.mock import MockFactory
-
-    return isinstance(factory, MockFactory)

@@ -1,9 +1,13 @@
-"""A real township broker for tests: broker_config/mosquitto.conf and acl, as shipped,
-with only ports and paths changed, and identities made by pingan_centre.broker.provision."""
+"""A real township broker on loopback: broker_config/mosquitto.conf and acl, as shipped,
+with only ports and paths changed, and identities made by pingan_centre.broker.provision.
+
+It reads broker_config/ from the source checkout (bin/setup installs this package
+editable), so the tests and benches run the township's shipped configuration."""
 
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 import threading
 import time
@@ -15,11 +19,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.sim.localbroker import Mosquitto, free_port
 from edge.unit.bundle import install_bundle
 from pingan_centre.broker import provision
+from pingan_sim.localbroker import Mosquitto, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "broker_config"
 TOWNSHIP = "t01"
 CENTRE = "centre.ops"
@@ -78,10 +82,8 @@ class TownshipBroker:
 
     def reload(self) -> None:
         """SIGHUP, as `systemctl reload mosquitto` sends: rereads certificates and CRL."""
-        import signal
-        assert self.mosquitto._proc is not None
         before = self.log().count("Reloading config")
-        self.mosquitto._proc.send_signal(signal.SIGHUP)
+        self.mosquitto.signal(signal.SIGHUP)
         assert wait_for(lambda: self.log().count("Reloading config") > before, 5), "no reload"
 
     def wait_refused(self, tls: tuple[Path, Path, Path], timeout: float = 5.0) -> None:
@@ -108,7 +110,8 @@ class Client:
                  will: tuple[str, bytes] | None = None) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
-        self.client.reconnect_delay_set(0.05, 0.1)  # quick teardown of refused clients
+        # Quick teardown of refused clients (paho types the seconds as int; it sleeps floats).
+        self.client.reconnect_delay_set(0.05, 0.1)  # type: ignore[arg-type]
         if tls:
             ca, cert, key = tls
             self.client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key),

@@ -1,4 +1,5 @@
-"""Real photographs (bundled with scikit-image) made into camera frames for the tests."""
+"""Real photographs (bundled with scikit-image) made into camera frames: the simulated
+station's replayed scene, the tests' and the benches' sequences."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The motion ground-truth scene: 858 frames, 640x480 at 5 fps, with per-frame truth.
 
-Built from the project's own scene (`camera_scenes`: the empty `rocket` site, the `camera`
+Built from the project's own scene (`scenes`: the empty `rocket` site, the `camera`
 photo pasted as a person) plus sensor noise. In order:
     warm-up 20 (not scored), still 110, a 120 px person walking right 95, settle 25
     (not scored: the person has just gone), a 60 px person walking left 95, settle 25,
@@ -19,7 +19,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from camera_scenes import W, empty_scene, photo
+
+from pingan_sim.scenes import W, empty_scene, photo
 
 Frame = np.ndarray[Any, Any]
 Box = tuple[int, int, int, int]

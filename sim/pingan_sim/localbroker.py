@@ -1,7 +1,8 @@
-"""A private Mosquitto for the simulator (and the tests): started, stopped, restarted.
+"""A private Mosquitto on loopback: started, stopped, restarted, frozen.
 
-Used only when `broker.local_fallback` is set and the configured broker cannot be
-reached, so that `pingan-edge run` works on a bare machine with mosquitto installed.
+The simulated station starts one when `broker.local_fallback` is set and the configured
+broker cannot be reached, so that `pingan-sim run` works on a bare machine with
+mosquitto installed; the tests and benches start their own.
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ class Mosquitto:
                 return
             time.sleep(0.02)
         raise BrokerError(f"mosquitto did not save {db} within {timeout} s")
+
+    def signal(self, sig: int) -> None:
+        """SIGHUP rereads certificates and the CRL; SIGSTOP freezes it (a hung broker),
+        SIGCONT thaws it."""
+        if self._proc is None:
+            raise BrokerError("mosquitto is not running")
+        self._proc.send_signal(sig)
 
     def restart(self) -> Mosquitto:
         self.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from pingan_sim.cli import main
+
+sys.exit(main())

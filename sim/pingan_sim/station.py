@@ -1,0 +1,93 @@
+"""The simulated station: the unit's own `Station`, wired as on a Pi, plus what a bare
+machine lacks:
+
+- a private mosquitto on loopback when `broker.local_fallback` is set and the configured
+  broker does not answer;
+- buttons pressed from software (`pingan-edge press`): the `press` request, added to the
+  station's control socket;
+- with no config file, the simulation defaults: mock pins, the loudspeaker into a null
+  device, and a camera replaying the bundled scene.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+
+import msgspec
+
+from edge import config as config_mod
+from edge.config import Config
+from edge.logs import log
+from edge.station import Station
+from pingan_sim import SCENE
+from pingan_sim.localbroker import Mosquitto, reachable
+from pingan_sim.presses import Presses
+
+logger = logging.getLogger("edge.station")
+
+# Added to the unit's no-file identity (edge.config.NO_FILE_TOML).
+SIMULATION_TOML = f"""
+[broker]
+local_fallback = true
+
+[pins]
+factory = "mock"
+
+[audio]
+output = "null"
+amp_warm_up_s = 0.0
+
+[camera]
+enabled = true
+source = "folder"
+path = {json.dumps(str(SCENE))}
+loop = true
+fps = 2
+"""
+
+
+def defaults() -> Config:
+    """The simulated station when no config file is given: `pingan-edge press/status/
+    tail` without a config file reach it (the unit's no-file identity)."""
+    return config_mod.parse(config_mod.NO_FILE_TOML + SIMULATION_TOML,
+                            "<simulation defaults>")
+
+
+class SimulatedStation:
+    """Built, started and stopped as one; a part that fails to build closes the rest."""
+
+    def __init__(self, config: Config) -> None:
+        self._parts = contextlib.ExitStack()
+        try:
+            self.local_broker, config = _fallback_broker(config, self._parts)
+            self.station = Station(config)
+            self._parts.callback(self.station.stop)
+            self.presses = Presses(self.station)
+            self._parts.callback(self.presses.close)  # first: ends a burst of presses
+        except BaseException:
+            self._parts.close()
+            raise
+
+    def start(self) -> None:
+        self.station.start()
+
+    def stop(self) -> None:
+        self._parts.close()
+
+
+def _fallback_broker(config: Config, parts: contextlib.ExitStack
+                     ) -> tuple[Mosquitto | None, Config]:
+    """If the configured broker cannot be reached, start a private mosquitto on loopback
+    (stopped by `parts`) and point the config at it."""
+    broker = config.broker
+    if not broker.local_fallback or reachable(broker.host, broker.port):
+        return None, config
+    local = Mosquitto(config.data_dir / "broker").start()
+    parts.callback(local.stop)
+    log(logger, "warning", "station.local_broker", port=local.port,
+        unreachable=f"{broker.host}:{broker.port}",
+        action="simulation only: started a private mosquitto on loopback")
+    broker = msgspec.structs.replace(broker, host="127.0.0.1", port=local.port)
+    return local, msgspec.structs.replace(config, broker=broker)
