@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TextIO
@@ -79,7 +80,12 @@ AUDIO_COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipP
 
 
 class Station:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *,
+                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker) -> None:
+        """`make_loudspeaker` builds the loudspeaker stage (Loudspeaker's signature): a
+        test or a bench may hand in a subclass that watches or holds back what it is
+        asked for; a station in service uses Loudspeaker itself."""
+        self._make_loudspeaker = make_loudspeaker
         # Every part that holds a process, a thread, a file or a pin is closed by this
         # stack: in stop(), or here at once if a later part fails to build.
         self._parts = contextlib.ExitStack()
@@ -130,7 +136,7 @@ class Station:
         self.loudspeaker: Loudspeaker | None = None
         if config.audio.enabled:
             try:
-                self.loudspeaker = Loudspeaker(
+                self.loudspeaker = self._make_loudspeaker(
                     config.audio, data_dir, pin_factory=self.pin_factory,
                     amp_pin=config.pins.amp_relay, health=self.health, emit=self._audio_event)
             except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
@@ -145,6 +151,11 @@ class Station:
         self.control = ControlServer(config.control_socket, self._control)
         parts.callback(self.control.close)
         self._stopping = threading.Event()
+        # Alarms raised whose siren is not yet asked for: event id → delivered meanwhile.
+        # See raise_alarm and _delivered; held only for a dict operation, never while the
+        # loudspeaker is called, so the threads that send alarms never wait for audio.
+        self._before_siren: dict[str, bool] = {}
+        self._before_siren_lock = threading.Lock()
         # Software presses waiting for the events their button raises (edge/sim).
         self._raised = threading.Condition()
         self._collect: list[list[Future[Stored]]] = []
@@ -239,16 +250,29 @@ class Station:
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
-        future = self._submit(event)
-        # What staff see and hear (the LED's blink thread, the siren, a log line) waits
-        # until the alarm is stored, and so handed to the uplink: Python runs one thread
-        # at a time, and this work must not compete with the alarm on its way. A slow
-        # card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
-        concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
-        self.indicator.raised(event.id)
-        log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        if self.loudspeaker:
-            self.loudspeaker.siren()
+        # Its PUBACK may come before its siren is asked for (the outbox writer sends a
+        # lone alarm itself): "alarm sent" must still follow the siren, so until then a
+        # delivery is only noted here, and said below (see _delivered).
+        with self._before_siren_lock:
+            self._before_siren[event.id] = False
+        try:
+            future = self._submit(event)
+            # What staff see and hear (the LED's blink thread, the siren, a log line)
+            # waits until the alarm is stored, and so handed to the uplink: Python runs
+            # one thread at a time, and this work must not compete with the alarm on its
+            # way. A slow card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
+            concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
+            self.indicator.raised(event.id)
+            log(logger, "warning", "alarm.raised", id=event.id, source=source)
+            if self.loudspeaker:
+                self.loudspeaker.siren()
+        finally:
+            with self._before_siren_lock:
+                delivered = self._before_siren.pop(event.id)
+        if delivered and self.loudspeaker:
+            # Delivered before its siren was asked for: said now, queued behind the siren
+            # (the player plays the higher level first; a prompt never cuts in).
+            self.loudspeaker.prompt("alarm_sent")
         future.add_done_callback(self._alarm_kept)  # after the siren, on whichever thread
         return future
 
@@ -302,9 +326,15 @@ class Station:
     # --- from the uplink -------------------------------------------------------------
 
     def _delivered(self, stored: Stored) -> None:
+        """On the uplink's network thread, or the outbox writer's (a direct send whose
+        PUBACK beat publish() returning): never waits for the press thread or audio."""
         if stored.type == "alarm.panic":
             self.indicator.delivered(stored.id)
-            if self.loudspeaker:
+            with self._before_siren_lock:
+                early = stored.id in self._before_siren
+                if early:  # its siren is not asked for yet: raise_alarm says it after
+                    self._before_siren[stored.id] = True
+            if self.loudspeaker and not early:
                 self.loudspeaker.prompt("alarm_sent")
             log(logger, "info", "alarm.delivered", id=stored.id, seq=stored.seq)
 

@@ -92,8 +92,11 @@ def make_config(data_dir: Path, port: int, **sections: dict[str, Any]) -> Config
 def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     started: list[Station] = []
 
-    def start(port: int, **sections: dict[str, Any]) -> Station:
-        station = Station(make_config(tmp_path / "station", port, **sections))
+    def start(port: int, station_args: dict[str, Any] | None = None,
+              **sections: dict[str, Any]) -> Station:
+        """A started station on `port`; `station_args` go to Station() (its parts)."""
+        station = Station(make_config(tmp_path / "station", port, **sections),
+                          **(station_args or {}))
         station.start()
         started.append(station)
         return station
