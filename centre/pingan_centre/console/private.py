@@ -45,12 +45,14 @@ def write_once(path: Path, text: str) -> None:
 
 
 def create(path: Path) -> None:
-    """Make sure `path` exists and is at most 0600: created empty so if it is missing
-    (SQLite then gives its -wal and -shm files the same mode), narrowed if it is not."""
+    """Make sure the database file `path` exists and is at most 0600: created empty so if
+    it is missing (SQLite then gives its -wal and -shm files the same mode), else it and
+    its side files narrowed."""
     try:
         os.close(_open_new(path))
     except FileExistsError:
-        narrow(path)
+        for side in ("", "-wal", "-shm", "-journal"):
+            narrow(Path(f"{path}{side}"))
 
 
 def narrow(path: Path) -> None:
