@@ -12,7 +12,6 @@ import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -129,12 +128,11 @@ def test_databases_are_created_0600_whoever_opens_them(tmp_path: Path,
 def test_an_older_outbox_readable_by_all_is_narrowed(tmp_path: Path, umask_022: None) -> None:
     path = tmp_path / "outbox.db"
     Outbox(path).close()
-    old: dict[str, Any] = {}
-    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
-        if (tmp_path / name).exists():
-            os.chmod(tmp_path / name, 0o644)  # as an older station left them
-            old[name] = True
-    assert old
+    old = [name for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm")
+           if (tmp_path / name).exists()]
+    assert "outbox.db" in old
+    for name in old:
+        os.chmod(tmp_path / name, 0o644)  # as an older station left them
     box = Outbox(path)
     try:
         for name in old:
