@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge import __version__
+from edge import __version__, private
 from edge import config as config_mod
 from edge.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.config import Config, ConfigError
@@ -46,6 +46,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    os.umask(private.UMASK)  # before anything is written into the data directory
     cfg = _load(args)
     stop_logs = setup(cfg.log.level)
     try:
@@ -173,6 +174,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     from edge import selftest
 
+    os.umask(private.UMASK)  # it writes the station's data directory too, maybe as root
     return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import msgspec
 import sqlite_utils
 
-from edge import outbox_repair
+from edge import outbox_repair, private
 from edge.clock import now_iso
 from edge.events import Event, Priority, encode
 from edge.health import Health
@@ -182,6 +182,7 @@ class Outbox:
                      "outbox.db holds no events although this station stored some")
             kept = outbox_repair.quarantine(path) if path.exists() else None
 
+        private.create(path)
         self._write = self._connect(str(path))
         self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
@@ -294,7 +295,7 @@ class Outbox:
             quarantined=str(kept.relative_to(self.path.parent)) if kept else None,
             salvaged=len(rows), salvaged_alarms=sum(r.priority == Priority.ALARM for r in rows),
             lost=lost, resumed_at=self._next_seq)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         outbox_repair.write_report(base, self.damage)
         log(logger, "error", "outbox.damaged", **msgspec.to_builtins(self.damage),
             report=str(base) + ".json",

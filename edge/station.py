@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -448,7 +449,8 @@ def _lock(data_dir: Path) -> TextIO | None:
     path = data_dir / "station.lock"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path, "a")  # noqa: SIM115 - held for life
+        lock_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                              "a")  # held for life
     except OSError as exc:
         try:  # a read-only directory: an existing lock file still excludes a second station
             lock_file = open(path)  # noqa: SIM115

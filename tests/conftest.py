@@ -183,11 +183,12 @@ def township_factory() -> Iterator[Callable[..., Township]]:
 class Daemon:
     """`python -m edge run` as a real child process, its JSON log lines collected."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, umask: int = -1) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge", "run", "-c", str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+            umask=umask)
         self.lines: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from edge import private
 from edge.commands import ScheduleSet
 
 _SCHEMA = """
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class AudioStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        private.create(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

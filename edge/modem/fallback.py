@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge import private
 from edge.config import Config
 from edge.events import (
     AlarmPanic,
@@ -101,6 +102,7 @@ class SmsLog:
     """What was sent by SMS, in its own SQLite file; any thread."""
 
     def __init__(self, path: Path) -> None:
+        private.create(path)
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0,
                                    isolation_level=None)
         self._lock = threading.Lock()
