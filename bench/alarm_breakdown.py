@@ -28,15 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alarm_latency import STATION, Fsync, Township, audio_toml, wait_for
-from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station_toml
+from alarm_latency import STATION, station_under_test, wait_for
+from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 
-from edge import config as config_mod
-from edge import logs
 from edge.link.uplink import Uplink
 from edge.station import Station
 from edge.store.outbox import Outbox
-from pingan_sim.localbroker import Mosquitto
 
 STEPS = ["press", "handler", "event", "event made", "queued", "transaction",
          "committed", "uplink told", "publish", "published", "township"]
@@ -76,24 +73,11 @@ def instrument() -> None:
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
     load_before = loadavg()
-    log_file = (tmp / "station.log").open("w", encoding="utf-8")
-    stop_logs = logs.setup("info", log_file)
-    fsync = Fsync(tmp)
-    broker = Mosquitto(tmp / "broker").start()
-    township: Township | None = None
-    station: Station | None = None
     rounds: list[dict[str, float]] = []
     fsyncs: list[float] = []
-    try:
-        township = Township(broker.port)
-        config = config_mod.parse(
-            station_toml(tmp / "station", broker.port, audio_toml(False)), "<bench>")
-        instrument()
-        station = Station(config)
-        station.start()
-        if not township.wait_online(10):
-            raise RuntimeError("the station did not come online")
-        pin = station.pin_factory.pin(config.pins.panic)
+    instrument()
+    with station_under_test(tmp, audio=False) as (station, fsync, township, _port):
+        pin = station.pin_factory.pin(station.config.pins.panic)
         seen: set[str] = set()
         for i in range(args.warmup + args.presses):
             _stamps.clear()
@@ -108,15 +92,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                 continue
             rounds.append({**_stamps, "township": got[0]})
             fsyncs.append(took)
-    finally:
-        if station:
-            station.stop()
-        if township:
-            township.close()
-        broker.stop()
-        stop_logs()
-        log_file.close()
-        fsync.close()
 
     print("alarm breakdown: one press at a time, each step stamped in the station's process")
     print(machine_line(load_before))

@@ -23,6 +23,7 @@ from edge import config as config_mod
 from edge.config import Config, ConfigError
 from edge.contract.topics import township_filter
 from edge.logs import log, setup
+from edge.store import private
 from edge.unit.bundle import UNIT_DIR, BundleError, install_bundle
 from edge.unit.control import request
 
@@ -70,6 +71,7 @@ def serve(cfg: Config, build: Callable[[Config], Runnable], *,
     """Build the station, start it, stop it on SIGTERM/SIGINT; whatever goes wrong is one
     JSON log line and the exit status docs/config.md gives it (`cannot_start`: more
     errors that a restart cannot fix, e.g. the simulator's broker)."""
+    os.umask(private.UMASK)  # before anything is written into the data directory
     stop_logs = setup(cfg.log.level)
     try:
         return _serve(cfg, build, cannot_start)
@@ -198,6 +200,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_selftest(args: argparse.Namespace) -> int:
     from edge import selftest
 
+    os.umask(private.UMASK)  # it writes the station's data directory too, maybe as root
     return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
 
 

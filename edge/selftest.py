@@ -464,7 +464,7 @@ def own_station(cfg: Config) -> Iterator[None]:
     data = cfg.data_dir
     data.mkdir(parents=True, exist_ok=True)
     restart = False
-    with open(data / "station.lock", "w") as lock:
+    with os.fdopen(os.open(data / "station.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -488,14 +488,15 @@ def own_station(cfg: Config) -> Iterator[None]:
 
 
 def _give_back(data: Path) -> None:
-    """Run as root, the test may have created files (SQLite's -wal/-shm, the lock) in the
-    station's data directory: hand them to the directory's owner, the station user."""
+    """Run as root, the test may have created files (SQLite's -wal/-shm, the lock, a
+    quarantine folder: 0600/0700 under its umask) in the station's data directory: hand
+    them to the directory's owner, the station user."""
     if os.geteuid() != 0:
         return
     st = data.stat()
-    for path in data.iterdir():
+    for path in data.rglob("*"):
         with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink():
+            if (path.is_file() or path.is_dir()) and not path.is_symlink():
                 os.chown(path, st.st_uid, st.st_gid)
 
 

@@ -12,8 +12,11 @@ import concurrent.futures
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TextIO
@@ -79,7 +82,12 @@ AUDIO_COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipP
 
 
 class Station:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *,
+                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker) -> None:
+        """`make_loudspeaker` builds the loudspeaker stage (Loudspeaker's signature): a
+        test or a bench may hand in a subclass that watches or holds back what it is
+        asked for; a station in service uses Loudspeaker itself."""
+        self._make_loudspeaker = make_loudspeaker
         # Every part that holds a process, a thread, a file or a pin is closed by this
         # stack: in stop(), or here at once if a later part fails to build.
         self._parts = contextlib.ExitStack()
@@ -125,7 +133,7 @@ class Station:
         self.loudspeaker: Loudspeaker | None = None
         if config.audio.enabled:
             try:
-                self.loudspeaker = Loudspeaker(
+                self.loudspeaker = self._make_loudspeaker(
                     config.audio, data_dir, pin_factory=self.pin_factory,
                     amp_pin=config.pins.amp_relay, health=self.health, emit=self._audio_event)
             except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
@@ -140,6 +148,11 @@ class Station:
         self.control = ControlServer(config.control_socket)
         self.control.register(StatusRequest, lambda _request: self.status())
         parts.callback(self.control.close)
+        # Alarms raised whose siren is not yet asked for: event id → delivered meanwhile.
+        # See raise_alarm and _delivered; held only for a dict operation, never while the
+        # loudspeaker is called, so the threads that send alarms never wait for audio.
+        self._before_siren: dict[str, bool] = {}
+        self._before_siren_lock = threading.Lock()
         self.watchdog = Watchdog(self.healthy)
         self.camera: camera.CameraPipeline | None = None
         if config.camera.enabled:
@@ -228,16 +241,29 @@ class Station:
     def raise_alarm(self, source: str, held_s: float) -> Future[Stored]:
         event = AlarmPanic(payload=PanicPayload(source=source, held_s=held_s),  # type: ignore[arg-type]
                            **self._identity())
-        future = self._submit(event)
-        # What staff see and hear (the LED's blink thread, the siren, a log line) waits
-        # until the alarm is stored, and so handed to the uplink: Python runs one thread
-        # at a time, and this work must not compete with the alarm on its way. A slow
-        # card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
-        concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
-        self.indicator.raised(event.id)
-        log(logger, "warning", "alarm.raised", id=event.id, source=source)
-        if self.loudspeaker:
-            self.loudspeaker.siren()
+        # Its PUBACK may come before its siren is asked for (the outbox writer sends a
+        # lone alarm itself): "alarm sent" must still follow the siren, so until then a
+        # delivery is only noted here, and said below (see _delivered).
+        with self._before_siren_lock:
+            self._before_siren[event.id] = False
+        try:
+            future = self._submit(event)
+            # What staff see and hear (the LED's blink thread, the siren, a log line)
+            # waits until the alarm is stored, and so handed to the uplink: Python runs
+            # one thread at a time, and this work must not compete with the alarm on its
+            # way. A slow card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
+            concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
+            self.indicator.raised(event.id)
+            log(logger, "warning", "alarm.raised", id=event.id, source=source)
+            if self.loudspeaker:
+                self.loudspeaker.siren()
+        finally:
+            with self._before_siren_lock:
+                delivered = self._before_siren.pop(event.id)
+        if delivered and self.loudspeaker:
+            # Delivered before its siren was asked for: said now, queued behind the siren
+            # (the player plays the higher level first; a prompt never cuts in).
+            self.loudspeaker.prompt("alarm_sent")
         future.add_done_callback(self._alarm_kept)  # after the siren, on whichever thread
         return future
 
@@ -283,9 +309,15 @@ class Station:
     # --- from the uplink -------------------------------------------------------------
 
     def _delivered(self, stored: Stored) -> None:
+        """On the uplink's network thread, or the outbox writer's (a direct send whose
+        PUBACK beat publish() returning): never waits for the press thread or audio."""
         if stored.type == "alarm.panic":
             self.indicator.delivered(stored.id)
-            if self.loudspeaker:
+            with self._before_siren_lock:
+                early = stored.id in self._before_siren
+                if early:  # its siren is not asked for yet: raise_alarm says it after
+                    self._before_siren[stored.id] = True
+            if self.loudspeaker and not early:
                 self.loudspeaker.prompt("alarm_sent")
             log(logger, "info", "alarm.delivered", id=stored.id, seq=stored.seq)
 
@@ -362,7 +394,8 @@ def _lock(data_dir: Path) -> TextIO | None:
     path = data_dir / "station.lock"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path, "a")  # noqa: SIM115 - held for life
+        lock_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                              "a")  # held for life
     except OSError as exc:
         try:  # a read-only directory: an existing lock file still excludes a second station
             lock_file = open(path)  # noqa: SIM115

@@ -92,8 +92,11 @@ def make_config(data_dir: Path, port: int, **sections: dict[str, Any]) -> Config
 def start_station(tmp_path: Path) -> Iterator[Callable[..., Station]]:
     started: list[Station] = []
 
-    def start(port: int, **sections: dict[str, Any]) -> Station:
-        station = Station(make_config(tmp_path / "station", port, **sections))
+    def start(port: int, station_args: dict[str, Any] | None = None,
+              **sections: dict[str, Any]) -> Station:
+        """A started station on `port`; `station_args` go to Station() (its parts)."""
+        station = Station(make_config(tmp_path / "station", port, **sections),
+                          **(station_args or {}))
         station.start()
         started.append(station)
         return station
@@ -182,12 +185,13 @@ class Daemon:
     `simulated`, `python -m pingan_sim run` (the same station, whose buttons the test
     presses over the control socket)."""
 
-    def __init__(self, config_path: Path, *, simulated: bool = False) -> None:
+    def __init__(self, config_path: Path, *, simulated: bool = False, umask: int = -1) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pingan_sim" if simulated else "edge", "run", "-c",
              str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+            umask=umask)
         self.lines: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -7,7 +7,10 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import logging
+import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from audio_helpers import Sink, runs
 from conftest import make_config, schema, wait_until
 
 from edge.audio import tones
+from edge.audio.loudspeaker import Loudspeaker
 from edge.audio.output import reinitialise
 from edge.station import Station
 
@@ -51,17 +55,64 @@ def press_panic(station: Station) -> None:
     pin.drive_high()
 
 
+class HeldSiren(Loudspeaker):
+    """The real loudspeaker stage, whose siren is asked for only once the test lets it go:
+    the press thread waits in siren(), as a loaded unit's may before its siren, so the
+    alarm's PUBACK can be made to come first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = threading.Event()
+        self.let_go = threading.Event()
+
+    def siren(self) -> None:
+        self.asked.set()
+        self.let_go.wait(30)  # a failed test lets it go; this only bounds a broken one
+        super().siren()
+
+
+def delivered(caplog: pytest.LogCaptureFixture, alarm_id: str) -> bool:
+    """The station has handled the alarm's PUBACK (LED, prompt decided, then this line)."""
+    return any(r.getMessage() == "alarm.delivered" and getattr(r, "fields", {}).get("id")
+               == alarm_id for r in list(caplog.records))
+
+
+def siren_played(ls: Loudspeaker) -> int:
+    """Samples of the siren handed to the audio device so far (0 if it is not playing)."""
+    play = ls.player.current
+    return play.position if play is not None and play.origin == "siren" else 0
+
+
+def queued(ls: Loudspeaker, sound: str) -> bool:
+    return any(p.sound == sound for p in ls.player.pending())
+
+
+@pytest.mark.parametrize("puback_first", [False, True], ids=["as-it-comes", "puback-first"])
 def test_panic_sounds_the_siren_then_tells_staff(broker, sink, start_station,
-                                                township_factory):
+                                                township_factory, caplog, puback_first):
+    caplog.set_level(logging.INFO, logger="edge.station")
     township = township_factory(broker.port)
-    station = start_station(broker.port, audio={**AUDIO, "siren_s": 30.0})
+    station = start_station(broker.port, {"make_loudspeaker": HeldSiren},
+                            audio={**AUDIO, "siren_s": 30.0})
+    ls = station.loudspeaker
+    assert isinstance(ls, HeldSiren)
+    if not puback_first:
+        ls.let_go.set()  # the siren and the PUBACK in whichever order they come
     wait_until(lambda: station.uplink.connected)
-    wait_until(lambda: station.loudspeaker.speech.ready("报警已发送") is not None, 10)
-    press_panic(station)
-    alarm = wait_until(lambda: [e for e in township.unique_events()
-                                if e["type"] == "alarm.panic"], 5)[0]
-    wait_until(lambda: audio_events(township, origin="siren", phase="started"), 5)
-    time.sleep(1.1)  # one hi-lo cycle
+    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 10)
+    try:
+        press_panic(station)
+        alarm = wait_until(lambda: [e for e in township.unique_events()
+                                    if e["type"] == "alarm.panic"], 5)[0]
+        # puback-first: the order a loaded unit can give (the outbox writer sends the
+        # alarm itself, the press thread is slower to its siren).
+        wait_until(lambda: delivered(caplog, alarm["id"]), 5, "the alarm's PUBACK")
+    finally:
+        ls.let_go.set()
+    # "Alarm sent" waits behind the siren, which sounds one whole hi-lo cycle at least
+    # before the township acknowledges.
+    wait_until(lambda: queued(ls, "prompt:alarm_sent"), 5, "alarm_sent behind the siren")
+    wait_until(lambda: siren_played(ls) >= RATE + ls.output.block, 10, "one siren cycle")
     township.command("v001", {"cmd": "alarm.ack", "id": "ack-1", "event_id": alarm["id"]})
     assert result(township, "ack-1")["ok"]
     wait_until(lambda: audio_events(township, sound="prompt:alarm_received", phase="finished"),
@@ -75,9 +126,40 @@ def test_panic_sounds_the_siren_then_tells_staff(broker, sink, start_station,
     for e in township.unique_events():
         schema("event").validate(e)
     lo, hi = tones.SIREN_HZ
+    wait_until(lambda: len(sink.samples()) > RATE * 1.5, 5, "siren and both prompts played")
     heard = runs(sink.samples(), RATE, [lo, hi], tolerance=30)
     assert [f for f, _ in heard[:2]] == [hi, lo], heard
-    assert len(sink.samples()) > RATE * 1.5, "siren and both prompts were played"
+
+
+def test_alarm_sent_follows_its_siren_when_the_puback_comes_first(
+        broker, sink, start_station, township_factory, caplog):
+    """The township's PUBACK is handled before the press thread asks for the siren: staff
+    still hear the siren first, then "alarm sent" whole (never started, then cut off)."""
+    caplog.set_level(logging.INFO, logger="edge.station")
+    township = township_factory(broker.port)
+    station = start_station(broker.port, {"make_loudspeaker": HeldSiren}, audio=AUDIO)
+    ls = station.loudspeaker
+    assert isinstance(ls, HeldSiren)
+    heard: list[tuple[str, str]] = []
+    ls.player.add_listener(lambda phase, play, _d: heard.append((play.sound, phase)))
+    wait_until(lambda: station.uplink.connected)
+    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 10)
+    try:
+        press_panic(station)
+        assert ls.asked.wait(5), "the press thread asked for the siren"
+        alarm = wait_until(lambda: [e for e in township.unique_events()
+                                    if e["type"] == "alarm.panic"], 5)[0]
+        wait_until(lambda: delivered(caplog, alarm["id"]), 5, "the alarm's PUBACK")
+        assert station.indicator.mode.value == "delivered"
+        # Delivered, its siren not yet asked for: nothing is queued, playing or heard.
+        assert (ls.player.current, ls.player.pending(), heard) == (None, [], [])
+    finally:
+        ls.let_go.set()
+    wait_until(lambda: ("prompt:alarm_sent", "finished") in heard, 15, "alarm_sent said")
+    assert heard == [("tone:siren", "started"), ("tone:siren", "finished"),
+                     ("prompt:alarm_sent", "started"), ("prompt:alarm_sent", "finished")]
+    wait_until(lambda: audio_events(township, sound="prompt:alarm_sent", phase="finished"), 10)
+    assert [(e["sound"], e["phase"]) for e in audio_events(township)] == heard
 
 
 def test_silent_alarm_pages_the_township_and_says_nothing(broker, sink, start_station,

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from edge.contract.commands import ScheduleSet
+from edge.store import private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class AudioStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
+        private.create(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

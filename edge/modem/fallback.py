@@ -50,6 +50,7 @@ from edge.link.uplink import Uplink
 from edge.logs import log
 from edge.modem import pdu
 from edge.modem.device import Modem, SmsJob
+from edge.store import private
 from edge.store.outbox import Outbox
 
 logger = logging.getLogger("edge.modem.fallback")
@@ -101,6 +102,7 @@ class SmsLog:
     """What was sent by SMS, in its own SQLite file; any thread."""
 
     def __init__(self, path: Path) -> None:
+        private.create(path)
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=10.0,
                                    isolation_level=None)
         self._lock = threading.Lock()

@@ -46,7 +46,7 @@ from edge.clock import now_iso
 from edge.contract.events import Event, Priority, encode
 from edge.health import Health
 from edge.logs import log
-from edge.store import repair
+from edge.store import private, repair
 from edge.store.repair import Damage, Salvage
 from edge.store.seqmark import Mark, SeqMark
 
@@ -182,6 +182,7 @@ class Outbox:
                      "outbox.db holds no events although this station stored some")
             kept = repair.quarantine(path) if path.exists() else None
 
+        private.create(path)
         self._write = self._connect(str(path))
         self._page_size()
         self._write.execute("PRAGMA journal_mode=WAL")
@@ -294,7 +295,7 @@ class Outbox:
             quarantined=str(kept.relative_to(self.path.parent)) if kept else None,
             salvaged=len(rows), salvaged_alarms=sum(r.priority == Priority.ALARM for r in rows),
             lost=lost, resumed_at=self._next_seq)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         repair.write_report(base, self.damage)
         log(logger, "error", "outbox.damaged", **msgspec.to_builtins(self.damage),
             report=str(base) + ".json",

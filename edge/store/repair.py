@@ -100,7 +100,7 @@ def _fsync_dir(path: Path) -> None:
 def quarantine(path: Path) -> Path:
     """Rename `path` (and its -wal, -shm) into the quarantine folder; return the new path."""
     folder = path.parent / QUARANTINE
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)  # copies of the outbox: the station's alone
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = folder / f"{path.stem}-{stamp}{path.suffix}"
     n = 1

@@ -42,7 +42,7 @@ class SeqMark:
         """Durably replace the mark: write a temporary file, fsync it, rename it over
         the old one and fsync the directory. Raises OSError."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, msgspec.json.encode(mark) + b"\n")
             os.fsync(fd)

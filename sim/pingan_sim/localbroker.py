@@ -8,6 +8,7 @@ mosquitto installed; the tests and benches start their own.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,10 +29,30 @@ def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now and that the kernel will not hand to an outgoing
+    connection meanwhile: chosen below the ephemeral range, where port 0 would pick one.
+    (A port from bind(0) can be taken by any client's connect() before the server binds
+    it, which on a busy machine happened: "address already in use".)"""
+    low, _high = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BrokerError(f"no free loopback port below {low}")
 
 
 class Mosquitto:

@@ -149,12 +149,14 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Atomic replace, so mosquitto never reads half a CRL."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A temporary file left by a crash keeps its old mode under O_TRUNC: start afresh.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)  # the exact mode, whatever the umask, before the data
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

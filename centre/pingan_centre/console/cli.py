@@ -15,6 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+# Exit statuses, as pingan-edge's: 2 = the configuration named in the log line must be
+# fixed first (a restart alone cannot help).
+EXIT_CONFIG = 2
+
 
 def _django(config: str | None) -> None:
     if config:
@@ -30,17 +34,18 @@ def _migrate() -> None:
 
 
 def _first_admin() -> None:
-    """A fresh centre gets one admin, its password written beside the database."""
+    """A fresh centre gets one admin, its password written beside the database (0600)."""
     from django.conf import settings
     from django.contrib.auth.models import User
+
+    from pingan_centre.console import private
 
     if User.objects.exists():
         return
     password = secrets.token_urlsafe(12)
     _create("admin", "admin", password)
     path = settings.DATA_DIR / "admin-password.txt"
-    path.write_text(password + "\n", encoding="utf-8")
-    path.chmod(0o600)
+    private.write_new(path, password + "\n")
     print(f"first start: user 'admin', password in {path} (change it after logging in)",
           file=sys.stderr)
 
@@ -147,9 +152,18 @@ def _console(func: Callable[[argparse.Namespace], int]
              ) -> Callable[[argparse.Namespace], int]:
     """Django is set up only for the console's own subcommands, never for `broker`."""
     def run(args: argparse.Namespace) -> int:
-        from pingan_centre.console.logs import setup
+        from django.core.exceptions import ImproperlyConfigured
+
+        from pingan_centre.console.config import SecretKeyError
+        from pingan_centre.console.logs import log, setup
         setup()
-        _django(args.config)
+        try:
+            _django(args.config)
+        except ImproperlyConfigured as exc:  # raised by settings, e.g. a leaked secret key
+            problem, action = ((exc.problem, exc.action) if isinstance(exc, SecretKeyError)
+                               else (str(exc), "fix what the error names, then start again"))
+            log("error", "centre.cannot_start", error=problem, exit=EXIT_CONFIG, action=action)
+            return EXIT_CONFIG
         return int(func(args))
     return run
 

@@ -6,14 +6,28 @@ the data directory. A county sets `database = "postgres://..."` and nothing else
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from django.core.exceptions import ImproperlyConfigured
+
+from pingan_centre.console import private
+
 ENV_CONFIG = "PINGAN_CENTRE_CONFIG"
+# SHA-256 of secret keys that are public: anyone holding one can forge a login session.
+# b14ded2e...: centre/centre-data/secret_key, committed to git until issue 17.
+LEAKED_SECRET_KEYS = frozenset({
+    "b14ded2e53b3abbf4f809d92daf2e9fb4077eff0eb9479bceb83badf28e34266",
+})
+# Django's own deployment check (security.W009) asks for 50 characters, 5 different.
+SECRET_KEY_MIN_LENGTH = 50
+NEW_SECRET_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
 
 
 @dataclass(frozen=True)
@@ -49,13 +63,24 @@ class CentreConfig:
     max_payload_bytes: int = 512 * 1024
     # A station whose last state or event is older than this shows as silent.
     stale_after_s: float = 700.0
-    secret_key: str = ""
+    # None: not configured, the console keeps a generated one in data_dir/secret_key.
+    secret_key: str | None = None
     debug: bool = False
     escalation: tuple[Step, ...] = field(default_factory=lambda: DEFAULT_LADDER)
     webhook_url: str = ""
     # Station id -> village name, applied when a station is first seen (admin can edit).
     villages: dict[str, str] = field(default_factory=dict)
+    # The TOML file this was read from ("" for none), to name it in errors.
+    config_file: str = ""
 
+
+class SecretKeyError(ImproperlyConfigured):
+    """The secret key must not be used: `problem` says why, `action` what to do."""
+
+    def __init__(self, problem: str, action: str) -> None:
+        super().__init__(f"{problem}; {action}")
+        self.problem = problem
+        self.action = action
 
 
 def _data_dir() -> Path:
@@ -89,12 +114,40 @@ def load(path: str | None = None) -> CentreConfig:
         max_payload_bytes=int(raw.get("max_payload_bytes", 512 * 1024)),
         stale_after_s=float(env.get("PINGAN_CENTRE_STALE_AFTER_S")
                             or raw.get("stale_after_s", 700.0)),
-        secret_key=raw.get("secret_key", ""),
+        secret_key=None if raw.get("secret_key") is None else str(raw["secret_key"]),
         debug=bool(raw.get("debug", False)),
         escalation=ladder,
         webhook_url=raw.get("webhook_url", ""),
         villages={str(k): str(v) for k, v in raw.get("villages", {}).items()},
+        config_file=str(path or ""),
     )
+
+
+def secret_key(cfg: CentreConfig) -> str:
+    """The configured `secret_key`, else the one in data_dir/secret_key (generated at the
+    first start, 0600). Raises SecretKeyError for a public or a weak key."""
+    path = cfg.data_dir / "secret_key"
+    if cfg.secret_key is not None:
+        return _usable(cfg.secret_key.strip(), f"secret_key in {cfg.config_file}", (
+            f"set secret_key in {cfg.config_file} to a new random value ({NEW_SECRET_KEY}), "
+            f"or delete that line and the console keeps a generated key in {path}"))
+    if not path.exists():
+        private.write_once(path, secrets.token_urlsafe(50))
+    private.narrow(path)
+    return _usable(path.read_text(encoding="utf-8").strip(), str(path), (
+        f"delete {path} and start the console again: it writes a new random key there "
+        "(everyone logged in has to log in again)"))
+
+
+def _usable(key: str, where: str, action: str) -> str:
+    if hashlib.sha256(key.encode()).hexdigest() in LEAKED_SECRET_KEYS:
+        raise SecretKeyError(f"the secret key ({where}) is public: it was published in "
+                             "git, and anyone holding it can forge a login", action)
+    if len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < 5:
+        what = "empty" if not key else f"too weak ({len(key)} characters)"
+        raise SecretKeyError(f"the secret key ({where}) is {what}: it must be at least "
+                             f"{SECRET_KEY_MIN_LENGTH} random characters", action)
+    return key
 
 
 def database_settings(url: str, data_dir: Path) -> dict[str, Any]:

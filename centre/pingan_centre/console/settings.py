@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import django_stubs_ext
 
-from pingan_centre.console import config
+from pingan_centre.console import config, private
 
 # ModelAdmin[...] and friends are generic at run time too (for the type checker's sake).
 django_stubs_ext.monkeypatch()
 
 CENTRE = config.load()
 DATA_DIR = CENTRE.data_dir
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 HERE = Path(__file__).resolve().parent
 
-
-def _secret_key() -> str:
-    if CENTRE.secret_key:
-        return CENTRE.secret_key
-    path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50), encoding="utf-8")
-        path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip()
-
-
-SECRET_KEY = _secret_key()
+# A leaked or weak key stops the console here (config.SecretKeyError, which says how to
+# make a new one): whoever holds the key can forge any user's login session.
+SECRET_KEY = config.secret_key(CENTRE)
 DEBUG = CENTRE.debug
 # A township LAN: the console is reached by whatever address the PC has there.
 ALLOWED_HOSTS = ["*"]
@@ -70,6 +60,9 @@ TEMPLATES = [{
 ASGI_APPLICATION = "pingan_centre.console.asgi.application"
 
 DATABASES = {"default": config.database_settings(CENTRE.database, DATA_DIR)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Made 0600 before SQLite opens it (which would make it 0644): it holds the sessions.
+    private.create(Path(DATABASES["default"]["NAME"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "zh-hans"
