@@ -4,11 +4,12 @@ What it measures
     The same station, private broker and out-of-process township subscriber as
     bench/alarm_latency.py (audio off), one press at a time. Each step is stamped with
     time.perf_counter() by wrapping the station's own methods in this process (edge/ is
-    not modified): the press handler, making the event (`_identity`), queueing it
-    (`Outbox.submit`), the writer's transaction (`Outbox._transaction`: insert, commit,
-    fsync), the uplink told (`Uplink.notify`), the publish (`Uplink._publish`, paho), and
-    the arrival timed at the township. An fsync of 1 KiB on the same disk is timed in the
-    same rounds: the transaction's floor. The wrappers add a few microseconds per step.
+    not modified): the press handler (`StationButtons._panic`), making the event
+    (`Recorder.identity`), queueing it (`Outbox.submit`), the writer's transaction
+    (`Outbox._transaction`: insert, commit, fsync), the uplink told (`Uplink.notify`), the
+    publish (`Uplink._publish`, paho), and the arrival timed at the township. An fsync of
+    1 KiB on the same disk is timed in the same rounds: the transaction's floor. The
+    wrappers add a few microseconds per step.
 
     Medians and nearest-rank percentiles of each step, never means.
 
@@ -32,8 +33,9 @@ from alarm_latency import STATION, station_under_test, wait_for
 from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 
 from edge.link.uplink import Uplink
-from edge.station import Station
 from edge.store.outbox import Outbox
+from edge.store.recorder import Recorder
+from edge.unit.buttons import StationButtons
 
 STEPS = ["press", "handler", "event", "event made", "queued", "transaction",
          "committed", "uplink told", "publish", "published", "township"]
@@ -61,8 +63,8 @@ def _wrap(cls: Any, method: str, before: str, after: str | None = None,
 
 
 def instrument() -> None:
-    _wrap(Station, "_panic_pressed", "handler")
-    _wrap(Station, "_identity", "event", "event made")
+    _wrap(StationButtons, "_panic", "handler")
+    _wrap(Recorder, "identity", "event", "event made")
     _wrap(Outbox, "submit", "queued")
     _wrap(Outbox, "_transaction", "transaction", "committed",
           only=lambda appends, *_: bool(appends))

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             ls.player.submit(Play(play_id, Level.NORMAL, "township", "tone:chime",
                                   samples=chime))
             first = probe.wait_first(play_id)
-            ls.player.stop(lambda p, pid=play_id: p.play_id == pid)
+            ls.player.cancel(lambda p, pid=play_id: p.play_id == pid)
             idle(station)
             if first is not None and counted:
                 results["baseline"].append((first - t0) * 1000.0)

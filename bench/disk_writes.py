@@ -86,6 +86,7 @@ Figures = dict[str, float]
 
 def outbox_run(folder: Path, events: int, burst: int) -> Figures:
     box = Outbox(folder / "outbox.db", batch_max=burst)
+    box.start()
     try:
         box.append(alarm())  # the schema and first pages exist before measuring
         box.flush()

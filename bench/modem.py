@@ -93,7 +93,7 @@ def bench_sms(tmp: Path, rounds: int, after: float) -> None:
         for _ in range(rounds):
             before = len(sim.submitted)
             raised = time.monotonic()
-            station.raise_alarm("simulator", 0.0).result(5)
+            station.alarm.raise_alarm("simulator", 0.0).result(5)
             wait(lambda b=before: len(sim.submitted) > b, after + 10)
             fallback.append(sim.submitted[before].at - (raised + after))
             wait(lambda b=before: len(sim.submitted) == b + 2)  # both parts: the modem is free

@@ -52,6 +52,7 @@ def one(folder: Path, values: dict[str, int], n: int) -> tuple[float, float]:
     settings(values)
     work = Path(tempfile.mkdtemp(dir=folder))
     box = outbox_mod.Outbox(work / "outbox.db", max_bytes=1 << 30)
+    box.start()
     try:
         events = [ButtonBroadcast(payload=ButtonPayload(button="broadcast", source="button",
                                                         held_s=0.0),

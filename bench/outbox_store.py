@@ -59,6 +59,7 @@ def status(pad: int) -> Status:
 
 def per_event(box_dir: Path, events: int) -> tuple[float, float, int]:
     box = Outbox(box_dir / "outbox.db")
+    box.start()
     deltas = []
     start = write_bytes()
     size = 0
@@ -95,6 +96,7 @@ def plain_sqlite(db: Path, events: int) -> float:
 def opening(folder: Path, rows: int, repeat: int) -> None:
     db = folder / "outbox.db"
     box = Outbox(db, max_bytes=1 << 40, batch_max=2000)
+    box.start()
     futures = [box.submit(alarm() if i % 100 == 0 else status(900)) for i in range(rows)]
     for f in futures:
         f.result(300)
@@ -110,6 +112,7 @@ def opening(folder: Path, rows: int, repeat: int) -> None:
         file.write(b"\xff" * 4096)
     started = time.monotonic()
     box = Outbox(db, max_bytes=1 << 40)
+    box.start()
     damaged = time.monotonic() - started
     damage = box.damage
     box.close()

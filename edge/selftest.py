@@ -357,6 +357,7 @@ class Selftest:
         try:
             outbox = Outbox(data / "outbox.db", max_bytes=self.cfg.outbox.max_bytes,
                             keep_delivered=self.cfg.outbox.keep_delivered)
+            outbox.start()
             outbox.close()
         except (OutboxError, OSError, Exception) as exc:
             return Row("disk", zh, en, "fail", f"outbox: {type(exc).__name__}: {exc}",
@@ -452,6 +453,7 @@ def record(cfg: Config, ev: events.Selftest) -> int:
 
     outbox = Outbox(cfg.data_dir / "outbox.db", max_bytes=cfg.outbox.max_bytes,
                     keep_delivered=cfg.outbox.keep_delivered)
+    outbox.start()
     try:
         return outbox.append(ev).seq
     finally:

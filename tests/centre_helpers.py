@@ -183,4 +183,4 @@ def station(tmp: Path, port: int, name: str, township: str, **sections: Any) -> 
 
 def press(st: Station) -> str:
     """The panic button, held past panic_hold_s; returns the event id it produced."""
-    return st.raise_alarm("button", 0.1).result(5).id
+    return st.alarm.raise_alarm("button", 0.1).result(5).id

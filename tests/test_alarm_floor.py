@@ -41,7 +41,7 @@ def test_a_lone_alarm_goes_from_the_writer_to_paho(broker, start_station, townsh
     wait_until(lambda: township.on("/v001/state"), what="station online")
     names = publishers(station)
     for n in range(5):
-        station.raise_alarm("button", 0.0).result(5)
+        station.alarm.raise_alarm("button", 0.0).result(5)
         wait_until(lambda n=n: len(township.events()) == n + 1, what=f"alarm {n + 1}")
         time.sleep(0.1)  # its PUBACK and mark: the next one finds the uplink idle
     assert names.count("outbox-writer") >= 4, names  # the first may meet the state publish
@@ -63,11 +63,11 @@ def test_short_way_and_pump_together_lose_and_reorder_nothing(own_broker, start_
         while time.monotonic() < stop_at:
             roll = rng.random()
             if roll < 0.3:
-                made = [station.raise_alarm("simulator", 0.0)]
+                made = [station.alarm.raise_alarm("simulator", 0.0)]
             elif roll < 0.4:  # a burst: more rows than the short way takes
-                made = [station._submit(status_event(station, i)) for i in range(30)]
+                made = [station.recorder.record(status_event(station, i)) for i in range(30)]
             else:
-                made = [station.broadcast_pressed(0.0)]
+                made = [station.buttons.broadcast_pressed(0.0)]
             with lock:
                 futures.extend(made)
             time.sleep(rng.choice([0.0, 0.0005, 0.002, 0.02]))
@@ -101,16 +101,16 @@ def test_staff_feedback_follows_the_store_and_never_waits_for_a_stuck_one(
     blocker = sqlite3.connect(station.outbox.path, timeout=1)
     blocker.execute("BEGIN IMMEDIATE")
     try:
-        future = station.raise_alarm("button", 0.0)
+        future = station.alarm.raise_alarm("button", 0.0)
         # Staff see the LED and hear the siren although the store has not answered.
-        wait_until(lambda: station.indicator.mode is Mode.PENDING, 2, "LED despite the store")
+        wait_until(lambda: station.alarm.indicator.mode is Mode.PENDING, 2, "LED despite the store")
         assert not future.done()
     finally:
         blocker.rollback()
         blocker.close()
     stored = future.result(15)
     wait_until(lambda: [e["id"] for e in township.events()] == [stored.id], what="the alarm")
-    wait_until(lambda: station.indicator.mode is Mode.DELIVERED, 5, "LED steady")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.DELIVERED, 5, "LED steady")
 
 
 def test_a_failing_short_way_leaves_the_alarm_to_the_pump(broker, start_station,
@@ -119,7 +119,7 @@ def test_a_failing_short_way_leaves_the_alarm_to_the_pump(broker, start_station,
     station = start_station(broker.port)
     wait_until(lambda: station.uplink.connected)
     wait_until(lambda: township.on("/v001/state"), what="station online")
-    warm = station.raise_alarm("button", 0.0).result(5)  # the uplink caught up after it
+    warm = station.alarm.raise_alarm("button", 0.0).result(5)  # the uplink caught up after it
     wait_until(lambda: [e["id"] for e in township.events()] == [warm.id], what="warm-up")
     time.sleep(0.2)
     client = station.uplink._client
@@ -133,9 +133,9 @@ def test_a_failing_short_way_leaves_the_alarm_to_the_pump(broker, start_station,
         return publish(topic, *a, **kw)
 
     client.publish = once_broken
-    first = station.raise_alarm("button", 0.0).result(5)
+    first = station.alarm.raise_alarm("button", 0.0).result(5)
     time.sleep(0.2)
-    second = station.raise_alarm("button", 0.0).result(5)
+    second = station.alarm.raise_alarm("button", 0.0).result(5)
     wait_until(lambda: {e["id"] for e in township.events()} >= {first.id, second.id}, 15,
                "both alarms, the first by the pump")
     assert failed == ["outbox-writer"]
@@ -157,7 +157,7 @@ def test_the_pump_outlives_a_failing_publish(broker, start_station, township_fac
         return publish(topic, *a, **kw)
 
     client.publish = broken_twice
-    stored = [f.result(5) for f in [station._submit(status_event(station, i))
+    stored = [f.result(5) for f in [station.recorder.record(status_event(station, i))
                                     for i in range(50)]]
     wait_until(lambda: len(township.unique_events()) == 50, 20, "all 50 despite the failures")
     assert failures[0] == 2 and station.uplink.alive

@@ -54,7 +54,7 @@ def test_short_brush_of_panic_button_sends_nothing(broker, start_station, townsh
     # The broadcast press is sent after the brush: once it arrives, the brush would have too.
     events = wait_until(township.events, what="broadcast event")
     assert [e["type"] for e in events] == ["button.broadcast"]
-    assert station.indicator.mode is Mode.IDLE
+    assert station.alarm.indicator.mode is Mode.IDLE
 
 
 def test_led_blinks_until_delivered_then_steady_then_ack_pattern(own_broker, start_station,
@@ -69,13 +69,13 @@ def test_led_blinks_until_delivered_then_steady_then_ack_pattern(own_broker, sta
 
     own_broker.stop()
     wait_until(lambda: not station.uplink.connected, what="station notices broker down")
-    future = station.raise_alarm("simulator", 0.0)
+    future = station.alarm.raise_alarm("simulator", 0.0)
     stored = future.result(5)
-    wait_until(lambda: station.indicator.mode is Mode.PENDING, 2, "LED told of the alarm")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.PENDING, 2, "LED told of the alarm")
     assert led_toggles(led, 1.0) >= 3, "LED must blink fast (0.2 s / 0.2 s) while undelivered"
 
     own_broker.start()
-    wait_until(lambda: station.indicator.mode is Mode.DELIVERED, 15, "delivered")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.DELIVERED, 15, "delivered")
     time.sleep(0.05)
     assert led.state == 1 and led_toggles(led, 0.6) == 0, "steady once delivered"
     wait_until(lambda: [e for e in township.unique_events() if e["id"] == stored.id])
@@ -85,7 +85,7 @@ def test_led_blinks_until_delivered_then_steady_then_ack_pattern(own_broker, sta
     result = wait_until(lambda: township.on("/v001/cmd/result"), what="ack result")[0]
     schema("event").validate(result)
     assert result["payload"]["ok"] is True and result["payload"]["cmd_id"] == "ack-1"
-    assert station.indicator.mode is Mode.ACKNOWLEDGED
+    assert station.alarm.indicator.mode is Mode.ACKNOWLEDGED
     # Short flash every 2 s: on for 0.1 s, so over 2.5 s the pin goes up and down once or twice.
     toggles = led_toggles(led, 2.5)
     assert 2 <= toggles <= 4, toggles
@@ -141,9 +141,9 @@ def test_ack_for_unknown_alarm_is_an_error_and_changes_nothing(broker, start_sta
     township = township_factory(broker.port)
     station = start_station(broker.port)
     wait_until(lambda: station.uplink.connected)
-    alarm = station.raise_alarm("simulator", 0.0).result(5)
-    wait_until(lambda: station.indicator.mode is Mode.DELIVERED)
-    broadcast = station.broadcast_pressed(0.0).result(5)
+    alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: station.alarm.indicator.mode is Mode.DELIVERED)
+    broadcast = station.buttons.broadcast_pressed(0.0).result(5)
     for cmd_id, event_id in (("a1", "no-such-event"), ("a2", broadcast.id)):
         township.command("v001", {"cmd": "alarm.ack", "id": cmd_id, "event_id": event_id})
     results = wait_until(lambda: len(township.on("/cmd/result")) >= 2 and
@@ -151,7 +151,7 @@ def test_ack_for_unknown_alarm_is_an_error_and_changes_nothing(broker, start_sta
     assert [(r["payload"]["cmd_id"], r["payload"]["ok"], r["payload"]["error"]["code"])
             for r in results] == [("a1", False, "unknown_event"), ("a2", False, "unknown_event")]
     assert results[0]["payload"]["error"]["message"]["zh"]  # officers read Chinese first
-    assert station.indicator.mode is Mode.DELIVERED
+    assert station.alarm.indicator.mode is Mode.DELIVERED
     assert alarm.id in [e["id"] for e in township.events()]
 
 
@@ -170,6 +170,6 @@ def test_window_of_one_still_drains(broker, start_station, township_factory):
     """The state publish on connect takes the only slot; its PUBACK must wake the pump."""
     township = township_factory(broker.port)
     station = start_station(broker.port, uplink={"inflight": 1})
-    stored = [station.broadcast_pressed(0.0).result(5) for _ in range(20)]
+    stored = [station.buttons.broadcast_pressed(0.0).result(5) for _ in range(20)]
     wait_until(lambda: len(township.unique_events()) == 20, 10, "20 events through a window of 1")
     assert [e["seq"] for e in township.unique_events()] == [s.seq for s in stored]

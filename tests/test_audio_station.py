@@ -150,7 +150,7 @@ def test_alarm_sent_follows_its_siren_when_the_puback_comes_first(
         alarm = wait_until(lambda: [e for e in township.unique_events()
                                     if e["type"] == "alarm.panic"], 5)[0]
         wait_until(lambda: delivered(caplog, alarm["id"]), 5, "the alarm's PUBACK")
-        assert station.indicator.mode.value == "delivered"
+        assert station.alarm.indicator.mode.value == "delivered"
         # Delivered, its siren not yet asked for: nothing is queued, playing or heard.
         assert (ls.player.current, ls.player.pending(), heard) == (None, [], [])
     finally:
@@ -290,7 +290,7 @@ def test_missing_audio_device_is_on_the_state_topic_and_alarms_still_go(
     answer = result(township, "nodev")
     assert answer["error"]["code"] == "audio_unavailable"
     assert "no-such-card" in answer["error"]["message"]["en"]
-    assert station.indicator.mode.value in ("pending", "delivered")
+    assert station.alarm.indicator.mode.value in ("pending", "delivered")
 
 
 def test_link_down_alarm_is_saved_and_staff_are_told(own_broker, sink, start_station):

@@ -105,7 +105,7 @@ def test_press_reaches_township_over_tls_with_certificate_identity(town, run_sta
                                             "event_id": alarm[0]["id"], "by": "wang"}).encode())
     result = wait_until(lambda: bodies(hq, "/v001/cmd/result"), what="command result")
     assert result[0]["payload"]["ok"] is True and result[0]["payload"]["cmd_id"] == "c-1"
-    wait_until(lambda: station.indicator.mode is Mode.ACKNOWLEDGED, what="LED shows ack")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.ACKNOWLEDGED, what="LED shows ack")
     assert "u't01/v001'" in town.log()  # the broker saw the certificate's name as the user
 
 
@@ -122,7 +122,7 @@ def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_
     station = run_station(town, bundle)
     wait_until(lambda: station.uplink.connected)
 
-    alarm = station.raise_alarm("simulator", 0.0).result(5)
+    alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
     # The refused alarm does not hold up what follows: a command is answered meanwhile.
     hq.publish(f"{T}/v001/cmd", b'{"cmd": "state.get", "id": "c-2"}')
     result = wait_until(lambda: bodies(hq, "/v001/cmd/result"), what="command result")
@@ -132,7 +132,7 @@ def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_
     parked = wait_until(lambda: station.outbox.parked(), what="alarm parked")
     assert parked == [(alarm.seq, "alarm.panic", "Not authorized")]
     assert station.outbox.pending_count() == 0
-    assert station.indicator.mode is Mode.PENDING  # staff still see "not delivered"
+    assert station.alarm.indicator.mode is Mode.PENDING  # staff still see "not delivered"
     # The row is parked just before the problem text is updated: wait for the text.
     wait_until(lambda: "refused 1 events (1 alarms" in problem(station, "publish_rejected"),
                what="publish_rejected names the parked alarm")
@@ -155,7 +155,7 @@ def test_refused_alarm_is_retried_then_parked_without_blocking_and_resent_after_
     station = run_station(town, bundle)
     events = wait_until(lambda: bodies(hq, "/v001/events"), what="alarm after the fix")
     assert [(e["id"], e["type"]) for e in events] == [(alarm.id, "alarm.panic")]
-    wait_until(lambda: station.indicator.mode is Mode.DELIVERED, what="LED delivered")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.DELIVERED, what="LED delivered")
     wait_until(lambda: not problem(station, "publish_rejected"), what="problem cleared")
     assert station.outbox.parked() == []
 
@@ -233,7 +233,7 @@ def test_station_id_not_matching_its_certificate_is_named(town, run_station):
     station = run_station(town, bundle, station_id="v001")  # a technician's typo
     wait_until(lambda: station.uplink.connected)
     assert "certificate is for ['t01/v007']" in problem(station, "cert_mismatch")
-    station.raise_alarm("simulator", 0.0).result(5)
+    station.alarm.raise_alarm("simulator", 0.0).result(5)
     assert "refused" in wait_until(lambda: problem(station, "publish_rejected"))
 
 
@@ -246,8 +246,8 @@ def test_missing_bundle_files_are_named_and_picked_up_once_copied(town, run_stat
                           key_file=str(later / "station.key"))
     assert "cannot read the station certificate" in wait_until(
         lambda: problem(station, "uplink_tls"), what="missing files named")
-    assert station.raise_alarm("simulator", 0.0).result(5).seq == 1  # the unit still works
+    assert station.alarm.raise_alarm("simulator", 0.0).result(5).seq == 1  # the unit still works
     install_bundle(bundle, later)  # the technician copies them in
     wait_until(lambda: station.uplink.connected, what="connects with the files")
-    wait_until(lambda: station.indicator.mode is Mode.DELIVERED, what="alarm delivered")
+    wait_until(lambda: station.alarm.indicator.mode is Mode.DELIVERED, what="alarm delivered")
     assert problem(station, "uplink_tls") == ""

@@ -243,7 +243,7 @@ def test_camera_unplugged_mid_stream_is_reported_then_recovers(
     wait_until(problem_on_state, what="camera_unavailable on the state topic")
     schema("state").validate(township.on("/v001/state")[-1])
     # The rest of the unit is unaffected: a panic alarm still goes through.
-    station.raise_alarm("simulator", 0.0).result(5)
+    station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: [e for e in township.events() if e["type"] == "alarm.panic"],
                what="alarm while the camera is away")
     frames_before = station.health.counts()["camera_frames"]
@@ -284,7 +284,7 @@ def test_missing_model_is_a_problem_and_the_unit_keeps_working(
         tmp_path, model=str(tmp_path / "nope.tflite")))
     assert station.camera is None
     assert [p.code for p in station.health.problems()] == ["camera_detector"]
-    station.raise_alarm("simulator", 0.0).result(5)
+    station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(township.events, what="alarm without a camera")
 
 

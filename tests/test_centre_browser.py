@@ -125,7 +125,7 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
         driver.save_screenshot(str(shots / "2b-escalated.png"))
 
         on_card(driver, lambda c: c.find_element(By.CSS_SELECTOR, "button.ack").click())
-        wait_until(lambda: s1.indicator.mode is Mode.ACKNOWLEDGED, 15,
+        wait_until(lambda: s1.alarm.indicator.mode is Mode.ACKNOWLEDGED, 15,
                    "the station's LED shows acknowledged")
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#cards .station-ack"), 15,
                    "the station's cmd.result on the card")

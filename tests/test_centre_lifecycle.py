@@ -84,7 +84,7 @@ def test_whole_alarm_lifecycle_with_ack_to_the_station(centre, db, stations):  #
     assert no_csrf.status_code == 403 and centre.alarms(officer)[0]["state"] == "new"
 
     assert centre.post(officer, f"/alarm/{alarm['id']}/ack", note="收到").ok
-    wait_until(lambda: s1.indicator.mode is Mode.ACKNOWLEDGED, 15, "station LED acknowledged")
+    wait_until(lambda: s1.alarm.indicator.mode is Mode.ACKNOWLEDGED, 15, "station LED acknowledged")
     # The station's cmd.result for each press comes back and is recorded.
     wait_until(lambda: len(db.rows("SELECT id FROM console_command WHERE alarm_id = ? AND "
                                    "result_ok = ?", alarm["id"], True)) == 2, 15,
@@ -234,7 +234,7 @@ def test_centre_restart_while_stations_send_nothing_missed_nothing_twice(  # typ
     def burst(n: int) -> None:
         for i in range(n):
             st = s1 if i % 2 else s2
-            sent.append(st.broadcast_pressed(0.0).result(5).id)
+            sent.append(st.buttons.broadcast_pressed(0.0).result(5).id)
 
     burst(40)
     centre.kill()  # kill -9 mid-stream
@@ -354,7 +354,8 @@ def test_two_centre_processes_share_the_work_and_fire_each_rung_once(  # type: i
         centres.append(Centre(tmp_path / name, db, broker.port, township, toml=ladder).start())
     try:
         s1, s2 = stations("s1"), stations("s2")
-        sent = [st.broadcast_pressed(0.0).result(5).id for _ in range(40) for st in (s1, s2)]
+        sent = [st.buttons.broadcast_pressed(0.0).result(5).id
+                for _ in range(40) for st in (s1, s2)]
         sent.append(press(s1))
         wait_until(lambda: db.rows("SELECT COUNT(*) FROM console_event WHERE type IN "
                                    "('button.broadcast', 'alarm.panic')")[0][0] >= len(sent),

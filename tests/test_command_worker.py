@@ -43,10 +43,10 @@ def test_an_alarm_does_not_wait_behind_a_slow_command(broker, start_station,
         assert started.wait(10), "the slow command never started"
         # The slow command holds the command worker, and would hold the network thread
         # (and with it every PUBACK and publish) if it ran there: the alarm must still go.
-        alarm = station.raise_alarm("simulator", 0.0).result(5)
+        alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
         wait_until(lambda: alarm.id in {e["id"] for e in township.events()}, 5,
                    "the alarm at the township while a command is still running")
-        wait_until(lambda: station.indicator.mode == Mode.DELIVERED, 5,
+        wait_until(lambda: station.alarm.indicator.mode == Mode.DELIVERED, 5,
                    "the alarm's PUBACK handled (LED: delivered) while the command runs")
         assert not _results(township, "slow-1"), "the slow command had not finished yet"
     finally:
@@ -127,7 +127,7 @@ def test_the_retained_state_is_published_once_per_connect(own_broker, start_stat
     for connect in (1, 2):
         wait_until(lambda: station.uplink.connected, 15, f"connect {connect}")
         # Everything the station published before this event has arrived before it.
-        event = station.broadcast_pressed(0.0).result(5)
+        event = station.buttons.broadcast_pressed(0.0).result(5)
         wait_until(lambda e=event: e.id in {x["id"] for x in township.events()}, 20,
                    f"an event after connect {connect}")
         with township._lock:  # live publishes only, not retained copies on resubscribe

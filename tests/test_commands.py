@@ -114,12 +114,12 @@ def test_named_bad_commands(live, payload, code):
 
 def test_still_serving_after_the_barrage(live):
     station, township = live
-    alarm = station.raise_alarm("simulator", 0.0).result(5)
+    alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: alarm.id in {e["id"] for e in township.events()})
     result = send_and_wait(township, json.dumps(
         {"cmd": "alarm.ack", "id": "final-ack", "event_id": alarm.id}).encode())
     assert result["payload"]["ok"] is True
-    assert station.indicator.mode is Mode.ACKNOWLEDGED
+    assert station.alarm.indicator.mode is Mode.ACKNOWLEDGED
     # The same command delivered twice (QoS 1 may) acts once and is answered once.
     township.command("v001", {"cmd": "alarm.ack", "id": "final-ack", "event_id": alarm.id})
     before = len(township.on("/v001/cmd/result"))

@@ -109,6 +109,7 @@ def test_databases_are_created_0600_whoever_opens_them(tmp_path: Path,
                                                       umask_022: None) -> None:
     """Without `pingan-edge run`'s umask too (a test, selftest as root)."""
     box = Outbox(tmp_path / "outbox.db")
+    box.start()
     box.append(AlarmPanic(station="v001", township="t01",
                           payload=PanicPayload(source="simulator", held_s=0.0), **stamp()))
     sms = SmsLog(tmp_path / "sms.db")
@@ -134,6 +135,7 @@ def test_an_older_outbox_readable_by_all_is_narrowed(tmp_path: Path, umask_022: 
     for name in old:
         os.chmod(tmp_path / name, 0o644)  # as an older station left them
     box = Outbox(path)
+    box.start()
     try:
         for name in old:
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name

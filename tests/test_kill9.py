@@ -150,5 +150,5 @@ def test_watchdog_stays_silent_when_unhealthy(tmp_path, monkeypatch):
             listener.recv(100)
     with pytest.raises(TimeoutError):
         listener.recv(100)
-    dog.stop()
+    dog.close()
     listener.close()

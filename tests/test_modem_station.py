@@ -90,7 +90,7 @@ def test_alarm_goes_by_sms_once_past_the_threshold_while_down_and_is_reported_la
     wait_until(lambda: station.uplink.connected and station.modem.modem.ready, 10)
 
     # Link up: delivered by MQTT, never by SMS.
-    up = station.raise_alarm("simulator", 0.0).result(5)
+    up = station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == up.id for e in township.events()), 5)
     time.sleep(1.0)
     assert sim.submitted == []
@@ -98,7 +98,7 @@ def test_alarm_goes_by_sms_once_past_the_threshold_while_down_and_is_reported_la
     own_broker.stop()
     wait_until(lambda: not station.uplink.connected, 10)
     raised = time.monotonic()
-    down = station.raise_alarm("simulator", 0.0).result(5)
+    down = station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: set(sms_texts(sim)) == set(DUTY), 10, "SMS to both duty numbers")
     # Not before modem.sms_after_s (less the 1 ms resolution of the id's time stamp).
     assert sim.submitted[0].at - raised >= 0.499
@@ -151,7 +151,7 @@ def test_rate_limit_holds_back_and_counts(own_broker, start_station, sim, tmp_pa
     station = start_station(own_broker.port, modem=modem_cfg(
         sim, duty_numbers=DUTY[:1], sms_after_s=0.0, sms_per_hour=2 * parts))
     wait_until(lambda: station.modem.modem.ready, 10)
-    alarms = [station.raise_alarm("simulator", 0.0).result(5) for _ in range(3)]
+    alarms = [station.alarm.raise_alarm("simulator", 0.0).result(5) for _ in range(3)]
     wait_until(lambda: station.modem.fallback.held_back() == 1, 10, "one held back")
     wait_until(lambda: len(sms_texts(sim).get(DUTY[0], [])) == 2, 10, "two sent")
     def statuses() -> list[list[str]]:
@@ -194,7 +194,7 @@ def test_modem_gone_alarms_still_go_over_mqtt(broker, start_station, township_fa
     sim.vanish()
     station = start_station(broker.port, "v-nomodem", modem=modem_cfg(sim))
     wait_until(lambda: station.uplink.connected, 10)
-    stored = station.raise_alarm("simulator", 0.0).result(5)
+    stored = station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
     state = wait_until(lambda: [s for s in township.on("/v-nomodem/state")
                                 if any(p["code"] == "modem_absent" for p in s["problems"])], 10)
@@ -238,7 +238,7 @@ def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, to
     # (maybe one it sent just before: its answer is held back too)
     wait_until(sim.holding.is_set, 10, "the modem thread waiting in a command")
     started = time.monotonic()
-    stored = station.raise_alarm("simulator", 0.0).result(5)
+    stored = station.alarm.raise_alarm("simulator", 0.0).result(5)
     wait_until(lambda: any(e["id"] == stored.id for e in township.events()), 5)
     # The modem's reply takes 20 s: bounds far below it prove nothing waited on the modem,
     # and leave room for a loaded 2-core machine.

@@ -14,11 +14,11 @@ def produce(station, count: int, alarm_every: int = 10, seed: int = 7) -> list: 
     futures = []
     for i in range(count):
         if i % alarm_every == 0:
-            futures.append(station.raise_alarm("simulator", 0.0))
+            futures.append(station.alarm.raise_alarm("simulator", 0.0))
         elif rng.random() < 0.5:
-            futures.append(station.broadcast_pressed(0.0))
+            futures.append(station.buttons.broadcast_pressed(0.0))
         else:
-            futures.append(station._submit(status_event(station, i)))
+            futures.append(station.recorder.record(status_event(station, i)))
     return [f.result(30) for f in futures]
 
 
@@ -86,7 +86,7 @@ def test_events_survive_station_restart_while_offline(own_broker, tmp_path, town
         wait_until(lambda: len(township.unique_events()) >= 50, 20)
         assert sorted(e["id"] for e in township.unique_events()) == sorted(s.id for s in stored)
         # The next event continues the sequence: it survived the restart.
-        assert station.broadcast_pressed(0.0).result(5).seq == 51
+        assert station.buttons.broadcast_pressed(0.0).result(5).seq == 51
     finally:
         station.stop()
 
@@ -101,7 +101,7 @@ def test_broker_killed_and_back_resends_everything_unacknowledged(own_broker, st
     own_broker.save()  # the township's session and subscription, as a running broker would have
     station = start_station(own_broker.port, uplink={"inflight": 50})
     wait_until(lambda: station.uplink.connected)
-    futures = [station.broadcast_pressed(0.0) for _ in range(300)]
+    futures = [station.buttons.broadcast_pressed(0.0) for _ in range(300)]
     own_broker.stop(kill=True)
     wait_until(lambda: not station.uplink.connected, what="station sees the crash")
     first = [f.result(10) for f in futures]
@@ -123,9 +123,9 @@ def test_long_outage_fills_outbox_evicts_telemetry_keeps_alarms_and_says_so(
     wait_until(lambda: station.uplink.connected)
     own_broker.stop()
     wait_until(lambda: not station.uplink.connected)
-    alarms = [station.raise_alarm("simulator", 0.0).result(5) for _ in range(10)]
+    alarms = [station.alarm.raise_alarm("simulator", 0.0).result(5) for _ in range(10)]
     for i in range(200):
-        station._submit(status_event(station, i))
+        station.recorder.record(status_event(station, i))
     station.outbox.flush()
     kept = station.outbox.pending({}, 10_000)
     own_broker.start()

@@ -48,6 +48,7 @@ def status(size: int = 0) -> Status:
 
 def test_accepted_events_survive_reopen_with_sequence_and_order(tmp_path: Path):
     box = Outbox(tmp_path / "o.db")
+    box.start()
     made = [status(), broadcast(), alarm(), status(), alarm(), broadcast()]
     stored = [box.append(e) for e in made]
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5, 6]
@@ -55,6 +56,7 @@ def test_accepted_events_survive_reopen_with_sequence_and_order(tmp_path: Path):
     box.close()
 
     box = Outbox(tmp_path / "o.db")
+    box.start()
     pending = box.pending({}, 100)
     # Drain order: priority, then sequence; the delivered alarm is gone.
     assert [(p.priority, p.seq) for p in pending] == [(0, 5), (2, 2), (2, 6), (3, 1), (3, 4)]
@@ -69,11 +71,13 @@ def test_accepted_events_survive_reopen_with_sequence_and_order(tmp_path: Path):
 
 def test_group_commit_many_concurrent_submissions(tmp_path: Path):
     box = Outbox(tmp_path / "o.db", batch_max=200)
+    box.start()
     futures = [box.submit(broadcast()) for _ in range(2000)]
     seqs = [f.result(30).seq for f in futures]
     assert seqs == list(range(1, 2001))
     box.close()
     box = Outbox(tmp_path / "o.db")
+    box.start()
     assert box.pending_count() == 2000
     box.close()
 
@@ -82,6 +86,7 @@ def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
     from edge.store.outbox import _CLEANUP_EVERY
 
     box = Outbox(tmp_path / "o.db", keep_delivered=100)
+    box.start()
     futures = [box.submit(broadcast()) for _ in range(_CLEANUP_EVERY + 200)]
     stored = [f.result(30) for f in futures]
     for s in stored:
@@ -89,6 +94,7 @@ def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
     box.flush()
     box.close()
     box = Outbox(tmp_path / "o.db")
+    box.start()
     assert box.pending_count() == 0
     assert box.lookup(stored[-1].id) == ("button.broadcast", True)
     assert box.lookup(stored[0].id) is None, "old delivered rows are cleaned up"
@@ -98,6 +104,7 @@ def test_delivered_history_is_trimmed_to_keep_delivered(tmp_path: Path):
 def test_full_outbox_evicts_oldest_lowest_priority_never_alarms(tmp_path: Path, caplog):
     evictions = []
     box = Outbox(tmp_path / "o.db", max_bytes=60_000, on_evict=evictions.append)
+    box.start()
     alarms = [box.append(alarm()) for _ in range(20)]
     broadcasts = [box.append(broadcast()) for _ in range(20)]
     statuses = [box.append(status(size=1000)) for _ in range(30)]
@@ -158,6 +165,7 @@ def fill(directory: Path) -> Path:
 def test_disk_full_refuses_clearly_then_recovers(tmp_path: Path, caplog):
     with tiny_disk(tmp_path / "disk") as disk:
         box = Outbox(disk / "o.db")
+        box.start()
         first = box.append(alarm())
         filler = fill(disk)
         with caplog.at_level(logging.ERROR, logger="edge.outbox"):
@@ -175,6 +183,7 @@ def test_disk_full_refuses_clearly_then_recovers(tmp_path: Path, caplog):
         assert after.seq == first.seq + 1, "refused events took no sequence numbers"
         box.close()
         box = Outbox(disk / "o.db")
+        box.start()
         assert [p.id for p in box.pending({}, 10)] == [first.id, after.id]
         box.close()
 
@@ -191,8 +200,8 @@ def test_station_on_full_disk_still_sends_the_alarm(tmp_path: Path, broker, town
         try:
             wait_until(lambda: station.uplink.connected)
             filler = fill(disk)
-            station._submit(status(size=60_000))  # big enough that the WAL must grow
-            future = station.raise_alarm("simulator", 0.0)
+            station.recorder.record(status(size=60_000))  # big enough that the WAL must grow
+            future = station.alarm.raise_alarm("simulator", 0.0)
             with pytest.raises(OutboxError):
                 future.result(5)
             got = wait_until(lambda: [e for e in township.events()
@@ -203,7 +212,7 @@ def test_station_on_full_disk_still_sends_the_alarm(tmp_path: Path, broker, town
                                                for p in s.get("problems", []))])
             assert "cannot be stored" in state[-1]["problems"][0]["message"]["en"]
             filler.unlink()
-            ok = station.raise_alarm("simulator", 0.0).result(5)
+            ok = station.alarm.raise_alarm("simulator", 0.0).result(5)
             wait_until(lambda: ok.id in {e["id"] for e in township.events()})
             wait_until(lambda: not station.health.problems(), what="problem cleared")
         finally:
@@ -212,6 +221,7 @@ def test_station_on_full_disk_still_sends_the_alarm(tmp_path: Path, broker, town
 
 def test_seq_mark_is_written_once_per_block_not_per_event(tmp_path: Path):
     box = Outbox(tmp_path / "outbox.db")
+    box.start()
     mark = tmp_path / "outbox.seq"
     inode = mark.stat().st_ino  # every write is a new file renamed over the old one
     for _ in range(SEQ_BLOCK // 2 - 5):
@@ -227,16 +237,19 @@ def test_seq_mark_is_written_once_per_block_not_per_event(tmp_path: Path):
 def test_a_replaced_older_database_cannot_make_seq_repeat(tmp_path: Path):
     db = tmp_path / "outbox.db"
     box = Outbox(db)
+    box.start()
     box.append(alarm())
     box.close()
     older = tmp_path / "older.db"
     older.write_bytes(db.read_bytes())
     box = Outbox(db)
+    box.start()
     last = [box.append(broadcast()) for _ in range(5)][-1]
     box.close()
     db.write_bytes(older.read_bytes())  # e.g. restored from an old copy after a clean stop
 
     box = Outbox(db)
+    box.start()
     assert box.damage is not None and box.damage.kind == "rolled_back"
     assert box.append(broadcast()).seq == last.seq + 1
     box.close()
@@ -245,6 +258,7 @@ def test_a_replaced_older_database_cannot_make_seq_repeat(tmp_path: Path):
 def test_salvage_reads_rows_around_a_garbled_page_alarms_first(tmp_path: Path):
     db = tmp_path / "outbox.db"
     box = Outbox(db)
+    box.start()
     made = [box.append(alarm() if i % 10 == 0 else status(size=400)) for i in range(300)]
     box.close()
     size = db.stat().st_size
@@ -253,6 +267,7 @@ def test_salvage_reads_rows_around_a_garbled_page_alarms_first(tmp_path: Path):
         f.write(b"\xff" * 4096)
 
     box = Outbox(db)
+    box.start()
     damage = box.damage
     assert damage is not None and damage.kind == "corrupt"
     assert damage.salvaged + (damage.lost or 0) == len(made) and damage.salvaged > 250
@@ -280,6 +295,7 @@ def test_an_outbox_with_4k_pages_is_rebuilt_with_small_ones_keeping_its_rows(
     db = tmp_path / "o.db"
     monkeypatch.setattr(repair, "PAGE_SIZE", 4096)  # as outboxes were created before
     box = Outbox(db)
+    box.start()
     stored = [box.append(e) for e in (alarm(), status(3000), broadcast())]
     box.mark_delivered(stored[0].seq, len(stored[0].body))
     box.close()
@@ -287,6 +303,7 @@ def test_an_outbox_with_4k_pages_is_rebuilt_with_small_ones_keeping_its_rows(
     monkeypatch.undo()
 
     box = Outbox(db)
+    box.start()
     try:
         assert page_size(db) == repair.PAGE_SIZE < 4096
         assert box.damage is None
@@ -303,12 +320,14 @@ def test_a_seq_evicted_at_the_top_is_not_used_again(tmp_path: Path):
     row must leave the counter behind (the seq mark is removed to test the database)."""
     db = tmp_path / "o.db"
     box = Outbox(db, max_bytes=500)
+    box.start()
     assert [box.append(alarm()).seq for _ in range(3)] == [1, 2, 3]
     with pytest.raises(OutboxFull):
         box.append(status())  # seq 4, over the bound, evicted at once
     box.close()
     db.with_suffix(".seq").unlink()
     box = Outbox(db, max_bytes=500)
+    box.start()
     try:
         assert box.append(alarm()).seq == 5
     finally:

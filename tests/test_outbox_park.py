@@ -12,6 +12,7 @@ from edge.store.outbox import Outbox
 
 def test_parked_row_leaves_the_drain_survives_and_returns_on_reopen(tmp_path: Path):
     box = Outbox(tmp_path / "o.db", max_bytes=16384)
+    box.start()
     stored = [box.append(e) for e in (alarm(), broadcast(), status())]
     box.park(stored[0].seq, "Not authorized")
     box.park(999, "Not authorized")  # unknown row: ignored
@@ -27,6 +28,7 @@ def test_parked_row_leaves_the_drain_survives_and_returns_on_reopen(tmp_path: Pa
     box.close()
 
     box = Outbox(tmp_path / "o.db", max_bytes=16384)
+    box.start()
     pending = box.pending({}, 100)
     assert pending[0].seq == 1 and pending[0].body == stored[0].body
     assert box.parked() == []

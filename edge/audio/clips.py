@@ -10,7 +10,6 @@ never playable, and a failed upload leaves the clip it would have replaced untou
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
 from edge.contract.commands import ClipPut
 from edge.contract.events import Text, text
+from edge.store import durable, private
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_UPLOADS = 4
@@ -158,17 +158,8 @@ class ClipLibrary:
         except Exception as exc:  # libsndfile says why in its own words
             raise _rejected("片段不是可播放的音频", f"not audio this unit can play: {exc}") \
                 from exc
-        with open(part, "rb+") as f:
-            os.fsync(f.fileno())
-        sha_tmp = self._path(clip_id, ".sha256", self._incoming)
-        sha_tmp.write_text(digest, encoding="ascii")
-        os.replace(part, self._path(clip_id, ".clip"))
-        os.replace(sha_tmp, self._path(clip_id, ".sha256"))
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable.settle(part, self._path(clip_id, ".clip"))
+        durable.write(self._path(clip_id, ".sha256"), digest.encode("ascii"), mode=private.MODE)
         del self._uploads[clip_id]
         return {"clip_id": clip_id, "received": upload.received, "chunks": upload.chunks,
                 "complete": True, "sha256": digest, "duration_s": round(info.duration, 3)}

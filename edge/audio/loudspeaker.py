@@ -30,7 +30,8 @@ from edge.audio.store import AudioStore
 from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
 from edge.contract import commands
-from edge.contract.events import AudioPayload, ErrorInfo, Text, text
+from edge.contract.commands import rejected
+from edge.contract.events import AudioPayload, Text, text
 from edge.health import Health
 from edge.link.dispatch import Handlers
 from edge.logs import log
@@ -43,11 +44,6 @@ ORIGIN_LEVELS = {Level.SIREN: "siren", Level.EMERGENCY: "emergency", Level.PTT: 
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _reject(cmd: commands.Command, code: str, message: Text) -> commands.CommandRejected:
-    return commands.CommandRejected(ErrorInfo(code=code, message=message),  # type: ignore[arg-type]
-                                    cmd.id, str(type(cmd).__struct_config__.tag))
 
 
 class Loudspeaker:
@@ -78,6 +74,7 @@ class Loudspeaker:
         self.volume = self.store.volume(audio.volume)
         self._siren = tones.siren(rate)
         self._device_ok = True
+        self._closed = False
         self._prompts = threading.Thread(target=self._render_prompts, name="audio-prompts",
                                          daemon=True)
 
@@ -96,6 +93,9 @@ class Loudspeaker:
             self._prompts.start()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.ptt.release()
         self.scheduler.close()
         self.player.close()
@@ -133,7 +133,7 @@ class Loudspeaker:
                                 volume=self.config.siren_volume))
 
     def silence_siren(self) -> list[str]:
-        return self.player.stop(lambda p: p.origin == "siren")
+        return self.player.cancel(lambda p: p.origin == "siren")
 
     def prompt(self, name: str) -> None:
         """A staff prompt about the alarm. A silent alarm (siren = false) says nothing
@@ -194,7 +194,7 @@ class Loudspeaker:
         handlers.register(commands.VolumeSet, self._volume_set)
 
     def _stop(self, cmd: commands.BroadcastStop) -> dict[str, Any]:
-        stopped = self.player.stop(lambda p: p.origin in ("township", "schedule") and (
+        stopped = self.player.cancel(lambda p: p.origin in ("township", "schedule") and (
             cmd.broadcast_id is None or p.play_id == cmd.broadcast_id))
         return {"stopped": stopped}
 
@@ -202,11 +202,11 @@ class Loudspeaker:
         try:
             return self.clips.put_chunk(cmd)
         except ClipError as exc:
-            raise _reject(cmd, exc.code, exc.message) from exc
+            raise rejected(cmd, exc.code, exc.message) from exc
 
     def _clip_delete(self, cmd: commands.ClipDelete) -> dict[str, Any]:
         if not self.clips.delete(cmd.clip_id):
-            raise _reject(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
+            raise rejected(cmd, "unknown_clip", text(f"本站没有片段 {cmd.clip_id}",
                                                     f"no clip {cmd.clip_id} at this station"))
         return {"clip_id": cmd.clip_id}
 
@@ -214,7 +214,7 @@ class Loudspeaker:
         try:
             Cron(cmd.cron)
         except CronError as exc:
-            raise _reject(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
+            raise rejected(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
                 from exc
         release(self._sound(cmd, cached=True)[1])  # the clip exists / the text renders
         self.store.put_schedule(cmd)
@@ -224,7 +224,7 @@ class Loudspeaker:
     def _schedule_clear(self, cmd: commands.ScheduleClear) -> dict[str, Any]:
         count = self.store.clear_schedules(cmd.schedule_id)
         if cmd.schedule_id is not None and count == 0:
-            raise _reject(cmd, "unknown_schedule", text(
+            raise rejected(cmd, "unknown_schedule", text(
                 f"本站没有定时广播 {cmd.schedule_id}",
                 f"no schedule {cmd.schedule_id} at this station"))
         return {"cleared": count}
@@ -246,26 +246,26 @@ class Loudspeaker:
             assert cmd.tone is not None
             return f"tone:{cmd.tone}", tones.named(cmd.tone, self.output.rate)
         except ClipError as exc:
-            raise _reject(cmd, exc.code, exc.message) from exc
+            raise rejected(cmd, exc.code, exc.message) from exc
         except TtsError as exc:
-            raise _reject(cmd, "tts_failed", text(f"语音合成失败：{exc}", str(exc))) from exc
+            raise rejected(cmd, "tts_failed", text(f"语音合成失败：{exc}", str(exc))) from exc
 
     def _play(self, cmd: commands.BroadcastPlay) -> dict[str, Any]:
         now = self._now()
         if cmd.expires is not None and cmd.expires <= now:
-            raise _reject(cmd, "expired", text(
+            raise rejected(cmd, "expired", text(
                 f"广播已于 {cmd.expires.isoformat()} 过期，未播放",
                 f"broadcast expired at {cmd.expires.isoformat()}; not played"))
         emergency = cmd.priority == "emergency"
         if not emergency and in_quiet_hours(now.astimezone(self.tz), self.config.quiet_start,
                                             self.config.quiet_end):
-            raise _reject(cmd, "quiet_hours", text(
+            raise rejected(cmd, "quiet_hours", text(
                 f"静默时段（{self.config.quiet_start}–{self.config.quiet_end}）只播放紧急广播",
                 f"quiet hours ({self.config.quiet_start}-{self.config.quiet_end}): "
                 f"only emergency broadcasts play"))
         waiting = sum(1 for p in self.player.pending() if p.origin in ("township", "schedule"))
         if waiting >= self.config.queue_max:
-            raise _reject(cmd, "busy", text(
+            raise rejected(cmd, "busy", text(
                 f"已有 {waiting} 条广播等待播放，本条未接受，请稍后重发",
                 f"{waiting} broadcasts are already waiting to play (audio.queue_max): "
                 f"not accepted; send it again later"))
@@ -273,7 +273,7 @@ class Loudspeaker:
             try:
                 check(self.config.device)
             except AudioUnavailable as exc:
-                raise _reject(cmd, "audio_unavailable", text(
+                raise rejected(cmd, "audio_unavailable", text(
                     f"喇叭音频设备不可用：{exc}", str(exc))) from exc
         sound, samples = self._sound(cmd, cached=False)
         mono = time.monotonic()

@@ -132,7 +132,7 @@ class Player:
             self._cond.notify_all()
         return True
 
-    def stop(self, match: Callable[[Play], bool]) -> list[str]:
+    def cancel(self, match: Callable[[Play], bool]) -> list[str]:
         """Stop every queued or playing play that `match`es; returns their ids."""
         with self._cond:
             gone = [p for p in self._queue if match(p)]

@@ -25,7 +25,9 @@ from edge.camera.motion import Box, MotionDetector
 from edge.camera.sources import Frame, FrameSource, SourceError
 from edge.clock import clock_synced
 from edge.config import ArmWindow, CameraSection
+from edge.contract import commands
 from edge.health import Health
+from edge.link.dispatch import Handlers
 from edge.logs import log
 
 logger = logging.getLogger("edge.camera")
@@ -144,9 +146,20 @@ class CameraPipeline:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 0.5) -> None:
+    def register(self, handlers: Handlers) -> None:
+        handlers.register((commands.CameraArm, commands.CameraDisarm), self._arm)
+
+    def _arm(self, cmd: commands.CameraArm | commands.CameraDisarm) -> dict[str, Any]:
+        self.arming.set(isinstance(cmd, commands.CameraArm), cmd.for_s)
+        return {"armed": self.arming.armed(), "for_s": cmd.for_s}
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
-        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return
+        self._thread.join(0.5)
         if self._thread.is_alive():
             log(logger, "warning", "camera.stop_slow", source=self._source.name,
                 action="the camera driver is blocked; it is abandoned at exit")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edge.contract.events import ErrorInfo, EventId, text
+from edge.contract.events import ErrorInfo, EventId, Text, text
 
 CmdId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                     pattern=r"^[A-Za-z0-9._:-]+$(?!\n)")]
@@ -161,6 +161,16 @@ class CommandRejected(Exception):
         self.error = error
         self.cmd_id = cmd_id
         self.cmd = cmd
+
+
+def tag(cmd: Command) -> str:
+    """The command's name on the wire (`broadcast.play`)."""
+    return str(type(cmd).__struct_config__.tag)
+
+
+def rejected(cmd: Command, code: Any, message: Text) -> CommandRejected:
+    """What a part raises to refuse a valid command; the command worker answers with it."""
+    return CommandRejected(ErrorInfo(code=code, message=message), cmd.id, tag(cmd))
 
 
 def _reject(code: Any, zh: str, en: str, raw: Any = None) -> CommandRejected:

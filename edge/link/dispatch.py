@@ -8,9 +8,10 @@ camera) registers the commands it serves. A full queue is answered `busy` at onc
 nothing waits for room.
 
 Every command id is acted on and answered once, rejected ones too: the ids seen are
-kept (the newest `remember`) whatever the outcome, so a QoS 1 redelivery or a township
-retry with the same id gets no second answer. They outlive a restart: the station seeds
-them from the answers (`cmd.result` events) stored in its outbox.
+kept (the newest REMEMBER_COMMANDS) whatever the outcome, so a QoS 1 redelivery or a
+township retry with the same id gets no second answer. They outlive a restart: the worker
+seeds them from the answers (`cmd.result` events) stored in the outbox. An answer is an
+event like any other, stored and sent in order.
 """
 
 from __future__ import annotations
@@ -23,27 +24,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from edge.config import BACKGROUND_NICE
 from edge.contract import commands
-from edge.contract.events import ErrorInfo, text
+from edge.contract.commands import rejected, tag
+from edge.contract.events import CmdResult, CmdResultPayload, ErrorInfo, text
 from edge.logs import log
+from edge.store.outbox import Outbox
+from edge.store.recorder import Recorder
 
 logger = logging.getLogger("edge.commands")
 
 Handler = Callable[[Any], dict[str, Any]]
-# (cmd_id, cmd, ok, error, detail): how an answer leaves (the station stores it as an event).
-Answer = Callable[[str | None, str | None, bool, ErrorInfo | None, dict[str, Any] | None], None]
-
+REMEMBER_COMMANDS = 4096
 _STOP = object()
-
-
-def tag(cmd: commands.Command) -> str:
-    return str(type(cmd).__struct_config__.tag)
-
-
-def rejected(cmd: commands.Command, code: str, zh: str, en: str) -> commands.CommandRejected:
-    return commands.CommandRejected(ErrorInfo(code=code, message=text(zh, en)),  # type: ignore[arg-type]
-                                    cmd.id, tag(cmd))
+_result_head = msgspec.json.Decoder(dict[str, Any])
+_STOPPING = ErrorInfo(code="stopping", message=text("站点正在停止，命令未执行，请重发",
+                                                    "the station is stopping: not run; resend"))
 
 
 class Handlers:
@@ -62,22 +60,25 @@ class Handlers:
     def __call__(self, cmd: commands.Command) -> dict[str, Any]:
         handler = self._table.get(type(cmd))
         if handler is None:
-            raise rejected(cmd, "invalid_command", f"本站不支持命令 {tag(cmd)}",
-                           f"this station does not serve {tag(cmd)}")
+            raise rejected(cmd, "invalid_command", text(
+                f"本站不支持命令 {tag(cmd)}", f"this station does not serve {tag(cmd)}"))
         return handler(cmd)
 
 
 class CommandWorker:
-    def __init__(self, handlers: Handlers, answer: Answer, *, max_bytes: int,
-                 queue_size: int, remember: int) -> None:
+    def __init__(self, handlers: Handlers, recorder: Recorder, outbox: Outbox, *,
+                 max_bytes: int, queue_size: int, remember: int = REMEMBER_COMMANDS,
+                 close_s: float = 0.3) -> None:
         self.handlers = handlers
-        self._answer = answer
+        self._recorder = recorder
         self._max_bytes = max_bytes
+        self._close_s = close_s
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
         self._seen = commands.SeenCommands(remember)
         self._seen_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cmd-worker", daemon=True)
+        self.remember(_answered(outbox.recent("cmd.result", remember)))
 
     @property
     def alive(self) -> bool:
@@ -86,9 +87,9 @@ class CommandWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 0.3) -> None:
-        """Let the command in hand finish (up to `timeout`); answer the queued ones
-        `stopping` so the township knows they did not run."""
+    def close(self) -> None:
+        """Let the command in hand finish (up to `close_s`); answer the queued ones, and
+        any that still arrive, `stopping`, so the township knows they did not run."""
         self._stopping.set()
         while True:
             try:
@@ -96,14 +97,11 @@ class CommandWorker:
             except queue.Empty:
                 break
             if isinstance(item, commands.CommandBase):
-                self._answer(item.id, tag(item), False, ErrorInfo(  # type: ignore[arg-type]
-                    code="stopping", message=text("站点正在停止，命令未执行，请重发",
-                                                  "the station is stopping: not run; resend")),
-                    None)
+                self._answer(item.id, tag(item), False, _STOPPING, None)  # type: ignore[arg-type]
         with contextlib.suppress(queue.Full):  # full again already: the flag stops it
             self._queue.put_nowait(_STOP)
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(self._close_s)
 
     def remember(self, cmd_ids: list[str]) -> None:
         """Ids answered before (oldest first), e.g. by the previous run of the station."""
@@ -130,13 +128,16 @@ class CommandWorker:
         if not self._first_time(cmd.id):
             log(logger, "info", "command.duplicate", cmd_id=cmd.id, topic=topic)
             return
+        if self._stopping.is_set():
+            self._answer(cmd.id, tag(cmd), False, _STOPPING, None)
+            return
         try:
             self._queue.put_nowait(cmd)
         except queue.Full:
-            self._reject(topic, rejected(
-                cmd, "busy", "站点命令过多，本命令未执行，请稍后用新的 id 重发",
+            self._reject(topic, rejected(cmd, "busy", text(
+                "站点命令过多，本命令未执行，请稍后用新的 id 重发",
                 f"the station is busy ({self._queue.maxsize} commands waiting): not run; "
-                f"resend later with a new id"))
+                f"resend later with a new id")))
 
     def _reject(self, topic: str, exc: commands.CommandRejected) -> None:
         log(logger, "warning", "command.rejected", topic=topic, cmd_id=exc.cmd_id,
@@ -172,3 +173,19 @@ class CommandWorker:
         log(logger, "info", "command.done", cmd=tag(cmd), cmd_id=cmd.id, by=cmd.by,
             detail=detail)
         self._answer(cmd.id, tag(cmd), True, None, detail)
+
+    def _answer(self, cmd_id: str | None, cmd: str | None, ok: bool, error: ErrorInfo | None,
+                detail: dict[str, Any] | None) -> None:
+        self._recorder.record(CmdResult(
+            payload=CmdResultPayload(cmd_id=cmd_id, cmd=cmd, ok=ok, error=error,
+                                     detail=detail or {}), **self._recorder.identity()))
+
+
+def _answered(bodies: list[bytes]) -> list[str]:
+    """The command ids of stored `cmd.result` bodies (newest first), oldest first."""
+    ids = []
+    for body in reversed(bodies):
+        cmd_id = _result_head.decode(body).get("payload", {}).get("cmd_id")
+        if isinstance(cmd_id, str):
+            ids.append(cmd_id)
+    return ids

@@ -82,9 +82,10 @@ class Telemetry:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(1.0)
 
     def report(self) -> HealthReport:
         cfg = self._config

@@ -40,10 +40,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge import __version__
 from edge.clock import clock_synced, now_iso
 from edge.config import Config
+from edge.contract import commands
 from edge.contract.events import StationState, encode
 from edge.contract.topics import Topics
 from edge.health import Health
 from edge.link import tlscheck
+from edge.link.dispatch import Handlers
 from edge.logs import log
 from edge.store.outbox import Outbox, Stored
 
@@ -84,8 +86,10 @@ class Uplink:
         *,
         on_command: Callable[[str, bytes], None],
         on_delivered: Callable[[Stored], None],
+        close_s: float = 0.5,
     ) -> None:
         self._config = config
+        self._close_s = close_s
         self._outbox = outbox
         self._health = health
         self._on_command = on_command
@@ -216,9 +220,19 @@ class Uplink:
         with self._io:
             return self._client.publish(topic, body, qos=1, retain=retain)
 
-    def stop(self, timeout: float = 0.8) -> None:
-        """Say offline (retained) and disconnect cleanly; un-acked rows stay in the outbox."""
-        deadline = time.monotonic() + timeout
+    def register(self, handlers: Handlers) -> None:
+        handlers.register(commands.StateGet, self._state_get)
+
+    def _state_get(self, _cmd: commands.StateGet) -> dict[str, Any]:
+        self.request_state()
+        return {}
+
+    def close(self) -> None:
+        """Say offline (retained) and disconnect cleanly, within `close_s`; un-acked rows
+        stay in the outbox. Safe twice, and before start()."""
+        if self._stopping.is_set():
+            return
+        deadline = time.monotonic() + self._close_s
         self._stopping.set()
         with self._wake:
             self._wake.notify_all()

@@ -1,5 +1,6 @@
 """The 4G modem: AT port (`at`), the modem part (`device`), SMS PDUs (`pdu`), network
-readings (`signal`) and the SMS fallback for alarms (`fallback`). `build` wires them."""
+readings (`signal`) and the SMS fallback for alarms (`fallback`). `attach` wires them for a
+station."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ class ModemParts:
         return {**msgspec.to_builtins(self.modem.report()), "held_back": self.held_back()}
 
 
-def build(config: Config, pin_factory: Any, outbox: Outbox, uplink: Uplink, health: Health,
-          submit: Callable[[Event], Any]) -> ModemParts | None:
+def attach(config: Config, pin_factory: Any, outbox: Outbox, uplink: Uplink, health: Health,
+           submit: Callable[[Event], Any]) -> ModemParts | None:
     """The modem parts when `modem.enabled`, else None. Nothing here touches the port:
     the modem thread opens it, so an absent modem never delays the start."""
     if not config.modem.enabled:

@@ -131,14 +131,15 @@ class Modem:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 0.5) -> None:
+    def close(self) -> None:
         self._stop.set()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         chan = self._chan
         if chan is not None:
             chan.close()  # a command in flight ends at once (PortGone), not at its timeout
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(0.5)
 
     @property
     def alive(self) -> bool:

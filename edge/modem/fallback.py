@@ -157,7 +157,7 @@ class SmsLog:
                 "SELECT COUNT(*) FROM sms WHERE status = 'held_back' AND created > ?",
                 (time.time() - window_s,)).fetchone()[0])
 
-    def start(self, alarm_id: str, number: str, code: str, parts: int, status: str) -> None:
+    def begin(self, alarm_id: str, number: str, code: str, parts: int, status: str) -> None:
         """Record the decision before acting on it (fsync: a restart must see it)."""
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -228,10 +228,11 @@ class SmsFallback:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(1.0)
         self.log.close()
 
     def held_back(self) -> int:
@@ -300,10 +301,10 @@ class SmsFallback:
             if self.log.row(alarm.id, number) is not None:
                 continue
             if self._budget_left() < parts:
-                self.log.start(alarm.id, number, code, parts, "held_back")
+                self.log.begin(alarm.id, number, code, parts, "held_back")
                 held += 1
                 continue
-            self.log.start(alarm.id, number, code, parts, "submitting")
+            self.log.begin(alarm.id, number, code, parts, "submitting")
             self._dispatch(alarm.id, number, text)
         log(logger, "warning", "sms.alarm_fallback", id=alarm.id, code=code, parts=parts,
             numbers=len(self._config.modem.duty_numbers), held_back=held,
@@ -352,7 +353,7 @@ class SmsFallback:
             alarm = self._find_alarm(row["alarm_id"])
             if alarm is None or self._budget_left() < row["parts"]:
                 continue
-            self.log.start(row["alarm_id"], row["number"], row["code"], row["parts"],
+            self.log.begin(row["alarm_id"], row["number"], row["code"], row["parts"],
                            "submitting")
             self._dispatch(row["alarm_id"], row["number"], alarm_text(self._config, alarm))
 

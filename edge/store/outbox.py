@@ -126,8 +126,12 @@ class Outbox:
         on_commit: Callable[[list[Stored]], None] | None = None,
         on_evict: Callable[[Eviction], None] | None = None,
         health: Health | None = None,
+        close_s: float = 5.0,
     ) -> None:
         self.path = path
+        self._health = health
+        self._close_s = close_s
+        self._closed = False
         self._max_bytes = max_bytes
         self._keep_delivered = keep_delivered
         self._batch_max = batch_max
@@ -152,8 +156,8 @@ class Outbox:
         self._read_lock = threading.Lock()
         if health is not None:
             self.report(health)
+        # Queued events wait for start(): none is accepted before the writer runs.
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
-        self._thread.start()
 
     def _open(self) -> None:
         path = self.path
@@ -410,19 +414,41 @@ class Outbox:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Commit what was queued, write the clean-stop mark and stop, all on the writer
+        thread: a slow card holds that thread past `close_s`, never the caller. What was
+        queued but not yet committed was never accepted. Safe twice, and before start()."""
+        if self._closed:
+            return
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put(_STOP)
-            self._thread.join(timeout)
-        with self._read_lock:
-            self._read.close()
-        if self.unwritable is None and not self._thread.is_alive():
-            # A clean stop: the exact next seq, so a database found behind it is a loss.
+            self._thread.join(self._close_s)
+            if self._thread.is_alive():
+                log(logger, "warning", "outbox.close_slow", close_s=self._close_s,
+                    action="the SD card is slow: events queued are committed as the writer "
+                           "gets to them; check or replace the card")
+        elif self._thread.ident is None:  # never started: nothing was committed
+            self._clean_stop()
+            self._write.close()
+        if self._read_lock.acquire(timeout=0.2):  # a reader stuck on the card is left
             try:
-                self._mark.write(Mark(self._ceiling, clean_next=self._next_seq))
-            except OSError as exc:
-                log(logger, "warning", "outbox.seq_mark_failed", error=str(exc),
-                    action="check the SD card; seq stays safe from the last reservation")
+                self._read.close()
+            finally:
+                self._read_lock.release()
+
+    def _clean_stop(self) -> None:
+        """The exact next seq, so that a database found behind it is a loss."""
+        if self.unwritable is not None:
+            return
+        try:
+            self._mark.write(Mark(self._ceiling, clean_next=self._next_seq))
+        except OSError as exc:
+            log(logger, "warning", "outbox.seq_mark_failed", error=str(exc),
+                action="check the SD card; seq stays safe from the last reservation")
 
     def _reserve(self, ceiling: int) -> None:
         """Durably reserve seqs below `ceiling` before any of them is used."""
@@ -500,6 +526,7 @@ class Outbox:
                 stop = any(item is _STOP for item in batch)
                 self._commit(batch)
                 if stop:
+                    self._clean_stop()
                     return
         finally:
             self._write.close()
@@ -668,6 +695,13 @@ class Outbox:
                    "restore the link or raise outbox.max_bytes")
         if self._on_evict:
             self._on_evict(info)
+        if self._health is not None:
+            self._health.set(
+                "outbox_evicted",
+                f"离线过久，已丢弃 {info.count} 条低优先级事件"
+                f"（序号 {info.first_seq}–{info.last_seq}），报警均保留",
+                f"offline too long: dropped {info.count} lower-priority events "
+                f"(seq {info.first_seq}-{info.last_seq}); all alarms kept")
 
 
 _DAMAGE_ACTION = ("the outbox was damaged: the damaged file is kept in <data_dir>/quarantine/ "

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from edge.contract.events import decode_event
+from edge.store import durable, private
 
 logger = logging.getLogger("edge.outbox")
 
@@ -88,15 +89,6 @@ def check(path: Path) -> str | None:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def quarantine(path: Path) -> Path:
     """Rename `path` (and its -wal, -shm) into the quarantine folder; return the new path."""
     folder = path.parent / QUARANTINE
@@ -111,16 +103,14 @@ def quarantine(path: Path) -> Path:
         src = Path(str(path) + suffix)
         if src.exists():
             os.replace(src, Path(str(dest) + suffix))
-    _fsync_dir(folder)
-    _fsync_dir(path.parent)
+    durable.sync_dir(folder)
+    durable.sync_dir(path.parent)
     return dest
 
 
 def write_report(quarantined_or_base: Path, damage: Damage) -> None:
-    report = Path(str(quarantined_or_base) + ".json")
-    report.write_bytes(msgspec.json.format(msgspec.json.encode(damage)) + b"\n")
-    with open(report, "rb") as f:
-        os.fsync(f.fileno())
+    durable.write(Path(str(quarantined_or_base) + ".json"),
+                  msgspec.json.format(msgspec.json.encode(damage)) + b"\n", mode=private.MODE)
 
 
 def reports(data_dir: Path) -> list[Damage]:

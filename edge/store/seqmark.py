@@ -5,7 +5,7 @@ counter back; this small file cannot be taken back with it, so `seq` never repea
 loss shows up at the township as a gap.
 
 It holds a *ceiling*: no seq at or above it has been used. The outbox reserves seqs in
-blocks ahead of use, so the file is rewritten (fsync + atomic rename) once per block of
+blocks ahead of use, so the file is rewritten (edge.store.durable) once per block of
 events, never once per event: an SD card's write budget is the reason. `clean_next` is
 written on a clean stop only: the exact next seq, so that a database found behind it on
 the next start is known to have lost rows.
@@ -13,11 +13,11 @@ the next start is known to have lost rows.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import msgspec
+
+from edge.store import durable, private
 
 
 class Mark(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,19 +39,5 @@ class SeqMark:
             return None  # the caller reports this; the database's counter must do
 
     def write(self, mark: Mark) -> None:
-        """Durably replace the mark: write a temporary file, fsync it, rename it over
-        the old one and fsync the directory. Raises OSError."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, msgspec.json.encode(mark) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            with contextlib.suppress(OSError):  # some file systems cannot sync a directory
-                os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        """Durably replace the mark (the station's alone: 0600). Raises OSError."""
+        durable.write(self.path, msgspec.json.encode(mark) + b"\n", mode=private.MODE)

@@ -14,6 +14,8 @@ import re
 import tarfile
 from pathlib import Path
 
+from edge.store import durable
+
 UNIT_DIR = "/etc/pingan-edge/tls"  # where the bundle's files go on the unit
 STATION_GROUP = "pingan"  # the station service's group (systemd/pingan-edge.service)
 _NEEDED = frozenset({"ca.crt", "station.crt", "station.key", "station.toml"})
@@ -21,21 +23,6 @@ _NEEDED = frozenset({"ca.crt", "station.crt", "station.key", "station.toml"})
 
 class BundleError(ValueError):
     """The file is not a station bundle."""
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomic replace: a unit that loses power mid-install keeps the old files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # A temporary file left by a crash keeps its old mode under O_TRUNC: start afresh.
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)  # the exact mode, whatever the umask, before the data
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _readable_by(path: Path, group: str) -> None:
@@ -69,8 +56,8 @@ def install_bundle(bundle: Path, dest: Path) -> Path:
     toml = re.sub(r'"[^"\n]*/(ca\.crt|station\.crt|station\.key)"',
                   lambda m: f'"{dest / m.group(1)}"', toml)
     for name in ("ca.crt", "station.crt"):
-        _write(dest / name, data[name])
-    _write(dest / "station.key", data["station.key"], 0o600)
+        durable.write(dest / name, data[name])
+    durable.write(dest / "station.key", data["station.key"], mode=0o600)
     _readable_by(dest / "station.key", STATION_GROUP)
-    _write(dest / "station.toml", toml.encode())
+    durable.write(dest / "station.toml", toml.encode())
     return dest / "station.toml"

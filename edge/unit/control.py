@@ -46,7 +46,7 @@ class ControlServer:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._server: socketserver.UnixStreamServer | None = None
+        self._server: _Server | None = None
         outer = self
 
         class _Stream(socketserver.StreamRequestHandler):
@@ -59,7 +59,7 @@ class ControlServer:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)  # left by a crash; a live daemon holds the lock
-            self._server = socketserver.UnixStreamServer(str(path), _Stream)
+            self._server = _Server(str(path), _Stream)
             os.chmod(path, 0o660)
         except OSError as exc:
             # A read-only data directory must not take the alarm path down with it.
@@ -91,18 +91,28 @@ class ControlServer:
 
     def _serve(self) -> None:
         if self._server is not None:
-            self._server.serve_forever(poll_interval=0.2)
+            self._server.serve_forever(poll_interval=0.05)
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        if self._server is None:
+        """Stop answering; a request in hand (a burst of simulated presses) is not waited
+        for: it runs on its own thread and its part ends it. Safe twice."""
+        server, self._server = self._server, None
+        if server is None:
             return
         if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+            server.shutdown()
+        server.server_close()
         self.path.unlink(missing_ok=True)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    # Each connection on a thread of its own, so that a long request never holds the
+    # socket (or a stop) up; at exit none is waited for.
+    daemon_threads = True
+    block_on_close = False
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import config as config_mod
+from edge.store import durable
 
 INCOMING = "boot/firmware/pingan-edge"
 DATA = "data"
@@ -97,30 +98,6 @@ def _ids(root: Path, name: str, table: str) -> int:
             return int(fields[2])
     raise FirstBootError(f"no {table} entry {name!r} in {root / 'etc' / table}: not an image "
                          "made by firmware/build-image")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int, uid: int = 0, gid: int = 0) -> None:
-    """Write, fsync, then rename over: a power cut leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_bundle(path: Path) -> dict[str, bytes]:
@@ -198,25 +175,27 @@ def install_identity(lay: Layout) -> str | None:
     station = str(tomllib.loads(toml)["station"]["id"])
     uid, gid = _ids(lay.root, SERVICE_USER, "passwd"), _ids(lay.root, SERVICE_USER, "group")
     for name in ("ca.crt", "station.crt"):
-        write_atomic(lay.tls / name, files[name], 0o644)
-    write_atomic(lay.tls / "station.key", files["station.key"], 0o600, uid, gid)
+        durable.write(lay.tls / name, files[name], mode=0o644)
+    durable.write(lay.tls / "station.key", files["station.key"], mode=0o600, owner=(uid, gid))
     network_path = lay.incoming / "network.toml"
     if network_path.exists():
         network = tomllib.loads(network_path.read_text())
         if "wifi" in network:
-            write_atomic(lay.wpa, wpa_conf(network["wifi"]), 0o600)
+            durable.write(lay.wpa, wpa_conf(network["wifi"]), mode=0o600)
         if "cellular" in network:
             # Read by the modem part (edge/modem) when one is fitted.
             cellular = "".join(f'{k} = {json.dumps(v)}\n' for k, v in network["cellular"].items())
-            write_atomic(lay.conf / "cellular.toml", f"[cellular]\n{cellular}".encode(), 0o640,
-                         0, gid)
+            durable.write(lay.conf / "cellular.toml", f"[cellular]\n{cellular}".encode(),
+                          mode=0o640, owner=(0, gid))
     hash_path = lay.incoming / "technician.hash"
     if hash_path.exists():
-        write_atomic(lay.shadow, shadow_with(lay.root, TECHNICIAN, hash_path.read_text().strip()),
-                     0o640, 0, _ids(lay.root, "shadow", "group"))
-    write_atomic(lay.conf / "hostname", f"pingan-{station.replace('_', '-')}\n".encode(), 0o644)
+        durable.write(lay.shadow, shadow_with(lay.root, TECHNICIAN,
+                                              hash_path.read_text().strip()),
+                      mode=0o640, owner=(0, _ids(lay.root, "shadow", "group")))
+    durable.write(lay.conf / "hostname", f"pingan-{station.replace('_', '-')}\n".encode(),
+                  mode=0o644)
     # Last: its existence is what lets the station start.
-    write_atomic(lay.conf / "station.toml", toml.encode(), 0o644)
+    durable.write(lay.conf / "station.toml", toml.encode(), mode=0o644)
     emit("firstboot.identity", station=station, wifi=lay.wpa.exists())
     return station
 
@@ -237,7 +216,7 @@ def delete_secrets(lay: Layout) -> None:
     try:
         for path in present:
             path.unlink()
-        _fsync_dir(lay.incoming)
+        durable.sync_dir(lay.incoming)
         os.sync()
     finally:
         if remount:
@@ -262,7 +241,7 @@ def grow_data(lay: Layout) -> None:
                                           grown.stdout + grown.stderr):
         raise FirstBootError(f"growpart {disk} {number} failed: {grown.stderr.strip()}")
     subprocess.run(["resize2fs", f"/dev/{dev}"], capture_output=True, check=True)
-    write_atomic(marker, b"", 0o644)
+    durable.write(marker, b"", mode=0o644)
     emit("firstboot.data_grown", device=f"/dev/{dev}")
 
 

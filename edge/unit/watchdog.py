@@ -55,7 +55,9 @@ class Watchdog:
                 log(logger, "error", "watchdog.unhealthy",
                     action="not pinging systemd: it will restart the station")
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
         _notify("STOPPING=1")
         self._stop.set()
         if self._thread.is_alive():

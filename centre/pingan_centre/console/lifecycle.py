@@ -91,21 +91,28 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, note: str = "",
 
 def _send_ack(alarm: Alarm, by: str, now: datetime) -> None:
     """alarm.ack to the station for every press in this alarm (its LED and siren follow)."""
-    st: Station = alarm.station
     for event_id in Event.objects.filter(alarm=alarm, type="alarm.panic").values_list(
             "id", flat=True):
-        cmd_id = f"ack-{uuid.uuid4().hex[:20]}"
-        payload = {"cmd": "alarm.ack", "id": cmd_id, "event_id": event_id, "by": by[:64]}
-        command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack",
-                                         payload=payload, alarm=alarm, by=by, created_at=now)
-        topic = f"pingan/v1/{st.township}/{st.name}/cmd"
-
-        def publish(command: Command = command, topic: str = topic,
-                    payload: dict[str, Any] = payload) -> None:
-            if link.send(topic, payload):
-                Command.objects.filter(pk=command.pk).update(sent=True)
-
-        transaction.on_commit(publish)
+        cmd_id = send_ack(alarm, event_id, by, now)
         if not alarm.ack_cmd:
             alarm.ack_cmd = cmd_id
             alarm.save(update_fields=["ack_cmd"])
+
+
+def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime) -> str:
+    """One `alarm.ack` for press `event_id`: recorded as a Command, published once the
+    transaction commits (marked sent when the broker link took it). Returns its id."""
+    st: Station = alarm.station
+    cmd_id = f"ack-{uuid.uuid4().hex[:20]}"
+    payload: dict[str, Any] = {"cmd": "alarm.ack", "id": cmd_id, "event_id": event_id,
+                               "by": by[:64]}
+    command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack", payload=payload,
+                                     alarm=alarm, by=by, created_at=now)
+    topic = f"pingan/v1/{st.township}/{st.name}/cmd"
+
+    def publish() -> None:
+        if link.send(topic, payload):
+            Command.objects.filter(pk=command.pk).update(sent=True)
+
+    transaction.on_commit(publish)
+    return cmd_id

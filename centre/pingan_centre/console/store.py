@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from pingan_centre.console import link, live
-from pingan_centre.console.lifecycle import record
+from pingan_centre.console import live
+from pingan_centre.console.lifecycle import record, send_ack
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, Command, Event, Quarantined, Station
 from pingan_centre.console.validate import Rejected, check
@@ -146,23 +145,9 @@ def _panic(st: Station, event: Event, now: datetime) -> None:
         record(alarm, "press", old, "station", now, f"press {alarm.presses}")
     Event.objects.filter(pk=event.pk).update(alarm=alarm)
     if alarm.acked_at is not None and alarm.state != Alarm.State.NEW:
-        _ack_press(alarm, st, event, now)
+        # The alarm was already acknowledged: tell the station this press was seen too.
+        send_ack(alarm, event.id, alarm.ack_by, now)
     live.bump()
-
-
-def _ack_press(alarm: Alarm, st: Station, event: Event, now: datetime) -> None:
-    """The alarm was already acknowledged: tell the station this press was seen too."""
-    cmd_id = f"ack-{uuid.uuid4().hex[:20]}"
-    payload = {"cmd": "alarm.ack", "id": cmd_id, "event_id": event.id, "by": alarm.ack_by[:64]}
-    command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack", payload=payload,
-                                     alarm=alarm, by=alarm.ack_by, created_at=now)
-    topic = f"pingan/v1/{st.township}/{st.name}/cmd"
-
-    def publish() -> None:
-        if link.send(topic, payload):
-            Command.objects.filter(pk=command.pk).update(sent=True)
-
-    transaction.on_commit(publish)
 
 
 def _recent_snapshot(st: Station, now: datetime) -> Event | None:
