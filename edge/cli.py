@@ -81,7 +81,7 @@ def serve(cfg: Config, build: Callable[[Config], Runnable], *,
 
 def _serve(cfg: Config, build: Callable[[Config], Runnable],
            cannot_start: tuple[type[Exception], ...]) -> int:
-    from edge.store.lock import AlreadyRunning
+    from edge.store.datadir import AlreadyRunning
     from edge.unit.pins import PinFactoryError
 
     logger = logging.getLogger("edge.cli")

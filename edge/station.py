@@ -25,7 +25,7 @@ from edge.link.dispatch import CommandWorker, Handlers
 from edge.link.telemetry import Telemetry
 from edge.link.uplink import Uplink
 from edge.logs import log
-from edge.store.lock import hold_data_dir
+from edge.store.datadir import hold_data_dir
 from edge.store.outbox import Outbox
 from edge.store.recorder import Recorder
 from edge.unit.alarm import Alarm
