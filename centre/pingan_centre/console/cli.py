@@ -61,18 +61,16 @@ def _create(name: str, role: str, password: str) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Migrate, then uvicorn: the ASGI app's lifespan starts and stops the background
-    parts (runtime.py); a part that does not start makes uvicorn exit (status 3)."""
-    import uvicorn
-
-    from pingan_centre.console.asgi import make_application
+    """Migrate, then the web server, whose lifespan starts and stops the background
+    parts (runtime.py). A part that does not start: exit status 3, the reason logged."""
+    from pingan_centre.console.asgi import server
     from pingan_centre.console.logs import log
     _migrate()
     _first_admin()
     log("info", "centre.serving", url=f"http://{args.host}:{args.port}/")
-    uvicorn.run(make_application(ingest=not args.no_ingest), host=args.host, port=args.port,
-                log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    return 0
+    web = server(args.host, args.port, ingest=not args.no_ingest)
+    web.run()
+    return 0 if web.started else 3
 
 
 def ingest(args: argparse.Namespace) -> int:

@@ -56,7 +56,10 @@ class Ingest:
         if cfg.broker_username:
             self.client.username_pw_set(cfg.broker_username, cfg.broker_password or None)
         if cfg.broker_tls_ca:
-            self.client.tls_set(ca_certs=cfg.broker_tls_ca)
+            try:
+                self.client.tls_set(ca_certs=cfg.broker_tls_ca)
+            except (OSError, ValueError) as exc:  # ssl says which errno, not which file
+                raise ValueError(f"broker tls_ca {cfg.broker_tls_ca}: {exc}") from exc
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -127,6 +127,7 @@ class Changes:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._draining = False
         self._thread: threading.Thread | None = None
         self._floor = 0
         self._recent: set[int] = set()
@@ -151,7 +152,12 @@ class Changes:
             self._thread.join(10)
             if self._thread.is_alive():
                 log("warning", "changes.close_timeout", action="a database read hangs")
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """Close every inbox (their streams end) and every one opened from now on."""
         with self._lock:
+            self._draining = True
             inboxes, self._inboxes = self._inboxes, set()
         for inbox in inboxes:
             inbox.close()
@@ -163,7 +169,7 @@ class Changes:
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> Inbox:
         inbox = Inbox(loop)
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._draining:
                 inbox.closed = True
             elif len(self._inboxes) >= self.max_streams:
                 raise Busy(f"{self.max_streams} live screens are open already")

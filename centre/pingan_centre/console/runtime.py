@@ -103,6 +103,11 @@ class CentreRuntime:
         stack.close()
         log("info", "centre.stopped")
 
+    def end_streams(self) -> None:
+        """The web server is stopping: the live screens' streams end now (idempotent)."""
+        if self.changes is not None:
+            self.changes.end_streams()
+
     def __enter__(self) -> CentreRuntime:
         return self.start()
 

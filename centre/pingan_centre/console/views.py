@@ -171,12 +171,12 @@ async def stream(request: HttpRequest) -> StreamingHttpResponse | HttpResponse:
                     if not await still_in(request):
                         return  # the browser reconnects, is refused, and reloads
                     batch = live.Batch(changes.version, None)
-                elif batch is None:
+                elif batch is None and not inbox.closed:
                     yield ": ping\n\n"
         finally:
             changes.unsubscribe(inbox)
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
