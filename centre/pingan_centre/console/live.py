@@ -199,16 +199,20 @@ class Changes:
             finally:
                 self._ready.set()
             while not self._stop.is_set():
-                self._wake.wait(self.poll_s)
+                woken = self._wake.wait(self.poll_s)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                close_old_connections()
+                if not woken:
+                    # Idle: the connection's age and health are checked here, not on the
+                    # way from a commit to the screens (SQLite's would reopen each time).
+                    close_old_connections()
                 try:
                     self._read()
                 except Exception as exc:
                     log("error", "changes.read_failed", error=repr(exc),
-                        action="check the database; the screens resync when it answers")
+                        action="check the database; the changes are read when it answers")
+                    close_old_connections()
                     self._stop.wait(1.0)
         finally:
             connection.close()

@@ -87,6 +87,7 @@
     Object.keys(data.cards).forEach(function (id) {
       var key = "alarm-" + id;
       if (busy && busy.id === key) { held[key] = data.cards[id]; return; }
+      delete held[key];  // newer than what was held for it
       fresh[key] = fragment(data.cards[id]);
     });
     var wanted = {};
