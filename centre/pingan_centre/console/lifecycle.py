@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import transaction
 
-from pingan_centre.console import link, live
+from pingan_centre.console.link import Effects
 from pingan_centre.console.models import Alarm, AuditEntry, Command, Event, Station, Transition
 
 S = Alarm.State
@@ -42,9 +42,10 @@ def record(alarm: Alarm, action: str, old: str, by: str, now: datetime, note: st
                               by=by, at=now, note=note)
 
 
-def act(alarm_id: int, action: str, user: Any, now: datetime, note: str = "",
-        **fields: Any) -> Alarm:
-    """Apply `action` for `user` (a Django user) or raise NotAllowed saying why."""
+def act(alarm_id: int, action: str, user: Any, now: datetime, effects: Effects,
+        note: str = "", **fields: Any) -> Alarm:
+    """Apply `action` for `user` (a Django user) or raise NotAllowed saying why. The
+    station's command and the screens' word go through `effects`, after the commit."""
     if action not in STEPS:
         raise NotAllowed(f"unknown action {action!r}")
     perm, sources, target = STEPS[action]
@@ -84,12 +85,12 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, note: str = "",
         audit(user.username, f"alarm.{action}", f"alarm:{alarm.pk}", now, note=note,
               **{k: str(v) for k, v in fields.items()})
         if action == "ack":
-            _send_ack(alarm, user.username, now)
-    live.bump()
+            _send_ack(alarm, user.username, now, effects)
+        transaction.on_commit(effects.changed)
     return alarm
 
 
-def _send_ack(alarm: Alarm, by: str, now: datetime) -> None:
+def _send_ack(alarm: Alarm, by: str, now: datetime, effects: Effects) -> None:
     """alarm.ack to the station for every press in this alarm (its LED and siren follow)."""
     st: Station = alarm.station
     for event_id in Event.objects.filter(alarm=alarm, type="alarm.panic").values_list(
@@ -102,7 +103,7 @@ def _send_ack(alarm: Alarm, by: str, now: datetime) -> None:
 
         def publish(command: Command = command, topic: str = topic,
                     payload: dict[str, Any] = payload) -> None:
-            if link.send(topic, payload):
+            if effects.send(topic, payload):
                 Command.objects.filter(pk=command.pk).update(sent=True)
 
         transaction.on_commit(publish)
