@@ -41,6 +41,7 @@ from edge import __version__, tlscheck
 from edge.clock import clock_synced, now_iso
 from edge.config import Config
 from edge.events import StationState, encode
+from edge.handover import Handover
 from edge.health import Health
 from edge.logs import log
 from edge.outbox import Outbox, Stored
@@ -104,11 +105,8 @@ class Uplink:
         # a drain refills in pages rather than one query per PUBACK).
         self._fresh = True
         self._backlog = False
-        # _caught_up: every committed row told to notify() has been handed to paho, so a
-        # new commit can go straight from the outbox writer (see notify); _sending: the
-        # pump or the writer is handing rows to paho (one at a time keeps them in order).
-        self._caught_up = False
-        self._sending = False
+        # Whether the outbox writer may hand its commit to paho itself (edge/handover.py).
+        self._handover = Handover()
         self._state_due = True
         self._connected = False
         self._stopping = threading.Event()
@@ -159,38 +157,33 @@ class Uplink:
                     "action": "none: the events are sent by the pump; report this log line"}})
         with self._wake:
             self._fresh = True
-            self._caught_up = False
+            self._handover.fell_behind()
             self._wake.notify()
 
     def _send_direct(self, rows: list[Stored]) -> bool:
+        """True if the writer handed all of `rows` to paho; False leaves them to the pump
+        (those not handed over are still past its cursor)."""
         with self._wake:
-            if not (self._connected and self._caught_up and not self._sending
-                    and not self._retry and len(rows) <= self._window - len(self._inflight)):
+            if not (self._connected and not self._retry
+                    and len(rows) <= self._window - len(self._inflight)
+                    and self._handover.writer_may_send()):
                 return False
             rows = [r for r in rows if r.seq > self._cursor.get(r.priority, 0)]
-            self._sending = True
+        sent = False
         try:
             # Never wait for the socket here: the network thread may be in a handshake.
             # (Held across the rows; _publish takes the re-entrant lock again.)
-            if not self._io.acquire(blocking=False):
-                with self._wake:
-                    self._caught_up = False
-                return False
-            try:
-                sent = self._hand_over(rows)
-            finally:
-                self._io.release()
+            if self._io.acquire(blocking=False):
+                try:
+                    sent = self._hand_over(rows)
+                finally:
+                    self._io.release()
+            return sent
         finally:
             with self._wake:
-                self._sending = False
+                self._handover.writer_done(sent)
                 if self._fresh or self._ready():
                     self._wake.notify()
-        if not sent:
-            with self._wake:
-                self._caught_up = False
-                self._fresh = True
-                self._wake.notify()
-        return True
 
     def request_state(self) -> None:
         with self._wake:
@@ -393,7 +386,7 @@ class Uplink:
                        _p: Properties | None) -> None:
         with self._wake:
             self._connected = False
-            self._caught_up = False
+            self._handover.fell_behind()
         if not self._closing.is_set():
             log(logger, "warning", "uplink.disconnected", reason=str(reason),
                 action="reconnecting with back-off; events are kept in the outbox")
@@ -509,7 +502,8 @@ class Uplink:
         next_state = time.monotonic() + interval
         while not self._stopping.is_set():
             with self._wake:
-                while not self._stopping.is_set() and (self._sending or not self._ready()):
+                while not self._stopping.is_set() and (
+                        not self._ready() or not self._handover.pump_may_send()):
                     timeout = next_state - time.monotonic()
                     if timeout <= 0:
                         self._state_due = True
@@ -526,9 +520,9 @@ class Uplink:
                     return
                 state_due, self._state_due = self._state_due, False
                 self._fresh = False
-                self._sending = True
                 room = self._window - len(self._inflight)
                 retry, self._retry = self._retry[:room], self._retry[room:]
+            drained = False
             try:
                 if state_due:
                     next_state = time.monotonic() + interval
@@ -539,7 +533,9 @@ class Uplink:
                 asked = max(0, room - len(retry))
                 fetched = self._outbox.pending(self._cursor, asked)
                 rows = retry + fetched
-                sent = self._hand_over(rows)
+                # All that was committed before the query is handed over: unless a commit
+                # came meanwhile (fell_behind), the writer may send the next one itself.
+                drained = self._hand_over(rows) and len(fetched) < asked
             except Exception:  # the pump must outlive whatever paho or the store raised
                 logger.exception("uplink.pump_failed", extra={"fields": {
                     "action": "retrying in a second; events stay in the outbox; report this "
@@ -549,18 +545,13 @@ class Uplink:
                     # township de-duplicates by id); the rest is found by the next query.
                     self._retry[:0] = retry
                     self._fresh = True
-                    self._caught_up = False
+                    self._handover.pump_done(False)
                 self._stopping.wait(1.0)
                 continue
-            finally:
-                with self._wake:
-                    self._sending = False
             with self._wake:
                 self._backlog = len(rows) >= room or bool(self._retry)
-                # All that was committed before the query is handed over, and nothing was
-                # committed since (notify would have set _fresh): the writer may send next.
-                self._caught_up = (sent and len(fetched) < asked and not self._retry
-                                   and not self._fresh and self._connected)
+                self._handover.pump_done(drained and not self._retry and not self._fresh
+                                         and self._connected)
 
     def _hand_over(self, rows: list[Stored]) -> bool:
         """Publish `rows` in order; False if paho refused one. The rows not handed over
