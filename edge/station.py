@@ -53,7 +53,7 @@ from edge.logs import log
 from edge.outbox import Eviction, Outbox, OutboxFull, Stored
 from edge.pins import is_simulated, make_factory
 from edge.telemetry import Telemetry
-from edge.uplink import Uplink
+from edge.uplink import PublishHook, Uplink
 from edge.watchdog import Watchdog
 
 FEEDBACK_WAIT_S = 0.05
@@ -82,11 +82,14 @@ AUDIO_COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipP
 
 class Station:
     def __init__(self, config: Config, *,
-                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker) -> None:
+                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker,
+                 before_publish: PublishHook | None = None) -> None:
         """`make_loudspeaker` builds the loudspeaker stage (Loudspeaker's signature): a
         test or a bench may hand in a subclass that watches or holds back what it is
-        asked for; a station in service uses Loudspeaker itself."""
+        asked for; a station in service uses Loudspeaker itself. `before_publish` goes to
+        the uplink (see Uplink)."""
         self._make_loudspeaker = make_loudspeaker
+        self._before_publish = before_publish
         # Every part that holds a process, a thread, a file or a pin is closed by this
         # stack: in stop(), or here at once if a later part fails to build.
         self._parts = contextlib.ExitStack()
@@ -126,7 +129,8 @@ class Station:
             queue_size=config.uplink.command_queue, remember=REMEMBER_COMMANDS)
         self.commands.remember(_answered(self.outbox.recent("cmd.result", REMEMBER_COMMANDS)))
         self.uplink = Uplink(config, self.outbox, self.health,
-                             on_command=self.commands.receive, on_delivered=self._delivered)
+                             on_command=self.commands.receive, on_delivered=self._delivered,
+                             before_publish=self._before_publish)
         self.led = parts.enter_context(LED(config.pins.alarm_led, pin_factory=self.pin_factory))
         self.indicator = AlarmIndicator(self.led, config.indicator.ack_display_s)
         self.buttons = StationButtons(self.pin_factory, config.pins, config.buttons,

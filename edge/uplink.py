@@ -75,6 +75,11 @@ class Backoff:
         self._n = 0
 
 
+# Called on the publishing thread with the topic just before each publish to paho; what it
+# raises is what a failing socket raises (tests and benches: who publishes, faults).
+PublishHook = Callable[[str], None]
+
+
 class Uplink:
     def __init__(
         self,
@@ -84,12 +89,14 @@ class Uplink:
         *,
         on_command: Callable[[str, bytes], None],
         on_delivered: Callable[[Stored], None],
+        before_publish: PublishHook | None = None,
     ) -> None:
         self._config = config
         self._outbox = outbox
         self._health = health
         self._on_command = on_command
         self._on_delivered = on_delivered
+        self._before_publish = before_publish
         self.topics = Topics(config.station.township, config.station.id)
         self._window = config.uplink.inflight
         self._backoff = Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s)
@@ -206,6 +213,8 @@ class Uplink:
     def _publish(self, topic: str, body: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         # Not from the network thread's callbacks: those already hold self._io.
         with self._io:
+            if self._before_publish is not None:
+                self._before_publish(topic)
             return self._client.publish(topic, body, qos=1, retain=retain)
 
     def stop(self, timeout: float = 0.8) -> None:
