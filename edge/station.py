@@ -23,7 +23,7 @@ from edge.health import Health
 from edge.lifecycle import Parts
 from edge.link.dispatch import CommandWorker, Handlers
 from edge.link.telemetry import Telemetry
-from edge.link.uplink import Uplink
+from edge.link.uplink import PublishHook, Uplink
 from edge.logs import log
 from edge.store.datadir import hold_data_dir
 from edge.store.outbox import Outbox
@@ -43,19 +43,22 @@ STOP_BUDGET_S = 3.0
 
 class Station:
     def __init__(self, config: Config, *,
-                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker) -> None:
+                 make_loudspeaker: Callable[..., Loudspeaker] = Loudspeaker,
+                 before_publish: PublishHook | None = None) -> None:
         """`make_loudspeaker` builds the loudspeaker stage (Loudspeaker's signature): a
         test or a bench may hand in a subclass that watches or holds back what it is
-        asked for; a station in service uses Loudspeaker itself."""
+        asked for; a station in service uses Loudspeaker itself. `before_publish` goes to
+        the uplink (see Uplink)."""
         self._parts = Parts(STOP_BUDGET_S)
         self._stopped = False
         try:  # a part that fails to build closes those built before it
-            self._build(config, make_loudspeaker)
+            self._build(config, make_loudspeaker, before_publish)
         except BaseException:
             self._parts.close()
             raise
 
-    def _build(self, config: Config, make_loudspeaker: Callable[..., Loudspeaker]) -> None:
+    def _build(self, config: Config, make_loudspeaker: Callable[..., Loudspeaker],
+               before_publish: PublishHook | None) -> None:
         parts = self._parts
         self.config = config
         self.health = Health()
@@ -81,7 +84,8 @@ class Station:
                                       max_bytes=config.uplink.max_command_bytes,
                                       queue_size=config.uplink.command_queue)
         self.uplink = Uplink(config, self.outbox, self.health, on_command=self.commands.receive,
-                             on_delivered=lambda stored: self.alarm.delivered(stored))
+                             on_delivered=lambda stored: self.alarm.delivered(stored),
+                             before_publish=before_publish)
         self.uplink.register(self.handlers)
         self.alarm = parts.add(Alarm(config, self.pin_factory, recorder=self.recorder,
                                      outbox=self.outbox, link=self.uplink,

@@ -42,6 +42,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
 
 
+def wait_while_progressing(progress: Callable[[], int], done: Callable[[], bool],
+                           stall_s: float, what: str) -> None:
+    """Wait for `done`, as long as `progress` (a count that only grows) keeps moving: a
+    loaded machine may be slow, but a station that stops answering fails after `stall_s`
+    without a step. For work whose total time depends on the machine, not on the code."""
+    last, deadline = -1, 0.0
+    while not done():
+        now = progress()
+        if now != last:
+            last, deadline = now, time.monotonic() + stall_s
+        elif time.monotonic() > deadline:
+            raise AssertionError(f"no progress for {stall_s} s (at {last}) waiting for {what}")
+        time.sleep(0.05)
+
+
 def schema(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(
         json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8")))

@@ -19,27 +19,33 @@ from edge.contract.events import Priority
 from edge.unit.indicator import Mode
 
 
-def publishers(station: Any) -> list[str]:
-    """Record the name of each thread that hands an event to paho."""
-    names: list[str] = []
-    client = station.uplink._client
-    publish = client.publish
+class Publishes:
+    """The uplink's `before_publish` hook (handed to the Station): the name of each thread
+    that hands an event to paho, and, when armed, socket trouble for the next `fail`."""
 
-    def recorded(topic: str, *a: Any, **kw: Any) -> Any:
-        if topic.endswith("/events"):
-            names.append(threading.current_thread().name)
-        return publish(topic, *a, **kw)
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.failed: list[str] = []
+        self.fail = 0
 
-    client.publish = recorded
-    return names
+    def __call__(self, topic: str) -> None:
+        if not topic.endswith("/events"):
+            return
+        if self.fail > 0:
+            self.fail -= 1
+            self.failed.append(threading.current_thread().name)
+            raise RuntimeError("socket trouble")
+        self.names.append(threading.current_thread().name)
 
 
 def test_a_lone_alarm_goes_from_the_writer_to_paho(broker, start_station, township_factory):  # type: ignore[no-untyped-def]
     township = township_factory(broker.port)
-    station = start_station(broker.port)
+    hook = Publishes()
+    station = start_station(broker.port, {"before_publish": hook})
     wait_until(lambda: station.uplink.connected)
     wait_until(lambda: township.on("/v001/state"), what="station online")
-    names = publishers(station)
+    hook.names.clear()
+    names = hook.names
     for n in range(5):
         station.alarm.raise_alarm("button", 0.0).result(5)
         wait_until(lambda n=n: len(township.events()) == n + 1, what=f"alarm {n + 1}")
@@ -51,9 +57,10 @@ def test_a_lone_alarm_goes_from_the_writer_to_paho(broker, start_station, townsh
 def test_short_way_and_pump_together_lose_and_reorder_nothing(own_broker, start_station,
                                                                township_factory):  # type: ignore[no-untyped-def]
     township = township_factory(own_broker.port, session="floor-centre")
-    station = start_station(own_broker.port, uplink={"inflight": 8})
+    hook = Publishes()
+    station = start_station(own_broker.port, {"before_publish": hook}, uplink={"inflight": 8})
     wait_until(lambda: station.uplink.connected)
-    names = publishers(station)
+    names = hook.names
     futures: list[Any] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + 6.0
@@ -116,49 +123,31 @@ def test_staff_feedback_follows_the_store_and_never_waits_for_a_stuck_one(
 def test_a_failing_short_way_leaves_the_alarm_to_the_pump(broker, start_station,
                                                           township_factory):  # type: ignore[no-untyped-def]
     township = township_factory(broker.port)
-    station = start_station(broker.port)
+    hook = Publishes()
+    station = start_station(broker.port, {"before_publish": hook})
     wait_until(lambda: station.uplink.connected)
     wait_until(lambda: township.on("/v001/state"), what="station online")
     warm = station.alarm.raise_alarm("button", 0.0).result(5)  # the uplink caught up after it
     wait_until(lambda: [e["id"] for e in township.events()] == [warm.id], what="warm-up")
     time.sleep(0.2)
-    client = station.uplink._client
-    publish = client.publish
-    failed: list[str] = []
-
-    def once_broken(topic: str, *a: Any, **kw: Any) -> Any:
-        if topic.endswith("/events") and not failed:
-            failed.append(threading.current_thread().name)
-            raise RuntimeError("socket trouble on the short way")
-        return publish(topic, *a, **kw)
-
-    client.publish = once_broken
+    hook.fail = 1
     first = station.alarm.raise_alarm("button", 0.0).result(5)
     time.sleep(0.2)
     second = station.alarm.raise_alarm("button", 0.0).result(5)
     wait_until(lambda: {e["id"] for e in township.events()} >= {first.id, second.id}, 15,
                "both alarms, the first by the pump")
-    assert failed == ["outbox-writer"]
+    assert hook.failed == ["outbox-writer"]
     assert [e["seq"] for e in township.unique_events()] == [warm.seq, first.seq, second.seq]
 
 
 def test_the_pump_outlives_a_failing_publish(broker, start_station, township_factory):  # type: ignore[no-untyped-def]
     township = township_factory(broker.port)
-    station = start_station(broker.port)
+    hook = Publishes()
+    station = start_station(broker.port, {"before_publish": hook})
     wait_until(lambda: station.uplink.connected)
-    client = station.uplink._client
-    publish = client.publish
-    failures = [0]
-
-    def broken_twice(topic: str, *a: Any, **kw: Any) -> Any:
-        if topic.endswith("/events") and failures[0] < 2:
-            failures[0] += 1
-            raise RuntimeError("socket trouble")
-        return publish(topic, *a, **kw)
-
-    client.publish = broken_twice
+    hook.fail = 2
     stored = [f.result(5) for f in [station.recorder.record(status_event(station, i))
                                     for i in range(50)]]
     wait_until(lambda: len(township.unique_events()) == 50, 20, "all 50 despite the failures")
-    assert failures[0] == 2 and station.uplink.alive
+    assert len(hook.failed) == 2 and station.uplink.alive
     assert [e["seq"] for e in township.unique_events()] == [s.seq for s in stored]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import soundfile
-from conftest import Daemon, station_toml, wait_until
+from conftest import Daemon, station_toml, wait_until, wait_while_progressing
 
 from edge.config import DATA_MARGIN_BYTES, TTS_RENDER_MAX_BYTES
 
@@ -120,7 +120,10 @@ def test_largest_valid_commands_keep_memory_and_disk_bounded(own_broker, townshi
         def answered() -> set[str]:
             return {r["payload"]["cmd_id"] for r in township.on("/v001/cmd/result")}
 
-        wait_until(lambda: set(sent) <= answered(), 240, "an answer to every command")
+        # Twenty 2,000-character renderings take minutes on a loaded 2-core machine: what
+        # must hold is that answers keep coming until every command has one.
+        wait_while_progressing(lambda: len(answered()), lambda: set(sent) <= answered(), 120,
+                               "an answer to every command")
         results = {r["payload"]["cmd_id"]: r["payload"] for r in township.on("/v001/cmd/result")}
         assert all(results[f"sched-{n}"]["ok"] for n in range(8)), results
         assert results["big-0"]["ok"] and results["long-0"]["ok"]

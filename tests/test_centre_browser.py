@@ -154,6 +154,17 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
         on_card(driver, resolve)
         wait_until(lambda: card_state(driver) is None, 15, "resolved: card gone")
         driver.save_screenshot(str(shots / "5-calm.png"))
+        # Every change above came with its event: the page fetched no cards, it only
+        # posted the officer's actions (and kept its one event stream).
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(function (e) {"
+            " return new URL(e.name).pathname; });")
+        assert "/cards" not in fetched, fetched
+        assert [p for p in fetched if not p.startswith(("/static/", "/alarm/"))
+                and p not in ("/events", "/favicon.ico")] == [], fetched
+        assert len([p for p in fetched if p.startswith("/alarm/")]) == 4  # the four acts
+        assert driver.execute_script("return window.pinganRenders;") >= 6
+        assert driver.find_element(By.ID, "cards").text == "当前没有未处置的报警。"
 
         driver.get(f"{centre.url}/stats?by=station")
         table = driver.find_element(By.ID, "stats").text

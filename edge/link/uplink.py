@@ -46,6 +46,7 @@ from edge.contract.topics import Topics
 from edge.health import Health
 from edge.link import tlscheck
 from edge.link.dispatch import Handlers
+from edge.link.handover import Handover
 from edge.logs import log
 from edge.store.outbox import Outbox, Stored
 
@@ -77,6 +78,11 @@ class Backoff:
         self._n = 0
 
 
+# Called on the publishing thread with the topic just before each publish to paho; what it
+# raises is what a failing socket raises (tests and benches: who publishes, faults).
+PublishHook = Callable[[str], None]
+
+
 class Uplink:
     def __init__(
         self,
@@ -87,6 +93,7 @@ class Uplink:
         on_command: Callable[[str, bytes], None],
         on_delivered: Callable[[Stored], None],
         close_s: float = 0.5,
+        before_publish: PublishHook | None = None,
     ) -> None:
         self._config = config
         self._close_s = close_s
@@ -94,6 +101,7 @@ class Uplink:
         self._health = health
         self._on_command = on_command
         self._on_delivered = on_delivered
+        self._before_publish = before_publish
         self.topics = Topics(config.station.township, config.station.id)
         self._window = config.uplink.inflight
         self._backoff = Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s)
@@ -109,11 +117,8 @@ class Uplink:
         # a drain refills in pages rather than one query per PUBACK).
         self._fresh = True
         self._backlog = False
-        # _caught_up: every committed row told to notify() has been handed to paho, so a
-        # new commit can go straight from the outbox writer (see notify); _sending: the
-        # pump or the writer is handing rows to paho (one at a time keeps them in order).
-        self._caught_up = False
-        self._sending = False
+        # Whether the outbox writer may hand its commit to paho itself (edge/link/handover.py).
+        self._handover = Handover()
         self._state_due = True
         self._connected = False
         self._stopping = threading.Event()
@@ -164,38 +169,33 @@ class Uplink:
                     "action": "none: the events are sent by the pump; report this log line"}})
         with self._wake:
             self._fresh = True
-            self._caught_up = False
+            self._handover.fell_behind()
             self._wake.notify()
 
     def _send_direct(self, rows: list[Stored]) -> bool:
+        """True if the writer handed all of `rows` to paho; False leaves them to the pump
+        (those not handed over are still past its cursor)."""
         with self._wake:
-            if not (self._connected and self._caught_up and not self._sending
-                    and not self._retry and len(rows) <= self._window - len(self._inflight)):
+            if not (self._connected and not self._retry
+                    and len(rows) <= self._window - len(self._inflight)
+                    and self._handover.writer_may_send()):
                 return False
             rows = [r for r in rows if r.seq > self._cursor.get(r.priority, 0)]
-            self._sending = True
+        sent = False
         try:
             # Never wait for the socket here: the network thread may be in a handshake.
             # (Held across the rows; _publish takes the re-entrant lock again.)
-            if not self._io.acquire(blocking=False):
-                with self._wake:
-                    self._caught_up = False
-                return False
-            try:
-                sent = self._hand_over(rows)
-            finally:
-                self._io.release()
+            if self._io.acquire(blocking=False):
+                try:
+                    sent = self._hand_over(rows)
+                finally:
+                    self._io.release()
+            return sent
         finally:
             with self._wake:
-                self._sending = False
+                self._handover.writer_done(sent)
                 if self._fresh or self._ready():
                     self._wake.notify()
-        if not sent:
-            with self._wake:
-                self._caught_up = False
-                self._fresh = True
-                self._wake.notify()
-        return True
 
     def request_state(self) -> None:
         with self._wake:
@@ -218,6 +218,8 @@ class Uplink:
     def _publish(self, topic: str, body: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         # Not from the network thread's callbacks: those already hold self._io.
         with self._io:
+            if self._before_publish is not None:
+                self._before_publish(topic)
             return self._client.publish(topic, body, qos=1, retain=retain)
 
     def register(self, handlers: Handlers) -> None:
@@ -408,7 +410,7 @@ class Uplink:
                        _p: Properties | None) -> None:
         with self._wake:
             self._connected = False
-            self._caught_up = False
+            self._handover.fell_behind()
         if not self._closing.is_set():
             log(logger, "warning", "uplink.disconnected", reason=str(reason),
                 action="reconnecting with back-off; events are kept in the outbox")
@@ -524,7 +526,8 @@ class Uplink:
         next_state = time.monotonic() + interval
         while not self._stopping.is_set():
             with self._wake:
-                while not self._stopping.is_set() and (self._sending or not self._ready()):
+                while not self._stopping.is_set() and (
+                        not self._ready() or not self._handover.pump_may_send()):
                     timeout = next_state - time.monotonic()
                     if timeout <= 0:
                         self._state_due = True
@@ -541,9 +544,9 @@ class Uplink:
                     return
                 state_due, self._state_due = self._state_due, False
                 self._fresh = False
-                self._sending = True
                 room = self._window - len(self._inflight)
                 retry, self._retry = self._retry[:room], self._retry[room:]
+            drained = False
             try:
                 if state_due:
                     next_state = time.monotonic() + interval
@@ -554,7 +557,9 @@ class Uplink:
                 asked = max(0, room - len(retry))
                 fetched = self._outbox.pending(self._cursor, asked)
                 rows = retry + fetched
-                sent = self._hand_over(rows)
+                # All that was committed before the query is handed over: unless a commit
+                # came meanwhile (fell_behind), the writer may send the next one itself.
+                drained = self._hand_over(rows) and len(fetched) < asked
             except Exception:  # the pump must outlive whatever paho or the store raised
                 logger.exception("uplink.pump_failed", extra={"fields": {
                     "action": "retrying in a second; events stay in the outbox; report this "
@@ -564,18 +569,13 @@ class Uplink:
                     # township de-duplicates by id); the rest is found by the next query.
                     self._retry[:0] = retry
                     self._fresh = True
-                    self._caught_up = False
+                    self._handover.pump_done(False)
                 self._stopping.wait(1.0)
                 continue
-            finally:
-                with self._wake:
-                    self._sending = False
             with self._wake:
                 self._backlog = len(rows) >= room or bool(self._retry)
-                # All that was committed before the query is handed over, and nothing was
-                # committed since (notify would have set _fresh): the writer may send next.
-                self._caught_up = (sent and len(fetched) < asked and not self._retry
-                                   and not self._fresh and self._connected)
+                self._handover.pump_done(drained and not self._retry and not self._fresh
+                                         and self._connected)
 
     def _hand_over(self, rows: list[Stored]) -> bool:
         """Publish `rows` in order; False if paho refused one. The rows not handed over

@@ -5,8 +5,18 @@ rm -rf "$root/opt/pingan-edge" "$root/tmp/wheelhouse"
 cp -r "$WORK/wheelhouse" "$root/tmp/wheelhouse"
 chroot "$root" python3 -m venv --without-pip /opt/pingan-edge
 pipwhl="$(cd "$root/tmp/wheelhouse" && ls pip-*.whl)"
+# The locked set, each file checked against the lock again (the wheelhouse sat on disk);
+# the locked pip runs from its own wheel and installs itself with the rest.
 chroot "$root" /opt/pingan-edge/bin/python "/tmp/wheelhouse/$pipwhl/pip" install -q \
-    --no-index --find-links /tmp/wheelhouse --no-compile pip pingan-edge lgpio
+    --disable-pip-version-check --no-index --find-links /tmp/wheelhouse --no-compile \
+    --require-hashes --no-deps -r /tmp/wheelhouse/unit-aarch64.txt
+# The project's own wheel has no hash in the lock; its dependencies are the set above.
+chroot "$root" /opt/pingan-edge/bin/pip install -q --disable-pip-version-check --no-index \
+    --no-compile --no-deps "/tmp/wheelhouse/$(cd "$root/tmp/wheelhouse" && ls pingan_edge-*.whl)"
+chroot "$root" /opt/pingan-edge/bin/pip check
+# Nothing more and nothing less than the lock (and the project itself).
+chroot "$root" /opt/pingan-edge/bin/python /tmp/wheelhouse/venv-matches-lock \
+    /tmp/wheelhouse/unit-aarch64.txt >&2
 # Byte-compile once here: a read-only root cannot write __pycache__ later.
 chroot "$root" /opt/pingan-edge/bin/python -m compileall -q -j 0 /opt/pingan-edge/lib >/dev/null || true
 rm -rf "$root/tmp/wheelhouse"

@@ -1,7 +1,8 @@
 """`pingan-centre serve|ingest|migrate|createuser`: the duty console's commands.
 
-`serve` is the whole centre in one process (migrate, ingest, escalation, web): a township
-runs only that. `ingest` alone is a second, redundant subscriber for the same group.
+`serve` is the whole centre in one process (migrate, then the web server, whose ASGI
+lifespan runs ingest and escalation): a township runs only that. `ingest` alone is a
+second, redundant subscriber for the same group (with its own escalation ladder).
 """
 
 from __future__ import annotations
@@ -64,73 +65,38 @@ def _create(name: str, role: str, password: str) -> None:
     user.groups.set([Group.objects.get(name=role)])
 
 
-class Background:
-    """Ingest and the escalation ladder, started together and stopped together."""
-
-    def __init__(self, with_ingest: bool = True) -> None:
-        from django.conf import settings
-
-        from pingan_centre.console.ingest import Ingest
-        from pingan_centre.console.notify import build
-
-        self.cfg = settings.CENTRE
-        self.notifiers = build(self.cfg)
-        self.ingest = Ingest(self.cfg) if with_ingest else None
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="centre-escalation",
-                                        daemon=True)
-
-    def start(self) -> Background:
-        if self.ingest:
-            self.ingest.start()
-        self._ticker.start()
-        return self
-
-    def _tick(self) -> None:
-        from django.db import close_old_connections
-        from django.utils import timezone
-
-        from pingan_centre.console import escalation
-        from pingan_centre.console.logs import log
-        while not self._stop.wait(1.0):
-            close_old_connections()
-            try:
-                escalation.tick(timezone.now(), self.cfg.escalation, self.notifiers)
-            except Exception as exc:
-                log("error", "escalation.failed", error=repr(exc),
-                    action="check the database; the ladder retries every second")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.ingest:
-            self.ingest.stop()
-        self._ticker.join(5)
-
-
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    """Migrate, then the web server, whose lifespan starts and stops the background
+    parts (runtime.py). A part that does not start: exit status 3, the reason logged."""
+    from pingan_centre.console.asgi import server
     from pingan_centre.console.logs import log
     _migrate()
     _first_admin()
-    background = Background(with_ingest=not args.no_ingest).start()
     log("info", "centre.serving", url=f"http://{args.host}:{args.port}/")
-    try:
-        uvicorn.run("pingan_centre.console.asgi:application", host=args.host, port=args.port,
-                    log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    finally:
-        background.stop()
-    return 0
+    web = server(args.host, args.port, ingest=not args.no_ingest)
+    web.run()
+    return 0 if web.started else 3
 
 
 def ingest(args: argparse.Namespace) -> int:
+    from django.conf import settings
+
+    from pingan_centre.console.logs import log
+    from pingan_centre.console.runtime import CentreRuntime, StartupFailed
     _migrate()
-    background = Background().start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    background.stop()
+    try:
+        runtime = CentreRuntime(settings.CENTRE, live=False).start()
+    except StartupFailed as why:
+        log("error", "centre.startup_failed", reason=str(why),
+            action="fix the cause above; nothing of the centre is left running")
+        return 3
+    try:
+        done.wait()
+    finally:
+        runtime.close()
     return 0
 
 

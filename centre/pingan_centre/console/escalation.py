@@ -1,41 +1,83 @@
 """The escalation ladder: an alarm not acknowledged in time climbs, one rung at a time.
 
 `tick(now)` is called about once a second with the clock the caller chose (tests pass
-their own). A rung fires once per alarm: EscalationFired is unique per (alarm, step), so
-two centre processes cannot both fire it. Shelved alarms return when their time is up.
+their own); `Ladder` is the part of the runtime that calls it, from its own thread. A
+rung fires once per alarm: EscalationFired is unique per (alarm, step), so two centre
+processes cannot both fire it. Shelved alarms return when their time is up.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.utils import timezone
 
-from pingan_centre.console import live
 from pingan_centre.console.config import Step
 from pingan_centre.console.lifecycle import audit, record
+from pingan_centre.console.link import UNLINKED, Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, EscalationFired
 from pingan_centre.console.notify import Notifier
 
 
-def tick(now: datetime, ladder: tuple[Step, ...], notifiers: dict[str, Notifier]) -> int:
+class Ladder:
+    """The ticker: tick() every `every_s` from a thread of its own; close() ends it."""
+
+    def __init__(self, ladder: tuple[Step, ...], notifiers: dict[str, Notifier],
+                 effects: Effects, every_s: float = 1.0,
+                 clock: Callable[[], datetime] = timezone.now) -> None:
+        self.ladder, self.notifiers, self.effects = ladder, notifiers, effects
+        self.every_s, self.clock = every_s, clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="centre-escalation",
+                                        daemon=True)
+
+    def start(self) -> Ladder:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Idempotent; bounded by one tick (a tick is a few queries)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+            if self._thread.is_alive():
+                log("warning", "escalation.close_timeout", action="a database call hangs")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.every_s):
+                close_old_connections()
+                try:
+                    tick(self.clock(), self.ladder, self.notifiers, self.effects)
+                except Exception as exc:
+                    log("error", "escalation.failed", error=repr(exc),
+                        action="check the database; the ladder retries every second")
+        finally:
+            connection.close()
+
+
+def tick(now: datetime, ladder: tuple[Step, ...], notifiers: dict[str, Notifier],
+         effects: Effects = UNLINKED) -> int:
     """Fire every rung that is due; return how many fired."""
     fired = 0
     for alarm in Alarm.objects.filter(state=Alarm.State.SHELVED, shelved_until__lte=now):
-        _unshelve(alarm.pk, now)
+        _unshelve(alarm.pk, now, effects)
     due = Alarm.objects.filter(state=Alarm.State.NEW).select_related("station")
     for alarm in due:
         waited = (now - alarm.raised_at).total_seconds()
         for level, step in enumerate(ladder, start=1):
             if (waited >= step.after_s and alarm.escalation < level
-                    and _fire(alarm, level, step, now, notifiers)):
+                    and _fire(alarm, level, step, now, notifiers, effects)):
                 fired += 1
     return fired
 
 
 def _fire(alarm: Alarm, level: int, step: Step, now: datetime,
-          notifiers: dict[str, Notifier]) -> bool:
+          notifiers: dict[str, Notifier], effects: Effects) -> bool:
     sent = [name for name in step.notify if name in notifiers]
     try:
         with transaction.atomic():
@@ -56,13 +98,13 @@ def _fire(alarm: Alarm, level: int, step: Step, now: datetime,
     message = {"alarm": alarm.pk, "station": alarm.station_id,
                "village": alarm.station.village, "step": step.name,
                "waited_s": round((now - alarm.raised_at).total_seconds())}
+    effects.changed()
     for name in sent:
         notifiers[name](message)
-    live.bump()
     return True
 
 
-def _unshelve(alarm_id: int, now: datetime) -> None:
+def _unshelve(alarm_id: int, now: datetime, effects: Effects) -> None:
     with transaction.atomic():
         alarm = Alarm.objects.select_for_update().get(pk=alarm_id)
         if alarm.state != Alarm.State.SHELVED:
@@ -71,4 +113,4 @@ def _unshelve(alarm_id: int, now: datetime) -> None:
         alarm.save()
         record(alarm, "unshelve", Alarm.State.SHELVED, "system", now, "shelf time is up")
     log("info", "alarm.unshelved", alarm=alarm_id)
-    live.bump()
+    effects.changed()

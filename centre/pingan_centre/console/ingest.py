@@ -8,6 +8,7 @@ from its persistent session, and the event ids make the second copy harmless.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -15,14 +16,14 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from pingan_centre.console import link
 from pingan_centre.console.config import CentreConfig
+from pingan_centre.console.link import encode
 from pingan_centre.console.logs import log
 from pingan_centre.console.store import Checked, parse, quarantine, store
 from pingan_centre.console.validate import Rejected
@@ -36,20 +37,29 @@ Message = tuple[str, bytes, int, int]
 
 
 class Ingest:
-    def __init__(self, cfg: CentreConfig, clock: Callable[[], datetime] = timezone.now) -> None:
+    """The runtime's MQTT part. It is also the `Effects` that what it stores is handed:
+    `send` publishes through its own client, `changed` is the callback it was given."""
+
+    def __init__(self, cfg: CentreConfig, changed: Callable[[], None] = lambda: None,
+                 clock: Callable[[], datetime] = timezone.now) -> None:
         self.cfg = cfg
         self.clock = clock
+        self._changed = changed
         self.queue: queue.Queue[Message | None] = queue.Queue(maxsize=QUEUE)
         self.connected = threading.Event()
         self.stored = 0
         self._stop = threading.Event()
+        self._started = False
         self._worker = threading.Thread(target=self._work, name="centre-ingest", daemon=True)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         if cfg.broker_username:
             self.client.username_pw_set(cfg.broker_username, cfg.broker_password or None)
         if cfg.broker_tls_ca:
-            self.client.tls_set(ca_certs=cfg.broker_tls_ca)
+            try:
+                self.client.tls_set(ca_certs=cfg.broker_tls_ca)
+            except (OSError, ValueError) as exc:  # ssl says which errno, not which file
+                raise ValueError(f"broker tls_ca {cfg.broker_tls_ca}: {exc}") from exc
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -59,26 +69,42 @@ class Ingest:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self._started = True
         self._worker.start()
-        self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port, keepalive=15,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
-        link.register(self.publish)
+        try:
+            self.client.connect_async(self.cfg.broker_host, self.cfg.broker_port,
+                                      keepalive=15, clean_start=False, properties=props)
+            self.client.loop_start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
-    def stop(self) -> None:
-        link.register(None)
-        # The network thread first: the worker still drains, so a put() it is blocked in
-        # returns. What is queued but not stored is not acknowledged: the broker keeps it.
+    def close(self) -> None:
+        """Idempotent and bounded. What is queued but not stored is not acknowledged: the
+        broker keeps it in this centre's session and sends it again."""
+        if self._stop.is_set() or not self._started:
+            self._stop.set()
+            return
+        # The flag first: the network thread, if it waits on a full queue, gives up its
+        # message (unacknowledged) and the worker stops after the batch it is in.
+        self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self._stop.set()
-        self.queue.put(None)
+        with contextlib.suppress(queue.Full):  # full: the worker sees the flag after its batch
+            self.queue.put_nowait(None)
         self._worker.join(10)
+        if self._worker.is_alive():
+            log("warning", "ingest.close_timeout", action="a database call hangs")
 
-    def publish(self, topic: str, payload: bytes) -> bool:
-        info = self.client.publish(topic, payload, qos=1)
+    # --- Effects: what the stored changes do outside their transaction ------------------
+
+    def send(self, topic: str, payload: dict[str, Any]) -> bool:
+        info = self.client.publish(topic, encode(payload), qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN
+
+    def changed(self) -> None:
+        self._changed()
 
     # --- paho's network thread: queue and return --------------------------------------
 
@@ -110,12 +136,24 @@ class Ingest:
         # Blocks only when the worker is a full queue behind: paho then stops reading the
         # socket and the broker holds the rest (back-pressure; nothing is dropped). The
         # worker's PUBACKs do not need this thread to be free to be queued.
-        self.queue.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        item = (msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     # --- the worker -------------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
+        try:
+            self._drain()
+        finally:
+            connection.close()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
             first = self.queue.get()
             if first is None:
                 return
@@ -149,7 +187,7 @@ class Ingest:
                 with transaction.atomic():
                     for topic, payload, reason in aside:
                         self._aside(topic, payload, reason, now)
-                    store(checked, now)
+                    store(checked, now, self)
                 break
             except Exception as exc:  # the database is away (or a bug): keep, retry
                 log("error", "ingest.store_failed", error=repr(exc), batch=len(batch),

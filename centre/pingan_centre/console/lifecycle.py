@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db import transaction
 
-from pingan_centre.console import link, live
+from pingan_centre.console.link import Effects
 from pingan_centre.console.models import Alarm, AuditEntry, Command, Event, Station, Transition
 
 S = Alarm.State
@@ -42,9 +42,10 @@ def record(alarm: Alarm, action: str, old: str, by: str, now: datetime, note: st
                               by=by, at=now, note=note)
 
 
-def act(alarm_id: int, action: str, user: Any, now: datetime, note: str = "",
-        **fields: Any) -> Alarm:
-    """Apply `action` for `user` (a Django user) or raise NotAllowed saying why."""
+def act(alarm_id: int, action: str, user: Any, now: datetime, effects: Effects,
+        note: str = "", **fields: Any) -> Alarm:
+    """Apply `action` for `user` (a Django user) or raise NotAllowed saying why. The
+    station's command and the screens' word go through `effects`, after the commit."""
     if action not in STEPS:
         raise NotAllowed(f"unknown action {action!r}")
     perm, sources, target = STEPS[action]
@@ -84,22 +85,22 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, note: str = "",
         audit(user.username, f"alarm.{action}", f"alarm:{alarm.pk}", now, note=note,
               **{k: str(v) for k, v in fields.items()})
         if action == "ack":
-            _send_ack(alarm, user.username, now)
-    live.bump()
+            _send_ack(alarm, user.username, now, effects)
+        transaction.on_commit(effects.changed)
     return alarm
 
 
-def _send_ack(alarm: Alarm, by: str, now: datetime) -> None:
+def _send_ack(alarm: Alarm, by: str, now: datetime, effects: Effects) -> None:
     """alarm.ack to the station for every press in this alarm (its LED and siren follow)."""
     for event_id in Event.objects.filter(alarm=alarm, type="alarm.panic").values_list(
             "id", flat=True):
-        cmd_id = send_ack(alarm, event_id, by, now)
+        cmd_id = send_ack(alarm, event_id, by, now, effects)
         if not alarm.ack_cmd:
             alarm.ack_cmd = cmd_id
             alarm.save(update_fields=["ack_cmd"])
 
 
-def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime) -> str:
+def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime, effects: Effects) -> str:
     """One `alarm.ack` for press `event_id`: recorded as a Command, published once the
     transaction commits (marked sent when the broker link took it). Returns its id."""
     st: Station = alarm.station
@@ -111,7 +112,7 @@ def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime) -> str:
     topic = f"pingan/v1/{st.township}/{st.name}/cmd"
 
     def publish() -> None:
-        if link.send(topic, payload):
+        if effects.send(topic, payload):
             Command.objects.filter(pk=command.pk).update(sent=True)
 
     transaction.on_commit(publish)

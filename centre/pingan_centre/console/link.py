@@ -1,26 +1,42 @@
-"""The seam between the console and the broker for what the township sends.
+"""What a change does outside its transaction: a command to a station, a word to the screens.
 
-The process that runs ingest registers its MQTT client here; the web views send commands
-through it. A web process without ingest records the command as not sent, visibly.
+`lifecycle`, `store` and `escalation` change alarms; they are handed an `Effects` by
+whoever calls them, never look one up. In the served centre that is the runtime
+(`runtime.CentreRuntime`): `send` publishes through its ingest's MQTT client and
+`changed` wakes the duty screens' event streams. A process with no broker link (`serve
+--no-ingest`, a one-off script, a test) hands `UNLINKED`: a command is then recorded as
+not sent, visibly, and the screens of any running centre hear of the change from the
+database within a second.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
-
-Publisher = Callable[[str, bytes], bool]
-_publisher: Publisher | None = None
+from typing import Any, Final, Protocol
 
 
-def register(publisher: Publisher | None) -> None:
-    global _publisher
-    _publisher = publisher
+class Effects(Protocol):
+    def send(self, topic: str, payload: dict[str, Any]) -> bool:
+        """Queue a QoS 1 publish; False when no broker link is up."""
+        ...
+
+    def changed(self) -> None:
+        """An alarm changed and the change is committed: tell the live screens now."""
+        ...
 
 
-def send(topic: str, payload: dict[str, Any]) -> bool:
-    """Queue a QoS 1 publish; False when no broker link is up in this process."""
-    if _publisher is None:
+class Unlinked:
+    """No broker, no screens in this process."""
+
+    def send(self, topic: str, payload: dict[str, Any]) -> bool:
         return False
-    return _publisher(topic, json.dumps(payload, ensure_ascii=False).encode())
+
+    def changed(self) -> None:
+        pass
+
+
+UNLINKED: Final = Unlinked()
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode()

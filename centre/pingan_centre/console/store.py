@@ -1,21 +1,23 @@
 """One incoming MQTT message into the database: state, events, alarms, command results.
 
 Called by the ingest worker inside a transaction; raises `Rejected` for a payload to keep
-aside. Every alarm change writes a Transition (the duty screen's version follows it).
+aside. Every alarm change writes a Transition (the duty screen's version follows it) and,
+once committed, tells the worker's `Effects` (the screens hear of it at once).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from pingan_centre.console import live
 from pingan_centre.console.lifecycle import record, send_ack
+from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, Command, Event, Quarantined, Station
 from pingan_centre.console.validate import Rejected, check
@@ -59,7 +61,7 @@ def parse(topic: str, payload: bytes, township: str, max_bytes: int) -> Checked 
     return topic, kind, data
 
 
-def store(batch: list[Checked], now: datetime) -> None:
+def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
     """Store a batch of checked messages, in arrival order, with few queries: the
     stations they name, the events not yet seen (one INSERT), then what each means."""
     _ensure_stations({(d["station"], d["township"]) for _, _, d in batch})
@@ -80,7 +82,7 @@ def store(batch: list[Checked], now: datetime) -> None:
         if handler:
             try:
                 with transaction.atomic():
-                    handler(Station.objects.get(pk=event.station_id), event, now)
+                    handler(Station.objects.get(pk=event.station_id), event, now, effects)
             except DatabaseError:
                 raise  # the batch is retried
             except Exception as exc:  # a bug here must not stop ingest: keep it visible
@@ -122,10 +124,10 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.version = data["version"]
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
-    st.save()  # not live.bump(): station health on the cards follows within 30 s
+    st.save()  # not effects.changed(): station health on the cards follows within 30 s
 
 
-def _panic(st: Station, event: Event, now: datetime) -> None:
+def _panic(st: Station, event: Event, now: datetime, effects: Effects) -> None:
     if event.payload.get("source") == "selftest":
         Station.objects.filter(pk=st.pk).update(last_selftest=now)
         return
@@ -146,8 +148,8 @@ def _panic(st: Station, event: Event, now: datetime) -> None:
     Event.objects.filter(pk=event.pk).update(alarm=alarm)
     if alarm.acked_at is not None and alarm.state != Alarm.State.NEW:
         # The alarm was already acknowledged: tell the station this press was seen too.
-        send_ack(alarm, event.id, alarm.ack_by, now)
-    live.bump()
+        send_ack(alarm, event.id, alarm.ack_by, now, effects)
+    transaction.on_commit(effects.changed)
 
 
 def _recent_snapshot(st: Station, now: datetime) -> Event | None:
@@ -156,15 +158,15 @@ def _recent_snapshot(st: Station, now: datetime) -> Event | None:
             .order_by("-received_at").first())
 
 
-def _person(st: Station, event: Event, now: datetime) -> None:
+def _person(st: Station, event: Event, now: datetime, effects: Effects) -> None:
     alarm = Alarm.objects.filter(station=st, state__in=Alarm.OPEN, snapshot=None).first()
     if alarm is not None and event.payload.get("snapshot_jpeg"):
         Alarm.objects.filter(pk=alarm.pk).update(snapshot=event)
         record(alarm, "snapshot", alarm.state, "station", now)
-        live.bump()
+        transaction.on_commit(effects.changed)
 
 
-def _cmd_result(st: Station, event: Event, now: datetime) -> None:
+def _cmd_result(st: Station, event: Event, now: datetime, effects: Effects) -> None:
     result = event.payload
     cmd_id = result.get("cmd_id")
     if not cmd_id:
@@ -177,18 +179,19 @@ def _cmd_result(st: Station, event: Event, now: datetime) -> None:
         word = "station_received" if result.get("ok") else "station_error"
         error = (result.get("error") or {}).get("message", {}).get("en", "")
         record(alarm, word, alarm.state, "station", now, error)
-        live.bump()
+        transaction.on_commit(effects.changed)
 
 
 def snapshot_bytes(event: Event) -> bytes:
     return base64.b64decode(event.payload.get("snapshot_jpeg", ""))
 
 
-def _selftest(st: Station, event: Event, now: datetime) -> None:
+def _selftest(st: Station, event: Event, now: datetime, effects: Effects) -> None:
     """`pingan-edge selftest` on site: the grid shows when and whether it all passed."""
     Station.objects.filter(pk=st.pk).update(last_selftest=now,
                                             last_selftest_passed=event.payload["passed"])
 
 
-_BY_TYPE = {"alarm.panic": _panic, "camera.person": _person, "cmd.result": _cmd_result,
-            "selftest": _selftest}
+_BY_TYPE: dict[str, Callable[[Station, Event, datetime, Effects], None]] = {
+    "alarm.panic": _panic, "camera.person": _person, "cmd.result": _cmd_result,
+    "selftest": _selftest}

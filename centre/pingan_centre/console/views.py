@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime, timedelta
+from importlib import import_module
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db.models import Case, Count, IntegerField, Q, When
 from django.http import (
@@ -21,11 +23,12 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
+from django.template.loader import render_to_string
+from django.utils import timezone, translation
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_POST
 
-from pingan_centre.console import lifecycle, live, stats
+from pingan_centre.console import lifecycle, live, runtime, stats
 from pingan_centre.console.models import (
     Alarm,
     AuditEntry,
@@ -37,6 +40,8 @@ from pingan_centre.console.models import (
 from pingan_centre.console.store import snapshot_bytes
 
 STALE = timedelta(seconds=settings.CENTRE.stale_after_s)
+FULL_S = 30.0  # every live screen gets a full snapshot this often (station health)
+PING_S = 15.0  # an SSE comment at least this often keeps proxies from closing the stream
 URGENCY = Case(When(state="new", then=0), When(state="acknowledged", then=1),
                When(state="dispatched", then=2), When(state="on_scene", then=3),
                default=4, output_field=IntegerField())
@@ -51,9 +56,17 @@ def health(station: Station, now: datetime) -> str:
     return "online"
 
 
-def open_alarms() -> list[Alarm]:
-    alarms: list[Alarm] = list(Alarm.objects.filter(state__in=Alarm.OPEN).select_related("station")
-                  .annotate(urgency=URGENCY).order_by("urgency", "-escalation", "-raised_at"))
+ORDER = ("urgency", "-escalation", "-raised_at")
+
+
+def open_alarms(ids: Collection[int] | None = None) -> list[Alarm]:
+    """The open alarms as the duty screen shows them (most urgent first), or those of
+    them named by `ids`."""
+    query = Alarm.objects.filter(state__in=Alarm.OPEN)
+    if ids is not None:
+        query = query.filter(pk__in=ids)
+    alarms: list[Alarm] = list(query.select_related("station").annotate(urgency=URGENCY)
+                               .order_by(*ORDER))
     now = timezone.now()
     for alarm in alarms:
         alarm.health = health(alarm.station, now)  # type: ignore[attr-defined]
@@ -83,34 +96,87 @@ def alarms_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"alarms": data})
 
 
+def fragments(request: HttpRequest, ids: Collection[int] | None) -> dict[str, Any]:
+    """The cards of the alarms `ids` (None: all) as this request's user sees them, in
+    its language, and the order of every open alarm on the screen. An id in `ids` that
+    is not in `order` is an alarm that closed: the browser drops its card."""
+    with translation.override(getattr(request, "LANGUAGE_CODE", settings.LANGUAGE_CODE)):
+        alarms = open_alarms(ids)
+        if ids is None:
+            order = [a.pk for a in alarms]
+        else:
+            order = list(Alarm.objects.filter(state__in=Alarm.OPEN).annotate(urgency=URGENCY)
+                         .order_by(*ORDER).values_list("pk", flat=True))
+        cards = {str(a.pk): render_to_string("console/card.html", {
+            "a": a, "outcomes": Alarm.Outcome.choices}, request=request) for a in alarms}
+    return {"cards": cards, "order": order}
+
+
+def _logged_in(request: HttpRequest) -> bool:
+    """The stream's session still stands (not logged out elsewhere, not expired)."""
+    engine = import_module(settings.SESSION_ENGINE)
+    key = request.session.session_key
+    data = engine.SessionStore(key).load() if key else {}
+    return bool(data.get(SESSION_KEY)) and data.get(SESSION_KEY) == request.session.get(
+        SESSION_KEY)
+
+
+def _sse(kind: str, version: int, data: dict[str, Any]) -> str:
+    body = json.dumps({"v": version, **data}, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {version}\nevent: {kind}\ndata: {body}\n\n"
+
+
 async def stream(request: HttpRequest) -> StreamingHttpResponse | HttpResponse:
-    """Server-sent events: `change` whenever an alarm or a station changed."""
+    """Server-sent events that carry the change itself.
+
+    On connect (and on every reconnect, whatever Last-Event-ID says) a `snapshot`: every
+    open card; then a `change` for each batch the change reader hands this stream: the
+    changed cards rendered for this user, and the order of all open alarms. Each event's
+    id is the version (the last Transition id) it brings the screen to. A stream that
+    fell behind (its inbox full, see live.Inbox) gets a snapshot instead; so does every
+    stream every FULL_S, for station health, which changes no version. The browser
+    applies what it gets and asks for nothing more."""
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden()
+    changes = runtime.of(request).changes
+    if changes is None:
+        return HttpResponse("live screens are off in this process", status=503)
+    if changes.streams >= changes.max_streams:
+        return HttpResponse("too many live screens are open", status=503)
+    render = sync_to_async(fragments)
+    still_in = sync_to_async(_logged_in)
 
-    async def changes() -> AsyncIterator[str]:
-        seen: tuple[int, int] | None = None
-        checked = 0.0
+    async def events() -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        db_version = 0
-        yield "retry: 1000\n\n"
-        while True:
-            now = loop.time()
-            # In this process a change is seen at once; from another centre process
-            # (a second ingest), within a second through the database.
-            if now - checked >= 1.0 or live.local() != (seen or (0, -1))[1]:
-                db_version = await sync_to_async(live.alarms_version)()
-                checked = now
-            version = (db_version, live.local())
-            if version != seen:
-                seen = version
-                yield f"event: change\ndata: {json.dumps(version)}\n\n"
-            elif now - checked < 0.05:
-                yield ": ping\n\n"
-            await asyncio.sleep(0.05)
+        try:
+            inbox = changes.subscribe(loop)
+        except live.Busy:
+            return
+        try:
+            yield "retry: 1000\n\n"
+            batch: live.Batch | None = live.Batch(changes.version, None)
+            full_at = loop.time()
+            while not inbox.closed:
+                if batch is not None and batch.alarms is None:
+                    inbox.take()  # what waited is in the snapshot
+                    version = changes.version
+                    yield _sse("snapshot", version, await render(request, None))
+                    full_at = loop.time()
+                elif batch is not None:
+                    yield _sse("change", batch.version, await render(request, batch.alarms))
+                wait = full_at + FULL_S - loop.time()
+                batch = await inbox.next(min(PING_S, max(wait, 0.0)))
+                if batch is None and loop.time() >= full_at + FULL_S:
+                    if not await still_in(request):
+                        return  # the browser reconnects, is refused, and reloads
+                    batch = live.Batch(changes.version, None)
+                elif batch is None and not inbox.closed:
+                    yield ": ping\n\n"
+        finally:
+            changes.unsubscribe(inbox)
 
-    response = StreamingHttpResponse(changes(), content_type="text/event-stream")
+    response = StreamingHttpResponse(events(), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -130,8 +196,8 @@ def act(request: HttpRequest, alarm_id: int, action: str) -> HttpResponse:
         fields["until"] = timezone.now() + timedelta(minutes=minutes)
         fields["reason"] = post.get("reason", "")
     try:
-        lifecycle.act(alarm_id, action, request.user, timezone.now(), post.get("note", ""),
-                      **fields)
+        lifecycle.act(alarm_id, action, request.user, timezone.now(), runtime.of(request),
+                      post.get("note", ""), **fields)
     except lifecycle.NotAllowed as why:
         return HttpResponseForbidden(str(why))
     except Alarm.DoesNotExist:

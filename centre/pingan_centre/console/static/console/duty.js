@@ -8,7 +8,6 @@
   var lost = document.getElementById("link-lost");
   var audio = null;      // AudioContext, made on the first click (browsers require one)
   var ringing = false;
-  var deferred = false;  // a refresh waits while an officer is typing in a card
 
   function csrf() {
     var m = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
@@ -61,36 +60,96 @@
     beep(700, t + 0.4, 0.35, gain);
   }
 
-  // --- cards -------------------------------------------------------------------------
+  // --- cards: applied from the server-sent events themselves ------------------------
+  // A `snapshot` (on connect, after a gap, every 30 s) or a `change` carries the cards
+  // that changed, rendered by the centre for this user, and the order of every open
+  // alarm. Cards not in the order go. Nothing is fetched.
+  var held = {};         // id -> html of a card the officer is typing in, applied on leaving
+
   function typing() {
     var el = document.activeElement;
     return el && cards.contains(el) && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName);
   }
 
-  function refresh() {
-    if (typing()) { deferred = true; return; }
-    fetch(cards.dataset.url, { credentials: "same-origin", cache: "no-store" })
-      .then(function (r) {
-        if (r.redirected || !r.ok) { window.location.reload(); return null; }
-        return r.text();
-      })
-      .then(function (html) {
-        if (html === null) { return; }
-        cards.innerHTML = html;
-        tick();
-        var n = cards.querySelectorAll(".card").length;
-        document.getElementById("count").textContent = n ? String(n) : "";
-        document.title = (n ? "(" + n + ") " : "") + document.title.replace(/^\(\d+\) /, "");
-        window.pinganRenders = (window.pinganRenders || 0) + 1;
-      });
+  function busyCard() {
+    return typing() ? document.activeElement.closest(".card") : null;
   }
 
-  cards.addEventListener("focusout", function () {
-    setTimeout(function () { if (deferred && !typing()) { deferred = false; refresh(); } }, 50);
-  });
+  function fragment(html) {
+    var t = document.createElement("template");
+    t.innerHTML = html.trim();
+    return t.content.firstElementChild;
+  }
+
+  function apply(data) {
+    var busy = busyCard();
+    var fresh = {};
+    Object.keys(data.cards).forEach(function (id) {
+      var key = "alarm-" + id;
+      if (busy && busy.id === key) { held[key] = data.cards[id]; return; }
+      delete held[key];  // newer than what was held for it
+      fresh[key] = fragment(data.cards[id]);
+    });
+    var wanted = {};
+    var order = [];
+    data.order.forEach(function (id) {
+      var key = "alarm-" + id;
+      wanted[key] = true;
+      var el = fresh[key] || document.getElementById(key);
+      if (el) { order.push(el); }
+    });
+    // Cards that closed go (the one being typed in goes when the officer leaves it).
+    Array.prototype.slice.call(cards.children).forEach(function (el) {
+      if (el === busy) { if (!wanted[el.id]) { held[el.id] = null; } return; }
+      if (!wanted[el.id] || (fresh[el.id] && fresh[el.id] !== el)) { el.remove(); }
+    });
+    // Into place, each after the one before it; the card being typed in never moves
+    // (moving it would take the cursor out of its field), the others move around it.
+    var prev = null;
+    order.forEach(function (el) {
+      if (el !== busy) {
+        var at = prev ? prev.nextElementSibling : cards.firstElementChild;
+        if (at !== el) { cards.insertBefore(el, at); }
+      }
+      prev = el;
+    });
+    calm();
+    tick();
+    window.pinganVersion = data.v;
+    window.pinganRenders = (window.pinganRenders || 0) + 1;
+  }
+
+  function calm() {
+    var n = cards.querySelectorAll(".card").length;
+    var quiet = cards.querySelector(".calm");
+    if (n && quiet) { quiet.remove(); }
+    if (!n && !quiet) {
+      var p = document.createElement("p");
+      p.className = "calm";
+      p.textContent = cards.dataset.calm;
+      cards.appendChild(p);
+    }
+    document.getElementById("count").textContent = n ? String(n) : "";
+    document.title = (n ? "(" + n + ") " : "") + document.title.replace(/^\(\d+\) /, "");
+  }
+
+  function release() {
+    if (typing()) { return; }
+    Object.keys(held).forEach(function (key) {
+      var el = document.getElementById(key);
+      if (el && held[key] === null) { el.remove(); }
+      else if (el) { el.replaceWith(fragment(held[key])); }
+    });
+    held = {};
+    calm();
+    tick();
+  }
+
+  cards.addEventListener("focusout", function () { setTimeout(release, 50); });
 
   cards.addEventListener("submit", function (ev) {
-    // Act without reloading the page: a reload would silence the armed alarm sound.
+    // Act without reloading the page: a reload would silence the armed alarm sound. The
+    // changed card comes back over the event stream.
     ev.preventDefault();
     var form = ev.target;
     var data = new FormData(form);
@@ -99,9 +158,13 @@
       method: "POST", body: data, credentials: "same-origin",
       headers: { "X-CSRFToken": csrf(), "Accept": "application/json" }
     }).then(function (r) {
+      if (r.redirected) { window.location.reload(); return null; }
       if (!r.ok) { return r.text().then(function (t) { window.alert(t || r.status); }); }
       return null;
-    }).then(function () { deferred = false; if (document.activeElement) { document.activeElement.blur(); } refresh(); });
+    }).then(function () {
+      if (document.activeElement) { document.activeElement.blur(); }
+      release();
+    });
   });
 
   // --- elapsed time ------------------------------------------------------------------
@@ -118,10 +181,16 @@
   // --- live updates ------------------------------------------------------------------
   function listen() {
     var source = new EventSource(cards.dataset.stream);
-    // The first `change` arrives on connect: it catches up on anything since the page.
-    source.addEventListener("change", refresh);
+    function take(ev) { apply(JSON.parse(ev.data)); }
+    // A snapshot comes first on every (re)connect: it catches up on anything missed.
+    source.addEventListener("snapshot", take);
+    source.addEventListener("change", take);
     source.onopen = function () { lost.hidden = true; };
-    source.onerror = function () { lost.hidden = false; };
+    source.onerror = function () {
+      lost.hidden = false;
+      // Refused (logged out, session over): the browser gives up; the page goes to login.
+      if (source.readyState === EventSource.CLOSED) { setTimeout(function () { window.location.reload(); }, 2000); }
+    };
   }
 
   document.getElementById("enable-sound").addEventListener("click", enableSound);
@@ -135,7 +204,5 @@
   ring();
   setInterval(tick, 1000);
   setInterval(ring, 1200);
-  // Station health on the cards (silent, offline) changes without an alarm event.
-  setInterval(refresh, 30000);
   listen();
 }());
