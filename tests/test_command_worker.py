@@ -1,4 +1,4 @@
-"""Township commands run off paho's network thread (edge/dispatch.py): an alarm never
+"""Township commands run off paho's network thread (edge/link/dispatch.py): an alarm never
 waits behind a slow command, a full command queue answers `busy` at once, and every
 command id is acted on and answered once, rejected ones too."""
 
