@@ -31,8 +31,11 @@ class ModemParts:
         self.fallback.start()
 
     def close(self) -> None:
-        self.fallback.close()
+        # The watcher first, then the modem (a part in flight ends at once, and is left
+        # `submitted`: sent again at the next start), then the log the modem reports to.
+        self.fallback.stop()
         self.modem.close()
+        self.fallback.close()
         if self._power is not None:
             self._power.close()
 
