@@ -256,7 +256,7 @@ class ModemSim:
         if self.master < 0 or self._off:
             return
         with contextlib.suppress(OSError):
-            os.write(self.master, text.encode("latin-1"))
+            os.write(self.master, text.encode("utf-8"))
 
     def _later(self, delay: float, fn: Any, *args: Any) -> None:
         t = threading.Timer(delay, fn, args)
@@ -304,11 +304,12 @@ class ModemSim:
                         self._submit(pending_cmgs, body)
                     body = None
                     continue
-                buf = buf.replace(b"\x1b", b"").replace(b"\x1a", b"")  # ignored here
                 end = buf.find(b"\r")
                 if end < 0:
                     break
-                line = buf[:end].decode("latin-1").strip()
+                # ESC and Ctrl-Z outside an SMS body are ignored, as by a modem.
+                line = buf[:end].replace(b"\x1b", b"").replace(b"\x1a", b"")
+                line = line.decode("latin-1").strip()
                 buf = buf[end + 1:].lstrip(b"\n")
                 if not line:
                     continue

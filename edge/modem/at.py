@@ -52,6 +52,7 @@ MAX_LINE = 1024
 _TWO_LINE = ("+CDS:", "+CMT:")
 _COMMAND = re.compile(r"AT[ -~]{0,200}")
 _HEX = re.compile(r"[0-9A-Fa-f]{0,1000}")
+_PDU = re.compile(r"[0-9A-Fa-f]{2,1000}")
 _LINE_END = re.compile(rb"[\r\n]")
 
 
@@ -211,6 +212,10 @@ class AtChannel:
                     if before_data is not None:
                         before_data()
                     self._write(data + "\x1a")
+                else:  # answered before the prompt: the body was never sent
+                    self._write("\x1b")  # in case a prompt is on its way after all
+                    if pending.final == FINAL_OK:
+                        raise AtError(command, "OK before the '> ' prompt: not sent")
             if not self._wait(pending.done, pending, deadline):
                 raise AtTimeout(f"{command}: no reply within {timeout} s")
             if pending.final != FINAL_OK:
@@ -269,10 +274,12 @@ class AtChannel:
                         with self._state:
                             if self._pending is not None:
                                 self._pending.prompted.set()
-                    elif awaiting_pdu is not None:
+                    elif awaiting_pdu is not None and _PDU.fullmatch(item):
                         self._urc(Urc(awaiting_pdu, item))
                         awaiting_pdu = None
                     else:
+                        if awaiting_pdu is not None:  # no PDU after all: not swallowed
+                            self._urc(Urc(awaiting_pdu))
                         awaiting_pdu = self._line(item)
             except Exception as exc:  # nothing the modem sends may end the reader
                 self.reader_errors += 1

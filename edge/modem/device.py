@@ -54,7 +54,7 @@ _QUEUE_MAX = 64
 _PING_TRIES = 3
 _PING_TIMEOUT_S = 2.0
 _READY_PING_AFTER_S = 1.0  # after a reset, a modem may still answer before it goes down
-_BOOT_DEBOUNCE_S = 5.0  # RDY and ^SYSSTART from one restart set it up once
+_BOOT_DEBOUNCE_S = 2.0  # RDY, ^SYSSTART, echo back on: one restart, set up once
 _PARTS_KEPT = 16  # incoming concatenated messages being reassembled
 _PARTS_TTL_S = 600.0
 _STORES = frozenset({"SM", "ME", "MT", "SR", "BM"})
@@ -123,7 +123,6 @@ class Modem:
         self._stop = threading.Event()
         self._ready_seen = threading.Event()  # a ready notice since the last reset
         self._chan: AtChannel | None = None
-        self._fresh = False  # the port was just opened: cancel a pending SMS prompt
         self._ready = False
         self._lock = threading.Lock()
         self._report = ModemReport(state="starting")
@@ -264,7 +263,6 @@ class Modem:
         chan = AtChannel(self._config.port, self._urc, baudrate=self._config.baudrate,
                          on_lost=lambda why: self._port_lost(holder[0], why))
         holder.append(chan)
-        self._fresh = True
         return chan
 
     def _lost(self, why: str) -> None:
@@ -285,10 +283,13 @@ class Modem:
                                   expect=expect, before_data=before_data)
 
     def _setup(self) -> None:
-        if self._fresh and self._chan is not None:
-            self._fresh = False
+        if self._chan is not None:
+            # ESC: a modem left waiting for an SMS body (by a host that died, or a reply
+            # out of step) returns to commands. Then a quiet moment: whatever answer is
+            # still on its way goes by as unsolicited instead of answering our next
+            # command, which would put every reply after it out of step.
             self._chan.cancel_prompt()
-            self._stop.wait(0.2)  # whatever it answers to ESC goes by as unsolicited
+            self._stop.wait(0.2)
         self._ping()
         self._at("ATE0")
         self._at("AT+CMEE=1")
@@ -340,9 +341,12 @@ class Modem:
         return None
 
     def _ping(self) -> None:
+        """AT until it answers (an ERROR is an answer too); AtTimeout after three tries."""
         for attempt in range(_PING_TRIES):
             try:
                 self._at("AT", min(_PING_TIMEOUT_S, self._config.command_timeout_s))
+                return
+            except AtError:
                 return
             except AtTimeout:
                 if attempt == _PING_TRIES - 1:
@@ -564,6 +568,10 @@ class Modem:
 
     def _recover(self) -> None:
         self._ready = False
+        if self._chan is not None:
+            # A modem still waiting for an SMS body takes every command as text: ESC.
+            self._chan.cancel_prompt()
+            self._stop.wait(0.2)
         try:
             self._ping()
             return  # answered again: set up anew
