@@ -423,3 +423,40 @@ class ModemSim:
         if self.report_status is not None:
             number = gsm_pdu.decodeSmsPdu(body.strip())["number"]
             self._later(self.report_delay_s, self.report, mr, number, self.report_status)
+
+
+# --- what the phones received (decoded by python-gsmmodem, not the project's codec) ---
+
+def phones(sim: ModemSim) -> dict[str, dict[tuple[int, int], dict[int, list[str]]]]:
+    """What each phone received, decoded by python-gsmmodem (not the project's codec):
+    per number, per concatenated message (UDH reference, part count), each part's copies."""
+    out: dict[str, dict[tuple[int, int], dict[int, list[str]]]] = {}
+    for s in list(sim.submitted):
+        d = gsm_pdu.decodeSmsPdu(s.pdu)
+        udh = d.get("udh") or []
+        key = (udh[0].reference, udh[0].parts) if udh else (-s.reference, 1)
+        number = udh[0].number if udh else 1
+        out.setdefault(d["number"], {}).setdefault(key, {}).setdefault(number, []).append(
+            d["text"])
+    return out
+
+
+def complete_texts(sim: ModemSim) -> dict[str, list[str]]:
+    """Per number, each message whose every part arrived, joined as a phone joins them
+    (a part that came twice shows once here; `copies` counts the extra ones)."""
+    out: dict[str, list[str]] = {}
+    for number, messages in phones(sim).items():
+        for (_, count), parts in messages.items():
+            if sorted(parts) == list(range(1, count + 1)):
+                assert all(len(set(seen)) == 1 for seen in parts.values()), \
+                    "a part sent again differs from the first"
+                units = "".join(parts[i][0] for i in range(1, count + 1))
+                out.setdefault(number, []).append(
+                    units.encode("utf-16-be", "surrogatepass").decode("utf-16-be"))
+    return out
+
+
+def copies(sim: ModemSim) -> dict[str, int]:
+    """Per number, parts that reached it more than once (the extra copies)."""
+    return {number: sum(len(c) - 1 for parts in messages.values() for c in parts.values())
+            for number, messages in phones(sim).items()}
