@@ -212,10 +212,12 @@ class ModemSim:
 
     def release(self) -> None:
         self.hold_at = None
+        self.held.clear()
         self._release.set()
 
     def _hold(self, step: str, n: int) -> None:
         if self.hold_at == (step, n):
+            self._release.clear()
             self.held.set()
             while not self._release.wait(0.05) and not self._stop.is_set():
                 pass

@@ -1,5 +1,6 @@
-"""The 4G modem: AT port (`at`), the modem part (`device`), SMS PDUs (`pdu`), network
-readings (`signal`) and the SMS fallback for alarms (`fallback`). `build` wires them."""
+"""The 4G modem: AT port (`at`), each model's habits as data (`profiles`), the modem part
+(`device`), SMS PDUs (`pdu`), validated readings (`signal`) and the SMS fallback for
+alarms, at least once (`fallback`). `build` wires them."""
 
 from __future__ import annotations
 

@@ -119,6 +119,7 @@ class Modem:
         self._power = power  # a gpiozero OutputDevice driving the power relay, or None
         self.on_report = on_report
         self.on_sms = on_sms
+        self.on_ready: Callable[[], None] = lambda: None  # set up (again): SMS can go
         self._queue: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_MAX)
         self._stop = threading.Event()
         self._ready_seen = threading.Event()  # a ready notice since the last reset
@@ -328,6 +329,7 @@ class Modem:
         self._health.clear("modem_silent")
         log(logger, "info", "modem.ready", model=model, profile=self._profile.name,
             port=self._config.port)
+        self.on_ready()
 
     def _iccid(self) -> str | None:
         """The profile's ICCID commands in turn (`COMMAND NOT SUPPORT` → the next one)."""
@@ -552,7 +554,7 @@ class Modem:
                 job.after_part(PartResult(index, error=exc.final[:120]))
                 job.on_done(refs, exc.final[:120])
                 return
-            except (AtTimeout, PortGone) as exc:
+            except Exception as exc:  # AtTimeout, PortGone: the ladder takes over
                 error = f"modem failed while sending: {exc}"[:160]
                 job.after_part(PartResult(index, error=error, doubt=bool(written)))
                 job.on_done(refs, error)

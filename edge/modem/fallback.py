@@ -484,6 +484,7 @@ class SmsFallback:
         self._thread = threading.Thread(target=self._run, name="sms-fallback", daemon=True)
         modem.on_report = self._on_report
         modem.on_sms = self._on_sms
+        modem.on_ready = self._wake.set  # parts waiting for the modem go at once
 
     def start(self) -> None:
         self._thread.start()
