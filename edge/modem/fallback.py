@@ -408,7 +408,8 @@ class SmsLog:
             "         AND number = sms.number ORDER BY idx)), "
             "submitted_at = CASE WHEN ? IN ('submitted', 'delivered') "
             "  THEN COALESCE(submitted_at, ?) ELSE submitted_at END, "
-            "reported_at = CASE WHEN ? IN ('delivered', 'failed') THEN ? ELSE NULL END, "
+            "reported_at = CASE WHEN ? IN ('delivered', 'failed') "
+            "  THEN COALESCE(reported_at, ?) ELSE NULL END, "
             "error = CASE WHEN ? IN ('submitted', 'delivered') THEN NULL "
             "  ELSE COALESCE(?, error) END "
             "WHERE alarm_id = ? AND number = ?",
