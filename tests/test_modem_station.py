@@ -16,11 +16,12 @@ from conftest import make_config, schema, wait_until
 from gsmmodem import pdu as gsm_pdu
 
 from edge.config import Config
-from edge.contract.events import AlarmPanic, PanicPayload, stamp
+from edge.contract.events import AlarmPanic, PanicPayload, decode_event, stamp
 from edge.modem import pdu
 from edge.modem.fallback import alarm_text, short_code
 from edge.station import Station
-from pingan_sim.modem import ModemSim
+from pingan_sim.localbroker import free_port
+from pingan_sim.modem import ModemSim, complete_texts, copies
 
 DUTY = ["+8613800138000", "13912345678"]
 
@@ -246,3 +247,100 @@ def test_a_stuck_modem_never_delays_alarms_or_shutdown(broker, start_station, to
     started = time.monotonic()
     station.stop()
     assert time.monotonic() - started < 5.0, "stop waited for the modem's reply"
+
+
+# --- at least once, part by part ----------------------------------------------------------
+
+def sms_events(station: Station, alarm_id: str) -> list[dict[str, Any]]:
+    """The alarm.sms events the station has stored for `alarm_id`, in seq order."""
+    out = []
+    for row in station.outbox.pending({}, 1000):
+        if row.type == "alarm.sms":
+            event = msgspec.to_builtins(decode_event(row.body))
+            if event["payload"]["alarm_id"] == alarm_id:
+                out.append(event)
+    return sorted(out, key=lambda e: e["seq"])
+
+
+@pytest.fixture
+def down_port() -> int:
+    """A broker port nothing listens on: the uplink stays down."""
+    return free_port()
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 4])
+def test_a_temporary_error_on_each_part_in_turn_is_retried(start_station, sim, down_port,
+                                                           failing):
+    """Two numbers, two parts each: the `failing`-th submission is refused with +CMS
+    ERROR: 500. That part alone is tried again (after ~1 s); both texts end complete,
+    nothing twice."""
+    sim.cms_script = [None] * (failing - 1) + ["+CMS ERROR: 500"]
+    station = start_station(down_port, modem=modem_cfg(sim, sms_after_s=0.0))
+    wait_until(lambda: station.modem.modem.ready, 10)
+    alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: set(complete_texts(sim)) == set(DUTY), 15, "both texts complete")
+    code = short_code(alarm.id)
+    for number in DUTY:
+        (text,) = complete_texts(sim)[number]
+        assert f"代码 {code}" in text
+    assert copies(sim) == dict.fromkeys(DUTY, 0)
+    assert sim.count("AT+CMGS") == 5, "four parts, one of them twice"
+    log = station.modem.fallback.log
+    wait_until(lambda: [r["status"] for r in log.rows(alarm.id)] == ["delivered"] * 2, 10)
+    failed_number = DUTY[(failing - 1) // 2]
+    attempts = [[p["attempts"] for p in log.parts(alarm.id, n)] for n in DUTY]
+    expected = [[1, 1], [1, 1]]
+    expected[(failing - 1) // 2][(failing - 1) % 2] = 2
+    assert attempts == expected
+    last = wait_until(lambda: [e for e in sms_events(station, alarm.id) if all(
+        r["status"] == "delivered" for r in e["payload"]["recipients"])], 10)[-1]
+    assert [(r["number"], r["attempts"], r["resent"], r["parts_delivered"], r["error"])
+            for r in last["payload"]["recipients"]] == [
+        (n, 3 if n == failed_number else 2, 0, 2, None) for n in DUTY]
+    # The township heard of the error while it was being retried.
+    assert any(r["error"] == "+CMS ERROR: 500" and r["status"] == "queued"
+               for e in sms_events(station, alarm.id) for r in e["payload"]["recipients"])
+    schema("event").validate(last)
+
+
+def test_a_permanent_error_fails_that_number_and_the_next_goes_on(start_station, sim,
+                                                                   down_port):
+    sim.cms_script = ["+CMS ERROR: 1"]  # RP cause 1: unassigned number
+    station = start_station(down_port, modem=modem_cfg(sim, sms_after_s=0.0))
+    wait_until(lambda: station.modem.modem.ready, 10)
+    alarm = station.alarm.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: set(complete_texts(sim)) == {DUTY[1]}, 15, "the second number's text")
+    time.sleep(2.5)  # past the first back-offs: the first number is not tried again
+    assert sim.count("AT+CMGS") == 3
+    last = wait_until(lambda: [e for e in sms_events(station, alarm.id) if [
+        r["status"] for r in e["payload"]["recipients"]] == ["failed", "delivered"]], 10)[-1]
+    first = last["payload"]["recipients"][0]
+    assert (first["error"], first["parts_accepted"], first["attempts"]) == (
+        "+CMS ERROR: 1", 0, 1)
+    assert not station.modem.fallback.log.active()
+
+
+def test_health_stays_small_whatever_the_modem_sends(broker, start_station, township_factory):
+    """Junk for a model, a long operator, 10 KB lines and another vendor's status lines:
+    the retained health report stays under 1 KB."""
+    sim = ModemSim("ME909s")
+    try:
+        sim.spec = {**sim.spec, "AT+CGMM": ["M" * 3000],
+                    "ATI": ["Manufacturer: Huawei Technologies Co., Ltd.", "Model: " + "N" * 65],
+                    "AT+COPS?": ['+COPS: 0,0,"' + "O" * 300 + '",7']}
+        sim.chatter = ["^RSSI: 14", "X" * 10_240, '^HCSQ: "LTE",34,40,100,20', "+JUNK: 1"]
+        station = start_station(broker.port, "v-junk", modem=modem_cfg(sim),
+                                health={"interval_s": 1.0})
+        wait_until(lambda: station.modem.modem.ready and station.uplink.connected, 10)
+        township = township_factory(broker.port)
+        topic = "pingan/v1/t01/v-junk/health"
+        reports = wait_until(lambda: [m for t, m, _ in township.messages if t == topic
+                                      and m["modem"]["csq_dbm"] is not None], 10)
+        for r in reports:
+            schema("health").validate(r)
+            assert len(json.dumps(r, ensure_ascii=False).encode()) < 1024
+        modem = reports[-1]["modem"]
+        # No model fits 64 printable characters: the profile's name instead.
+        assert (modem["model"], modem["operator"], modem["rsrp"]) == ("ME909s", None, -95.0)
+    finally:
+        sim.close()

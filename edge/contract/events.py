@@ -173,15 +173,28 @@ class Selftest(EventBase, tag="selftest", kw_only=True):
     payload: SelftestPayload
 
 
+SmsStatus = Literal["queued", "submitted", "delivered", "failed", "held_back", "unknown"]
+
+
 class SmsRecipient(_Shape):
     number: str
-    # queued → submitted → delivered / failed; held_back: over the SMS rate limit, not
-    # sent; unknown: the station restarted while submitting it.
-    status: Literal["queued", "submitted", "delivered", "failed", "held_back", "unknown"]
+    # queued (parts still to go, retried after temporary errors and restarts) →
+    # submitted (every part accepted by the network) → delivered / failed (delivery
+    # reports, a permanent error, or 24 h without success); held_back: over the SMS rate
+    # limit, not sent; unknown: a station before per-part state restarted mid-send.
+    status: SmsStatus
     parts: Annotated[int, msgspec.Meta(ge=1, le=255)]
     submitted_at: str | None = None
     reported_at: str | None = None
+    # The last error (while not yet submitted, or why it failed).
     error: str | None = None
+    parts_accepted: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    parts_delivered: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+    # AT+CMGS tries in all: more than `parts` after a temporary error or a restart.
+    attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Parts sent again after the station lost track of them (stopped or killed, or the
+    # modem failed, while the part was at the modem): the officer may have these twice.
+    resent: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class AlarmSmsPayload(_Shape):
@@ -229,13 +242,16 @@ class StationState(_Shape):
 
 
 class ModemReport(_Shape):
+    """What the modem said about itself, validated and bounded (edge/modem/signal.py)."""
+
     state: Literal["starting", "ok", "absent", "sim_locked", "silent"]
-    model: str | None = None
-    iccid: str | None = None
+    model: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    iccid: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{18,22}$")] | None = None
     # Registration: the better of +CREG and +CEREG.
     reg: Literal["home", "roaming", "searching", "denied", "unknown", "none"] | None = None
-    operator: str | None = None
-    tech: str | None = None
+    # 27.007 +COPS forms: long (≤ 24 printable), short, or numeric MCC+MNC.
+    operator: Annotated[str, msgspec.Meta(max_length=24)] | None = None
+    tech: Annotated[str, msgspec.Meta(max_length=16)] | None = None
     csq_dbm: int | None = None
     rsrp: float | None = None
     rsrq: float | None = None

@@ -1,6 +1,7 @@
-"""The 4G modem: AT port (`at`), the modem part (`device`), SMS PDUs (`pdu`), network
-readings (`signal`) and the SMS fallback for alarms (`fallback`). `attach` wires them for a
-station."""
+"""The 4G modem: AT port (`at`), each model's habits as data (`profiles`), the modem part
+(`device`), SMS PDUs (`pdu`), validated readings (`signal`) and the SMS fallback for
+alarms, at least once (`fallback`). `attach` wires them
+for a station."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ class ModemParts:
         self.fallback.start()
 
     def close(self) -> None:
-        self.fallback.close()
+        # The watcher first, then the modem (a part in flight ends at once, and is left
+        # `submitted`: sent again at the next start), then the log the modem reports to.
+        self.fallback.halt()
         self.modem.close()
+        self.fallback.close()
         if self._power is not None:
             self._power.close()
 

@@ -6,6 +6,12 @@ in the tests, `rfc2217://` or `socket://` for a modem elsewhere. One reader thre
 flight, or an unsolicited result code (URC) handed to `on_urc`, so a `+CMTI` arriving in
 the middle of `AT+CSQ` is neither lost nor mistaken for the reply. `on_urc` runs on the
 reader thread and must only queue.
+
+Bytes from the modem are never trusted. Each line is decoded as UTF-8 with replacement
+(`LineReader`), a line longer than `MAX_LINE` is dropped whole, and a line counts as
+unsolicited when it is a known notice of any vendor (edge/modem/profiles.py) or merely
+looks like one (`^…`, or `+XXX:` other than the answer asked for), so another vendor's
+status lines never become a reply. Nothing the modem sends can end the reader.
 """
 
 from __future__ import annotations
@@ -21,20 +27,33 @@ from dataclasses import dataclass, field
 import serial
 
 from edge.logs import log
+from edge.modem import profiles
 
 logger = logging.getLogger("edge.modem")
 
 FINAL_OK = "OK"
-_FINAL_ERROR = re.compile(r"^(ERROR|\+CM[ES] ERROR:.*|NO CARRIER|COMMAND NOT SUPPORT)$")
-# Always unsolicited, whatever command is in flight.
-_URC_ALWAYS = re.compile(
-    r"^(RDY|POWERED DOWN|NORMAL POWER DOWN|\+CMTI:|\+CDSI:|\+CDS:|\+CMT:|\+QIND:|\+CPIN:"
-    r"|SMS DONE|PB DONE|\+CFUN:|\+CGEV:|\+QUSIM:|\+CREG:|\+CEREG:|\+CGREG:)")
+_FINAL_ERROR = re.compile(
+    r"^(ERROR|\+CM[ES] ERROR:.*|NO CARRIER|COMMAND NOT SUPPORT|TOO MANY PARAMETERS)$")
+# 27.007 / 27.005 notices: always unsolicited, whatever command is in flight.
+_URC_STANDARD = ("RDY", "POWERED DOWN", "NORMAL POWER DOWN", "+CMTI:", "+CDSI:", "+CDS:",
+                 "+CMT:", "+CBM:", "+CPIN:", "SMS DONE", "PB DONE", "+CFUN:", "+CGEV:",
+                 "+CREG:", "+CEREG:", "+CGREG:", "+CUSD:", "+CRING:", "RING", "+CLIP:",
+                 "+CTZV:", "+CTZE:", "+CIEV:")
+_URC_ALWAYS = tuple(sorted(set(_URC_STANDARD) | set(profiles.UNSOLICITED)))
+# Any vendor's status line looks like one of these.
+_LOOKS_UNSOLICITED = re.compile(r"^(\^|\+[A-Za-z0-9][A-Za-z0-9 _-]*:)")
 # With AT+CREG=1 the URC is `+CREG: <stat>`, the answer to `AT+CREG?` `+CREG: <n>,<stat>`.
 _REG_URC = re.compile(r"^\+C(E|G)?REG: *\d+$")
 _MAX_REPLY_LINES = 256  # a babbling modem must not grow one reply without bound
+# The longest line a modem answers with is a +CMGR PDU (~360 hex digits); anything much
+# longer is junk and dropped whole.
+MAX_LINE = 1024
 # URCs whose PDU follows on the next line.
 _TWO_LINE = ("+CDS:", "+CMT:")
+_COMMAND = re.compile(r"AT[ -~]{0,200}")
+_HEX = re.compile(r"[0-9A-Fa-f]{0,1000}")
+_PDU = re.compile(r"[0-9A-Fa-f]{2,1000}")
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 class AtError(RuntimeError):
@@ -59,6 +78,61 @@ class Urc:
     pdu: str = ""
 
 
+class Prompt:
+    """The `> ` the modem sends when it wants the body of AT+CMGS."""
+
+
+PROMPT = Prompt()
+
+
+class LineReader:
+    """Bytes from the modem → lines (UTF-8, undecodable bytes replaced) and prompts.
+
+    Lines end at CR or LF; empty ones are skipped. A line longer than `max_line` is
+    dropped whole (counted in `dropped`) and the buffer never holds more than that."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._buf = bytearray()
+        self._max = max_line
+        self._skipping = False
+        self.dropped = 0
+
+    def feed(self, chunk: bytes) -> list[str | Prompt]:
+        self._buf += chunk
+        buf = self._buf
+        out: list[str | Prompt] = []
+        while buf:
+            if not self._skipping and buf[:2] == b"> ":
+                del buf[:2]
+                out.append(PROMPT)
+                continue
+            end = _LINE_END.search(buf)
+            if end is None:
+                if len(buf) > self._max:  # no line end in sight: junk
+                    if not self._skipping:
+                        self.dropped += 1
+                    self._skipping = True
+                    buf.clear()
+                break
+            raw = bytes(buf[:end.start()])
+            del buf[:end.start() + 1]
+            if self._skipping:
+                self._skipping = False  # the tail of a line already dropped
+                continue
+            if len(raw) > self._max:
+                self.dropped += 1
+                continue
+            line = raw.decode("utf-8", "replace").strip()
+            if line:
+                out.append(line)
+        return out
+
+
+def unsolicited(line: str) -> bool:
+    """A line that is, or looks like, a notice the modem sends on its own."""
+    return line.startswith(_URC_ALWAYS) or _LOOKS_UNSOLICITED.match(line) is not None
+
+
 @dataclass
 class _Pending:
     command: str
@@ -71,7 +145,7 @@ class _Pending:
 
 
 def _reply_prefix(command: str) -> str:
-    m = re.match(r"AT([+$^][A-Z0-9]+)", command.upper())
+    m = re.match(r"AT([+$^%#][A-Z0-9]+)", command.upper())
     return m.group(1) + ":" if m else ""
 
 
@@ -90,7 +164,10 @@ class AtChannel:
         self._state = threading.Lock()  # guards _pending
         self._pending: _Pending | None = None
         self._closing = threading.Event()
+        self._lines = LineReader()
         self.error: str | None = None  # why the reader stopped, if the port failed
+        self.echoes = 0  # commands the modem echoed back (echo is on after a reset)
+        self.reader_errors = 0
         self._reader = threading.Thread(target=self._read_loop, name="modem-reader", daemon=True)
         self._reader.start()
 
@@ -98,20 +175,31 @@ class AtChannel:
     def alive(self) -> bool:
         return self._reader.is_alive()
 
+    @property
+    def dropped(self) -> int:
+        """Over-long lines dropped as junk."""
+        return self._lines.dropped
+
     def close(self) -> None:
         self._closing.set()
         self._reader.join(1.0)
         with contextlib.suppress(serial.SerialException, OSError):
             self._port.close()
 
-    def command(self, command: str, timeout: float = 5.0, data: str | None = None) -> list[str]:
+    def command(self, command: str, timeout: float = 5.0, data: str | None = None, *,
+                expect: str | None = None,
+                before_data: Callable[[], None] | None = None) -> list[str]:
         """Send `command`, return the lines of its reply (without the final OK).
 
-        With `data`, wait for the `> ` prompt, send `data` and Ctrl-Z (AT+CMGS)."""
+        `expect` is the prefix of the answer when it is not the command's own (AT+CICCID
+        is answered `+ICCID:`). With `data`, wait for the `> ` prompt, call
+        `before_data`, send `data` and Ctrl-Z (AT+CMGS)."""
+        if not _COMMAND.fullmatch(command) or (data is not None and not _HEX.fullmatch(data)):
+            raise AtError(command, "not sent: not a printable ASCII command")
         if not self._lock.acquire(timeout=timeout):
             raise AtTimeout(f"{command}: the port is busy with another command")
         try:
-            pending = _Pending(command, _reply_prefix(command), prompt=data is not None)
+            pending = _Pending(command, expect or _reply_prefix(command), prompt=data is not None)
             with self._state:
                 self._pending = pending
             deadline = time.monotonic() + timeout
@@ -121,7 +209,13 @@ class AtChannel:
                     self._write("\x1b")  # ESC abandons the message body
                     raise AtTimeout(f"{command}: no '> ' prompt within {timeout} s")
                 if pending.final is None:
+                    if before_data is not None:
+                        before_data()
                     self._write(data + "\x1a")
+                else:  # answered before the prompt: the body was never sent
+                    self._write("\x1b")  # in case a prompt is on its way after all
+                    if pending.final == FINAL_OK:
+                        raise AtError(command, "OK before the '> ' prompt: not sent")
             if not self._wait(pending.done, pending, deadline):
                 raise AtTimeout(f"{command}: no reply within {timeout} s")
             if pending.final != FINAL_OK:
@@ -131,6 +225,12 @@ class AtChannel:
             with self._state:
                 self._pending = None
             self._lock.release()
+
+    def cancel_prompt(self) -> None:
+        """ESC: a modem left waiting for an SMS body (its host died mid-send) returns to
+        commands. Harmless otherwise."""
+        with self._lock:
+            self._write("\x1b")
 
     def _wait(self, event: threading.Event, pending: _Pending, deadline: float) -> bool:
         while not event.is_set():
@@ -154,7 +254,6 @@ class AtChannel:
     # --- the reader thread -----------------------------------------------------------
 
     def _read_loop(self) -> None:
-        buf = b""
         awaiting_pdu: str | None = None
         while not self._closing.is_set():
             try:
@@ -169,28 +268,24 @@ class AtChannel:
                 return
             if not chunk:
                 continue
-            buf += chunk
-            if len(buf) > 65536:  # a babbling port must not eat memory
-                buf = buf[-4096:]
-            while True:
-                if buf.startswith(b"> ") or buf.startswith(b"\r\n> "):
-                    buf = buf[buf.index(b"> ") + 2:]
-                    with self._state:
-                        if self._pending is not None:
-                            self._pending.prompted.set()
-                    continue
-                end = buf.find(b"\n")
-                if end < 0:
-                    break
-                line = buf[:end].decode("latin-1").strip()
-                buf = buf[end + 1:]
-                if not line:
-                    continue
-                if awaiting_pdu is not None:
-                    self._urc(Urc(awaiting_pdu, line))
-                    awaiting_pdu = None
-                    continue
-                awaiting_pdu = self._line(line)
+            try:
+                for item in self._lines.feed(chunk):
+                    if isinstance(item, Prompt):
+                        with self._state:
+                            if self._pending is not None:
+                                self._pending.prompted.set()
+                    elif awaiting_pdu is not None and _PDU.fullmatch(item):
+                        self._urc(Urc(awaiting_pdu, item))
+                        awaiting_pdu = None
+                    else:
+                        if awaiting_pdu is not None:  # no PDU after all: not swallowed
+                            self._urc(Urc(awaiting_pdu))
+                        awaiting_pdu = self._line(item)
+            except Exception as exc:  # nothing the modem sends may end the reader
+                self.reader_errors += 1
+                awaiting_pdu = None
+                log(logger, "error", "modem.reader_error", error=repr(exc)[:200],
+                    action="a line from the modem could not be sorted; it was skipped")
 
     def _line(self, line: str) -> str | None:
         """Sort one line; returns the header of a two-line URC whose PDU comes next."""
@@ -198,14 +293,15 @@ class AtChannel:
             pending = self._pending
             if pending is not None and not pending.done.is_set():
                 if line == pending.command:
-                    return None  # echo (ATE0 not yet in effect)
+                    self.echoes += 1  # echo (ATE0 not yet, or no longer, in effect)
+                    return None
                 if line == FINAL_OK or _FINAL_ERROR.match(line):
                     pending.final = line
                     pending.done.set()
                     return None
                 mine = pending.prefix and line.startswith(pending.prefix) \
                     and not _REG_URC.match(line)
-                if mine or not _URC_ALWAYS.match(line):
+                if mine or not unsolicited(line):
                     if len(pending.lines) < _MAX_REPLY_LINES:
                         pending.lines.append(line)
                     return None

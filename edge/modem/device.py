@@ -3,16 +3,25 @@
 All modem I/O runs on one worker thread (`modem`) fed by a bounded queue, so nothing
 else ever waits on the modem: `send_sms` queues and returns at once. The worker:
 
-- opens the port (absent → problem `modem_absent`, retried with back-off);
-- detects the model (`ATI`, `AT+CGMM`) and adapts: ICCID and serving-cell commands, and
-  the EC25's habit of announcing delivery reports as `+CDSI: "SM"` while storing them in
-  "SR" (it asks for direct `+CDS`, CNMI ds=1, and reads "SR" when a `+CDSI` comes anyway);
+- opens the port (absent → problem `modem_absent`, retried with back-off); a modem left
+  waiting for an SMS body by a host that died is sent ESC first;
+- detects the model (`ATI`, `AT+CGMM`) and takes its profile (edge/modem/profiles.py):
+  ICCID commands tried in turn, the serving-cell command, the soft reset, where
+  delivery reports are kept (the EC25 announces `+CDSI: "SM"` but stores in "SR");
 - checks the SIM (not ready → `modem_sim`), sets PDU mode and the URCs it wants;
-- polls signal, registration and operator every `modem.poll_s`;
-- on `RDY` (the modem reset itself) sets everything up again;
-- on a command timeout climbs the recovery ladder: AT ping, `AT+CFUN=1,1` and wait for
-  `RDY`, then a power cycle through the relay on `pins.modem_power`; still silent →
-  `modem_silent`, and the ladder is tried again with back-off.
+- polls signal, registration and operator every `modem.poll_s`; every value is
+  validated and bounded (edge/modem/signal.py);
+- on any vendor's boot notice (`RDY`, `^SYSSTART`, ...) or its echo coming back (the
+  modem restarted by itself) sets everything up again;
+- on a command timeout climbs the recovery ladder: AT ping, the profile's soft reset and
+  wait until the modem is ready (a boot notice, `+CPIN: READY`, or simply an answer to
+  `AT`), then a power cycle through the relay on `pins.modem_power`; `modem_silent` only
+  when none of that brings an answer, and the ladder is tried again with back-off.
+
+An SMS is sent part by part (`SmsJob`): the sender hears just before a part's PDU goes
+to the modem (`before_part`, after the `> ` prompt) and how each part ended
+(`after_part`: the `+CMGS` reference, or the error and whether the part may have gone
+anyway), so it can keep each part's state on disk.
 """
 
 from __future__ import annotations
@@ -20,11 +29,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,43 +42,34 @@ from edge.config import ModemSection
 from edge.contract.events import ModemReport
 from edge.health import Health
 from edge.logs import log
-from edge.modem import pdu, signal
+from edge.modem import pdu, profiles, signal
 from edge.modem.at import AtChannel, AtError, AtTimeout, PortGone, Urc
+from edge.modem.profiles import PROFILES, Profile, detect
 
 logger = logging.getLogger("edge.modem")
+
+__all__ = ["PROFILES", "Modem", "PartResult", "Profile", "SmsJob", "detect"]
 
 _QUEUE_MAX = 64
 _PING_TRIES = 3
 _PING_TIMEOUT_S = 2.0
+_READY_PING_AFTER_S = 1.0  # after a reset, a modem may still answer before it goes down
+_BOOT_DEBOUNCE_S = 2.0  # RDY, ^SYSSTART, echo back on: one restart, set up once
 _PARTS_KEPT = 16  # incoming concatenated messages being reassembled
 _PARTS_TTL_S = 600.0
+_STORES = frozenset({"SM", "ME", "MT", "SR", "BM"})
 
 
 @dataclass(frozen=True, slots=True)
-class Profile:
-    name: str
-    iccid_command: str
-    cell_command: str | None
-    cell_parse: Callable[[str], tuple[float | None, float | None, float | None]] | None
-    # +CDSI says "SM" but the report sits in "SR" (EC25 firmware).
-    report_store: str | None
+class PartResult:
+    """How one part of an SMS ended at the modem."""
 
-
-PROFILES = {
-    "EC25": Profile("EC25", "AT+QCCID", 'AT+QENG="servingcell"', signal.qeng_lte, "SR"),
-    "SIM7600": Profile("SIM7600", "AT+CICCID", "AT+CPSI?", signal.cpsi_lte, None),
-    "generic": Profile("generic", "AT+CCID", None, None, None),
-}
-
-
-def detect(identity: list[str]) -> Profile:
-    """The profile for what `ATI` / `AT+CGMM` said: Quectel EC2x/EG9x, SIMCom SIM7xxx."""
-    text = " ".join(identity).upper()
-    if re.search(r"\bE[CG]2\d|\bEG9\d|QUECTEL", text):
-        return PROFILES["EC25"]
-    if re.search(r"SIM7[56]\d\d|SIMCOM", text):
-        return PROFILES["SIM7600"]
-    return PROFILES["generic"]
+    index: int  # 0-based
+    ref: int | None = None  # the +CMGS message reference: the network accepted it
+    error: str | None = None  # what went wrong, else None
+    # The PDU may have reached the network although no +CMGS came back (the modem or
+    # the station went away after the PDU was written): sending it again may duplicate.
+    doubt: bool = False
 
 
 @dataclass
@@ -79,8 +78,17 @@ class SmsJob:
 
     number: str
     text: str
+    # The concatenation reference (0-255) the parts carry; None: the modem picks one.
+    # A part sent again must carry the same one, so the phone joins it to the others.
+    reference: int | None = None
+    # 0-based indices of the parts to send, in order; None: all of them.
+    parts: Sequence[int] | None = None
     on_start: Callable[[], None] = lambda: None
-    # (message references, error): the references are one per part, in order.
+    # Just before a part's PDU is written: from now on it may reach the network.
+    before_part: Callable[[int], None] = lambda _index: None
+    after_part: Callable[[PartResult], None] = lambda _result: None
+    # (message references, error): the references are one per part sent, in order.
+    # A job stops at the first part that fails; the parts after it are not tried.
     on_done: Callable[[list[int], str | None], None] = lambda _refs, _err: None
 
 
@@ -111,9 +119,10 @@ class Modem:
         self._power = power  # a gpiozero OutputDevice driving the power relay, or None
         self.on_report = on_report
         self.on_sms = on_sms
+        self.on_ready: Callable[[], None] = lambda: None  # set up (again): SMS can go
         self._queue: queue.Queue[object] = queue.Queue(maxsize=_QUEUE_MAX)
         self._stop = threading.Event()
-        self._rdy = threading.Event()
+        self._ready_seen = threading.Event()  # a ready notice since the last reset
         self._chan: AtChannel | None = None
         self._ready = False
         self._lock = threading.Lock()
@@ -122,8 +131,11 @@ class Modem:
         self._reference = int(time.time()) & 0xFF
         self._assembling: OrderedDict[tuple[str, int], _Assembly] = OrderedDict()
         self._retry_s = 1.0
-        self._expect_rdy = False
+        self._expect_boot = 0.0  # until then, a boot notice is our own reset's
+        self._last_boot = -_BOOT_DEBOUNCE_S
+        self._echoes = 0
         self.resets = 0
+        self.failures = 0  # exceptions the modem thread survived (a bug if ever > 0)
         self._thread = threading.Thread(target=self._run, name="modem", daemon=True)
 
     # --- any thread ------------------------------------------------------------------
@@ -153,6 +165,10 @@ class Modem:
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
     def send_sms(self, job: SmsJob) -> bool:
         """Queue `job`; False when the queue is full (the caller keeps it and retries)."""
         try:
@@ -168,12 +184,12 @@ class Modem:
 
     def _urc(self, urc: Urc) -> None:
         """On the reader thread: hand over and return."""
-        if urc.line == "RDY":
-            self._rdy.set()
+        if urc.line in profiles.READY_NOTICES:
+            self._ready_seen.set()
         try:
             self._queue.put_nowait(urc)
         except queue.Full:
-            log(logger, "warning", "modem.urc_dropped", line=urc.line,
+            log(logger, "warning", "modem.urc_dropped", line=urc.line[:80],
                 action="the modem thread is behind; a delivery report may be missing")
 
     # --- the modem thread ------------------------------------------------------------
@@ -184,6 +200,7 @@ class Modem:
             try:
                 next_poll = self._step(next_poll)
             except Exception:  # this thread must outlive anything the modem does
+                self.failures += 1
                 logger.exception("modem.failed")
                 self._ready = False
                 self._stop.wait(self._backoff())
@@ -207,7 +224,7 @@ class Modem:
             self._handle(item)
         except AtTimeout as exc:
             log(logger, "warning", "modem.timeout", error=str(exc),
-                action="recovering: AT ping, then AT+CFUN=1,1, then a power cycle")
+                action="recovering: AT ping, then a soft reset, then a power cycle")
             try:
                 self._recover()
             except PortGone as gone:
@@ -216,7 +233,7 @@ class Modem:
             self._gone(exc)
         except AtError as exc:
             # A refused setup step: the modem answers, so try again after a pause.
-            log(logger, "warning", "modem.setup_refused", error=str(exc),
+            log(logger, "warning", "modem.setup_refused", error=str(exc)[:200],
                 action="check the SIM and the modem model; retrying")
             self._ready = False
             self._stop.wait(self._backoff())
@@ -259,13 +276,22 @@ class Modem:
         self._health.set("modem_absent", "4G模块已断开", f"the 4G modem went away: {why}",
                          action="check the modem's USB cable and power")
 
-    def _at(self, command: str, timeout: float | None = None, data: str | None = None
+    def _at(self, command: str, timeout: float | None = None, data: str | None = None, *,
+            expect: str | None = None, before_data: Callable[[], None] | None = None
             ) -> list[str]:
         if self._chan is None:
             raise PortGone("modem port not open")
-        return self._chan.command(command, timeout or self._config.command_timeout_s, data)
+        return self._chan.command(command, timeout or self._config.command_timeout_s, data,
+                                  expect=expect, before_data=before_data)
 
     def _setup(self) -> None:
+        if self._chan is not None:
+            # ESC: a modem left waiting for an SMS body (by a host that died, or a reply
+            # out of step) returns to commands. Then a quiet moment: whatever answer is
+            # still on its way goes by as unsolicited instead of answering our next
+            # command, which would put every reply after it out of step.
+            self._chan.cancel_prompt()
+            self._stop.wait(0.2)
         self._ping()
         self._at("ATE0")
         self._at("AT+CMEE=1")
@@ -274,16 +300,17 @@ class Modem:
         with contextlib.suppress(AtError):
             cgmm = self._at("AT+CGMM")
         self._profile = detect(identity + cgmm)
-        model = next(iter(cgmm or identity), None)
+        model = signal.model(cgmm) or signal.model(identity)
         try:
-            sim = " ".join(self._at("AT+CPIN?"))
+            sim = signal.first(self._at("AT+CPIN?"), "+CPIN:")
         except AtError as exc:
             sim = exc.final
         if "READY" not in sim:
+            shown = signal.printable(sim, 40)
             self._set_state("sim_locked", model=model)
-            self._health.set("modem_sim", f"SIM卡不可用：{sim}", f"SIM card not usable: {sim}",
+            self._health.set("modem_sim", f"SIM卡不可用：{shown}", f"SIM card not usable: {shown}",
                              action="insert the SIM or remove its PIN lock")
-            raise AtError("AT+CPIN?", sim)
+            raise AtError("AT+CPIN?", shown)
         self._health.clear("modem_sim")
         self._at("AT+CMGF=0")  # PDU mode
         # Text-mode parameters too (first octet 49: report wanted, relative validity, 24 h,
@@ -295,48 +322,69 @@ class Modem:
         for urc_on in ("AT+CREG=1", "AT+CEREG=1"):
             with contextlib.suppress(AtError):
                 self._at(urc_on)
-        iccid = None
-        with contextlib.suppress(AtError):
-            iccid = signal.iccid(self._at(self._profile.iccid_command))
+        iccid = self._iccid()
         self._set_state("ok", model=model or self._profile.name, iccid=iccid)
+        self._echoes = self._chan.echoes if self._chan is not None else 0
         self._ready = True
         self._retry_s = 1.0
         self._health.clear("modem_silent")
         log(logger, "info", "modem.ready", model=model, profile=self._profile.name,
             port=self._config.port)
+        self.on_ready()
+
+    def _iccid(self) -> str | None:
+        """The profile's ICCID commands in turn (`COMMAND NOT SUPPORT` → the next one)."""
+        for query in self._profile.iccid:
+            try:
+                found = signal.iccid(self._at(query.command, expect=query.reply))
+            except AtError:
+                continue
+            if found:
+                return found
+        return None
 
     def _ping(self) -> None:
+        """AT until it answers (an ERROR is an answer too); AtTimeout after three tries."""
         for attempt in range(_PING_TRIES):
             try:
                 self._at("AT", min(_PING_TIMEOUT_S, self._config.command_timeout_s))
+                return
+            except AtError:
                 return
             except AtTimeout:
                 if attempt == _PING_TRIES - 1:
                     raise
 
     def _poll(self) -> None:
-        csq = next(iter(self._at("AT+CSQ")), "")
-        creg = cereg = cops = None
+        csq = signal.first(self._at("AT+CSQ"), "+CSQ:")
+        creg = cereg = None
+        cops = ""
         with contextlib.suppress(AtError):
-            creg = signal.registration(next(iter(self._at("AT+CREG?")), ""), query=True)
+            creg = signal.registration(signal.first(self._at("AT+CREG?"), "+CREG:"), query=True)
         with contextlib.suppress(AtError):
-            cereg = signal.registration(next(iter(self._at("AT+CEREG?")), ""), query=True)
+            cereg = signal.registration(signal.first(self._at("AT+CEREG?"), "+CEREG:"),
+                                        query=True)
         with contextlib.suppress(AtError):
-            cops = next(iter(self._at("AT+COPS?")), None)
+            cops = signal.first(self._at("AT+COPS?"), "+COPS:")
         rsrp = rsrq = sinr = None
-        if self._profile.cell_command and self._profile.cell_parse:
+        cell, parser = self._profile.cell, self._profile.cell_parser
+        if cell is not None and parser is not None:
             with contextlib.suppress(AtError):
-                for line in self._at(self._profile.cell_command):
-                    rsrp, rsrq, sinr = self._profile.cell_parse(line)
-                    if rsrp is not None:
-                        break
+                for line in self._at(cell.command, expect=cell.reply):
+                    if line.startswith(cell.reply):
+                        rsrp, rsrq, sinr = signal.CELL_PARSERS[parser](line)
+                        if rsrp is not None:
+                            break
         with self._lock:
             old = self._report
             self._report = ModemReport(
                 state="ok", model=old.model, iccid=old.iccid,
-                reg=signal.best_registration(creg, cereg), operator=signal.operator(cops or ""),
-                tech=signal.access_tech(cops or ""), csq_dbm=signal.csq_dbm(csq),
+                reg=signal.best_registration(creg, cereg), operator=signal.operator(cops),
+                tech=signal.access_tech(cops), csq_dbm=signal.csq_dbm(csq),
                 rsrp=rsrp, rsrq=rsrq, sinr=sinr)
+        if self._chan is not None and self._chan.echoes > self._echoes:
+            # ATE0 no longer in effect: the modem restarted without a notice we know.
+            self._restarted("echo")
 
     def _set_state(self, state: str, **fields: Any) -> None:
         with self._lock:
@@ -352,15 +400,27 @@ class Modem:
         elif isinstance(item, SmsJob):
             self._send(item)
 
+    def _restarted(self, how: str) -> None:
+        """The modem restarted by itself: set it up again, once per restart (its boot
+        notices and its echo coming back are all signs of the same one)."""
+        now = time.monotonic()
+        if now - self._last_boot < _BOOT_DEBOUNCE_S:
+            return
+        self._last_boot = now
+        log(logger, "warning", "modem.reset_seen", how=how[:40],
+            action="the modem restarted by itself; setting it up again")
+        self.resets += 1
+        self._ready = False
+
     def _on_urc(self, urc: Urc) -> None:
         line = urc.line
-        if line == "RDY" and self._expect_rdy:
-            self._expect_rdy = False  # our own reset: the ladder has set it up again
-        elif line == "RDY":
-            log(logger, "warning", "modem.reset_seen",
-                action="the modem restarted by itself; setting it up again")
-            self.resets += 1
-            self._ready = False
+        now = time.monotonic()
+        if line in profiles.BOOT_NOTICES:
+            if now < self._expect_boot:
+                self._expect_boot = 0.0  # our own reset: the ladder sets it up again
+                self._last_boot = now
+            else:
+                self._restarted(line)
         elif line.startswith(("POWERED DOWN", "NORMAL POWER DOWN")):
             log(logger, "warning", "modem.powered_down", action="waiting for it to come back")
             self._ready = False
@@ -372,22 +432,36 @@ class Modem:
             self._incoming(line)
         elif line.startswith(("+CREG:", "+CEREG:")):
             reg = signal.registration(line, query=False)
-            with self._lock:
-                self._report = _replace(self._report, reg=reg)
+            if reg is not None:
+                with self._lock:
+                    self._report = _replace(self._report, reg=reg)
 
     def _report_pdu(self, pdu_hex: str) -> None:
         try:
             report = pdu.parse_status_report(pdu_hex)
         except pdu.PduError as exc:
-            log(logger, "warning", "modem.bad_report", error=str(exc))
+            log(logger, "warning", "modem.bad_report", error=str(exc)[:200])
             return
         self.on_report(report)
 
-    def _stored_report(self, line: str) -> None:
+    @staticmethod
+    def _stored_at(line: str) -> tuple[str, int] | None:
+        """`+CMTI: "SM",3` / `+CDSI: "SR",7` → ("SM", 3); None unless both are sane."""
         values = signal.fields(line)
-        if len(values) < 2:
+        if len(values) < 2 or values[0].upper() not in _STORES:
+            log(logger, "warning", "modem.bad_notice", line=signal.printable(line, 80))
+            return None
+        index = signal.integer(values[1], 0, 65535)
+        if index is None:
+            log(logger, "warning", "modem.bad_notice", line=signal.printable(line, 80))
+            return None
+        return values[0].upper(), index
+
+    def _stored_report(self, line: str) -> None:
+        where = self._stored_at(line)
+        if where is None:
             return
-        announced, index = values[0], values[1]
+        announced, index = where
         # The EC25 says "SM" but keeps the report in "SR": read where it really is.
         store = self._profile.report_store or announced
         try:
@@ -397,7 +471,7 @@ class Modem:
                 self._at(f"AT+CMGD={index}")
         except AtError as exc:
             log(logger, "warning", "modem.report_unreadable", store=store, index=index,
-                error=str(exc))
+                error=str(exc)[:200])
             return
         finally:
             with contextlib.suppress(AtError):
@@ -406,14 +480,14 @@ class Modem:
             self._report_pdu(lines[1])
 
     def _incoming(self, line: str) -> None:
-        values = signal.fields(line)
-        if len(values) < 2:
+        where = self._stored_at(line)
+        if where is None:
             return
-        index = values[1]
+        index = where[1]
         try:
             lines = self._at(f"AT+CMGR={index}")
         except AtError as exc:
-            log(logger, "warning", "modem.sms_unreadable", index=index, error=str(exc))
+            log(logger, "warning", "modem.sms_unreadable", index=index, error=str(exc)[:200])
             return
         with contextlib.suppress(AtError):
             self._at(f"AT+CMGD={index}")  # a full SIM stops SMS altogether
@@ -422,7 +496,7 @@ class Modem:
         try:
             message = pdu.parse_deliver(lines[1])
         except pdu.PduError as exc:
-            log(logger, "warning", "modem.sms_malformed", error=str(exc))
+            log(logger, "warning", "modem.sms_malformed", error=str(exc)[:200])
             return
         whole = self._assemble(message)
         if whole is not None:
@@ -443,7 +517,7 @@ class Modem:
             self._assembling.popitem(last=False)
         if len(assembly.parts) < count:
             return None
-        del self._assembling[key]
+        self._assembling.pop(key, None)
         text = "".join(assembly.parts[i] for i in sorted(assembly.parts))
         return pdu.Incoming(message.sender, text, None)
 
@@ -451,43 +525,69 @@ class Modem:
         if not self._ready:
             job.on_done([], "modem not ready")
             return
-        self._reference = (self._reference + 1) & 0xFF
+        reference = job.reference
+        if reference is None:
+            self._reference = (self._reference + 1) & 0xFF
+            reference = self._reference
         try:
-            parts = pdu.encode_submit(job.number, job.text, self._reference)
+            parts = pdu.encode_submit(job.number, job.text, reference)
         except pdu.PduError as exc:
             job.on_done([], str(exc))
             return
+        indices = list(range(len(parts)) if job.parts is None else job.parts)
         job.on_start()
         refs: list[int] = []
-        try:
-            for part in parts:
+        for index in indices:
+            if not 0 <= index < len(parts):
+                job.on_done(refs, f"no part {index + 1} of {len(parts)}")
+                return
+            written: list[bool] = []
+
+            def before(index: int = index, written: list[bool] = written) -> None:
+                written.append(True)
+                job.before_part(index)
+
+            part = parts[index]
+            try:
                 lines = self._at(f"AT+CMGS={part.length}", self._config.sms_timeout_s,
-                                 data=part.hex)
-                ref = next((signal.fields(ln) for ln in lines if ln.startswith("+CMGS:")), [])
-                refs.append(int(ref[0]) if ref and ref[0].isdigit() else -1)
-        except AtError as exc:
-            job.on_done(refs, exc.final)
-            return
-        except (AtTimeout, PortGone) as exc:
-            job.on_done(refs, f"modem failed while sending: {exc}")
-            raise
-        log(logger, "info", "modem.sms_sent", parts=len(parts), refs=refs)
+                                 data=part.hex, before_data=before)
+            except AtError as exc:  # refused: this part did not go
+                job.after_part(PartResult(index, error=exc.final[:120]))
+                job.on_done(refs, exc.final[:120])
+                return
+            except Exception as exc:  # AtTimeout, PortGone: the ladder takes over
+                error = f"modem failed while sending: {exc}"[:160]
+                job.after_part(PartResult(index, error=error, doubt=bool(written)))
+                job.on_done(refs, error)
+                raise
+            values = signal.fields(signal.first(lines, "+CMGS:"))
+            ref = signal.integer(values[0], 0, 255) if values else None
+            job.after_part(PartResult(index, ref=ref))
+            refs.append(-1 if ref is None else ref)
+        log(logger, "info", "modem.sms_sent", parts=len(indices), refs=refs)
         job.on_done(refs, None)
 
     # --- recovery --------------------------------------------------------------------
 
     def _recover(self) -> None:
         self._ready = False
+        if self._chan is not None:
+            # A modem still waiting for an SMS body takes every command as text: ESC.
+            self._chan.cancel_prompt()
+            self._stop.wait(0.2)
         try:
             self._ping()
             return  # answered again: set up anew
         except AtTimeout:
             pass
-        for step, action in (("cfun", self._soft_reset), ("power", self._power_cycle)):
-            if action() and self._answers():
+        for step, action in (("reset", self._soft_reset), ("power", self._power_cycle)):
+            if action():
                 log(logger, "info", "modem.recovered", by=step)
                 self.resets += 1
                 return
+        if self._answers():  # never silent while it answers
+            log(logger, "info", "modem.recovered", by="answer")
+            return
         self._set_state("silent")
         self._health.set("modem_silent", "4G模块无响应（已重启和断电重启）",
                          "the 4G modem does not answer (reset and power cycle tried)",
@@ -495,28 +595,34 @@ class Modem:
         self._stop.wait(self._backoff())
 
     def _soft_reset(self) -> bool:
-        self._rdy.clear()
-        log(logger, "warning", "modem.reset", how="AT+CFUN=1,1")
+        self._ready_seen.clear()
+        self._expect_boot = time.monotonic() + self._config.rdy_timeout_s + _BOOT_DEBOUNCE_S
+        log(logger, "warning", "modem.reset", how=self._profile.reset)
         with contextlib.suppress(AtTimeout, AtError):
-            self._at("AT+CFUN=1,1", min(_PING_TIMEOUT_S, self._config.command_timeout_s))
-        return self._await_rdy()
+            self._at(self._profile.reset, min(_PING_TIMEOUT_S, self._config.command_timeout_s))
+        return self._await_ready()
 
     def _power_cycle(self) -> bool:
         if self._power is None:
             return False
         log(logger, "warning", "modem.power_cycle", off_s=self._config.power_off_s)
-        self._rdy.clear()
+        self._ready_seen.clear()
+        self._expect_boot = time.monotonic() + self._config.power_off_s + \
+            self._config.rdy_timeout_s + _BOOT_DEBOUNCE_S
         self._power.on()  # the relay opens the modem's supply
         self._stop.wait(self._config.power_off_s)
         self._power.off()
-        return self._await_rdy()
+        return self._await_ready()
 
-    def _await_rdy(self) -> bool:
-        """Wait for RDY; a USB modem re-enumerates meanwhile, so reopen its port."""
-        self._expect_rdy = True
-        deadline = time.monotonic() + self._config.rdy_timeout_s
+    def _await_ready(self) -> bool:
+        """Until `rdy_timeout_s`: any vendor's ready notice (RDY, ^SYSSTART, +CPIN: READY,
+        ...) or an answer to AT, whichever comes first. A USB modem re-enumerates
+        meanwhile, so its port is reopened."""
+        start = time.monotonic()
+        deadline = start + self._config.rdy_timeout_s
+        next_ping = start + min(_READY_PING_AFTER_S, self._config.rdy_timeout_s / 2)
         while time.monotonic() < deadline and not self._stop.is_set():
-            if self._rdy.wait(0.2):
+            if self._ready_seen.wait(0.1):
                 return True
             if self._chan is None or not self._chan.alive:
                 if self._chan is not None:
@@ -524,6 +630,15 @@ class Modem:
                     self._chan = None
                 with contextlib.suppress(PortGone):
                     self._chan = self._channel()
+            elif time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + _READY_PING_AFTER_S
+                try:
+                    self._at("AT", 0.5)
+                    return True
+                except AtError:
+                    return True  # it answers, if only to refuse
+                except (AtTimeout, PortGone):
+                    pass
         return False
 
     def _answers(self) -> bool:

@@ -1,10 +1,15 @@
 """A 4G modem that speaks AT over a real pseudo-terminal pair.
 
 The code under test opens `sim.path` (e.g. /dev/pts/7) exactly as it opens /dev/ttyUSB2
-on a unit. Profiles: a Quectel EC25 and a SIMCom SIM7600. Faults on demand: slow
-replies, URCs in the middle of a reply, +CMS ERROR, hanging until AT+CFUN=1,1 or until a
-power cycle (through a gpiozero MockFactory pin), resetting by itself (RDY), vanishing,
-and the EC25's delivery reports announced as +CDSI: "SM" but stored in "SR".
+on a unit. Profiles: a Quectel EC25 and EG25-G, a SIMCom SIM7600, a Huawei ME909s, a
+Fibocom L610 and a no-name modem ("generic"), each with its vendor's habits (boot
+notices, ICCID command, its answer to a command it does not know, its reset command).
+Faults and habits on demand: slow replies, URCs in the middle of a reply, status lines
+(`chatter`) inside every reply and at any moment, +CMS ERROR (one, or a script per
+submission), hanging until the profile's reset or until a power cycle (through a
+gpiozero MockFactory pin), resetting by itself, changing profile mid-run (`become`),
+holding at a chosen step of an SMS submission (`hold_at`), vanishing, and the EC25's
+delivery reports announced as +CDSI: "SM" but stored in "SR".
 
 Status reports and incoming SMS-DELIVER PDUs are built here by hand, and the SMS-SUBMIT
 PDUs the station sends are kept raw for the tests to decode with another library.
@@ -45,7 +50,47 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "-9,-88,-60,15"],
         "boot": ["RDY", "+CPIN: READY", "SMS DONE", "PB DONE"],
     },
+    "EG25-G": {
+        "ATI": ["Quectel", "EG25", "Revision: EG25GGBR07A08M2G"],
+        "AT+CGMM": ["EG25"],
+        "AT+QCCID": ["+QCCID: 89860012345678901235"],
+        'AT+QENG="servingcell"': ['+QENG: "servingcell","NOCONN","LTE","FDD",460,00,1A2D002,'
+                                  '77,1300,3,5,5,1234,-101,-12,-70,8,-'],
+        "boot": ["RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE",
+                 "+QIND: PB DONE"],
+        "status_lines": ['+QIND: "csq",20,99'],
+    },
+    # Huawei: status lines at any moment, COMMAND NOT SUPPORT, ^SYSSTART after a reset,
+    # AT^RESET, the ICCID as the SIM stores it (nibble-swapped), ^HCSQ in steps.
+    "ME909s": {
+        "ATI": ["Manufacturer: Huawei Technologies Co., Ltd.", "Model: ME909s-821",
+                "Revision: 11.617.01.00.00", "IMEI: 867223020000000",
+                "+GCAP: +CGSM,+DS,+ES"],
+        "AT+CGMM": ["ME909s-821"],
+        "AT^ICCID?": ["^ICCID: 98680021436587092143"],
+        "AT^HCSQ?": ['^HCSQ: "LTE",50,46,111,22'],
+        "boot": ["^SYSSTART"],
+        "reset": "AT^RESET",
+        "unsupported": "COMMAND NOT SUPPORT",
+        "status_lines": ["^RSSI: 14", '^HCSQ: "LTE",34,40,100,20',
+                         "^NWTIME: 26/12/06,10:20:31+32,00", "^MODE: 17,17"],
+    },
+    "Fibocom": {
+        "ATI": ["Fibocom", "L610", "Revision: 16000.1000.00.96.20.12"],
+        "AT+CGMM": ["L610"],
+        "AT+CCID": ["+CCID: 89860012345678901236"],
+        "boot": ["+SIM READY"],
+        "reset": "AT+CFUN=15",
+    },
+    # No notice at all after a reset: only an answer to AT tells it is back.
+    "generic": {
+        "ATI": ["Manufacturer: ACME", "Model: M1", "Revision: 1.0"],
+        "AT+CGMM": ["M1"],
+        "AT+CCID": ["89860012345678901237"],
+        "boot": [],
+    },
 }
+ICCID_ON_SIM = "98680021436587092143"  # 89860012345678901234, as EF_ICCID stores it
 
 
 def bcd(number: str) -> tuple[int, int, str]:
@@ -108,6 +153,21 @@ class ModemSim:
         self.submitted: list[Submitted] = []
         self.store: dict[str, dict[int, str]] = {"SM": {}, "SR": {}}
         self.mid_reply: list[str] = []  # URC lines slipped into the next multi-line reply
+        # Status lines slipped in after every reply line, before every final result and
+        # before the SMS prompt, one after another (a Huawei's ^RSSI, a 10 KB junk line).
+        self.chatter: list[str] = []
+        self._chatter_at = 0
+        # +CMS ERROR per SMS submission, in order: None accepts, a line refuses.
+        self.cms_script: list[str | None] = []
+        # ("prompt", n): stop before the "> " for the n-th AT+CMGS; ("answer", n): stop
+        # after the n-th PDU arrived, before its +CMGS answer. `held` says it stopped;
+        # `release()` goes on (the held PDU is then accepted, as a modem does when its
+        # host dies).
+        self.hold_at: tuple[str, int] | None = None
+        self.held = threading.Event()
+        self._release = threading.Event()
+        self._cmgs_seen = 0
+        self._bodies = 0
         self._mem = "SM"
         self._echo = True
         self._cnmi_ds = 0
@@ -143,6 +203,32 @@ class ModemSim:
         """The modem restarts by itself (brown-out, firmware watchdog)."""
         self._boot()
 
+    def become(self, profile: str) -> None:
+        """New firmware, new habits: the modem restarts as `profile`."""
+        with self._lock:
+            self.profile = profile
+            self.spec = PROFILES[profile]
+        self._boot()
+
+    def release(self) -> None:
+        self.hold_at = None
+        self.held.clear()
+        self._release.set()
+
+    def _hold(self, step: str, n: int) -> None:
+        if self.hold_at == (step, n):
+            self._release.clear()
+            self.held.set()
+            while not self._release.wait(0.05) and not self._stop.is_set():
+                pass
+
+    def _chatter(self) -> str:
+        if not self.chatter:
+            return ""
+        line = self.chatter[self._chatter_at % len(self.chatter)]
+        self._chatter_at += 1
+        return f"\r\n{line}\r\n"
+
     def count(self, prefix: str) -> int:
         with self._lock:
             return sum(1 for c in self.commands if c.startswith(prefix))
@@ -172,7 +258,7 @@ class ModemSim:
         if self.master < 0 or self._off:
             return
         with contextlib.suppress(OSError):
-            os.write(self.master, text.encode("latin-1"))
+            os.write(self.master, text.encode("utf-8"))
 
     def _later(self, delay: float, fn: Any, *args: Any) -> None:
         t = threading.Timer(delay, fn, args)
@@ -223,7 +309,9 @@ class ModemSim:
                 end = buf.find(b"\r")
                 if end < 0:
                     break
-                line = buf[:end].decode("latin-1").strip()
+                # ESC and Ctrl-Z outside an SMS body are ignored, as by a modem.
+                raw = buf[:end].replace(b"\x1b", b"").replace(b"\x1a", b"")
+                line = raw.decode("latin-1").strip()
                 buf = buf[end + 1:].lstrip(b"\n")
                 if not line:
                     continue
@@ -233,9 +321,11 @@ class ModemSim:
                 if m and not self.hang:
                     with self._lock:
                         self.commands.append(line)
+                        self._cmgs_seen += 1
+                    self._hold("prompt", self._cmgs_seen)
                     pending_cmgs = int(m.group(1))
                     body = ""
-                    self._send("\r\n> ")
+                    self._send(self._chatter() + "\r\n> ")
                     continue
                 self._command(line)
 
@@ -243,6 +333,7 @@ class ModemSim:
         out = []
         for i, line in enumerate(lines):
             out.append(f"\r\n{line}\r\n")
+            out.append(self._chatter())
             if i == 0 and self.mid_reply:
                 out.extend(f"\r\n{u}\r\n" for u in self.mid_reply)
                 self.mid_reply = []
@@ -253,7 +344,7 @@ class ModemSim:
         if self.slow_s:
             self.holding.set()  # a command's final answer is being held back
             self._stop.wait(self.slow_s)
-        self._send(f"\r\n{final}\r\n")
+        self._send(f"{self._chatter()}\r\n{final}\r\n")
 
     def _boot(self) -> None:
         with self._lock:
@@ -267,10 +358,11 @@ class ModemSim:
         with self._lock:
             self.commands.append(line)
         cmd = line.upper()
-        if self.hang == "power" or (self.hang == "cfun" and cmd != "AT+CFUN=1,1"):
-            return
         spec = self.spec
-        if cmd == "AT+CFUN=1,1":
+        reset = spec.get("reset", "AT+CFUN=1,1")
+        if self.hang == "power" or (self.hang == "cfun" and cmd != reset):
+            return
+        if cmd == reset:
             self._reply([])
             self._later(self.rdy_delay_s, self._boot)
         elif cmd in ("AT", "AT+CMEE=1", "AT+CMGF=0", "AT+CREG=1", "AT+CEREG=1") or \
@@ -310,12 +402,19 @@ class ModemSim:
         elif cmd.startswith("AT+CMGD="):
             self.store.get(self._mem, {}).pop(int(cmd.split("=")[1]), None)
             self._reply([])
+        elif cmd == "AT+CRSM=176,12258,0,0,10":  # 27.007 restricted SIM access: EF_ICCID
+            self._reply([f'+CRSM: 144,0,"{ICCID_ON_SIM}"'])
         else:
-            self._reply([], "ERROR")
+            self._reply([], spec.get("unsupported", "ERROR"))
 
     def _submit(self, length: int, body: str) -> None:
-        if self.cms_error:
-            error, self.cms_error = self.cms_error, None
+        self._bodies += 1
+        self._hold("answer", self._bodies)
+        scripted = self.cms_script.pop(0) if self.cms_script else None
+        if self.cms_error or scripted:
+            error = scripted or self.cms_error or ""
+            if not scripted:
+                self.cms_error = None
             self._reply([], error)
             return
         with self._lock:
@@ -326,3 +425,40 @@ class ModemSim:
         if self.report_status is not None:
             number = gsm_pdu.decodeSmsPdu(body.strip())["number"]
             self._later(self.report_delay_s, self.report, mr, number, self.report_status)
+
+
+# --- what the phones received (decoded by python-gsmmodem, not the project's codec) ---
+
+def phones(sim: ModemSim) -> dict[str, dict[tuple[int, int], dict[int, list[str]]]]:
+    """What each phone received, decoded by python-gsmmodem (not the project's codec):
+    per number, per concatenated message (UDH reference, part count), each part's copies."""
+    out: dict[str, dict[tuple[int, int], dict[int, list[str]]]] = {}
+    for s in list(sim.submitted):
+        d = gsm_pdu.decodeSmsPdu(s.pdu)
+        udh = d.get("udh") or []
+        key = (udh[0].reference, udh[0].parts) if udh else (-s.reference, 1)
+        number = udh[0].number if udh else 1
+        out.setdefault(d["number"], {}).setdefault(key, {}).setdefault(number, []).append(
+            d["text"])
+    return out
+
+
+def complete_texts(sim: ModemSim) -> dict[str, list[str]]:
+    """Per number, each message whose every part arrived, joined as a phone joins them
+    (a part that came twice shows once here; `copies` counts the extra ones)."""
+    out: dict[str, list[str]] = {}
+    for number, messages in phones(sim).items():
+        for (_, count), parts in messages.items():
+            if sorted(parts) == list(range(1, count + 1)):
+                assert all(len(set(seen)) == 1 for seen in parts.values()), \
+                    "a part sent again differs from the first"
+                units = "".join(parts[i][0] for i in range(1, count + 1))
+                out.setdefault(number, []).append(
+                    units.encode("utf-16-be", "surrogatepass").decode("utf-16-be"))
+    return out
+
+
+def copies(sim: ModemSim) -> dict[str, int]:
+    """Per number, parts that reached it more than once (the extra copies)."""
+    return {number: sum(len(c) - 1 for parts in messages.values() for c in parts.values())
+            for number, messages in phones(sim).items()}
