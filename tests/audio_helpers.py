@@ -3,6 +3,7 @@ and a spectral reading of it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,20 @@ class Sink:
 
     def since_mark(self) -> np.ndarray:
         return self.samples()[self.mark:]
+
+    def settle(self, quiet_s: float = 0.3, timeout: float = 10.0) -> None:
+        """Wait until the recording stops growing for `quiet_s`: what a closed stream
+        wrote passes through a pipe to `cat` (ALSA_CONF), which a loaded machine delays."""
+        deadline = time.monotonic() + timeout
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.played.stat().st_size
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the sink kept growing for {timeout} s")
 
     def set_mark(self) -> None:
         self.mark = len(self.samples())

@@ -87,9 +87,12 @@ def heard(sink: Sink) -> list[tuple[float, float]]:
     return runs(sink.since_mark(), RATE, list(HZ.values()))
 
 
-def idle(player: Player) -> None:
-    wait_until(lambda: player.current is None and not player.pending(), 10, "player idle")
-    time.sleep(0.15)  # the idle timeout closes the stream: the sink has it all
+def idle(player: Player, sink: Sink | None = None) -> None:
+    """The player is idle and its stream closed; with `sink`, what it wrote has landed."""
+    wait_until(lambda: player.current is None and not player.pending()
+               and not player.output_open, 10, "player idle, its stream closed")
+    if sink is not None:
+        sink.settle()
 
 
 PAIRS = [(lo, hi) for lo, hi in itertools.combinations(sorted(Level), 2)]
@@ -98,7 +101,7 @@ PAIRS = [(lo, hi) for lo, hi in itertools.combinations(sorted(Level), 2)]
 @pytest.mark.parametrize(("low", "high"), PAIRS, ids=[f"{h.name}>{lo.name}" for lo, h in PAIRS])
 def test_higher_preempts_lower_and_the_lower_follows_its_policy(sink, player, low, high):
     p, rec = player
-    idle(p)
+    idle(p, sink)
     sink.set_mark()
     a, b = play(low, 0.3), play(high, 0.1)
     p.submit(a)
@@ -106,7 +109,7 @@ def test_higher_preempts_lower_and_the_lower_follows_its_policy(sink, player, lo
     time.sleep(0.08)
     p.submit(b)
     wait_until(lambda: "finished" in rec.phases(b.play_id), 5)
-    idle(p)
+    idle(p, sink)
     got = heard(sink)
     policy = WHEN_PREEMPTED[low]
     assert [f for f, _ in got] == ([HZ[low], HZ[high]] + (
@@ -122,7 +125,7 @@ def test_higher_preempts_lower_and_the_lower_follows_its_policy(sink, player, lo
 
 def test_equal_priority_queues_and_lower_waits(sink, player):
     p, rec = player
-    idle(p)
+    idle(p, sink)
     sink.set_mark()
     first, second = play(Level.NORMAL, 0.2), play(Level.NORMAL, 0.2)
     second.samples = (second.samples * 0).astype(np.float32) + sine(Level.PTT, 0.2)  # distinct
@@ -131,14 +134,14 @@ def test_equal_priority_queues_and_lower_waits(sink, player):
     p.submit(second)
     p.submit(low)
     wait_until(lambda: "finished" in rec.phases(low.play_id), 5)
-    idle(p)
+    idle(p, sink)
     assert [f for f, _ in heard(sink)] == [HZ[Level.NORMAL], HZ[Level.PTT], HZ[Level.SCHEDULED]]
     assert "preempted" not in rec.phases(first.play_id)
 
 
 def test_not_before_holds_a_play_back(sink, player):
     p, rec = player
-    idle(p)
+    idle(p, sink)
     later = play(Level.EMERGENCY, 0.1, not_before=time.monotonic() + 0.3)
     submitted = time.monotonic()
     p.submit(later)
@@ -153,14 +156,14 @@ def test_not_before_holds_a_play_back(sink, player):
 
 def test_a_play_that_expires_while_queued_is_skipped_not_played(sink, player):
     p, rec = player
-    idle(p)
+    idle(p, sink)
     sink.set_mark()
     long = play(Level.EMERGENCY, 0.4)
     stale = play(Level.NORMAL, 0.2, expires=time.monotonic() + 0.15)
     p.submit(long)
     p.submit(stale)
     wait_until(lambda: "skipped" in rec.phases(stale.play_id), 5)
-    idle(p)
+    idle(p, sink)
     assert [f for f, _ in heard(sink)] == [HZ[Level.EMERGENCY]]
     assert rec.phases(stale.play_id) == ["skipped"]
 
@@ -186,7 +189,7 @@ def loudspeaker(sink, tmp_path):
 
 
 def test_siren_is_the_hi_lo_tone_and_the_amplifier_follows_it(sink, player, loudspeaker):
-    idle(player[0])
+    idle(player[0], sink)
     sink.set_mark()
     ls, _health, events, factory = loudspeaker(siren_s=2)
     relay = factory.pin(23)
@@ -204,7 +207,7 @@ def test_siren_is_the_hi_lo_tone_and_the_amplifier_follows_it(sink, player, loud
 
 
 def test_push_to_talk_routes_the_microphone_between_chimes(sink, player, loudspeaker):
-    idle(player[0])
+    idle(player[0], sink)
     sink.set_mark()
     ls, _health, events, _factory = loudspeaker()
     ls.ptt_press()
@@ -218,7 +221,7 @@ def test_push_to_talk_routes_the_microphone_between_chimes(sink, player, loudspe
 
 
 def test_push_to_talk_released_behind_the_siren_says_nothing(sink, player, loudspeaker):
-    idle(player[0])
+    idle(player[0], sink)
     ls, _health, events, _factory = loudspeaker(siren_s=5)
     ls.siren()
     wait_until(lambda: events, 5, "siren started")
@@ -244,7 +247,7 @@ def test_a_missing_device_is_a_clear_problem_and_plays_fail_cleanly(sink, loudsp
 
 
 def test_staff_prompts_wait_behind_the_siren_once_not_per_press(sink, player, loudspeaker):
-    idle(player[0])
+    idle(player[0], sink)
     ls, _health, events, _factory = loudspeaker(siren_s=1)
     ls._render_prompts()  # what start() does in the background, done here to wait for it
     ls.siren()
@@ -267,7 +270,7 @@ def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player,
     from edge.contract.commands import ScheduleSet
     from edge.link.dispatch import Handlers
 
-    idle(player[0])
+    idle(player[0], sink)
     sink.set_mark()
     clock = [dt.datetime(2026, 11, 23, 13, 59, 58, tzinfo=dt.UTC)]  # 21:59:58 in Shanghai
     ls, _health, events, _factory = loudspeaker(now=lambda: clock[0], quiet_start="22:00",
@@ -283,5 +286,5 @@ def test_schedules_fire_on_the_injected_clock_and_keep_quiet_hours(sink, player,
     assert [(e.schedule_id, e.phase) for e in events] == [
         ("chime", "started"), ("chime", "finished"), ("chime", "skipped")]
     assert events[-1].reason is not None and "quiet" in events[-1].reason.en
-    idle(player[0])
+    idle(player[0], sink)
     assert [f for f, _ in runs(sink.since_mark(), RATE, list(tones.CHIME_HZ))] == [880.0, 660.0]

@@ -157,6 +157,11 @@ class Player:
         with self._cond:
             return list(self._queue)
 
+    @property
+    def output_open(self) -> bool:
+        """The output stream is open (it closes `idle_off_s` after the last sound)."""
+        return self._output.is_open
+
     def close(self) -> None:
         with self._cond:
             self._closing = True
