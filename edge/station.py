@@ -104,11 +104,13 @@ class Station:
             config, self.outbox, self.uplink, modem=self.modem.report if self.modem else None,
             held_back=self.modem.held_back if self.modem else None,
         ), 0.1) if config.health.enabled else None
-        self.control = parts.add(ControlServer(config.control_socket), 0.15)
-        self.control.register(StatusRequest, lambda _request: self.status())
         self.buttons = parts.add(StationButtons(
             self.pin_factory, config.pins, config.buttons, recorder=self.recorder,
             raise_alarm=self.alarm.raise_alarm, talk=self.loudspeaker), 0.05)
+        # Answers once the buttons exist: a simulated press that reached gpiozero while a
+        # Button was still being built raised inside it (AttributeError, no reply).
+        self.control = parts.add(ControlServer(config.control_socket), 0.15)
+        self.control.register(StatusRequest, lambda _request: self.status())
         self.watchdog = parts.add(Watchdog(self.healthy), 0.1)  # READY=1 once all run
 
     def start(self) -> None:

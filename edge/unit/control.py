@@ -88,6 +88,11 @@ class ControlServer:
         except (msgspec.DecodeError, msgspec.ValidationError, ControlError) as exc:
             log(logger, "warning", "control.rejected", error=str(exc))
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in a handler: the caller still gets an answer
+            logger.error("control.failed", exc_info=True, extra={"fields": {
+                "error": repr(exc),
+                "action": "a bug: report this log line with the request; the station runs on"}})
+            return {"ok": False, "error": f"the station failed to answer: {exc!r}"}
 
     def _serve(self) -> None:
         if self._server is not None:
