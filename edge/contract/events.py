@@ -212,8 +212,80 @@ class AlarmSms(EventBase, tag="alarm.sms", kw_only=True):
     payload: AlarmSmsPayload
 
 
+class UpdatePayload(_Shape):
+    """One step of an update (edge/update/): offered → downloading (percent) → verified →
+    installed → rebooting → committed; or refused / failed / rolled_back, with why."""
+
+    # The release this is about, and the one the unit ran when it happened.
+    version: str
+    running: str
+    # The township's update.offer id; None for `pingan-edge update apply` on site.
+    cmd_id: str | None = None
+    source: Literal["township", "on_site"] = "township"
+    percent: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # refused/failed/rolled_back: a code to count (wrong_key, hash_mismatch, truncated,
+    # downgrade, already_running, bad_signature, incompatible, data_schema, busy,
+    # download_failed, install_failed, unhealthy, crashed) and what a person reads.
+    code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    reason: Text | None = None
+    # committed/rolled_back: the checks behind the decision.
+    checks: dict[str, bool] = {}
+
+
+class _UpdateEvent(EventBase, kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: UpdatePayload
+
+
+class UpdateOffered(_UpdateEvent, tag="update.offered", kw_only=True):
+    pass
+
+
+class UpdateDownloading(_UpdateEvent, tag="update.downloading", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.TELEMETRY
+
+
+class UpdateVerified(_UpdateEvent, tag="update.verified", kw_only=True):
+    pass
+
+
+class UpdateInstalled(_UpdateEvent, tag="update.installed", kw_only=True):
+    pass
+
+
+class UpdateRebooting(_UpdateEvent, tag="update.rebooting", kw_only=True):
+    pass
+
+
+class UpdateCommitted(_UpdateEvent, tag="update.committed", kw_only=True):
+    pass
+
+
+class UpdateRolledBack(_UpdateEvent, tag="update.rolled_back", kw_only=True):
+    pass
+
+
+class UpdateRefused(_UpdateEvent, tag="update.refused", kw_only=True):
+    pass
+
+
+class UpdateFailed(_UpdateEvent, tag="update.failed", kw_only=True):
+    pass
+
+
+UpdateEvent = (UpdateOffered | UpdateDownloading | UpdateVerified | UpdateInstalled
+               | UpdateRebooting | UpdateCommitted | UpdateRolledBack | UpdateRefused
+               | UpdateFailed)
+UPDATE_EVENTS: dict[str, type[_UpdateEvent]] = {
+    str(cls.__struct_config__.tag): cls for cls in (
+        UpdateOffered, UpdateDownloading, UpdateVerified, UpdateInstalled, UpdateRebooting,
+        UpdateCommitted, UpdateRolledBack, UpdateRefused, UpdateFailed)}
+
 Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
-         | AlarmSms | Selftest)
+         | AlarmSms | Selftest | UpdateOffered | UpdateDownloading | UpdateVerified
+         | UpdateInstalled | UpdateRebooting | UpdateCommitted | UpdateRolledBack
+         | UpdateRefused | UpdateFailed)
 
 
 class Problem(_Shape):

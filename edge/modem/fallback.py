@@ -63,7 +63,7 @@ from edge.link.uplink import Uplink
 from edge.logs import log
 from edge.modem import pdu
 from edge.modem.device import Modem, PartResult, SmsJob
-from edge.store import private
+from edge.store import private, schema
 from edge.store.outbox import Outbox
 
 logger = logging.getLogger("edge.modem.fallback")
@@ -178,6 +178,7 @@ class SmsLog:
                              "parts INTEGER NOT NULL, kind TEXT NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, "
                              "value INTEGER NOT NULL)")
+            schema.adopt(self._db, "sms.db")
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 # Stopped or killed while a part was at the modem: it may have gone, or

@@ -87,13 +87,14 @@ def make_bom(*, version: str, dpkg: Path, lock: Path, out: Path) -> Path:
     return out
 
 
-def manifest(version: str, *, build: str, min_data_schema: int, bom_sha256: str) -> str:
+def manifest(version: str, *, build: str, min_data_schema: int, bom_sha256: str,
+             bundle_format: str = "verity") -> str:
     """RAUC's manifest. `adaptive=block-hash-index`: a unit streaming the bundle fetches
     only the blocks its other slot lacks. [meta.pingan] is for people and `rauc info`;
     the unit takes these figures from the signed descriptor."""
     return (f"[update]\ncompatible={COMPATIBLE}\nversion={version}\n"
             f"description=Ping'an Edge {version}\nbuild={build}\n\n"
-            f"[bundle]\nformat=verity\n\n"
+            f"[bundle]\nformat={bundle_format}\n\n"
             f"[image.{SLOT_CLASS}]\nfilename={ROOTFS_NAME}\nadaptive=block-hash-index\n\n"
             f"[meta.pingan]\nmin-data-schema={min_data_schema}\nbom={BOM_NAME}\n"
             f"bom-sha256={bom_sha256}\n")
@@ -120,7 +121,8 @@ def verify_bundle(bundle: Path, keyring: Path) -> dict[str, object]:
 def build(*, version: str, out_dir: Path, cert: Path, key: Path, min_data_schema: int,
           bom: Path, rootfs: Path | None = None, root_dir: Path | None = None,
           rollback: bool = False, build_id: str = "", keyring: Path | None = None,
-          extra_files: dict[str, Path] | None = None) -> Built:
+          extra_files: dict[str, Path] | None = None,
+          bundle_format: str = "verity") -> Built:
     """Make the bundle and its signed descriptor in `out_dir`; check the bundle against
     `keyring` (default: the signing certificate) before saying it is done."""
     version_key(version)  # a bad version stops here, not on a unit
@@ -154,7 +156,7 @@ def build(*, version: str, out_dir: Path, cert: Path, key: Path, min_data_schema
              "bom_sha256": bom_sha, "build": build_id}, indent=2) + "\n")
         (content / "manifest.raucm").write_text(manifest(
             version, build=build_id or version, min_data_schema=min_data_schema,
-            bom_sha256=bom_sha))
+            bom_sha256=bom_sha, bundle_format=bundle_format))
         bundle.unlink(missing_ok=True)  # rauc refuses to overwrite
         _run(["rauc", "bundle", "--cert", str(cert), "--key", str(key), str(content),
               str(bundle)], "rauc bundle")

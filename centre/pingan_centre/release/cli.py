@@ -25,7 +25,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 version=args.version, out_dir=args.out, cert=args.cert, key=args.key,
                 min_data_schema=args.min_data_schema, bom=bom, rootfs=args.rootfs,
                 root_dir=args.root_dir, rollback=args.allow_rollback, build_id=args.build_id,
-                keyring=args.keyring)
+                keyring=args.keyring, bundle_format=args.format)
     except (ReleaseError, ValueError, OSError) as exc:
         print(f"pingan-centre release build: {exc}")
         return 1
@@ -66,6 +66,9 @@ def add_parser(sub: Any) -> None:
     sp.add_argument("--allow-rollback", action="store_true",
                     help="sign this release as allowed to replace a newer one (a rollback)")
     sp.add_argument("--build-id", default="", help="e.g. the git commit")
+    sp.add_argument("--format", choices=["verity", "plain"], default="verity",
+                    help="verity (units accept only this: streamable, checked block by "
+                         "block); plain only for test rigs whose kernel lacks dm-verity")
     sp.add_argument("-o", "--out", type=Path, default=Path("release"))
     sp.set_defaults(fn=cmd_build)
     sp = rsub.add_parser("verify", help="check a bundle's signature against a keyring")
