@@ -5,18 +5,20 @@ builds them (pingan_centre.release)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge.contract.release import Release
+from edge.contract.release import COMPATIBLE, Release
 from pingan_centre.release import build as release_build
 
 needs_rauc = pytest.mark.skipif(
@@ -171,7 +173,6 @@ class RaucRig:
         backend.write_text(f"#!/bin/sh\nexec {sys.executable} -m edge.update.tryboot "
                            f"--boot-dir {self.fat} \"$@\"\n")
         backend.chmod(0o755)
-        from edge.contract.release import COMPATIBLE
         (directory / "system.conf").write_text(SYSTEM_CONF.format(
             compatible=COMPATIBLE, dir=directory, keyring=keyring_file))
         self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={self.socket}"}
@@ -210,8 +211,6 @@ class RaucRig:
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -236,7 +235,7 @@ class BundleServer:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 outer.requests.append((self.path, self.headers.get("Range")))
                 path = outer.files.get(self.path)
                 if path is None:
@@ -262,10 +261,8 @@ class BundleServer:
                 body = data[start:]
                 if outer.drop_every is not None:
                     body = body[: outer.drop_every]
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
                 if outer.drop_every is not None:
                     self.close_connection = True
 
