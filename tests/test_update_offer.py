@@ -11,6 +11,7 @@ with `rauc info` and `rauc extract`)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from conftest import schema, wait_until
 from edge import config as config_mod
 from edge.config import Config
 from edge.station import Station
+from edge.store.schema import DataSchemaError
 from edge.unit.bundle import install_bundle
 from edge.update.tryboot import BootPartition
 from pingan_centre.broker import provision
@@ -351,3 +353,25 @@ def test_update_apply_on_site_takes_the_same_checks(rig: Rig) -> None:
                           str(rig.config_path), str(foreign.bundle)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and "wrong_key" in bad.stdout, bad.stdout + bad.stderr
+
+
+def test_a_release_that_cannot_read_the_data_does_not_start_and_is_rolled_back(
+        rig: Rig) -> None:
+    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain")
+    rig.start_station()
+    rig.offer(built, "up-4")
+    rig.wait_update("update.rebooting", "up-4")
+    rig.reboot_into("B", "0.2.0")
+    # The data needs readers newer than this release (as if it had been migrated past it).
+    with sqlite3.connect(rig.tmp / "data/outbox.db") as conn:
+        conn.execute("UPDATE data_schema SET min_reader = 99")
+    with pytest.raises(DataSchemaError):
+        Station(rig.config)
+    done = rig.commit("--health-s", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    trial = json.loads((rig.tmp / "data/update/trial.json").read_text())
+    assert (trial["verdict"], trial["code"]) == ("rolled_back", "station_down")
+    assert "not running" in trial["reason"]["en"]
+    assert (rig.tmp / "rebooted-plain").exists()
+    slots = rig.fat.read()
+    assert (slots.committed, slots.states["B"]) == ("A", "bad")
