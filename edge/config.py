@@ -278,10 +278,12 @@ class UpdateSection(_Section):
     retry_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 600.0
     give_up_s: Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)] = 24 * 3600.0
     timeout_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 60.0
-    # How the unit reboots into the new slot once: the Pi firmware's one-shot tryboot.
+    # How the unit reboots into the new slot once (the Pi firmware's one-shot tryboot):
+    # the station is no root, so it asks pingan-edge-tryboot.path (systemd/) to.
     reboot_command: list[str] = msgspec.field(
-        default_factory=lambda: ["systemctl", "reboot", "0 tryboot"])
-    # How it goes back to the committed slot after a failed check (a plain reboot).
+        default_factory=lambda: ["touch", "/var/lib/pingan-edge/update/reboot-tryboot"])
+    # How `pingan-edge update commit` (root) goes back to the committed slot after a
+    # failed check: a plain reboot, without the tryboot flag.
     fallback_command: list[str] = msgspec.field(
         default_factory=lambda: ["systemctl", "reboot"])
 

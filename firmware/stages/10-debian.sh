@@ -8,6 +8,7 @@ packages=(
     python3 python3-venv espeak-ng libportaudio2 libasound2 alsa-utils
     ca-certificates iproute2 iputils-ping wpasupplicant
     e2fsprogs dosfstools fdisk cloud-guest-utils util-linux sudo less
+    rauc openssl  # updates (issue 22): RAUC and its bundles' signature checks
 )
 # raspi-firmware's kernel hook copies the kernel/initrd/dtbs into /boot/firmware: make it
 # exist before the kernel is installed.
