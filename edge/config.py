@@ -341,6 +341,10 @@ class Config(_Section):
                 f"station.data_max_bytes ({self.station.data_max_bytes}) is less than what "
                 f"the data directory may hold: {parts} = {sum(parts.values())} bytes; "
                 f"raise it or lower those caps")
+        if self.update.retry_max_s < self.update.retry_min_s:
+            raise ValueError(
+                f"update.retry_max_s ({self.update.retry_max_s}) must be >= "
+                f"update.retry_min_s ({self.update.retry_min_s})")
         if self.camera.retry_max_s < self.camera.retry_min_s:
             raise ValueError(
                 f"camera.retry_max_s ({self.camera.retry_max_s}) must be >= "
