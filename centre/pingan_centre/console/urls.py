@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import views
+from pingan_centre.console import rollout_views, views
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -20,6 +20,9 @@ urlpatterns = [
     path("handover", views.handover, name="handover"),
     path("quarantine", views.quarantine, name="quarantine"),
     path("audit", views.audit_log, name="audit"),
+    path("releases", rollout_views.releases, name="releases"),
+    path("releases/start", rollout_views.start, name="rollout_start"),
+    path("releases/<str:rollout_id>/rest", rollout_views.advance, name="rollout_advance"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
