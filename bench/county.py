@@ -59,10 +59,11 @@ from centre_common import Centre, Db
 from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp
 
 from pingan_centre.broker import provision
-from pingan_sim.fleet import Fleet, identities, tally
+from pingan_sim.fleet import Fleet, Pending, identities, tally
 from pingan_sim.township import CENTRE, TOWNSHIP, TownshipBroker
 
 GOAL_S = 60.0
+SHIPPED_LIMIT = "max_connections 1000"  # the station listener's, in broker_config/mosquitto.conf
 CLK_TCK = 100
 
 
@@ -151,6 +152,7 @@ class Round:
     twice: int = 0
     unknown: int = 0
     press_card: list[float] = field(default_factory=list)
+    publish_card: list[float] = field(default_factory=list)  # from the PUBLISH on
     presses: int = 0
     cards_missing: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the storm
@@ -187,7 +189,7 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
     stored_before = console.count("console_event")
     unpressed = [st for st in fleet.stations if st.ident.station not in pressed]
     rng.shuffle(unpressed)
-    presses: dict[str, float] = {}  # event id → press time (time.time())
+    presses: dict[str, Pending] = {}  # event id → the press's row
     cards: dict[str, float] = {}
     cpu0 = {p.name: p.cpu_s() for p in procs}
     t0 = time.monotonic()
@@ -207,7 +209,7 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
                     unpressed.pop(i)
                     pressed.add(st.ident.station)
                     row = fleet.press(st)
-                    presses[row.id] = row.made
+                    presses[row.id] = row
                     break
         seen = time.time()
         for event_id in console.alarms() & (presses.keys() - cards.keys()):
@@ -231,7 +233,8 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
     r.committed, r.lost, r.twice, r.unknown = (result.committed, len(result.lost),
                                               len(result.twice), len(result.unknown))
     r.presses = len(presses)
-    r.press_card = [cards[i] - presses[i] for i in cards]
+    r.press_card = [cards[i] - presses[i].made for i in cards]
+    r.publish_card = [cards[i] - presses[i].sent for i in cards if presses[i].sent]
     r.cards_missing = len(presses) - len(cards)
     return r
 
@@ -245,7 +248,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     cache = Path(args.cache) if args.cache else Path(tempfile.gettempdir()) / "pingan-county"
     town, units, made_s = cached_township(cache, args.stations)
     idents = identities(town, names(args.stations), units)
-    broker = TownshipBroker(tmp / "broker", town=town)
+    changes = {}
+    if args.max_connections:
+        # An experiment against the shipped limit (see the module doc); default: as shipped.
+        changes[SHIPPED_LIMIT] = f"max_connections {args.max_connections}"
+    broker = TownshipBroker(tmp / "broker", town=town, changes=changes)
     password = provision.add_account(town, CENTRE)
     broker.start()
     db = Db(args.database, tmp)
@@ -292,9 +299,12 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         centre.stop()
         broker.stop()
         db.close()
+    limit = (f"max_connections {args.max_connections} (changed)" if args.max_connections
+             else f"{SHIPPED_LIMIT} (shipped)")
     print(f"county: {args.stations} stations, {args.events} events each while down, back "
           f"within {args.comeback_s:.0f} s, cut={args.cut}, {args.rounds} round(s), "
-          f"{args.workers} station threads, database {args.database}")
+          f"{args.workers} station threads, database {args.database}, station listener "
+          f"{limit}")
     print(f"  certificates: {made_s:.1f} s to issue what the cache lacked ({cache}); "
           f"first connection of all: {first_connect_s:.1f} s")
     med = statistics.median
@@ -309,6 +319,10 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         print(f"  press → card during the storm: p50 {med(every) * 1000:.0f} ms, p99 "
               f"{pct(every, 99) * 1000:.0f} ms, max {max(every) * 1000:.0f} ms "
               f"({len(every)} presses, {sum(r.cards_missing for r in rounds)} no card)")
+        wire = [x for r in rounds for x in r.publish_card]
+        print(f"    of which broker + console (PUBLISH → card): p50 {med(wire) * 1000:.0f} ms, "
+              f"p99 {pct(wire, 99) * 1000:.0f} ms; the rest is this process's station "
+              "threads (one may be inside a blocking TLS handshake)")
     for p in procs:
         cpu = med(r.cpu.get(p.name, float("nan")) for r in rounds)
         print(f"  {p.name:8s} CPU over the storm {cpu:.0f} % of one core, peak RSS "
@@ -334,6 +348,9 @@ def main() -> int:
                         help="panic presses a second during the storm, each a new station")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=16, help="threads for the stations")
+    parser.add_argument("--max-connections", type=int, default=0,
+                        help="replace the shipped station listener's max_connections "
+                        "(an experiment; default: as shipped)")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)

@@ -96,6 +96,7 @@ class Pending:
     topic: str
     body: bytes
     made: float  # time.time() when the station committed it (a press: the press)
+    sent: float = 0.0  # time.time() when first handed to paho (written, unless in a callback)
 
 
 @dataclass(slots=True)
@@ -309,6 +310,7 @@ class LightStation:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return
             self._sent_on.add(row.id)
+            row.sent = row.sent or time.time()
             self._inflight[info.mid] = row.id
             self.counters.sent += 1
 
