@@ -93,6 +93,16 @@ class Proc:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
+    def waited_s(self) -> float:
+        """Time its threads were runnable but had no CPU (/proc/…/task/*/schedstat)."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        return total / 1e9
+
     def rss(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -156,6 +166,8 @@ class Round:
     presses: int = 0
     cards_missing: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the storm
+    waited: dict[str, float] = field(default_factory=dict)  # s runnable without a CPU
+    in_transit: int = 0  # peak: acknowledged by the broker, not yet in the console
     attempts: int = 0
     failures: int = 0
     refused_by_limit: int = 0
@@ -192,6 +204,8 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
     presses: dict[str, Pending] = {}  # event id → the press's row
     cards: dict[str, float] = {}
     cpu0 = {p.name: p.cpu_s() for p in procs}
+    wait0 = {p.name: p.waited_s() for p in procs}
+    committed0 = len(fleet.committed()) - backlog
     t0 = time.monotonic()
     for st in fleet.stations:
         fleet.on(st, rng.uniform(0, args.comeback_s))
@@ -216,12 +230,15 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
             cards[event_id] = seen
         stored = console.count("console_event") - stored_before
         total = backlog + len(presses)
+        acked = len(fleet.committed()) - committed0 - fleet.pending()
+        r.in_transit = max(r.in_transit, acked - stored)
         if stored >= total and fleet.pending() == 0:
             if not backlog_stored:
                 backlog_stored = True
                 r.stored_s = now - t0
                 r.cpu = {p.name: 100 * (p.cpu_s() - cpu0[p.name]) / max(r.stored_s, 1e-6)
                          for p in procs}
+                r.waited = {p.name: p.waited_s() - wait0[p.name] for p in procs}
             if cards.keys() >= presses.keys() and r.connected_s == r.connected_s:
                 break
         time.sleep(0.02)
@@ -325,8 +342,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
               "threads (one may be inside a blocking TLS handshake)")
     for p in procs:
         cpu = med(r.cpu.get(p.name, float("nan")) for r in rounds)
+        waited = med(r.waited.get(p.name, float("nan")) for r in rounds)
         print(f"  {p.name:8s} CPU over the storm {cpu:.0f} % of one core, peak RSS "
-              f"{p.peak_rss / 2**20:.0f} MiB")
+              f"{p.peak_rss / 2**20:.0f} MiB; its threads waited {waited:.1f} s for a CPU")
+    print(f"  peak backlog between the broker and the console (acknowledged to stations, "
+          f"not yet stored): median {med(r.in_transit for r in rounds):.0f} messages")
     if errors:
         print(f"  station worker errors: {errors[:5]}")
     print(machine_line(load))

@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -545,14 +546,26 @@ def identities(town: Township, names: Iterable[str], units: Path,
                host: str = "127.0.0.1") -> list[Identity]:
     """Each station's certificate, issued by the township CA as `pingan-centre broker
     add-station` issues it and unpacked as `pingan-edge install-bundle` unpacks it. A
-    station whose unit files exist under `units` keeps them: a cache of a few thousand
-    certificates is made once (EC P-256 with `cryptography`, a few ms each)."""
+    station whose unit files exist under `units` keeps them, so a cache of a thousand
+    is made once. Issuing costs little CPU (EC P-256, `cryptography`) but two fsyncs
+    each: new stations are issued on a few threads so the disk waits overlap."""
     township = town.township_id()
-    out = []
+    out: list[Identity] = []
+    fresh: list[str] = []
     for name in names:
         d = units / name
-        files = (d / "ca.crt", d / "station.crt", d / "station.key")
-        if not all(f.exists() for f in files):
+        ident = Identity(name, township, d / "ca.crt", d / "station.crt", d / "station.key")
+        out.append(ident)
+        if all(f.exists() for f in (ident.ca, ident.cert, ident.key)):
+            continue
+        if town.issued(name).exists():  # issued, never unpacked: revoke and issue again
             install_bundle(provision.add_station(town, name, host, replace=True), d)
-        out.append(Identity(name, township, *files))
+        else:
+            fresh.append(name)
+
+    def issue(name: str) -> None:
+        install_bundle(provision.add_station(town, name, host), units / name)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(issue, fresh))
     return out
