@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import resource
 import sqlite3
@@ -280,9 +281,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     first_connect_s = float("nan")
     try:
         centre.start("serve")
-        assert centre.proc is not None and broker.mosquitto._proc is not None
-        import os
-        procs = [Proc("broker", broker.mosquitto._proc.pid), Proc("centre", centre.proc.pid),
+        assert centre.proc is not None and broker.mosquitto.pid is not None
+        procs = [Proc("broker", broker.mosquitto.pid), Proc("centre", centre.proc.pid),
                  Proc("stations", os.getpid())]
         sampler = Sampler(procs)
         sampler.start()
