@@ -44,8 +44,9 @@ each; 1,000 certificates issued once in 4.5 s on 8 threads, then cached)
         NOT met. 0 lost, 0 twice of 5,291. 7,879 connection attempts refused at the
         station listener's `max_connections 1000`: the cut leaves 1,000 half-open
         connections that hold their slots until the broker's keepalive check drops them
-        (1.5 × 30 s), then the stations' back-off (capped at 60 s) adds the rest. With
-        that listener limit, recovery within a minute holds up to ~500 stations.
+        (1.5 × 30 s), then the stations' back-off (capped at 60 s) adds the rest. So with
+        that limit a township recovers at once only while old + new connections fit:
+        up to ~500 stations (arithmetic; 500 with the limit raised took 10 s).
         press → card p50 41 ms, p99 1.5 s; broker 3 % / 36 MiB, centre 9 % / 88 MiB.
     1,000 stations, `--max-connections 2500`: all connected 13.6 s, all stored 16.7 s
         (goal met), 0 lost, 0 twice of 5,083; press → card p50 3.4 s, p99 9.0 s: an
