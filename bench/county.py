@@ -345,10 +345,12 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         sampler.done.set()
         errors = fleet.errors()
     finally:
-        fleet.stop()
-        centre.stop()
-        broker.stop()
-        db.close()
+        # Each part stops even if another's stop fails: no broker or centre left behind.
+        for stop in (fleet.stop, centre.stop, broker.stop, db.close):
+            try:
+                stop()
+            except Exception as exc:
+                print(f"county: stopping failed: {exc!r}", file=sys.stderr)
     limit = (f"max_connections {args.max_connections} (changed)" if args.max_connections
              else f"{SHIPPED_LIMIT} (shipped)")
     print(f"county: {args.stations} stations, {args.events} events each while down, back "

@@ -40,9 +40,13 @@ def county(tmp_path: Path) -> Iterator[tuple[Fleet, Database]]:
         fleet.start()
         yield fleet, db
     finally:
-        fleet.stop()
-        centre.stop()
-        broker.stop()
+        try:
+            fleet.stop()
+        finally:
+            try:
+                centre.stop()
+            finally:
+                broker.stop()
 
 
 def stored(db: Database) -> list[tuple[str, str, int]]:
