@@ -205,6 +205,7 @@ class Round:
     attempts: int = 0
     failures: int = 0
     refused_by_limit: int = 0
+    refused_publishes: int = 0  # PUBACK reason >= 0x80 (the ACL said no)
 
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -279,6 +280,7 @@ def storm(args: argparse.Namespace, fleet: Fleet, console: Console, procs: list[
     after = fleet.totals()
     r.attempts = after.attempts - before.attempts
     r.failures = after.failures - before.failures
+    r.refused_publishes = after.refused_publishes - before.refused_publishes
     r.refused_by_limit = broker.log().count("max_connections") - refused_before
     result = tally(fleet.committed(), console.events())
     r.committed, r.lost, r.twice, r.unknown = (result.committed, len(result.lost),
@@ -340,7 +342,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                   f"{pct(r.press_card, 99) * 1000 if r.press_card else float('nan'):.0f} ms "
                   f"({r.presses} presses, {r.cards_missing} without a card); "
                   f"{r.attempts} connection attempts, {r.failures} failed, "
-                  f"{r.refused_by_limit} refused at max_connections", flush=True)
+                  f"{r.refused_by_limit} refused at max_connections; "
+                  f"{r.refused_publishes} publishes refused", flush=True)
             # The next round starts from a console that saw every station come back.
         sampler.done.set()
         errors = fleet.errors()

@@ -281,13 +281,15 @@ class LightStation:
 
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, reason: ReasonCode,
                     _p: Any) -> None:
-        event_id = self._inflight.pop(mid, None)
-        if event_id is None or client is not self._client:
+        if client is not self._client:
             return
-        if reason.is_failure:
+        event_id = self._inflight.pop(mid, None)
+        if reason.is_failure:  # an event, or the retained state
             # Kept, as the unit keeps a refused row (publish_refused); not resent here.
             self.counters.refused_publishes += 1
             self.drain()
+            return
+        if event_id is None:
             return
         with self._lock:
             self.pending.pop(event_id, None)
