@@ -27,6 +27,7 @@ from edge.config import Config
 from edge.station import Station
 from edge.store.schema import DataSchemaError
 from edge.unit.bundle import install_bundle
+from edge.unit.control import request
 from edge.update.tryboot import BootPartition
 from pingan_centre.broker import provision
 from pingan_centre.release.build import Built
@@ -375,3 +376,44 @@ def test_a_release_that_cannot_read_the_data_does_not_start_and_is_rolled_back(
     assert (rig.tmp / "rebooted-plain").exists()
     slots = rig.fat.read()
     assert (slots.committed, slots.states["B"]) == ("A", "bad")
+
+
+def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -> None:
+    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain")
+    rig.config_path.write_text(rig.config_path.read_text().replace(
+        "rate_bytes_s = 50000000", "rate_bytes_s = 40000"))
+
+    def run() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "edge", "run", "-c",
+                                 str(rig.config_path)], env=rig.rauc.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def connected() -> bool:
+        try:
+            return bool(request(rig.config.control_socket, {"op": "status"},
+                                timeout=5)["connected"])
+        except OSError:
+            return False
+
+    unit = run()
+    try:
+        wait_until(connected, 30, "the station connected")
+        rig.offer(built, "up-5")
+        part = rig.tmp / "data/update" / f"{built.release.sha256}.raucb.part"
+        wait_until(lambda: part.exists() and part.stat().st_size > built.release.size // 4,
+                   60, "a quarter of the bundle")
+        unit.kill()  # SIGKILL: no chance to tidy up
+        unit.wait(10)
+        kept = part.stat().st_size
+        assert 0 < kept < built.release.size
+        first = len(rig.server.requests)
+        unit = run()
+        wait_until(connected, 30, "the station connected again")
+        rig.offer(built, "up-6")
+        rig.wait_update("update.installed", "up-6", timeout=120)
+    finally:
+        unit.kill()
+        unit.wait(10)
+    resumed = rig.server.requests[first]
+    assert resumed[1] is not None and int(resumed[1][6:].split("-")[0]) >= kept, resumed
+    assert read_from_ext4(rig.tmp / "rauc/slotB.img", "/etc/pingan-release") == b"0.2.0\n"

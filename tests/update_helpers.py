@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def root_tree(directory: Path, version: str, trusted: Path | None = None,
         shutil.copyfile(trusted, directory / "etc/rauc/keyring.pem")
     (directory / "opt/pingan-edge").mkdir(parents=True, exist_ok=True)
     (directory / "opt/pingan-edge/blob").write_bytes(
-        bytes((i * 7919 + len(version)) % 251 for i in range(payload_kib * 1024)))
+        random.Random(version).randbytes(payload_kib * 1024))
     return directory
 
 
