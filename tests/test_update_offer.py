@@ -46,6 +46,7 @@ from tests.update_helpers import (
 pytestmark = [needs_rauc, needs_dbus]
 EVENTS = "pingan/v1/t01/v001/events"
 CMD = "pingan/v1/t01/v001/cmd"
+RESULTS = "pingan/v1/t01/v001/cmd/result"
 
 
 class Rig:
@@ -63,7 +64,7 @@ class Rig:
         self.config_path = self._config()
         self.centre = Client("centre.test")
         assert self.centre.connect(township.plain_port, CENTRE, township.centre_password)
-        self.centre.subscribe(EVENTS)
+        self.centre.subscribe(EVENTS, RESULTS)
         self.station: Station | None = None
         self.fat = BootPartition(self.rauc.fat)
 
@@ -122,7 +123,26 @@ fallback_command = ["touch", "{self.tmp / 'rebooted-plain'}"]
         self.station.start()
         wait_until(lambda: self.station is not None and self.station.uplink.connected, 20,
                    "the station connected to the township")
+        self.answering()
         return self.station
+
+    def answering(self) -> None:
+        """Connected is not yet subscribed: a command published before the SUBACK of a
+        first session is lost. Ask `state.get` until one is answered."""
+        tries = iter(range(100))
+
+        def answered() -> bool:
+            cmd_id = f"ping-{next(tries)}"
+            self.centre.publish(CMD, json.dumps({"cmd": "state.get", "id": cmd_id}).encode())
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if any(json.loads(b)["payload"]["cmd_id"] == cmd_id
+                       for _, b in self.centre.received("/cmd/result")):
+                    return True
+                time.sleep(0.05)
+            return False
+
+        wait_until(answered, 30, "the station answering commands")
 
     def stop_station(self) -> None:
         if self.station is not None:
@@ -160,7 +180,13 @@ fallback_command = ["touch", "{self.tmp / 'rebooted-plain'}"]
                     timeout: float = 60) -> dict[str, Any]:
         def seen() -> dict[str, Any] | None:
             return next((m for m in self.updates(cmd_id) if m["type"] == kind), None)
-        msg: dict[str, Any] = wait_until(seen, timeout, f"{kind} at the township")
+        try:
+            msg: dict[str, Any] = wait_until(seen, timeout, f"{kind} at the township")
+        except AssertionError as exc:  # say where the update stood
+            state = self.station.updater.status() if self.station and self.station.updater \
+                else None
+            raise AssertionError(f"{exc}; updates seen: {kinds(self.updates(cmd_id))}; "
+                                 f"updater: {state}") from None
         return msg
 
     def commit(self, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -273,7 +299,7 @@ def test_a_release_that_fails_its_checks_goes_back_and_says_why(rig: Rig) -> Non
     rig.centre.close()
     rig.centre = Client("centre.test2")
     assert rig.centre.connect(rig.township.plain_port, CENTRE, rig.township.centre_password)
-    rig.centre.subscribe(EVENTS)
+    rig.centre.subscribe(EVENTS, RESULTS)
     rig.start_station()
     back = rig.wait_update("update.rolled_back", "up-2")
     payload = back["payload"]
@@ -398,6 +424,7 @@ def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -
     unit = run()
     try:
         wait_until(connected, 30, "the station connected")
+        rig.answering()
         rig.offer(built, "up-5")
         part = rig.tmp / "data/update" / f"{built.release.sha256}.raucb.part"
         wait_until(lambda: part.exists() and part.stat().st_size > built.release.size // 4,
@@ -409,6 +436,7 @@ def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -
         first = len(rig.server.requests)
         unit = run()
         wait_until(connected, 30, "the station connected again")
+        rig.answering()
         rig.offer(built, "up-6")
         rig.wait_update("update.installed", "up-6", timeout=120)
     finally:

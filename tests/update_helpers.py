@@ -134,6 +134,8 @@ SYSTEM_CONF = """[system]
 compatible={compatible}
 bootloader=custom
 data-directory={dir}/rauc-data
+# Its own mount point: two rigs (a test and a bench) must not share /mnt/rauc.
+mountprefix={dir}/mnt
 
 [keyring]
 path={keyring}
@@ -164,6 +166,7 @@ class RaucRig:
         self.fat = directory / "fat"
         self.fat.mkdir(parents=True)
         (directory / "rauc-data").mkdir()
+        (directory / "mnt").mkdir()
         for slot in ("A", "B"):
             with (directory / f"slot{slot}.img").open("wb") as f:
                 f.truncate(16 << 20)
