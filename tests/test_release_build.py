@@ -53,6 +53,8 @@ def test_the_cli_builds_a_signed_verity_bundle_with_manifest_and_bom_from_the_lo
     info = verify.check_bundle(bundle, signer.cert)
     assert (info.version, info.compatible) == ("0.2.0", unit_release.COMPATIBLE)
     assert [next(iter(i)) for i in info.raw["images"]] == ["rootfs"]
+    # Adaptive: a unit streaming it can fetch only the blocks its other slot lacks.
+    assert info.raw["images"][0]["rootfs"]["adaptive"] == ["block-hash-index"]
     # RAUC says the bundle is verity (streamable) and the payload checks block by block.
     done = subprocess.run(["rauc", "info", "--keyring", str(signer.cert), str(bundle)],
                           capture_output=True, text=True, check=True)
