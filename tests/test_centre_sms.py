@@ -170,3 +170,46 @@ def test_a_centre_killed_with_a_part_at_the_modem_sends_it_again_with_the_same_c
     assert db.rows("SELECT idx, resent, state FROM console_smspart ORDER BY idx")[0] == (
         0, 1, "delivered")
     assert "sms.in_doubt" in centre.log.read_text(encoding="utf-8")
+
+
+def test_nobody_on_duty_a_refused_number_and_the_rate_limit_are_in_the_timeline(
+        tmp_path: Path, db: Database, broker, township: str,  # type: ignore[no-untyped-def]
+        modem: ModemSim) -> None:
+    # Two texts' worth of parts an hour (each text is two parts): the third phone waits.
+    c = Centre(tmp_path, db, broker.port, township, {"s1": "东村", "s2": "西村"},
+               toml=sms_toml(modem.path).replace("retry_max_s = 1", "per_hour = 4"))
+    c.start()
+    s1 = station(tmp_path, broker.port, "s1", township)
+    s2 = station(tmp_path, broker.port, "s2", township)
+    try:
+        officer = c.session("officer")
+        press(s1)  # the rota is empty
+        first = wait_until(lambda: c.alarms(officer), 15, "first alarm")[0]
+        wait_until(lambda: ("sms_failed" in [a for a, _ in timeline(db, first["id"])]), 30,
+                   "the rung recorded with nobody to text")
+        assert "nobody on duty" in timeline(db, first["id"])[-1][1]
+        leader = c.session("leader")
+        for name, phone in (("甲", "+8613700137001"), ("乙", OFFICER_PHONE),
+                            ("丙", LEADER_PHONE)):
+            assert add_shift(c, leader, name, phone, "duty_officer").ok
+        modem.cms_script = ["+CMS ERROR: 21"]  # short message transfer rejected: for good
+        press(s2)
+        second = wait_until(lambda: [a for a in c.alarms(officer) if a["id"] != first["id"]],
+                            15, "second alarm")[0]
+        wait_until(lambda: delivered_to(db, second["id"]) == {OFFICER_PHONE}, 60,
+                   "the second phone's text delivered")
+        wait_until(lambda: [a for a, _ in timeline(db, second["id"])].count("sms_failed") == 2,
+                   30, "the refused number and the held-back one in the timeline")
+    finally:
+        s1.stop()
+        s2.stop()
+        c.stop()
+    notes = {n for a, n in timeline(db, second["id"]) if a == "sms_failed"}
+    assert any("+8613700137001" in n and "+CMS ERROR: 21" in n for n in notes), notes
+    assert any(LEADER_PHONE in n and "短信已达上限" in n for n in notes), notes
+    rows = dict(db.rows("SELECT number, status FROM console_smsmessage WHERE alarm_id = ?",
+                        second["id"]))
+    assert rows == {"+8613700137001": "failed", OFFICER_PHONE: "delivered",
+                    LEADER_PHONE: "held_back"}
+    assert set(complete_texts(modem)) == {OFFICER_PHONE}, "only the accepted text reached a phone"
+    assert "sms.nobody_on_duty" in c.log.read_text(encoding="utf-8")
