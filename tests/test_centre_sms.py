@@ -213,3 +213,30 @@ def test_nobody_on_duty_a_refused_number_and_the_rate_limit_are_in_the_timeline(
                     LEADER_PHONE: "held_back"}
     assert set(complete_texts(modem)) == {OFFICER_PHONE}, "only the accepted text reached a phone"
     assert "sms.nobody_on_duty" in c.log.read_text(encoding="utf-8")
+
+
+def test_a_hung_modem_is_reset_and_the_text_still_goes(
+        tmp_path: Path, db: Database, broker, township: str,  # type: ignore[no-untyped-def]
+        modem: ModemSim) -> None:
+    c = Centre(tmp_path, db, broker.port, township, {"s1": "东村"},
+               toml=sms_toml(modem.path).replace(
+                   "retry_max_s = 1", "retry_max_s = 1\nsms_timeout_s = 2\ncommand_timeout_s = 1"))
+    c.start()
+    s1 = station(tmp_path, broker.port, "s1", township)
+    try:
+        wait_until(lambda: "sms.modem_ready" in c.log.read_text(encoding="utf-8"), 30,
+                   "the centre's modem set up")
+        assert add_shift(c, c.session("leader"), "张伟", OFFICER_PHONE, "duty_officer").ok
+        modem.hang = "cfun"  # answers nothing but its own reset (AT^RESET on an ME909s)
+        press(s1)
+        officer = c.session("officer")
+        alarm = wait_until(lambda: c.alarms(officer), 15, "alarm at the centre")[0]
+        wait_until(lambda: delivered_to(db, alarm["id"]) == {OFFICER_PHONE}, 60,
+                   "the text delivered after the reset")
+    finally:
+        s1.stop()
+        c.stop()
+    assert modem.count("AT^RESET") >= 1
+    assert len(complete_texts(modem)[OFFICER_PHONE]) == 1
+    log = c.log.read_text(encoding="utf-8")
+    assert "sms.modem_reset" in log and "sms.modem_failed" in log

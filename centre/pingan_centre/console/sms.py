@@ -246,6 +246,8 @@ class SmsNotifier:
             self._chan = AtChannel(self.cfg.port, self._on_urc, baudrate=self.cfg.baudrate)
             self._setup()
         except (PortGone, AtTimeout, AtError) as exc:
+            if isinstance(exc, AtTimeout):
+                self._soft_reset()
             if self._chan is not None:
                 self._chan.close()
                 self._chan = None
@@ -301,6 +303,18 @@ class SmsNotifier:
         model = signal.model(cgmm) or signal.model(identity)
         log("info", "sms.modem_ready", port=self.cfg.port, model=model,
             profile=self._profile.name)
+
+    def _soft_reset(self) -> None:
+        """The modem stopped answering: its profile's soft reset (AT+CFUN=1,1, AT^RESET,
+        ...), best effort; the port is then reopened and set up again, with back-off,
+        and its boot notice or an answer to AT says it is back."""
+        if self._chan is None or not self._chan.alive:
+            return
+        log("warning", "sms.modem_reset", how=self._profile.reset,
+            action="the modem does not answer: reset; if it stays silent, check its power")
+        with contextlib.suppress(AtTimeout, AtError, PortGone):
+            self._chan.cancel_prompt()
+            self._at(self._profile.reset, 2.0)
 
     def _on_urc(self, urc: Urc) -> None:
         """On the AT reader thread: queue and return."""
@@ -408,6 +422,8 @@ class SmsNotifier:
                 part=part.idx + 1, error=signal.printable(str(exc), 200),
                 action="the modem is reopened and set up again; the part goes again")
             self._ready = False
+            if isinstance(exc, AtTimeout):
+                self._soft_reset()
             if self._chan is not None:
                 self._chan.close()
                 self._chan = None
