@@ -268,3 +268,25 @@ def test_a_leader_fills_in_the_rota_in_a_real_browser(centre: Centre, tmp_path: 
         driver.save_screenshot(str(tmp_path / "rota.png"))
     finally:
         driver.quit()
+
+
+def test_an_absent_modem_never_holds_the_console_and_the_text_stays_queued(
+        tmp_path: Path, db: Database, broker, township: str) -> None:  # type: ignore[no-untyped-def]
+    c = Centre(tmp_path, db, broker.port, township, {"s1": "东村"},
+               toml=sms_toml(str(tmp_path / "no-such-modem")))
+    c.start()  # the web server and the ingest come up all the same
+    s1 = station(tmp_path, broker.port, "s1", township)
+    try:
+        leader = c.session("leader")
+        assert add_shift(c, leader, "张伟", OFFICER_PHONE, "duty_officer").ok
+        press(s1)
+        officer = c.session("officer")
+        alarm = wait_until(lambda: c.alarms(officer), 15, "alarm at the centre")[0]
+        wait_until(lambda: "sms_queued" in [a for a, _ in timeline(db, alarm["id"])], 30,
+                   "the text decided and queued")
+        assert c.post(officer, f"/alarm/{alarm['id']}/ack").ok, "the console answers"
+    finally:
+        s1.stop()
+        c.stop()
+    assert db.rows("SELECT state FROM console_smspart") == [("queued",), ("queued",)]
+    assert "sms.modem_unavailable" in c.log.read_text(encoding="utf-8")

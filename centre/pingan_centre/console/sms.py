@@ -139,6 +139,8 @@ class SmsNotifier:
             connection.close()
 
     def _sleep(self) -> float:
+        if not self._ready:  # nothing goes before the modem is back: no hurry
+            return min(_IDLE_S, max(0.05, self._next_open - time.monotonic()))
         due = (SmsPart.objects.filter(state="queued", message__status="queued",
                                       not_before__isnull=False)
                .order_by("not_before").values_list("not_before", flat=True).first())
