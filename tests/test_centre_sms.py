@@ -34,9 +34,9 @@ LEADER_PHONE = "13900139002"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    yield from database("sqlite", tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    yield from database(request.param, tmp_path)
 
 
 @pytest.fixture
