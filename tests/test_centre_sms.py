@@ -173,6 +173,8 @@ def test_a_centre_killed_with_a_part_at_the_modem_sends_it_again_with_the_same_c
     assert db.rows("SELECT idx, resent, state FROM console_smspart ORDER BY idx")[0] == (
         0, 1, "delivered")
     assert "sms.in_doubt" in centre.log.read_text(encoding="utf-8")
+    sent = [n for a, n in timeline(db, alarm["id"]) if a == "sms_sent"]
+    assert len(sent) == 1 and "1 part(s) sent again after a restart" in sent[0], sent
 
 
 def test_nobody_on_duty_a_refused_number_and_the_rate_limit_are_in_the_timeline(

@@ -442,8 +442,12 @@ class SmsNotifier:
                 "the officer may read this part twice (same code)")
         if not SmsPart.objects.filter(message=message).exclude(
                 state__in=("accepted", "delivered")).exists():
-            self._conclude(message, SmsMessage.Status.SENT, "sms_sent",
-                           f"{message.name} {message.number}: accepted by the network")
+            note = f"{message.name} {message.number}: accepted by the network"
+            twice = SmsPart.objects.filter(message=message, resent__gt=0).count()
+            if twice:
+                note += (f"; {twice} part(s) sent again after a restart, may arrive twice "
+                         f"(same code {message.code}) / 重启后重发{twice}段，可能收到两次")
+            self._conclude(message, SmsMessage.Status.SENT, "sms_sent", note)
         return True
 
     def _refused(self, message: SmsMessage, part: SmsPart, error: str) -> bool:
