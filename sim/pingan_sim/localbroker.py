@@ -157,7 +157,8 @@ class Mosquitto:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The running broker's process id (a bench reads its CPU and memory)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
     def running(self) -> bool:
