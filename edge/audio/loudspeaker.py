@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.audio import tones
+from edge.audio import tones, tts
 from edge.audio.amplifier import Amplifier
 from edge.audio.clips import ClipError, ClipLibrary
 from edge.audio.output import AudioUnavailable, Output, check, use_null_device
@@ -27,7 +27,7 @@ from edge.audio.ptt import PushToTalk
 from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
 from edge.audio.sound import Sound, release
 from edge.audio.store import AudioStore
-from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
+from edge.audio.tts import PROMPTS, Speech, TtsError
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
 from edge.contract import commands
 from edge.contract.commands import rejected
@@ -64,7 +64,7 @@ class Loudspeaker:
         self.clips = ClipLibrary(data_dir / "clips", audio.clip_max_bytes,
                                  total_bytes=audio.clips_total_bytes, max_clips=audio.clips_max)
         self.store = AudioStore(data_dir / "audio.db")
-        self.speech = Speech(EspeakNg(audio.tts_voice), data_dir / "tts-cache", rate,
+        self.speech = Speech(tts.engine(audio), data_dir / "tts-cache", rate,
                              max_bytes=audio.tts_cache_bytes,
                              max_entries=audio.tts_cache_entries,
                              max_render_bytes=TTS_RENDER_MAX_BYTES)

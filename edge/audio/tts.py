@@ -1,8 +1,12 @@
 """Text to speech through a pluggable engine, and the staff prompts rendered once.
 
-The default engine is espeak-ng from Debian with its `cmn-latn-pinyin` voice (the plain
-`cmn` voice reads most characters wrongly). Another engine (e.g. piper, with a voice
-provisioned onto the unit) only needs `name` and `render`.
+An engine turns a text into what its voice is handed (`script`, one string per
+rendering) and renders each (`render`). The default is espeak-ng from Debian with its
+`cmn-latn-pinyin` voice, handed pinyin that `edge.audio.reading` made (the voice's own
+character step misreads polyphones, and the plain `cmn` voice reads most characters
+wrongly); English words go to its English voice. A better voice provisioned onto the
+unit (e.g. piper) only needs `name`, `script` and `render`. `pingan-edge tts TEXT
+--pinyin` prints the script.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ import threading
 import uuid
 from pathlib import Path
 from typing import Protocol
+from xml.sax.saxutils import escape
 
 import numpy as np
 import soundfile
 
+from edge.audio import reading
 from edge.audio.clips import resample
 from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
-from edge.config import BACKGROUND_NICE
+from edge.config import BACKGROUND_NICE, AudioSection
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.tts")
@@ -47,16 +53,30 @@ class TtsError(RuntimeError):
 class Engine(Protocol):
     name: str
 
-    def render(self, text: str) -> tuple[Samples, int]: ...
+    def script(self, text: str) -> list[str]:
+        """What the voice is handed for `text`, one string per `render` (each short
+        enough to hold in memory as samples); empty when nothing can be said."""
+        ...
+
+    def render(self, piece: str) -> tuple[Samples, int]: ...
 
 
 class EspeakNg:
-    def __init__(self, voice: str, timeout_s: float = 20.0) -> None:
+    """espeak-ng, its input read as SSML (`-m`). A `*-latn-pinyin` voice is handed
+    pinyin (`edge.audio.reading`); any other voice the text as written."""
+
+    def __init__(self, voice: str, timeout_s: float = 20.0, *, english: str = "en") -> None:
         self.voice = voice
+        self.english = english
         self.name = f"espeak-ng:{voice}"
         self._timeout_s = timeout_s
 
-    def render(self, text: str) -> tuple[Samples, int]:
+    def script(self, text: str) -> list[str]:
+        if self.voice.endswith("latn-pinyin"):
+            return reading.script(text, voice=self.voice, english=self.english)
+        return [escape(p) for p in pieces(text)]
+
+    def render(self, piece: str) -> tuple[Samples, int]:
         exe = shutil.which("espeak-ng")
         if exe is None:
             raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -64,9 +84,9 @@ class EspeakNg:
             # The text on stdin: on the command line, one starting with "-" is an option.
             # At a lower CPU priority: on two cores, speech must not slow the alarm path.
             nice = shutil.which("nice")
-            argv = [exe, "-v", self.voice, "--stdout"]
+            argv = [exe, "-m", "-v", self.voice, "--stdout"]
             done = subprocess.run([nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv,
-                                  input=text.encode(),
+                                  input=piece.encode(),
                                   capture_output=True, timeout=self._timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise TtsError(f"espeak-ng took over {self._timeout_s} s") from exc
@@ -77,10 +97,17 @@ class EspeakNg:
         return audio.mean(axis=1).astype(np.float32), int(rate)
 
 
+def engine(audio: AudioSection) -> Engine:
+    """The engine `audio` configures: the station's and `pingan-edge tts`'s, so what
+    that prints is what the station says."""
+    return EspeakNg(audio.tts_voice)
+
+
 # Rendered a piece at a time, so memory holds one piece (≤ ~40 s of speech), not the
 # whole text (2,000 characters are ~7 minutes: ~70 MB as float32 samples).
-PIECE_CHARS = 120
-_BREAK_AFTER = re.compile(r"(?<=[。！？；：，、,.!?;:\n])")
+PIECE_CHARS = reading.PIECE_CHARS
+# After punctuation, but not inside a number (3.5, 1,000, 15:00).
+_BREAK_AFTER = re.compile(r"(?<=[。！？；：，、\n])|(?<=[,.!?;:])(?!\d)")
 
 
 def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
@@ -107,7 +134,8 @@ def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
 class Speech:
     """Renders text to FLAC files that the player streams (`FileSound`).
 
-    `cached=True` keeps the rendering under `cache_dir`, keyed by engine, rate and text,
+    `cached=True` keeps the rendering under `cache_dir`, keyed by engine, rate and what
+    the engine is handed (its script: a text whose reading changed renders again),
     and that cache is bounded by `max_bytes` and `max_entries`, least recently used out
     first. Otherwise the rendering goes to `cache_dir/.scratch` and is unlinked at once:
     its open `FileSound` keeps it until the play ends. One rendering is refused past
@@ -131,26 +159,28 @@ class Speech:
         for stale in cache_dir.glob("*.tmp"):
             stale.unlink()
 
-    def _key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.engine.name}\0{self._rate}\0{text}".encode()).hexdigest()
+    def _key(self, script: list[str]) -> str:
+        said = "\n".join(script)
+        return hashlib.sha256(f"{self.engine.name}\0{self._rate}\0{said}".encode()).hexdigest()
 
     def sound(self, text: str, *, cached: bool = False) -> FileSound:
         """`text` as a sound the player streams; renders it unless it is in the cache."""
         with self._render_lock:  # one rendering at a time, and once per text
+            script = self.engine.script(text)
             if not cached:
                 path = self._scratch / f"{uuid.uuid4().hex}.flac"
                 try:
-                    self._render_to(text, path)
+                    self._render_to(script, path)
                     return FileSound(path, self._rate)
                 finally:
                     path.unlink(missing_ok=True)
-            path = self._dir / f"{self._key(text)}.flac"
+            path = self._dir / f"{self._key(script)}.flac"
             if path.exists():
                 os.utime(path)  # most recently used
                 return FileSound(path, self._rate)
             tmp = path.with_suffix(".tmp")
             try:
-                self._render_to(text, tmp)
+                self._render_to(script, tmp)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -160,10 +190,10 @@ class Speech:
             self._evict(keep=path)
             return sound
 
-    def _render_to(self, text: str, path: Path) -> None:
+    def _render_to(self, script: list[str], path: Path) -> None:
         out: soundfile.SoundFile | None = None
         try:
-            for piece in pieces(text):
+            for piece in script:
                 samples, rate = self.engine.render(piece)
                 if out is None:
                     out = soundfile.SoundFile(str(path), "w", samplerate=rate, channels=1,
@@ -209,10 +239,11 @@ class Speech:
         finally:
             sound.close()
         with self._lock:
-            self._prompts[self._key(text)] = samples
+            self._prompts[text] = samples
         return samples
 
     def ready(self, text: str) -> Samples | None:
-        """A prompt's samples if `prompt` made them; never renders (for the alarm path)."""
+        """A prompt's samples if `prompt` made them; never renders nor reads (for the
+        alarm path)."""
         with self._lock:
-            return self._prompts.get(self._key(text))
+            return self._prompts.get(text)
