@@ -58,6 +58,7 @@ UNITS: tuple[tuple[str, str], ...] = (
 )
 _UNIT_RE = "|".join(re.escape(u) for u, _ in UNITS)
 _UNIT_ZH = dict(UNITS)
+_UNITS_AFTER_NUMBERS = re.compile(rf"\d\s*(?:{_UNIT_RE})(?![A-Za-z])")
 
 # After a bare 2, these make it 两 (两个, 两点, 两公里); 二 elsewhere (二月, 二号, 二楼).
 MEASURES = ("个", "位", "名", "次", "天", "周", "只", "条", "张", "件", "辆", "台", "户",
@@ -322,7 +323,7 @@ def normalise(text: str) -> list[Span]:
     """`text` as spans to be read (see the module's docstring)."""
     # A Chinese comma stays a pause, not a thousands separator (110，119，120).
     text = unicodedata.normalize("NFKC", text.replace("，", "、"))
-    if not has_han(text) and re.search("[A-Za-z]", text):
+    if not has_han(text) and re.search("[A-Za-z]", _UNITS_AFTER_NUMBERS.sub("", text)):
         return _merge(_english(text))
     spans: list[Span] = []
     pos = 0

@@ -35,7 +35,20 @@ _NUMERALS = _DIGITS + "十百千万亿"
 _ORDINAL_NEXT = ("月", "号", "楼", "年级")
 # Words that end in 一 (it keeps yi1 whatever follows: 统一思想).
 _ENDS_IN_YI = ("统一", "唯一", "之一", "合一", "如一", "专一", "划一", "单一", "逐一",
-               "归一", "择一", "万一")
+               "归一", "择一", "万一", "星期一", "礼拜一", "周一", "初一")
+
+
+# Where pypinyin's dictionary is wrong (checked against 现代汉语词典 and the official
+# pinyin of place names). Whole names only: 天台 alone is a rooftop (tian1 tai2).
+CORRECTIONS: dict[str, tuple[str, ...]] = {
+    "长治": ("chang2", "zhi4"), "珲春": ("hun2", "chun1"), "阆中": ("lang4", "zhong1"),
+    "会稽": ("kuai4", "ji1"), "浚县": ("xun4", "xian4"), "繁峙": ("fan2", "shi4"),
+    "筠连": ("jun1", "lian2"), "洪洞": ("hong2", "tong2"), "漯河": ("luo4", "he2"),
+    "天台县": ("tian1", "tai1", "xian4"), "天台山": ("tian1", "tai1", "shan1"),
+    "六合区": ("lu4", "he2", "qu1"), "单县": ("shan4", "xian4"), "涡阳": ("guo1", "yang2"),
+    "华县": ("hua4", "xian4"), "武都": ("wu3", "du1"),
+    "照片": ("zhao4", "pian4"), "孔子": ("kong3", "zi3"),
+}
 
 
 @dataclass(slots=True)
@@ -56,15 +69,19 @@ class Syllable:
 def _dictionary(text: str) -> list[Syllable]:
     """pypinyin's reading of Chinese characters, word by word through its phrase
     dictionary; characters it has no reading for are not said."""
-    out = []
+    read: list[str] = []
     for word in seg(text):
-        read = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
-        if len(read) != len(word):  # not one syllable per character: char by char
-            read = [lazy_pinyin(c, style=Style.TONE3, neutral_tone_with_five=True)[0]
+        said = lazy_pinyin(word, style=Style.TONE3, neutral_tone_with_five=True)
+        if len(said) != len(word):  # not one syllable per character: char by char
+            said = [lazy_pinyin(c, style=Style.TONE3, neutral_tone_with_five=True)[0]
                     for c in word]
-        out += [Syllable(c, py) for c, py in zip(word, read, strict=True)
-                if _SYLLABLE.match(py)]
-    return out
+        read += said
+    for phrase, syllables in CORRECTIONS.items():
+        at = text.find(phrase)
+        while at >= 0:
+            read[at:at + len(phrase)] = syllables
+            at = text.find(phrase, at + len(phrase))
+    return [Syllable(c, py) for c, py in zip(text, read, strict=True) if _SYLLABLE.match(py)]
 
 
 def _yi_bu(phrase: list[Syllable]) -> None:
@@ -84,11 +101,12 @@ def _yi_bu(phrase: list[Syllable]) -> None:
             else:
                 s.set_tone(2 if nxt.tone == 4 else 4)
             continue
-        if nxt is not None and nxt.han in "十百千万亿":
+        behind = "".join(x.han for x in phrase[max(0, i - 2):i + 1])
+        if nxt is not None and nxt.han in "百千万亿":
             s.set_tone(2 if nxt.tone == 4 else 4)  # a multiplier: 一百 yi4, 一万 yi2
-        elif (nxt is None or nxt.han in _DIGITS or ahead.startswith(_ORDINAL_NEXT)
-                or (prev is not None and (prev.han in _NUMERALS or prev.han in "第月"
-                                          or prev.han + "一" in _ENDS_IN_YI))):
+        elif (nxt is None or nxt.han in _DIGITS + "十" or ahead.startswith(_ORDINAL_NEXT)
+                or behind.endswith(_ENDS_IN_YI)
+                or (prev is not None and (prev.han in _NUMERALS or prev.han in "第月"))):
             s.set_tone(1)
         elif prev is not None and prev.han == nxt.han:
             s.set_tone(5)  # 看一看
