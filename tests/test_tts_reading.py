@@ -16,8 +16,8 @@ from conftest import station_toml
 
 from edge.audio import tts
 from edge.audio.normalise import normalise, written
-from edge.audio.reading import PIECE_CHARS, script
-from edge.audio.tts import EspeakNg, Speech, TtsError
+from edge.audio.reading import script
+from edge.audio.tts import PIECE_CHARS, EspeakNg, Speech, TtsError
 from edge.config import AudioSection
 from pingan_sim.localbroker import free_port
 
@@ -63,6 +63,7 @@ def test_normalised_text_reads_as_a_person_would_write_it_out():
         "10": "十", "15": "十五", "115": "一百一十五", "1005": "一千零五", "10010": "一万零一十",
         "150000": "十五万", "100010000": "一亿零一万", "2000": "两千", "22000": "两万二千",
         "0": "零", "007": "零零七", "-5": "负五", "-5℃": "零下五摄氏度",
+        "会议15:00.": "会议十五点.",
         "１５：００": "十五点",  # full-width digits and colon, as Chinese keyboards type them
         "13812345678": "幺三八,幺二三四,五六七八", "电话 87654321": "电话八七六五,四三二幺",
     }
@@ -123,6 +124,15 @@ def test_the_engine_renders_through_real_espeak_and_caches_by_reading(tmp_path):
     again and an unchanged one does not."""
     engine = tts.engine(AudioSection())
     assert isinstance(engine, EspeakNg) and engine.voice == "cmn-latn-pinyin"
+    # Read in a child process (pypinyin's dictionaries stay out of the station's); what
+    # it hands back is the reading, and text that is not valid Unicode is read anyway.
+    assert engine.script("银行行长。") == script("银行行长。") == ["yin2 hang2 hang2 zhang3."]
+    assert engine.script("\ud800银行") == ["yin2 hang2"]
+    station = subprocess.run([sys.executable, "-c", (
+        "import sys; from edge.audio import tts; from edge.config import AudioSection; "
+        "print(tts.engine(AudioSection()).script('行长'), 'pypinyin' in sys.modules)")],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert station.stdout.split() == ["['hang2", "zhang3']", "False"], station
     speech = Speech(engine, tmp_path / "cache", 22050, max_bytes=16 << 20, max_entries=16,
                     max_render_bytes=8 << 20)
     text = "银行行长通知：15:00开会，请拨打110。Hello"

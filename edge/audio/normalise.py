@@ -160,16 +160,20 @@ def num(chars: str, *, count_one: bool = False) -> Span:
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _MONTH = r"(?:1[0-2]|0?[1-9])"
 _DAY = r"(?:3[01]|[12]\d|0?[1-9])"
+# A number's edges: not inside another number (a "." before a digit is a decimal point,
+# one after it ends a sentence: "15:00." is a time).
+_S = r"(?<!\d)(?<!\d\.)"
+_E = r"(?!\d|\.\d)"
 _PATTERNS = [
     ("date", rf"(?<!\d)(?P<y>\d{{4}})(?P<sep>[-/.])(?P<mo>{_MONTH})(?P=sep)(?P<d>{_DAY})(?!\d)"),
-    ("year", r"(?<![\d.])(?P<year>1[89]\d\d|20\d\d|2100)(?=\s*年)"),
-    ("time", r"(?<![\d.])(?P<h>[01]?\d|2[0-3]):(?P<mi>[0-5]\d)(?::(?P<s>[0-5]\d))?(?![\d.])"),
-    ("mobile", r"(?<![\d.])(?P<mobile>1[3-9]\d[- ]?\d{4}[- ]?\d{4})(?![\d.])"),
-    ("landline", r"(?<![\d.])(?P<landline>\(0\d{2,3}\)\s*\d{7,8}|0\d{2,3}-\d{7,8}"
-                 r"|[48]00-?\d{3}-?\d{4})(?![\d.])"),
+    ("year", _S + r"(?P<year>1[89]\d\d|20\d\d|2100)(?=\s*年)"),
+    ("time", _S + r"(?P<h>[01]?\d|2[0-3]):(?P<mi>[0-5]\d)(?::(?P<s>[0-5]\d))?" + _E),
+    ("mobile", _S + r"(?P<mobile>1[3-9]\d[- ]?\d{4}[- ]?\d{4})" + _E),
+    ("landline", _S + r"(?P<landline>\(0\d{2,3}\)\s*\d{7,8}|0\d{2,3}-\d{7,8}"
+                 r"|[48]00-?\d{3}-?\d{4})" + _E),
     ("range", r"(?<=\d)\s*[-~～–—]\s*(?=[-−]?\d)"),
     ("money", rf"(?P<cur>[¥￥$])(?P<money>{_NUMBER})"),
-    ("fraction", r"(?<![\d/.])(?P<num_>\d{1,3})/(?P<den>\d{1,3})(?![\d/.])"),
+    ("fraction", _S + r"(?<!/)(?P<num_>\d{1,3})/(?P<den>\d{1,3})(?![\d/]|\.\d)"),
     ("number", rf"(?P<neg>(?<![\dA-Za-z])[-−])?(?P<n>{_NUMBER})"
                rf"(?:\s*(?P<pct>[%‰])|\s*(?P<unit>{_UNIT_RE})(?![A-Za-z]))?"),
 ]

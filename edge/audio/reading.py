@@ -17,7 +17,10 @@ tones) and leaves 一 before a fourth tone alone when the dictionary says yi1 (�
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -25,9 +28,8 @@ from pypinyin import Style, lazy_pinyin
 from pypinyin.seg.simpleseg import seg
 
 from edge.audio.normalise import Span, normalise
+from edge.audio.tts import PIECE_CHARS
 
-# Rendered a piece at a time (edge.audio.tts.Speech): about this many characters each.
-PIECE_CHARS = 120
 _SYLLABLE = re.compile(r"^[a-zv]+[1-5]$")
 _DIGITS = "零〇一二两三四五六七八九幺"
 _NUMERALS = _DIGITS + "十百千万亿"
@@ -213,3 +215,20 @@ def script(text: str, *, voice: str = "cmn-latn-pinyin", english: str = "en",
     English words are in it); empty when nothing in it can be said."""
     out = [_read(piece, voice, english) for piece in _cut(normalise(text), limit)]
     return [s for s in out if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edge.audio.reading --voice V`: the script for the text on standard input,
+    as a JSON list on standard output (how the station reads: `tts.read_aloud`)."""
+    p = argparse.ArgumentParser(prog="python -m edge.audio.reading")
+    p.add_argument("--voice", default="cmn-latn-pinyin")
+    p.add_argument("--english", default="en")
+    args = p.parse_args(argv)
+    text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    json.dump(script(text, voice=args.voice, english=args.english), sys.stdout,
+              ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

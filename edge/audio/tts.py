@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -28,7 +30,6 @@ from xml.sax.saxutils import escape
 import numpy as np
 import soundfile
 
-from edge.audio import reading
 from edge.audio.clips import resample
 from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
@@ -73,7 +74,7 @@ class EspeakNg:
 
     def script(self, text: str) -> list[str]:
         if self.voice.endswith("latn-pinyin"):
-            return reading.script(text, voice=self.voice, english=self.english)
+            return read_aloud(text, voice=self.voice, english=self.english)
         return [escape(p) for p in pieces(text)]
 
     def render(self, piece: str) -> tuple[Samples, int]:
@@ -82,11 +83,8 @@ class EspeakNg:
             raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
         try:
             # The text on stdin: on the command line, one starting with "-" is an option.
-            # At a lower CPU priority: on two cores, speech must not slow the alarm path.
-            nice = shutil.which("nice")
             argv = [exe, "-m", "-v", self.voice, "--stdout"]
-            done = subprocess.run([nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv,
-                                  input=piece.encode(),
+            done = subprocess.run(_background(argv), input=piece.encode(errors="replace"),
                                   capture_output=True, timeout=self._timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise TtsError(f"espeak-ng took over {self._timeout_s} s") from exc
@@ -97,6 +95,32 @@ class EspeakNg:
         return audio.mean(axis=1).astype(np.float32), int(rate)
 
 
+def _background(argv: list[str]) -> list[str]:
+    """At a lower CPU priority: on two cores, speech must not slow the alarm path."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv
+
+
+def read_aloud(text: str, *, voice: str, english: str, timeout_s: float = 60.0) -> list[str]:
+    """`edge.audio.reading.script(text)`, worked out in a child process: pypinyin's
+    dictionaries take ~70 MB and ~1 s of CPU to load, which the station's own process
+    (whose alarm path shares its interpreter) does not carry; they go when it ends."""
+    argv = [sys.executable, "-m", "edge.audio.reading", "--voice", voice, "--english", english]
+    try:
+        done = subprocess.run(_background(argv), input=text.encode(errors="replace"),
+                              capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise TtsError(f"reading the text took over {timeout_s} s") from exc
+    try:
+        said = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        said = None
+    if not (isinstance(said, list) and all(isinstance(p, str) for p in said)):
+        raise TtsError(f"reading the text failed ({done.returncode}): "
+                       f"{done.stderr.decode(errors='replace').strip()[-300:]}")
+    return said
+
+
 def engine(audio: AudioSection) -> Engine:
     """The engine `audio` configures: the station's and `pingan-edge tts`'s, so what
     that prints is what the station says."""
@@ -105,7 +129,7 @@ def engine(audio: AudioSection) -> Engine:
 
 # Rendered a piece at a time, so memory holds one piece (≤ ~40 s of speech), not the
 # whole text (2,000 characters are ~7 minutes: ~70 MB as float32 samples).
-PIECE_CHARS = reading.PIECE_CHARS
+PIECE_CHARS = 120
 # After punctuation, but not inside a number (3.5, 1,000, 15:00).
 _BREAK_AFTER = re.compile(r"(?<=[。！？；：，、\n])|(?<=[,.!?;:])(?!\d)")
 
