@@ -105,8 +105,7 @@ class Loudspeaker:
     def _render_prompts(self) -> None:
         """Render the staff prompts once (cached on disk) so a press never waits for TTS."""
         try:
-            for zh, _en in PROMPTS.values():
-                self.speech.prompt(zh)
+            self.speech.prompts([zh for zh, _en in PROMPTS.values()])
             self._health.clear("tts_unavailable")
         except (TtsError, OSError, RuntimeError) as exc:  # no espeak-ng, disk full, ...
             self._health.set("tts_unavailable", f"语音合成不可用，提示音将不播放：{exc}",

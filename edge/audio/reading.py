@@ -218,15 +218,18 @@ def script(text: str, *, voice: str = "cmn-latn-pinyin", english: str = "en",
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge.audio.reading --voice V`: the script for the text on standard input,
-    as a JSON list on standard output (how the station reads: `tts.read_aloud`)."""
+    """`python -m edge.audio.reading --voice V`: a JSON list of texts on standard input,
+    the script of each on standard output (how the station reads: `tts.read_aloud`)."""
     p = argparse.ArgumentParser(prog="python -m edge.audio.reading")
     p.add_argument("--voice", default="cmn-latn-pinyin")
     p.add_argument("--english", default="en")
     args = p.parse_args(argv)
-    text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
-    json.dump(script(text, voice=args.voice, english=args.english), sys.stdout,
-              ensure_ascii=False)
+    texts = json.loads(sys.stdin.buffer.read())
+    if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+        print("expected a JSON list of texts on standard input", file=sys.stderr)
+        return 2
+    json.dump([script(t, voice=args.voice, english=args.english) for t in texts],
+              sys.stdout, ensure_ascii=True)
     return 0
 
 

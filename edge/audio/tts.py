@@ -1,11 +1,11 @@
 """Text to speech through a pluggable engine, and the staff prompts rendered once.
 
-An engine turns a text into what its voice is handed (`script`, one string per
+An engine turns texts into what its voice is handed (`scripts`, one string per
 rendering) and renders each (`render`). The default is espeak-ng from Debian with its
 `cmn-latn-pinyin` voice, handed pinyin that `edge.audio.reading` made (the voice's own
 character step misreads polyphones, and the plain `cmn` voice reads most characters
 wrongly); English words go to its English voice. A better voice provisioned onto the
-unit (e.g. piper) only needs `name`, `script` and `render`. `pingan-edge tts TEXT
+unit (e.g. piper) only needs `name`, `scripts`, `script` and `render`. `pingan-edge tts TEXT
 --pinyin` prints the script.
 """
 
@@ -54,10 +54,12 @@ class TtsError(RuntimeError):
 class Engine(Protocol):
     name: str
 
-    def script(self, text: str) -> list[str]:
-        """What the voice is handed for `text`, one string per `render` (each short
+    def scripts(self, texts: list[str]) -> list[list[str]]:
+        """What the voice is handed for each text, one string per `render` (each short
         enough to hold in memory as samples); empty when nothing can be said."""
         ...
+
+    def script(self, text: str) -> list[str]: ...
 
     def render(self, piece: str) -> tuple[Samples, int]: ...
 
@@ -72,10 +74,13 @@ class EspeakNg:
         self.name = f"espeak-ng:{voice}"
         self._timeout_s = timeout_s
 
-    def script(self, text: str) -> list[str]:
+    def scripts(self, texts: list[str]) -> list[list[str]]:
         if self.voice.endswith("latn-pinyin"):
-            return read_aloud(text, voice=self.voice, english=self.english)
-        return [escape(p) for p in pieces(text)]
+            return read_aloud(texts, voice=self.voice, english=self.english)
+        return [[escape(p) for p in pieces(text)] for text in texts]
+
+    def script(self, text: str) -> list[str]:
+        return self.scripts([text])[0]
 
     def render(self, piece: str) -> tuple[Samples, int]:
         exe = shutil.which("espeak-ng")
@@ -101,21 +106,26 @@ def _background(argv: list[str]) -> list[str]:
     return [nice, "-n", str(BACKGROUND_NICE), *argv] if nice else argv
 
 
-def read_aloud(text: str, *, voice: str, english: str, timeout_s: float = 60.0) -> list[str]:
-    """`edge.audio.reading.script(text)`, worked out in a child process: pypinyin's
-    dictionaries take ~70 MB and ~1 s of CPU to load, which the station's own process
-    (whose alarm path shares its interpreter) does not carry; they go when it ends."""
+def read_aloud(texts: list[str], *, voice: str, english: str,
+               timeout_s: float = 60.0) -> list[list[str]]:
+    """`edge.audio.reading.script` of each text, worked out in one child process:
+    pypinyin's dictionaries take ~70 MB and ~1 s of CPU to load, which the station's own
+    process (whose alarm path shares its interpreter) does not carry; they go when it
+    ends."""
     argv = [sys.executable, "-m", "edge.audio.reading", "--voice", voice, "--english", english]
+    # Text that is not valid Unicode (a lone surrogate from JSON) is read as far as it is.
+    sent = json.dumps([t.encode(errors="replace").decode() for t in texts])
     try:
-        done = subprocess.run(_background(argv), input=text.encode(errors="replace"),
-                              capture_output=True, timeout=timeout_s, check=False)
+        done = subprocess.run(_background(argv), input=sent.encode(), capture_output=True,
+                              timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise TtsError(f"reading the text took over {timeout_s} s") from exc
     try:
         said = json.loads(done.stdout) if done.returncode == 0 else None
     except ValueError:
         said = None
-    if not (isinstance(said, list) and all(isinstance(p, str) for p in said)):
+    if not (isinstance(said, list) and len(said) == len(texts)
+            and all(isinstance(s, list) and all(isinstance(p, str) for p in s) for s in said)):
         raise TtsError(f"reading the text failed ({done.returncode}): "
                        f"{done.stderr.decode(errors='replace').strip()[-300:]}")
     return said
@@ -189,8 +199,10 @@ class Speech:
 
     def sound(self, text: str, *, cached: bool = False) -> FileSound:
         """`text` as a sound the player streams; renders it unless it is in the cache."""
+        return self._sound(self.engine.script(text), cached=cached)
+
+    def _sound(self, script: list[str], *, cached: bool) -> FileSound:
         with self._render_lock:  # one rendering at a time, and once per text
-            script = self.engine.script(text)
             if not cached:
                 path = self._scratch / f"{uuid.uuid4().hex}.flac"
                 try:
@@ -209,8 +221,8 @@ class Speech:
             finally:
                 tmp.unlink(missing_ok=True)
             sound = FileSound(path, self._rate)
-            log(logger, "info", "tts.cached", chars=len(text), seconds=round(sound.seconds, 2),
-                bytes=path.stat().st_size)
+            log(logger, "info", "tts.cached", pieces=len(script),
+                seconds=round(sound.seconds, 2), bytes=path.stat().st_size)
             self._evict(keep=path)
             return sound
 
@@ -257,14 +269,21 @@ class Speech:
 
     def prompt(self, text: str) -> Samples:
         """A staff prompt, rendered (cached on disk) and kept in memory for `ready`."""
-        sound = self.sound(text, cached=True)
-        try:
-            samples = sound[0:len(sound)]
-        finally:
-            sound.close()
-        with self._lock:
-            self._prompts[text] = samples
-        return samples
+        return self.prompts([text])[0]
+
+    def prompts(self, texts: list[str]) -> list[Samples]:
+        """Staff prompts, read together (one reading for all) and each rendered."""
+        out = []
+        for text, script in zip(texts, self.engine.scripts(texts), strict=True):
+            sound = self._sound(script, cached=True)
+            try:
+                samples = sound[0:len(sound)]
+            finally:
+                sound.close()
+            with self._lock:
+                self._prompts[text] = samples
+            out.append(samples)
+        return out
 
     def ready(self, text: str) -> Samples | None:
         """A prompt's samples if `prompt` made them; never renders nor reads (for the
