@@ -168,6 +168,19 @@ def test_the_engine_renders_through_real_espeak_and_caches_by_reading(tmp_path):
     assert ready is not None and len(ready) > 22050 // 2
 
 
+def test_a_reading_that_fails_or_hangs_is_a_tts_error_not_a_hang():
+    """The child that reads: bad input is refused with a message; a timeout and a failure
+    reach the caller as TtsError (a broadcast is then refused `tts_failed`)."""
+    for bad in (b"not json", b'{"text": 1}', b"[1, 2]"):
+        done = subprocess.run([sys.executable, "-m", "edge.audio.reading"], input=bad,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 2 and b"JSON list of texts" in done.stderr
+    with pytest.raises(TtsError, match="took over"):
+        tts.read_aloud(["银行"], voice="cmn-latn-pinyin", english="en", timeout_s=0.001)
+    with pytest.raises(TtsError, match="reading the text failed"):
+        tts.read_aloud(["银行"], voice="cmn-latn-pinyin", english="--voice")  # arguments refused
+
+
 @needs_espeak
 def test_cli_prints_what_the_station_says_and_renders_it(tmp_path):
     config = tmp_path / "station.toml"

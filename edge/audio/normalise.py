@@ -38,6 +38,11 @@ class Span:
     count_one: bool = False
 
 
+# Speech is rendered a piece at a time (edge.audio.tts.Speech), so memory holds one piece
+# (≤ ~40 s of speech), not the whole text (2,000 characters are ~7 minutes: ~70 MB as
+# float32 samples): pieces of about this many characters.
+PIECE_CHARS = 120
+
 DIGITS = "零一二三四五六七八九"
 # The syllables of what numbers are written with (yi1 before sandhi).
 NUMERAL_PINYIN = {

@@ -27,8 +27,7 @@ from xml.sax.saxutils import escape
 from pypinyin import Style, lazy_pinyin
 from pypinyin.seg.simpleseg import seg
 
-from edge.audio.normalise import Span, normalise
-from edge.audio.tts import PIECE_CHARS
+from edge.audio.normalise import PIECE_CHARS, Span, normalise
 
 _SYLLABLE = re.compile(r"^[a-zv]+[1-5]$")
 _DIGITS = "零〇一二两三四五六七八九幺"
@@ -224,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice", default="cmn-latn-pinyin")
     p.add_argument("--english", default="en")
     args = p.parse_args(argv)
-    texts = json.loads(sys.stdin.buffer.read())
+    try:
+        texts = json.loads(sys.stdin.buffer.read())
+    except ValueError:
+        texts = None
     if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
         print("expected a JSON list of texts on standard input", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ import numpy as np
 import soundfile
 
 from edge.audio.clips import resample
+from edge.audio.normalise import PIECE_CHARS
 from edge.audio.sound import FileSound
 from edge.audio.tones import Samples
 from edge.config import BACKGROUND_NICE, AudioSection
@@ -137,9 +138,6 @@ def engine(audio: AudioSection) -> Engine:
     return EspeakNg(audio.tts_voice)
 
 
-# Rendered a piece at a time, so memory holds one piece (≤ ~40 s of speech), not the
-# whole text (2,000 characters are ~7 minutes: ~70 MB as float32 samples).
-PIECE_CHARS = 120
 # After punctuation, but not inside a number (3.5, 1,000, 15:00).
 _BREAK_AFTER = re.compile(r"(?<=[。！？；：，、\n])|(?<=[,.!?;:])(?!\d)")
 
