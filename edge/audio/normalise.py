@@ -77,8 +77,8 @@ COUNTED = tuple(m for m in MEASURES if m != "点")
 SERVICE_NUMBERS = ("110", "119", "120", "122", "12110", "12119", "12315", "12320", "12333",
                    "12345", "12348", "12369", "12395", "96110")
 # Words before a number that make it a phone number, read digit by digit.
-PHONE_CUES = ("电话", "热线", "拨打", "拨", "手机", "号码", "联系", "致电", "呼叫", "短信",
-              "报警", "求助", "急救", "火警", "tel", "Tel", "TEL")
+PHONE_CUES = ("电话", "热线", "拨打", "拨", "手机", "号码", "联系", "致电", "呼叫", "tel", "Tel",
+              "TEL")
 
 HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff〇"
 _HAN_RE = re.compile(f"[{HAN}]")

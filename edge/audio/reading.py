@@ -107,7 +107,8 @@ def _yi_bu(phrase: list[Syllable]) -> None:
             s.set_tone(2 if nxt.tone == 4 else 4)  # a multiplier: 一百 yi4, 一万 yi2
         elif (nxt is None or nxt.han in _DIGITS + "十" or ahead.startswith(_ORDINAL_NEXT)
                 or behind.endswith(_ENDS_IN_YI)
-                or (prev is not None and (prev.han in _NUMERALS or prev.han in "第月"))):
+                or (prev is not None and (prev.han in _NUMERALS or prev.han == "第"
+                                          or (prev.han == "月" and nxt.han in "日号")))):
             s.set_tone(1)
         elif prev is not None and prev.han == nxt.han:
             s.set_tone(5)  # 看一看
