@@ -392,7 +392,7 @@ class Uplink:
         self._check_certificate()
         self._health.clear("uplink_down")
         self._health.clear("uplink_refused")
-        client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
+        client.subscribe(self.topics.subscriptions())
         with self._wake:
             # Once per connect, by the pump, first in its next round; the health changes
             # just above asked for it too and coalesce into this one.
