@@ -132,10 +132,10 @@ def test_every_party_can_do_exactly_what_the_table_allows(tmp_path: Path):
             for reader in spec.subscribers:
                 if reader == party:
                     continue
-                wait_until(lambda r=readers[reader], b=body: (topic, b) in r.received(),
+                wait_until(lambda r=readers[reader], m=(topic, body): m in r.received(),
                            10, f"{name} from {party} at {reader}")
             if name == "all_cmd":  # every station of the township
-                wait_until(lambda b=body: (topic, b) in other.received(), 10, "all/cmd")
+                wait_until(lambda m=(topic, body): m in other.received(), 10, "all/cmd")
 
         # Flush each path with one more allowed message, then nothing else may have come.
         flush = [(station, topics.by_name("events").topic(T, "v001"), [console, up]),
