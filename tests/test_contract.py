@@ -169,3 +169,33 @@ def test_the_centre_subscribes_from_the_table():
     text = json.loads((ROOT / "docs/schema/topics.json").read_text(encoding="utf-8"))
     assert {row["name"] for row in text if "centre" in row["subscribers"]} == {
         "events", "cmd_result", "state", "health"}
+
+
+def test_a_real_station_publishes_as_the_table_says(tmp_path: Path, own_broker, start_station):  # type: ignore[no-untyped-def]
+    """QoS and retained as the table says: a subscriber that comes later is given exactly
+    the retained topics' last messages, and every message arrived at the table's QoS."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    st = start_station(own_broker.port, health={"interval_s": 1})
+    wait_until(lambda: st.uplink.connected and st.telemetry.published, 15, "health sent")
+    event = st.alarm.raise_alarm("simulator", 0.0).result(5)
+    wait_until(lambda: st.outbox.pending_count() == 0, 10, "the alarm delivered")
+    got: dict[str, tuple[int, bool]] = {}
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="late", protocol=mqtt.MQTTv5)
+    c.on_message = lambda _c, _u, m: got.setdefault(m.topic, (m.qos, bool(m.retain)))
+    c.connect("127.0.0.1", own_broker.port)
+    c.loop_start()
+    try:
+        c.subscribe(f"pingan/v1/{T}/#", qos=1)
+        retained = {s.topic(T, "v001") for s in topics.table()
+                    if s.retained and topics.STATION in s.publishers}
+        wait_until(lambda: retained <= set(got), 10, "the retained topics")
+        assert set(got) == retained, "only the table's retained topics are retained"
+        for spec in topics.table():
+            if spec.topic(T, "v001") in got:
+                assert got[spec.topic(T, "v001")] == (spec.qos, True)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert event.seq == 1
