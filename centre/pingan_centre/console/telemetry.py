@@ -133,6 +133,8 @@ def _svg(points: list[tuple[float, float]], start: datetime, end: datetime,
         parts.append(f'<line x1="0" y1="{y}" x2="{WIDTH}" y2="{y}" stroke="#c00" '
                      f'stroke-dasharray="4 3"/>')
     parts.append(f'<polyline fill="none" stroke="#246" stroke-width="1.5" points="{line}"/>')
+    x, y = xy(*points[-1]).split(",")  # the newest reading, visible even when alone
+    parts.append(f'<circle cx="{x}" cy="{y}" r="3" fill="#246"/>')
     parts.append("</svg>")
     return "".join(parts)
 
