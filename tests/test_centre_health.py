@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,36 @@ def text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
+class Words(HTMLParser):
+    """The words a person reads in the health parts of a page: outside <script>/<style>
+    and outside translate="no" (figures, units, what a station calls itself)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip: list[bool] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ("link", "meta", "input", "br", "img"):
+            self._skip.append(tag in ("script", "style") or dict(attrs).get("translate") == "no")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in ("link", "meta", "input", "br", "img") and self._skip:
+            self._skip.pop()
+
+    def handle_data(self, data: str) -> None:
+        if not any(self._skip):
+            self.parts.append(data)
+
+
+def english_words(html: str) -> set[str]:
+    """English words on a page meant to be Chinese."""
+    w = Words()
+    w.feed(html)
+    found = re.findall(r"[A-Za-z][A-Za-z']+", " ".join(w.parts))
+    return set(found) - {"English", "officer"}  # the switch; the login name (data)
+
+
 def test_health_reaches_the_grid_and_thresholds_say_what_to_do(tmp_path, db, broker):  # type: ignore[no-untyped-def]
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township).start()
@@ -91,11 +122,14 @@ def test_health_reaches_the_grid_and_thresholds_say_what_to_do(tmp_path, db, bro
             assert words in en, words
         s.post(f"{centre.url}/i18n/setlang/", data={
             "language": "zh-hans", "csrfmiddlewaretoken": s.cookies["csrftoken"]}, timeout=10)
-        zh = text(s.get(f"{centre.url}/stations", timeout=10).text)
+        zh_html = s.get(f"{centre.url}/stations", timeout=10).text
+        zh = text(zh_html)
         for words in ("存储空间将满（剩余 5 %）", "温度过高（85 °C）", "供电电压不足",
-                      "无移动网络信号", "事件已积压 15 分钟", "时钟未同步"):
+                      "无移动网络信号", "正在搜索网络", "事件已积压 15 分钟", "时钟未同步"):
             assert words in zh, words
-        assert "replace the power supply" not in zh
+        assert english_words(zh_html.split('class="tele"', 1)[1]) == set()
+        page = s.get(f"{centre.url}/station/s2", timeout=10).text
+        assert english_words(page) == set()
         assert db.rows("SELECT count(*) FROM console_healthreport "
                        "WHERE station_id = 's2'")[0][0] == 1, "a retained copy is stored once"
 

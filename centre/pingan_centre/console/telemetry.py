@@ -90,6 +90,17 @@ def findings(data: dict[str, Any]) -> list[Finding]:
     return found
 
 
+REG_LABELS = {"home": _("registered (home)"), "roaming": _("roaming"),
+              "searching": _("searching for a network"), "denied": _("registration denied"),
+              "unknown": _("registration unknown"), "none": _("not registered")}
+
+
+def reg_label(data: dict[str, Any]) -> str:
+    modem = data.get("modem")
+    reg = modem.get("reg") if isinstance(modem, dict) else None
+    return str(REG_LABELS.get(str(reg), reg or "—"))
+
+
 def latest_by_station() -> dict[str, HealthLatest]:
     return {h.station_id: h for h in HealthLatest.objects.all()}
 
@@ -192,3 +203,4 @@ def annotate(rows: list[Station]) -> None:
         st.tele = tele.data if tele else None  # type: ignore[attr-defined]
         st.tele_at = tele.received_at if tele else None  # type: ignore[attr-defined]
         st.findings = findings(tele.data) if tele else []  # type: ignore[attr-defined]
+        st.tele_reg = reg_label(tele.data) if tele else ""  # type: ignore[attr-defined]
