@@ -97,7 +97,7 @@ def test_health_reaches_the_grid_and_thresholds_say_what_to_do(tmp_path, db, bro
         assert json.loads(data)["township"] == township
         s = centre.session("officer")
         grid = s.get(f"{centre.url}/stations", timeout=10).text
-        assert 'href="/station/s1"' in grid and "MB" in grid
+        assert 'href="/station?id=s1"' in grid and "MB" in grid
 
         # Readings over the thresholds, as a station would send them.
         bad = report(township, "s2", cpu_temp_c=85.0, throttled=0x50001,
@@ -128,7 +128,7 @@ def test_health_reaches_the_grid_and_thresholds_say_what_to_do(tmp_path, db, bro
                       "无移动网络信号", "正在搜索网络", "事件已积压 15 分钟", "时钟未同步"):
             assert words in zh, words
         assert english_words(zh_html.split('class="tele"', 1)[1]) == set()
-        page = s.get(f"{centre.url}/station/s2", timeout=10).text
+        page = s.get(f"{centre.url}/station?id=s2", timeout=10).text
         assert english_words(page) == set()
         assert db.rows("SELECT count(*) FROM console_healthreport "
                        "WHERE station_id = 's2'")[0][0] == 1, "a retained copy is stored once"
@@ -139,11 +139,11 @@ def test_health_reaches_the_grid_and_thresholds_say_what_to_do(tmp_path, db, bro
                                    "WHERE topic = ?", topic)[0][0], 15, "quarantined")
 
         # The station page: the last 7 days as inline SVG, nothing from elsewhere.
-        page = s.get(f"{centre.url}/station/s2", timeout=10)
+        page = s.get(f"{centre.url}/station?id=s2", timeout=10)
         assert page.status_code == 200
         assert page.text.count("<svg") == 6 and "<polyline" in page.text
         assert "http://" not in page.text and "https://" not in page.text
-        assert s.get(f"{centre.url}/station/nope", timeout=10).status_code == 404
+        assert s.get(f"{centre.url}/station?id=nope", timeout=10).status_code == 404
     finally:
         st.stop()
         centre.stop()
@@ -166,3 +166,24 @@ telemetry.store(rep("c"), now)
 print(json.dumps(sorted(HealthReport.objects.values_list("ts", flat=True))))
 """)
     assert got == ["b", "c"]
+
+
+def test_every_stored_station_id_has_a_working_page(tmp_path, db, broker):  # type: ignore[no-untyped-def]
+    """Ids stored before ingest checked the patterns may hold "/" or a newline."""
+    centre = Centre(tmp_path, db, broker.port, "t01")
+    centre.python("""
+from pingan_centre.console.models import Station
+Station.objects.create(name="old/one\\n<b>", township="t01")
+print("null")
+""")
+    centre.start()
+    try:
+        s = centre.session("officer")
+        grid = s.get(f"{centre.url}/stations", timeout=10)
+        assert grid.status_code == 200
+        href = re.search(r'href="(/station\?id=[^"]+)"', grid.text)
+        assert href is not None
+        page = s.get(centre.url + href.group(1).replace("&amp;", "&"), timeout=10)
+        assert page.status_code == 200 and "old/one" in page.text and "<b>" not in page.text
+    finally:
+        centre.stop()

@@ -166,7 +166,7 @@ def test_the_whole_system_on_the_shipped_configuration(tmp_path: Path, db: Datab
         for st in stations.values():
             assert [p.code for p in st.health.problems()] == []
         grid = officer.get(f"{centre.url}/stations", timeout=10).text
-        assert all(f'href="/station/{n}"' in grid for n in STATIONS)
+        assert all(f'href="/station?id={n}"' in grid for n in STATIONS)
     finally:
         for st in stations.values():
             st.stop()

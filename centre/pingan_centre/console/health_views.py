@@ -12,8 +12,10 @@ from pingan_centre.console.models import Station
 
 
 @login_required
-def station_detail(request: HttpRequest, name: str) -> HttpResponse:
-    station = get_object_or_404(Station, pk=name)
+def station_detail(request: HttpRequest) -> HttpResponse:
+    # The id in the query string: every stored id has a working URL, whatever it holds
+    # (ids stored before ingest checked the patterns may contain "/" or a newline).
+    station = get_object_or_404(Station, pk=request.GET.get("id", ""))
     telemetry.annotate([station])
     return render(request, "console/station.html", {
         "station": station, "page": "stations",
