@@ -242,7 +242,7 @@ class StationState(_Shape):
 
 
 class ModemReport(_Shape):
-    """What the modem said about itself, validated and bounded (edge/modem/signal.py)."""
+    """What the modem said about itself, validated and bounded (pingan_modem/signal.py)."""
 
     state: Literal["starting", "ok", "absent", "sim_locked", "silent"]
     model: Annotated[str, msgspec.Meta(max_length=64)] | None = None

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import health_views, views
+from pingan_centre.console import health_views, rota, views
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -21,6 +21,8 @@ urlpatterns = [
     path("handover", views.handover, name="handover"),
     path("quarantine", views.quarantine, name="quarantine"),
     path("audit", views.audit_log, name="audit"),
+    path("rota", rota.rota, name="rota"),
+    path("rota/<int:shift_id>/delete", rota.rota_delete, name="rota_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

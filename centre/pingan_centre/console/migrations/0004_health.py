@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0002_station_last_selftest_passed'),
+        ('console', '0003_rota_sms'),
     ]
 
     operations = [
