@@ -279,6 +279,9 @@ class HealthReport(_Shape):
     throttled: int | None
     modem: ModemReport | None
     sms_held_back: int = 0
+    # Size of the data directory's file system (null from a station older than this
+    # field): with disk_free_mb, the township's "disk under 10 %".
+    disk_total_mb: int | None = None
 
 
 _id_lock = threading.Lock()

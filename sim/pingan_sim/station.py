@@ -25,7 +25,7 @@ from edge.config import Config
 from edge.logs import log
 from edge.station import Station
 from pingan_sim import SCENE
-from pingan_sim.localbroker import Mosquitto, reachable
+from pingan_sim.localbroker import BrokerError, Mosquitto, reachable
 from pingan_sim.modem import ModemSim
 from pingan_sim.presses import Presses
 
@@ -99,7 +99,15 @@ def _fallback_broker(config: Config, parts: contextlib.ExitStack
     broker = config.broker
     if not broker.local_fallback or reachable(broker.host, broker.port):
         return None, config
-    local = Mosquitto(config.data_dir / "broker").start()
+    # On the configured loopback port when it is free: a township console left at its
+    # defaults (`bin/centre`: 127.0.0.1:1883, township t01) then finds this station.
+    try:
+        port = broker.port if broker.host in ("127.0.0.1", "localhost") else None
+        local = Mosquitto(config.data_dir / "broker", port).start()
+    except BrokerError:
+        if port is None:
+            raise
+        local = Mosquitto(config.data_dir / "broker").start()
     parts.callback(local.stop)
     # To stop it by hand (the SMS fallback shows once the broker is gone): kill this pid.
     if local.pid is not None:

@@ -287,3 +287,26 @@ class SmsPart(models.Model):
         ordering = ["message_id", "idx"]
         constraints = [models.UniqueConstraint(fields=["message", "idx"],
                                                name="sms_part_once")]
+
+
+class HealthReport(models.Model):
+    """One health report a station sent (`…/health`), kept `telemetry.KEEP` (7 days)."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="health_reports")
+    ts = models.CharField(max_length=40)  # the station's clock: see data["clock_synced"]
+    received_at = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["station", "received_at"])]
+
+
+class HealthLatest(models.Model):
+    """The newest health report of each station: what the station grid shows."""
+
+    station = models.OneToOneField(Station, on_delete=models.CASCADE, primary_key=True,
+                                   related_name="health_latest")
+    ts = models.CharField(max_length=40)
+    received_at = models.DateTimeField()
+    data = models.JSONField(default=dict)

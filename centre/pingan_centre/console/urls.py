@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import rota, views
+from pingan_centre.console import health_views, rota, views
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -15,6 +15,7 @@ urlpatterns = [
     path("alarm/<int:alarm_id>/<str:action>", views.act, name="act"),
     path("snapshot/<str:event_id>.jpg", views.snapshot, name="snapshot"),
     path("stations", views.stations, name="stations"),
+    path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
     path("stats.<str:fmt>", views.export, name="export"),
     path("handover", views.handover, name="handover"),
