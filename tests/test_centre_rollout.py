@@ -71,8 +71,16 @@ def audited(db: Database) -> list[tuple[str, str]]:
         "('rollout.start', 'rollout.refused', 'rollout.rest') ORDER BY id")]
 
 
+def all_online(db: Database) -> None:
+    """The centre saw each station's retained state, which a station publishes after it
+    subscribed to its commands: an offer now is not lost to a SUBACK race."""
+    wait_until(lambda: db.rows("SELECT COUNT(*) FROM console_station WHERE online")[0][0]
+               == 3, 30, "every station online at the centre")
+
+
 def test_a_canary_that_refuses_halts_the_rollout(tmp_path: Path, centre: Centre,
                                                  db: Database, units: list[Station]) -> None:
+    all_online(db)
     admin, viewer = centre.session("admin"), centre.session("viewer")
     page = admin.get(f"{centre.url}/releases", timeout=10)
     assert page.ok and all(f'id="ver-{n}"' in page.text for n in ("s1", "s2", "s3"))
@@ -105,6 +113,7 @@ def test_a_canary_that_refuses_halts_the_rollout(tmp_path: Path, centre: Centre,
 
 def test_the_rest_is_offered_once_every_canary_committed(
         tmp_path: Path, centre: Centre, db: Database, units: list[Station]) -> None:
+    all_online(db)
     admin = centre.session("tech")
     text = descriptor(tmp_path)
     assert centre.post(admin, "/releases/start", descriptor=text, canary="s1",
