@@ -8,6 +8,7 @@ once committed, tells the worker's `Effects` (the screens hear of it at once).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, Command, Event, Quarantined, Station
 from pingan_centre.console.validate import Rejected, check
+from pingan_centre.console.words import both
 
 SNAPSHOT_WINDOW = timedelta(minutes=5)
 HEAD_BYTES = 4096
@@ -31,12 +33,13 @@ def route(topic: str, township: str) -> tuple[str, str] | None:
     (its own commands, echoed back by the subscription)."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[:3] != ["pingan", "v1", township]:
-        raise Rejected(f"topic outside pingan/v1/{township}/: {topic}")
+        raise Rejected(f"主题不在 pingan/v1/{township}/ 之下",
+                       f"topic outside pingan/v1/{township}/")
     station, rest = parts[3], "/".join(parts[4:])
     if rest == "cmd":
         return None
     if rest not in ("events", "state", "cmd/result"):
-        raise Rejected(f"unknown topic {topic}")
+        raise Rejected("未知主题", "unknown topic")
     return station, rest
 
 
@@ -56,8 +59,9 @@ def parse(topic: str, payload: bytes, township: str, max_bytes: int) -> Checked 
     station_name, kind = routed
     data = check("state" if kind == "state" else "event", payload, max_bytes)
     if data.get("station") != station_name or data.get("township") != township:
-        raise Rejected(f"payload names {data.get('township')}/{data.get('station')}, "
-                       f"topic names {township}/{station_name}")
+        named = f"{data.get('township')}/{data.get('station')}"
+        raise Rejected(f"内容写的站点 {named} 与主题的 {township}/{station_name} 不符",
+                       f"payload names {named}, topic names {township}/{station_name}")
     return topic, kind, data
 
 
@@ -75,7 +79,8 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
             seen.add(data["id"])  # at-least-once delivery: a copy in the same batch
             fresh.append(Event(id=data["id"], station_id=data["station"], type=data["type"],
                                seq=data.get("seq", 0), priority=data.get("priority", 3),
-                               ts=data["ts"], received_at=now, payload=data["payload"]))
+                               ts=data["ts"], clock_synced=data["clock_synced"],
+                               received_at=now, payload=data["payload"]))
     Event.objects.bulk_create(fresh)
     for event in fresh:
         handler = _BY_TYPE.get(event.type)
@@ -89,7 +94,9 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
                 log("error", "ingest.internal_error", event_id=event.id, error=repr(exc),
                     action="a bug in the centre: report it with this event (kept aside)")
                 quarantine(f"pingan/v1/{event.station_id}/events", json.dumps(
-                    event.payload).encode(), f"internal error on {event.id}: {exc!r}", now)
+                    event.payload).encode(), both(f"平台内部错误（事件 {event.id}）",
+                                                  f"internal error on {event.id}: {exc!r}"),
+                    now)
     names = {e.station_id for e in fresh}
     if names:
         Station.objects.filter(name__in=names).update(last_seen=now)
@@ -112,9 +119,9 @@ def _state(data: dict[str, Any], now: datetime) -> None:
         st.online = False
         st.save(update_fields=["online"])
         return
-    # A retained state can be older than one already seen (replayed after a reconnect).
-    if st.state_ts and data["ts"] < st.state_ts:
-        return
+    # States are taken in the order they reach the township, never by the station's own
+    # `ts`: a clock a day ahead (clock_synced false) hid every later state (issue 19). The
+    # broker keeps one retained state, the latest, so a replay brings nothing older.
     st.online = data["online"]
     st.state_ts = data["ts"]
     if data["online"]:
@@ -124,6 +131,8 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.version = data["version"]
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
+    st.label = data.get("name", "") or st.label
+    st.state_at = now
     st.save()  # not effects.changed(): station health on the cards follows within 30 s
 
 
@@ -177,13 +186,18 @@ def _cmd_result(st: Station, event: Event, now: datetime, effects: Effects) -> N
     if updated and command is not None and command.alarm is not None:
         alarm = command.alarm
         word = "station_received" if result.get("ok") else "station_error"
-        error = (result.get("error") or {}).get("message", {}).get("en", "")
-        record(alarm, word, alarm.state, "station", now, error)
+        message = (result.get("error") or {}).get("message") or {}
+        note = both(message.get("zh", ""), message.get("en", "")) if message else ""
+        record(alarm, word, alarm.state, "station", now, note)
         transaction.on_commit(effects.changed)
 
 
 def snapshot_bytes(event: Event) -> bytes:
-    return base64.b64decode(event.payload.get("snapshot_jpeg", ""))
+    """The picture; b"" when what the station sent is not base64 (the page says none)."""
+    try:
+        return base64.b64decode(str(event.payload.get("snapshot_jpeg", "")), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _selftest(st: Station, event: Event, now: datetime, effects: Effects) -> None:

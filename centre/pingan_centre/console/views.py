@@ -32,7 +32,6 @@ from pingan_centre.console import lifecycle, live, runtime, stats
 from pingan_centre.console.models import (
     Alarm,
     AuditEntry,
-    Event,
     Quarantined,
     Station,
     Transition,
@@ -218,9 +217,12 @@ def alarm_detail(request: HttpRequest, alarm_id: int) -> HttpResponse:
 
 
 @login_required
-def snapshot(request: HttpRequest, event_id: str) -> HttpResponse:
-    event = get_object_or_404(Event, pk=event_id, type="camera.person")
-    return HttpResponse(snapshot_bytes(event), content_type="image/jpeg")
+def snapshot(request: HttpRequest, alarm_id: int) -> HttpResponse:
+    alarm = get_object_or_404(Alarm.objects.select_related("snapshot"), pk=alarm_id)
+    picture = b"" if alarm.snapshot is None else snapshot_bytes(alarm.snapshot)
+    if not picture:
+        return HttpResponse(status=404)
+    return HttpResponse(picture, content_type="image/jpeg")
 
 
 @login_required

@@ -17,6 +17,9 @@
   // --- sound -------------------------------------------------------------------------
   function armed() { return audio !== null && audio.state === "running"; }
 
+  // For whoever looks at the page (a technician's console, the browser tests).
+  window.pinganSound = function () { return audio === null ? "none" : audio.state; };
+
   function showSoundState() {
     banner.hidden = armed();
     soundOn.hidden = !armed();
@@ -179,18 +182,63 @@
   }
 
   // --- live updates ------------------------------------------------------------------
+  // The screen never replaces itself with an error page: whatever goes wrong with the
+  // centre (a restart, a server error, the network), it keeps the cards it shows and
+  // their sound, says since when the link is lost, and tries again. Only a centre that
+  // says "log in" (the session is over) takes the page to the login form.
+  var source = null;
+  var lostSince = null;
+  var RETRY_MS = 2000;
+
+  function linkUp() {
+    lostSince = null;
+    lost.hidden = true;
+    document.body.dataset.link = "up";
+  }
+
+  function linkLost() {
+    if (lostSince === null) {
+      lostSince = new Date();
+      var at = document.getElementById("lost-at");
+      if (at) { at.textContent = lostSince.toTimeString().slice(0, 8); }
+    }
+    lost.hidden = false;
+    document.body.dataset.link = "lost";
+  }
+
   function listen() {
-    var source = new EventSource(cards.dataset.stream);
-    function take(ev) { apply(JSON.parse(ev.data)); }
+    if (source !== null) { source.close(); }
+    source = new EventSource(cards.dataset.stream);
+    var mine = source;
+    function take(ev) { linkUp(); apply(JSON.parse(ev.data)); }
     // A snapshot comes first on every (re)connect: it catches up on anything missed.
     source.addEventListener("snapshot", take);
     source.addEventListener("change", take);
-    source.onopen = function () { lost.hidden = true; };
     source.onerror = function () {
-      lost.hidden = false;
-      // Refused (logged out, session over): the browser gives up; the page goes to login.
-      if (source.readyState === EventSource.CLOSED) { setTimeout(function () { window.location.reload(); }, 2000); }
+      linkLost();
+      // While the browser retries by itself (the centre is away) the state is
+      // CONNECTING; an answer that is not a stream (an error page, a refusal) closes it.
+      if (mine.readyState === EventSource.CLOSED && mine === source) {
+        setTimeout(probe, RETRY_MS);
+      }
     };
+  }
+
+  function probe() {
+    window.pinganProbes = (window.pinganProbes || 0) + 1;
+    // Why was the stream refused? Asked without following redirects: a redirect is the
+    // login form (the session is over), anything else is the centre not well yet.
+    fetch(cards.dataset.probe, { credentials: "same-origin", redirect: "manual",
+                                 cache: "no-store" })
+      .then(function (r) {
+        if (r.type === "opaqueredirect" || r.status === 401 || r.status === 403) {
+          window.location.reload();
+        } else if (r.ok) {
+          listen();
+        } else {
+          setTimeout(probe, RETRY_MS);
+        }
+      }, function () { setTimeout(probe, RETRY_MS); });
   }
 
   document.getElementById("enable-sound").addEventListener("click", enableSound);
