@@ -265,23 +265,34 @@ def statistics(request: HttpRequest) -> HttpResponse:
     by = request.GET.get("by", "village")
     if by not in ("village", "station", "month"):
         by = "village"
-    rows = stats.table(by, _since(request))
+    counted = stats.included(request.GET.getlist("include"))
+    rows = stats.table(by, _since(request), counted)
     charts = [(phase, stats.bars(rows, phase)) for phase in ("ack", "resolve")]
     totals = {o: sum(r.outcomes[o] for r in rows) for o in stats.OUTCOMES}
+    left_out = Alarm.objects.exclude(outcome__in=counted)
+    since = _since(request)
+    if since is not None:
+        left_out = left_out.filter(raised_at__gte=since)
     return render(request, "console/stats.html", {
         "rows": rows, "by": by, "charts": charts, "totals": totals, "page": "stats",
-        "outcomes": Alarm.Outcome.choices, "phases": stats.PHASES})
+        "outcomes": Alarm.Outcome.choices, "phases": stats.PHASES,
+        "optional": [(v, label, v in counted) for v, label in Alarm.Outcome.choices
+                     if v in stats.OPTIONAL],
+        "include": ",".join(o for o in counted if o in stats.OPTIONAL),
+        "left_out": left_out.count(), "months": request.GET.get("months", "")})
 
 
 @permission_required("console.export_stats", raise_exception=True)
 def export(request: HttpRequest, fmt: str) -> HttpResponse:
     since = _since(request)
-    lifecycle.audit(request.user.get_username(), "stats.export", fmt, timezone.now())
+    counted = stats.included(request.GET.getlist("include"))
+    lifecycle.audit(request.user.get_username(), "stats.export", fmt, timezone.now(),
+                    outcomes=list(counted))
     if fmt == "csv":
-        body = stats.to_csv(stats.table(request.GET.get("by", "village"), since))
+        body = stats.to_csv(stats.table(request.GET.get("by", "village"), since, counted))
         response = HttpResponse("\ufeff" + body, content_type="text/csv; charset=utf-8")
     else:
-        sheets = {by: stats.table(by, since) for by in ("village", "station", "month")}
+        sheets = {by: stats.table(by, since, counted) for by in ("village", "station", "month")}
         response = HttpResponse(
             stats.to_xlsx(sheets),
             content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
