@@ -117,3 +117,16 @@ def _walk() -> tuple[list[tuple[str, list[str]]], list[str]]:
 
 def unwalked() -> list[str]:
     return _walk()[1]
+
+
+def reset() -> None:
+    """An empty console again (every table), with its users: a test that must know all
+    that is on its pages starts here."""
+    setup()
+    from django.core.management import call_command
+
+    from pingan_centre.console import cli
+    call_command("flush", interactive=False, verbosity=0)
+    cli._migrate()  # the roles' groups and permissions again
+    for name, role in ROLES.items():
+        cli._create(name, role, PASSWORD)

@@ -139,6 +139,9 @@ ACTION_LABELS = {
 }
 
 
+BY_LABELS = {"station": _("the station"), "system": _("the centre")}
+
+
 class Transition(AppendOnly):
     """One step in an alarm's life: who, when, what, with a note. Never edited."""
 
@@ -156,6 +159,11 @@ class Transition(AppendOnly):
     @property
     def label(self) -> str:
         return str(ACTION_LABELS.get(self.action, self.action))
+
+    @property
+    def shown_by(self) -> str:
+        """Who: an officer's user name, or the station / the centre itself."""
+        return str(BY_LABELS.get(self.by, self.by))
 
     @property
     def shown_note(self) -> str:

@@ -153,7 +153,8 @@ def _panic(st: Station, event: Event, now: datetime, effects: Effects) -> None:
         if alarm.state == Alarm.State.SHELVED:
             alarm.state, alarm.shelved_until = Alarm.State.NEW, None
         alarm.save()
-        record(alarm, "press", old, "station", now, f"press {alarm.presses}")
+        record(alarm, "press", old, "station", now,
+               both(f"第 {alarm.presses} 次按下", f"press {alarm.presses}"))
     Event.objects.filter(pk=event.pk).update(alarm=alarm)
     if alarm.acked_at is not None and alarm.state != Alarm.State.NEW:
         # The alarm was already acknowledged: tell the station this press was seen too.

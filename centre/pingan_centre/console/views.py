@@ -26,6 +26,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from pingan_centre.console import lifecycle, live, runtime, stats
@@ -237,8 +238,12 @@ def stations(request: HttpRequest) -> HttpResponse:
     counts = dict(Alarm.objects.filter(state__in=Alarm.OPEN).values("station")
                   .annotate(n=Count("id")).values_list("station", "n"))
     villages = sorted({st.village for st in rows})
-    problems = sorted({p["code"] for st in rows for p in st.problems}
-                      | {"offline", "silent"})
+    # Each problem code by what it means, in the stations' own two languages.
+    labels: dict[str, Any] = {"offline": _("offline"), "silent": _("silent")}
+    for st in rows:
+        for p in st.problems:
+            labels.setdefault(p["code"], p["message"])
+    problems = sorted(labels.items())
     if village:
         rows = [st for st in rows if st.village == village]
     if problem:
