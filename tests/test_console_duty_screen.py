@@ -111,10 +111,91 @@ def test_the_open_screen_survives_a_dead_and_a_failing_centre(tmp_path, broker):
         wait_until(lambda: not driver.find_element(By.ID, "link-lost").is_displayed(), 30,
                    "back: the banner goes")
         assert card_state(driver) == "new" and body(driver, "data-sound") == "armed"
-        driver.find_element(By.CSS_SELECTOR, "#cards .card button.ack").click()
+        driver.find_element(By.ID, "overlay-ack").click()  # the new alarm fills the screen
         wait_until(lambda: card_state(driver) == "acknowledged", 15, "acknowledged after")
     finally:
         driver.quit()
         s1.stop()
+        centre.stop()
+        db.drop()
+
+
+def overlay(driver: webdriver.Chrome) -> str:
+    """The overlay's text when it covers the whole window (else "")."""
+    return js(driver, """
+        var o = document.getElementById('alarm-overlay');
+        if (!o || o.hidden) { return ''; }
+        var r = o.getBoundingClientRect();
+        var w = document.documentElement.clientWidth, h = document.documentElement.clientHeight;
+        var covers = r.left <= 0 && r.top <= 0 && r.right >= w && r.bottom >= h
+                     && o.contains(document.elementFromPoint(w / 2, h / 2));
+        return covers ? o.innerText : '';""")
+
+
+def test_a_new_alarm_takes_the_screen_and_the_sound_survives_a_language_switch(  # type: ignore[no-untyped-def]
+        tmp_path, broker):
+    db = next(database("sqlite", tmp_path))
+    township = f"tw{uuid.uuid4().hex[:8]}"
+    centre = Centre(tmp_path, db, broker.port, township,
+                    villages={"s1": "东村", "s2": "西村", "s3": "南村"}).start()
+    stations = {n: start_station(tmp_path, broker.port, n, township, label)
+                for n, label in (("s1", "东村一号"), ("s2", "西村二号"), ("s3", "南村三号"))}
+    driver = browser(tmp_path / "profile")
+    try:
+        wait_until(lambda: all(s.uplink.connected for s in stations.values()),
+                   what="stations up")
+        # Each station's state (with its name) is stored before its alarm.
+        wait_until(lambda: len(db.rows("SELECT name FROM console_station WHERE label != ''"))
+                   == 3, 15, "station names from their states")
+        login(driver, centre, "officer")
+        arm_sound(driver)
+        assert overlay(driver) == "", "no alarm, no overlay"
+
+        press(stations["s1"])
+        wait_until(lambda: "东村一号" in overlay(driver), 15, "the alarm takes the screen")
+        assert "东村" in overlay(driver) and "新报警" in overlay(driver)
+        card = driver.find_element(By.CSS_SELECTOR, "#cards .card")
+        assert "东村" in card.text and "东村一号" in card.text, card.text
+        driver.find_element(By.ID, "overlay-ack").click()
+        wait_until(lambda: card_state(driver) == "acknowledged", 15, "acknowledged")
+        wait_until(lambda: overlay(driver) == "", 5, "the overlay goes once acknowledged")
+        assert "edge-flash" not in body(driver, "class")
+
+        press(stations["s2"])
+        wait_until(lambda: "西村二号" in overlay(driver), 15, "the next alarm takes it again")
+        driver.find_element(By.ID, "overlay-card").click()
+        wait_until(lambda: overlay(driver) == "", 5, "put aside: the cards show")
+        assert "edge-flash" in body(driver, "class"), "the page edge flashes meanwhile"
+        wait_until(lambda: body(driver, "data-ringing") == "1", 5, "ringing")
+
+        # The language, switched while an alarm rings: the same page, the sound armed.
+        js(driver, "window.samePage = 'yes';")
+        driver.find_element(By.CSS_SELECTOR, "button[name=language][value=en]").click()
+        wait_until(lambda: "Open alarms" in driver.find_element(By.ID, "duty-title").text,
+                   15, "English")
+        wait_until(lambda: "Acknowledge" in driver.find_element(By.CSS_SELECTOR,
+                   ".card[data-state=new]").text, 15, "the cards in English")
+        assert js(driver, "return window.samePage;") == "yes", "not reloaded"
+        assert body(driver, "data-sound") == "armed"
+        assert js(driver, "return pinganSound();") == "running"
+        assert body(driver, "data-ringing") == "1" and "edge-flash" in body(driver, "class")
+        assert "未处置" not in driver.find_element(By.TAG_NAME, "main").text
+
+        press(stations["s3"])
+        wait_until(lambda: "南村三号" in overlay(driver), 15, "a new alarm, in English")
+        driver.save_screenshot(str(tmp_path / "new-alarm-in-english.png"))
+        assert "New alarm" in overlay(driver) and "Acknowledge" in overlay(driver)
+        driver.find_element(By.ID, "overlay-ack").click()
+        wait_until(lambda: overlay(driver) == "", 15, "acknowledged from the overlay")
+        # Back to Chinese the same way; the sound is still armed.
+        driver.find_element(By.CSS_SELECTOR, "button[name=language][value=zh-hans]").click()
+        wait_until(lambda: "未处置" in driver.find_element(By.ID, "duty-title").text, 15,
+                   "Chinese again")
+        assert js(driver, "return window.samePage;") == "yes"
+        assert js(driver, "return pinganSound();") == "running"
+    finally:
+        driver.quit()
+        for st in stations.values():
+            st.stop()
         centre.stop()
         db.drop()

@@ -90,6 +90,7 @@ def cards(request: HttpRequest) -> HttpResponse:
 @login_required
 def alarms_json(request: HttpRequest) -> JsonResponse:
     data = [{"id": a.pk, "station": a.station_id, "village": a.station.village,
+             "name": a.station.label,
              "state": a.state, "presses": a.presses, "escalation": a.escalation,
              "raised_at": a.raised_at.isoformat(), "first_event": a.first_event}
             for a in open_alarms()]
