@@ -21,6 +21,29 @@ ROLES = {"officer": "duty_officer", "leader": "leader", "viewer": "viewer",
 LANGUAGES = ("zh-hans", "en")
 
 _ready: dict[str, Any] = {}
+# "postgres": the console of this process runs on a PostgreSQL database made for it
+# (dropped at exit) instead of an SQLite file.
+DB_ENV = "PINGAN_TEST_CONSOLE_DB"
+PG = "postgres://postgres@127.0.0.1:5432/"
+
+
+def _postgres() -> str:
+    import atexit
+    import uuid
+
+    import psycopg
+    name = f"pingan_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG + "postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        from django.db import connections
+        connections.close_all()
+        with psycopg.connect(PG + "postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    atexit.register(drop)
+    return PG + name
 
 
 def setup() -> Path:
@@ -29,8 +52,11 @@ def setup() -> Path:
         return Path(_ready["dir"])
     tmp = Path(tempfile.mkdtemp(prefix="pingan-console-"))
     villages = "\n".join(f'"{k}" = "{v}"' for k, v in VILLAGES.items())
+    database = f"sqlite:///{tmp / 'centre.sqlite3'}"
+    if os.environ.get(DB_ENV) == "postgres":
+        database = _postgres()
     (tmp / "centre.toml").write_text(
-        f'township = "{TOWNSHIP}"\ndatabase = "sqlite:///{tmp / "centre.sqlite3"}"\n'
+        f'township = "{TOWNSHIP}"\ndatabase = "{database}"\n'
         f'data_dir = "{tmp / "data"}"\n[villages]\n{villages}\n', encoding="utf-8")
     os.environ["PINGAN_CENTRE_CONFIG"] = str(tmp / "centre.toml")
     os.environ["DJANGO_SETTINGS_MODULE"] = "pingan_centre.console.settings"

@@ -6,7 +6,11 @@ a `/` made `/`, `/cards` and `/alarm/N` answer 500 while its alarm was open."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import console_inproc as console
@@ -15,6 +19,8 @@ from conftest import SCHEMA_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schema_strategies import RAW_HOSTILE, broken, encode, valid
+
+from pingan_sim.localbroker import reachable
 
 EVENT = json.loads((SCHEMA_DIR / "event.schema.json").read_text(encoding="utf-8"))
 STATE = json.loads((SCHEMA_DIR / "state.schema.json").read_text(encoding="utf-8"))
@@ -72,7 +78,9 @@ def render_everything() -> list[str]:
     return seen
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+# Fewer on PostgreSQL (the same test again, in a process of its own, see the last test).
+@settings(max_examples=20 if os.environ.get(console.DB_ENV) == "postgres" else 40,
+          deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(message, min_size=1, max_size=6))
@@ -151,3 +159,19 @@ def test_what_the_databases_refuse_is_kept_aside_and_ingest_goes_on() -> None:
     assert Quarantined.objects.count() == before + 3
     reasons = [json.loads(q.reason) for q in Quarantined.objects.order_by("-id")[:3]]
     assert all(r["zh"] and r["en"] for r in reasons), reasons
+
+
+@pytest.mark.skipif(os.environ.get(console.DB_ENV) == "postgres",
+                    reason="this is the PostgreSQL run itself")
+def test_the_same_on_postgresql(tmp_path: Path) -> None:
+    """PostgreSQL refuses more than SQLite (NUL in text and jsonb, lone surrogates,
+    values longer than a column): everything above again, on a PostgreSQL console, in a
+    process of its own (Django's settings are per process)."""
+    if not reachable("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (start it: "
+                    "pg_ctlcluster --skip-systemctl-redirect 15 main start)")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
+         __file__], cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+        env={**os.environ, console.DB_ENV: "postgres"}, timeout=900)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
