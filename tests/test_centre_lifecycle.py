@@ -182,7 +182,10 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
     press(s1)
     wait_until(lambda: len(centre.alarms(officer)) == 2, 15, "alarm from a real station")
     # Shown to the admin (and the technician), not to a duty officer.
-    page = centre.session("admin").get(f"{centre.url}/quarantine", timeout=10)
+    admin = centre.session("admin")
+    page = admin.get(f"{centre.url}/quarantine", timeout=10)
+    assert page.ok and "过大" in page.text and "不是有效的 JSON" in page.text  # Chinese first
+    page = admin.get(f"{centre.url}/quarantine", cookies={"django_language": "en"}, timeout=10)
     assert page.ok and "oversized" in page.text and "not JSON" in page.text
     assert officer.get(f"{centre.url}/quarantine", timeout=10).status_code == 403
 
