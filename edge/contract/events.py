@@ -251,7 +251,8 @@ class StationState(_Shape):
     # when the station vanished, at a time the station could not know when it set it.
     ts: Timestamp | None
     clock_synced: bool
-    pending: int | None = None
+    # Events not yet delivered (the township keeps a 32-bit integer).
+    pending: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
     problems: list[Problem] = []
     # Running totals since start (e.g. camera_motion_without_person), see Health.count.
     counters: dict[str, int] = {}
