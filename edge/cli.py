@@ -204,6 +204,43 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
 
 
+def cmd_tts(args: argparse.Namespace) -> int:
+    """What the station says for a text: `--pinyin` prints what its voice is handed (one
+    line per rendering), `-o` writes the speech to a WAV file. Needs no running station."""
+    import soundfile
+
+    from edge.audio import tts
+    from edge.audio.clips import resample
+
+    if not (args.pinyin or args.out):
+        print("pingan-edge tts: say what to do: --pinyin (print what the voice is handed) "
+              "and/or -o FILE.wav (render it)", file=sys.stderr)
+        return EXIT_CONFIG
+    said = sys.stdin.read() if args.text == "-" else args.text
+    engine = tts.engine(_load(args).audio)
+    script = engine.script(said)
+    if not script:
+        print("pingan-edge tts: nothing to say: the text has no speakable characters",
+              file=sys.stderr)
+        return 1
+    if args.pinyin:
+        print("\n".join(script))
+    if args.out:
+        try:
+            rendered = [engine.render(piece) for piece in script]
+        except tts.TtsError as exc:
+            print(f"pingan-edge tts: {exc}", file=sys.stderr)
+            return 1
+        rate = rendered[0][1]
+        with soundfile.SoundFile(args.out, "w", samplerate=rate, channels=1,
+                                 format="WAV", subtype="PCM_16") as out:
+            for samples, piece_rate in rendered:
+                out.write(samples if piece_rate == rate
+                          else resample(samples, piece_rate, rate))
+        print(f"{args.out}: {engine.name}, {out.frames / rate:.1f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_install_bundle(args: argparse.Namespace) -> int:
     try:
         toml = install_bundle(Path(args.bundle), Path(args.dest))
@@ -252,6 +289,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds to wait for each button press and answer")
     sp.set_defaults(fn=cmd_selftest)
+    sp = with_config(sub.add_parser(
+        "tts", help="what the loudspeaker says for a text (the pinyin its voice is handed)"))
+    sp.add_argument("text", help='the text ("-": read it from standard input)')
+    sp.add_argument("--pinyin", action="store_true",
+                    help="print what the voice is handed, one line per rendering")
+    sp.add_argument("-o", "--out", help="write the speech to this WAV file")
+    sp.set_defaults(fn=cmd_tts)
     sp = sub.add_parser("install-bundle", help="unpack the station bundle the township issued")
     sp.add_argument("bundle")
     sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")

@@ -348,11 +348,13 @@ class Config(_Section):
 
 # No config file anywhere: a developer's machine, not a unit (a unit has
 # /etc/pingan-edge/station.toml). The station is the one `pingan-sim run` simulates, so
-# that `pingan-edge press/status/tail` reach it without a config file either.
+# that `pingan-edge press/status/tail` reach it without a config file either. Its
+# township is the console's default (`pingan-centre serve` with no config: t01), so the
+# two commands of the README meet.
 NO_FILE_TOML = """
 [station]
 id = "sim-001"
-township = "sim"
+township = "t01"
 name = "模拟村 (simulated village)"
 """
 

@@ -120,6 +120,12 @@ def test_the_open_screen_survives_a_dead_and_a_failing_centre(tmp_path, broker):
         db.drop()
 
 
+def card_text(driver: webdriver.Chrome, state: str) -> str:
+    """Read in one step: the live screen may redraw a card between finding and reading."""
+    return js(driver, f"var c = document.querySelector('#cards .card[data-state={state}]');"
+                      "return c ? c.innerText : '';") or ""
+
+
 def overlay(driver: webdriver.Chrome) -> str:
     """The overlay's text when it covers the whole window (else "")."""
     return js(driver, """
@@ -154,8 +160,8 @@ def test_a_new_alarm_takes_the_screen_and_the_sound_survives_a_language_switch( 
         press(stations["s1"])
         wait_until(lambda: "东村一号" in overlay(driver), 15, "the alarm takes the screen")
         assert "东村" in overlay(driver) and "新报警" in overlay(driver)
-        card = driver.find_element(By.CSS_SELECTOR, "#cards .card")
-        assert "东村" in card.text and "东村一号" in card.text, card.text
+        text = card_text(driver, "new")
+        assert "东村" in text and "东村一号" in text, text
         driver.find_element(By.ID, "overlay-ack").click()
         wait_until(lambda: card_state(driver) == "acknowledged", 15, "acknowledged")
         wait_until(lambda: overlay(driver) == "", 5, "the overlay goes once acknowledged")
@@ -173,8 +179,7 @@ def test_a_new_alarm_takes_the_screen_and_the_sound_survives_a_language_switch( 
         driver.find_element(By.CSS_SELECTOR, "button[name=language][value=en]").click()
         wait_until(lambda: "Open alarms" in driver.find_element(By.ID, "duty-title").text,
                    15, "English")
-        wait_until(lambda: "Acknowledge" in driver.find_element(By.CSS_SELECTOR,
-                   ".card[data-state=new]").text, 15, "the cards in English")
+        wait_until(lambda: "Acknowledge" in card_text(driver, "new"), 15, "the cards in English")
         assert js(driver, "return window.samePage;") == "yes", "not reloaded"
         assert body(driver, "data-sound") == "armed"
         assert js(driver, "return pinganSound();") == "running"

@@ -262,7 +262,7 @@ class StationState(_Shape):
 
 
 class ModemReport(_Shape):
-    """What the modem said about itself, validated and bounded (edge/modem/signal.py)."""
+    """What the modem said about itself, validated and bounded (pingan_modem/signal.py)."""
 
     state: Literal["starting", "ok", "absent", "sim_locked", "silent"]
     model: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -299,6 +299,9 @@ class HealthReport(_Shape):
     throttled: int | None
     modem: ModemReport | None
     sms_held_back: int = 0
+    # Size of the data directory's file system (null from a station older than this
+    # field): with disk_free_mb, the township's "disk under 10 %".
+    disk_total_mb: int | None = None
 
 
 _id_lock = threading.Lock()

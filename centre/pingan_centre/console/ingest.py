@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from pingan_centre import topics
 from pingan_centre.console.config import CentreConfig
 from pingan_centre.console.link import encode
 from pingan_centre.console.logs import log
@@ -122,14 +123,9 @@ class Ingest:
             log("error", "ingest.refused", reason=str(reason),
                 action="check the centre's broker account (pingan-centre broker add-account)")
             return
-        t, group = self.cfg.township, self.cfg.share_group
-        client.subscribe([
-            # Shared: each event reaches one process of the group (redundant centres).
-            (f"$share/{group}/pingan/v1/{t}/+/events", 1),
-            (f"$share/{group}/pingan/v1/{t}/+/cmd/result", 1),
-            # Retained state is never sent to a shared subscription: every centre process
-            # reads it directly (storing it is idempotent).
-            (f"pingan/v1/{t}/+/state", 1)])
+        # From the topic table: shared subscriptions for events (each reaches one
+        # process of the group, for redundant centres), direct ones for retained topics.
+        client.subscribe(topics.centre_subscriptions(self.cfg.township, self.cfg.share_group))
         self.connected.set()
         log("info", "ingest.connected", host=self.cfg.broker_host, port=self.cfg.broker_port,
             session_present=bool(_f.session_present))

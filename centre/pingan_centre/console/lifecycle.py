@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from pingan_centre import topics
 from pingan_centre.console.link import Effects
 from pingan_centre.console.models import Alarm, AuditEntry, Command, Event, Station, Transition
 
@@ -119,7 +120,7 @@ def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime, effects: Effec
                                "by": by[:64]}
     command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack", payload=payload,
                                      alarm=alarm, by=by, created_at=now)
-    topic = f"pingan/v1/{st.township}/{st.name}/cmd"
+    topic = topics.station_topic("cmd", st.township, st.name)
 
     def publish() -> None:
         if effects.send(topic, payload):

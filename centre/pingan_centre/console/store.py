@@ -17,6 +17,8 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
+from pingan_centre import topics
+from pingan_centre.console import telemetry
 from pingan_centre.console.lifecycle import record, send_ack
 from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
@@ -29,18 +31,19 @@ HEAD_BYTES = 4096
 
 
 def route(topic: str, township: str) -> tuple[str, str] | None:
-    """(station, kind) for a topic of this township; None for what the centre ignores
-    (its own commands, echoed back by the subscription)."""
+    """(station, kind) for a topic of this township, kind being the topic table's name
+    (edge.contract.topics.TABLE); None for what the centre ignores (commands)."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[:3] != ["pingan", "v1", township]:
-        raise Rejected(f"主题不在 pingan/v1/{township}/ 之下",
-                       f"topic outside pingan/v1/{township}/")
+        raise Rejected(f"主题不在 {topics.PREFIX}/{township}/ 之下",
+                       f"topic outside {topics.PREFIX}/{township}/")
     station, rest = parts[3], "/".join(parts[4:])
-    if rest == "cmd":
-        return None
-    if rest not in ("events", "state", "cmd/result"):
+    spec = topics.spec_for(rest)
+    if spec is None:
         raise Rejected("未知主题", "unknown topic")
-    return station, rest
+    if topics.CENTRE not in spec.subscribers:
+        return None
+    return station, spec.name
 
 
 def quarantine(topic: str, payload: bytes, reason: str, now: datetime) -> None:
@@ -57,7 +60,7 @@ def parse(topic: str, payload: bytes, township: str, max_bytes: int) -> Checked 
     if routed is None:
         return None
     station_name, kind = routed
-    data = check("state" if kind == "state" else "event", payload, max_bytes)
+    data = check(topics.by_name(kind).schema, payload, max_bytes)
     if data.get("station") != station_name or data.get("township") != township:
         named = f"{data.get('township')}/{data.get('station')}"
         raise Rejected(f"内容写的站点 {named} 与主题的 {township}/{station_name} 不符",
@@ -69,12 +72,14 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
     """Store a batch of checked messages, in arrival order, with few queries: the
     stations they name, the events not yet seen (one INSERT), then what each means."""
     _ensure_stations({(d["station"], d["township"]) for _, _, d in batch})
-    ids = [d["id"] for _, kind, d in batch if kind != "state"]
+    ids = [d["id"] for _, kind, d in batch if kind not in ("state", "health")]
     seen = set(Event.objects.filter(id__in=ids).values_list("id", flat=True))
     fresh: list[Event] = []
     for _, kind, data in batch:
         if kind == "state":
             _state(data, now)
+        elif kind == "health":
+            telemetry.store(data, now)
         elif data["id"] not in seen:
             seen.add(data["id"])  # at-least-once delivery: a copy in the same batch
             fresh.append(Event(id=data["id"], station_id=data["station"], type=data["type"],
@@ -93,10 +98,11 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
             except Exception as exc:  # a bug here must not stop ingest: keep it visible
                 log("error", "ingest.internal_error", event_id=event.id, error=repr(exc),
                     action="a bug in the centre: report it with this event (kept aside)")
-                quarantine(f"pingan/v1/{event.station_id}/events", json.dumps(
-                    event.payload).encode(), both(f"平台内部错误（事件 {event.id}）",
-                                                  f"internal error on {event.id}: {exc!r}"),
-                    now)
+                topic = topics.station_topic("events", settings.CENTRE.township,
+                                             event.station_id)
+                quarantine(topic, json.dumps(event.payload).encode(),
+                           both(f"平台内部错误（事件 {event.id}）",
+                                f"internal error on {event.id}: {exc!r}"), now)
     names = {e.station_id for e in fresh}
     if names:
         Station.objects.filter(name__in=names).update(last_seen=now)

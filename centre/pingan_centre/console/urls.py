@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import views
+from pingan_centre.console import health_views, rota, views
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -16,11 +16,14 @@ urlpatterns = [
     path("alarm/<int:alarm_id>/snapshot.jpg", views.snapshot, name="snapshot"),
     path("alarm/<int:alarm_id>/<str:action>", views.act, name="act"),
     path("stations", views.stations, name="stations"),
+    path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
     path("stats.<str:fmt>", views.export, name="export"),
     path("handover", views.handover, name="handover"),
     path("quarantine", views.quarantine, name="quarantine"),
     path("audit", views.audit_log, name="audit"),
+    path("rota", rota.rota, name="rota"),
+    path("rota/<int:shift_id>/delete", rota.rota_delete, name="rota_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -29,7 +29,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from pingan_centre.console import lifecycle, live, runtime, stats
+from pingan_centre.console import lifecycle, live, runtime, stats, telemetry
 from pingan_centre.console.models import (
     Alarm,
     AuditEntry,
@@ -252,6 +252,7 @@ def stations(request: HttpRequest) -> HttpResponse:
                 or any(p["code"] == problem for p in st.problems)]
     for st in rows:
         st.open_alarms = counts.get(st.name, 0)  # type: ignore[attr-defined]
+    telemetry.annotate(rows)
     healths = [st.health for st in rows]  # type: ignore[attr-defined]
     summary = {h: healths.count(h) for h in ("online", "silent", "offline")}
     return render(request, "console/stations.html", {

@@ -6,14 +6,14 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0002_station_last_selftest_passed'),
+        ('console', '0004_health'),
     ]
 
     operations = [
         migrations.AddField(
             model_name='station',
             name='label',
-            field=models.CharField(blank=True, default='', max_length=100, verbose_name='name'),
+            field=models.CharField(blank=True, default='', max_length=100, verbose_name='station name'),
         ),
         migrations.AddField(
             model_name='station',
