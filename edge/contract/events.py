@@ -16,7 +16,21 @@ import msgspec
 
 from edge.clock import clock_synced, now_iso
 
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Every identifier a station sends is matched in full against a documented pattern: the
+# township stores it, puts it in URLs and HTML ids, and a `/` or a newline in one broke
+# the duty screen (issue 19). `$(?!\n)`: Python's `$` also matches before a final newline.
+EventId = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$(?!\n)")]
+# A station or township id: the same rule as station.toml's (edge.config.Id).
+StationId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)")]
+# ISO 8601 with a zone, as edge.clock.now_iso writes it (the township stores 40 characters).
+Timestamp = Annotated[str, msgspec.Meta(
+    max_length=40,
+    pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+            r"(Z|[+-][0-9]{2}:[0-9]{2})$(?!\n)")]
+# A machine-readable code (a problem's, a status's): lower case, digits, `_ . -`.
+Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$(?!\n)")]
+Version = Annotated[str, msgspec.Meta(max_length=40)]
 
 
 class Priority(IntEnum):
@@ -41,12 +55,14 @@ class Text(_Shape):
 
 class EventBase(_Shape, tag_field="type", kw_only=True):
     id: EventId
-    station: str
-    township: str
+    station: StationId
+    township: StationId
     # Per-station sequence number, assigned when the outbox commits the event.
-    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     priority: Annotated[int, msgspec.Meta(ge=0, le=3)]
-    ts: str
+    # The station's clock: shown as unreliable while `clock_synced` is false. The
+    # township orders what a station sends by arrival, never by this.
+    ts: Timestamp
     clock_synced: bool
 
 
@@ -72,7 +88,7 @@ class ButtonBroadcast(EventBase, tag="button.broadcast", kw_only=True):
 
 
 class StatusPayload(_Shape):
-    code: str
+    code: Code
     level: Literal["info", "warning", "error"]
     message: Text
     detail: dict[str, Any] = {}
@@ -289,9 +305,9 @@ Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | Cam
 
 
 class Problem(_Shape):
-    code: str
+    code: Code
     message: Text
-    since: str
+    since: Timestamp
     # Machine-readable figures behind the message (e.g. `outbox_corrupt`'s counts).
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -299,18 +315,22 @@ class Problem(_Shape):
 class StationState(_Shape):
     """Retained on `…/state`; the Last Will carries the same shape with online=false."""
 
-    station: str
-    township: str
+    station: StationId
+    township: StationId
     online: bool
-    version: str
+    version: Version
     # When the station published this state. None in the Last Will: the broker sends that
     # when the station vanished, at a time the station could not know when it set it.
-    ts: str | None
+    ts: Timestamp | None
     clock_synced: bool
-    pending: int | None = None
+    # Events not yet delivered (the township keeps a 32-bit integer).
+    pending: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
     problems: list[Problem] = []
     # Running totals since start (e.g. camera_motion_without_person), see Health.count.
     counters: dict[str, int] = {}
+    # The station's own name (station.toml's [station] name), shown on the duty cards
+    # beside the village; "" from stations before issue 19.
+    name: Annotated[str, msgspec.Meta(max_length=100)] = ""
 
 
 class ModemReport(_Shape):

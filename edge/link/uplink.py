@@ -323,6 +323,7 @@ class Uplink:
             pending=self._outbox.pending_count() if online else None,
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},
+            name=self._config.station.name[:100],
         ))
 
     def _run_net(self) -> None:

@@ -9,6 +9,7 @@ from its persistent session, and the event ids make the second copy harmless.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 from collections.abc import Callable
@@ -16,7 +17,13 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -28,6 +35,7 @@ from pingan_centre.console.link import encode
 from pingan_centre.console.logs import log
 from pingan_centre.console.store import Checked, parse, quarantine, store
 from pingan_centre.console.validate import Rejected
+from pingan_centre.console.words import both, shown
 
 # Asked of the broker: at most this many unacknowledged messages in flight to us.
 RECEIVE_MAXIMUM = 200
@@ -174,18 +182,27 @@ class Ingest:
             try:
                 item = parse(topic, payload, self.cfg.township, self.cfg.max_payload_bytes)
             except Rejected as why:
-                aside.append((topic, payload, str(why)))
+                aside.append((topic, payload, why.reason))
                 continue
             if item is not None:
                 checked.append(item)
         while True:
             try:
-                with transaction.atomic():
-                    for topic, payload, reason in aside:
-                        self._aside(topic, payload, reason, now)
-                    store(checked, now, self)
+                try:
+                    with transaction.atomic():
+                        for topic, payload, reason in aside:
+                            self._aside(topic, payload, reason, now)
+                        store(checked, now, self)
+                except (OperationalError, InterfaceError):
+                    raise
+                except Exception as exc:
+                    # Not the database being away: one message it refuses (or a bug) must
+                    # not hold up the rest for ever. Each alone; what fails is kept aside.
+                    log("error", "ingest.batch_refused", error=repr(exc), batch=len(batch),
+                        action="storing one by one; what fails is in Quarantine")
+                    self._store_each(checked, aside, now)
                 break
-            except Exception as exc:  # the database is away (or a bug): keep, retry
+            except Exception as exc:  # the database is away: keep, retry
                 log("error", "ingest.store_failed", error=repr(exc), batch=len(batch),
                     action="check the database; messages stay unacknowledged meanwhile")
                 close_old_connections()
@@ -196,7 +213,26 @@ class Ingest:
                 self.client.ack(mid, qos)
         self.stored += len(batch)
 
+    def _store_each(self, checked: list[Checked], aside: list[tuple[str, bytes, str]],
+                    now: datetime) -> None:
+        """The batch one message at a time; the database being away still raises."""
+        for topic, payload, reason in aside:
+            with transaction.atomic():
+                self._aside(topic, payload, reason, now)
+        for item in checked:
+            try:
+                with transaction.atomic():
+                    store([item], now, self)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                with transaction.atomic():
+                    self._aside(item[0], json.dumps(item[2], ensure_ascii=False).encode(
+                        "utf-8", "replace"), both("平台无法保存此消息",
+                                                  f"the centre could not store it: {exc!r}"),
+                        now)
+
     def _aside(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
         quarantine(topic, payload, reason, now)
-        log("warning", "ingest.quarantined", topic=topic, reason=reason,
+        log("warning", "ingest.quarantined", topic=topic, reason=shown(reason, "en"),
             action="see Quarantine in the console; the station sent a bad payload")

@@ -8,6 +8,8 @@ from typing import Any
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from pingan_centre.console.words import shown
+
 
 class AppendOnly(models.Model):
     """Rows that are history: written once, never changed or deleted by the application."""
@@ -28,8 +30,13 @@ class Station(models.Model):
     name = models.CharField(max_length=64, primary_key=True)
     township = models.CharField(max_length=64)
     village = models.CharField(_("village"), max_length=100, blank=True, default="")
+    # The station's own name, from its state (station.toml's [station] name).
+    label = models.CharField(_("station name"), max_length=100, blank=True, default="")
     online = models.BooleanField(default=False)
+    # The station's clock when it sent its last state: unreliable while not clock_synced.
     state_ts = models.CharField(max_length=40, blank=True, default="")
+    # When that state reached the township: states are taken in this order.
+    state_at = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     problems = models.JSONField(default=list, blank=True)
     pending = models.IntegerField(null=True, blank=True)
@@ -112,6 +119,8 @@ class Event(models.Model):
     seq = models.BigIntegerField(default=0)
     priority = models.IntegerField(default=3)
     ts = models.CharField(max_length=40)
+    # The station's clock was synchronised when it stamped `ts` (None: before issue 19).
+    clock_synced = models.BooleanField(null=True)
     received_at = models.DateTimeField(db_index=True)
     payload = models.JSONField(default=dict)
     alarm = models.ForeignKey(Alarm, null=True, blank=True, on_delete=models.SET_NULL,
@@ -132,6 +141,9 @@ ACTION_LABELS = {
 }
 
 
+BY_LABELS = {"station": _("the station"), "system": _("the centre")}
+
+
 class Transition(AppendOnly):
     """One step in an alarm's life: who, when, what, with a note. Never edited."""
 
@@ -149,6 +161,16 @@ class Transition(AppendOnly):
     @property
     def label(self) -> str:
         return str(ACTION_LABELS.get(self.action, self.action))
+
+    @property
+    def shown_by(self) -> str:
+        """Who: an officer's user name, or the station / the centre itself."""
+        return str(BY_LABELS.get(self.by, self.by))
+
+    @property
+    def shown_note(self) -> str:
+        """The note in the reader's language (a station's error comes in both)."""
+        return shown(self.note)
 
     @property
     def state_label(self) -> str:
@@ -186,7 +208,8 @@ class Command(models.Model):
 
 
 class Quarantined(models.Model):
-    """A payload that failed validation: kept with its reason, never dropped silently."""
+    """A payload that failed validation: kept with its reason (both languages, see
+    words.py), never dropped silently."""
 
     topic = models.CharField(max_length=300)
     received_at = models.DateTimeField(db_index=True)
@@ -197,6 +220,10 @@ class Quarantined(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+
+    @property
+    def shown_reason(self) -> str:
+        return shown(self.reason)
 
 
 class AuditEntry(AppendOnly):

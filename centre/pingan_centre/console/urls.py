@@ -12,8 +12,9 @@ urlpatterns = [
     path("events", views.stream, name="stream"),
     path("api/alarms", views.alarms_json, name="alarms_json"),
     path("alarm/<int:alarm_id>", views.alarm_detail, name="alarm"),
+    # By the alarm, not the event id: a URL must work for every id ever stored (issue 19).
+    path("alarm/<int:alarm_id>/snapshot.jpg", views.snapshot, name="snapshot"),
     path("alarm/<int:alarm_id>/<str:action>", views.act, name="act"),
-    path("snapshot/<str:event_id>.jpg", views.snapshot, name="snapshot"),
     path("stations", views.stations, name="stations"),
     path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
