@@ -102,7 +102,8 @@ def test_a_canary_that_refuses_halts_the_rollout(tmp_path: Path, centre: Centre,
         return html if row and row.group(1) == "refused" and "s-halted" in html else None
 
     html = wait_until(halted, 30, "the canary's refusal on the releases page")
-    assert re.search(r'id="ver-s1">.*?class="last r-refused">refused 0.2.0', html, re.S)
+    assert re.search(r'id="ver-s1">.*?class="last r-refused">已拒绝 <span translate="no">0.2.0<',
+                     html, re.S)  # the officer's language (zh-hans by default)
     # Halted: the rest is refused, and nothing reaches s2 or s3.
     assert centre.post(admin, f"/releases/{rollout_id}/rest").status_code == 403
     assert list(offers(db).values()) == ["s1"]

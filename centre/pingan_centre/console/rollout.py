@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext_lazy as _
 
 from pingan_centre.console.lifecycle import NotAllowed, audit
 from pingan_centre.console.link import Effects
@@ -36,6 +37,12 @@ BAD = {"update.rolled_back": "rolled_back", "update.refused": "refused",
 STEPS = {"update.offered": "offered", "update.downloading": "downloading",
          "update.verified": "verified", "update.installed": "installed",
          "update.rebooting": "rebooting", **DONE, **BAD}
+# What an officer reads for each result, in the page's language.
+LABELS = {"sent": _("sent"), "not_sent": _("not sent yet"), "offered": _("offered"),
+          "downloading": _("downloading"), "verified": _("verified"),
+          "installed": _("installed"), "rebooting": _("rebooting"),
+          "committed": _("committed"), "rolled_back": _("rolled back"),
+          "refused": _("refused"), "failed": _("failed")}
 
 
 class BadDescriptor(ValueError):
@@ -65,7 +72,11 @@ class StationResult:
     stage: str  # canary | rest
     cmd_id: str
     result: str = "sent"
-    reason: str = ""
+    reason: dict[str, str] = field(default_factory=dict)  # {zh, en}, as the station sent it
+
+    @property
+    def label(self) -> str:
+        return str(LABELS.get(self.result, self.result))
 
 
 @dataclass
@@ -169,21 +180,20 @@ def rollouts(prefix: str = "ro:") -> list[Rollout]:
     """Every rollout, newest first, each station's result from its `update.*` events."""
     commands = list(Command.objects.filter(cmd="update.offer", id__startswith=prefix)
                     .order_by("created_at", "id"))
-    last: dict[str, tuple[str, str]] = {}
+    last: dict[str, tuple[str, dict[str, str]]] = {}
     events = Event.objects.filter(type__startswith="update.",
                                   payload__cmd_id__in=[c.id for c in commands]).order_by(
         "received_at", "seq")
     for ev in events:
         kind = STEPS.get(ev.type)
         if kind is not None:
-            reason = ev.payload.get("reason") or {}
-            last[ev.payload["cmd_id"]] = (kind, reason.get("zh", "") or reason.get("en", ""))
+            last[ev.payload["cmd_id"]] = (kind, ev.payload.get("reason") or {})
     found: dict[str, Rollout] = {}
     for c in commands:
         _, rollout_id, stage, station = c.id.split(":", 3)
         rollout = found.setdefault(rollout_id, Rollout(
             rollout_id, c.payload.get("version", "?"), c.created_at, c.by))
-        result, reason = last.get(c.id, ("sent" if c.sent else "not_sent", ""))
+        result, reason = last.get(c.id, ("sent" if c.sent else "not_sent", {}))
         rollout.results.append(StationResult(station, "canary" if stage == "c" else "rest",
                                              c.id, result, reason))
     return sorted(found.values(), key=lambda r: r.started, reverse=True)
@@ -198,8 +208,9 @@ def station_versions() -> list[dict[str, Any]]:
         rows.append({"station": st.name, "village": st.village, "version": st.version,
                      "online": st.online,
                      "last": STEPS.get(ev.type, ev.type) if ev else "",
+                     "last_label": (str(LABELS.get(STEPS.get(ev.type, ""), ev.type))
+                                    if ev else ""),
                      "last_version": ev.payload.get("version", "") if ev else "",
                      "last_at": ev.received_at if ev else None,
-                     "reason": ((ev.payload.get("reason") or {}).get("zh", "")
-                                if ev else "")})
+                     "reason": (ev.payload.get("reason") or {}) if ev else {}})
     return rows

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from pingan_centre.console import rollout, runtime
@@ -31,7 +32,7 @@ def start(request: HttpRequest) -> HttpResponse:
                                    request.user.get_username(), timezone.now(),
                                    runtime.of(request))
     except rollout.BadDescriptor as exc:
-        return HttpResponseBadRequest(f"发布说明无效 / bad release descriptor: {exc}")
+        return HttpResponseBadRequest(_("Bad release descriptor: %(error)s") % {"error": exc})
     except NotAllowed as exc:
         return HttpResponseForbidden(str(exc))
     return redirect(f"/releases#ro-{rollout_id}")
@@ -44,5 +45,5 @@ def advance(request: HttpRequest, rollout_id: str) -> HttpResponse:
         rollout.advance(rollout_id, request.user.get_username(), timezone.now(),
                         runtime.of(request))
     except NotAllowed as exc:
-        return HttpResponseForbidden(f"已停止或未就绪 / not allowed: {exc}")
+        return HttpResponseForbidden(_("Halted or not ready: %(error)s") % {"error": exc})
     return redirect(f"/releases#ro-{rollout_id}")
