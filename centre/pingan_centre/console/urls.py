@@ -4,7 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import health_views, rollout_views, rota, views
+from pingan_centre.console import (
+    health_views,
+    report_views,
+    rollout_views,
+    rota,
+    views,
+)
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -19,6 +25,8 @@ urlpatterns = [
     path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
     path("stats.<str:fmt>", views.export, name="export"),
+    path("report", report_views.monthly, name="report"),
+    path("report.xlsx", report_views.xlsx, name="report_xlsx"),
     path("handover", views.handover, name="handover"),
     path("quarantine", views.quarantine, name="quarantine"),
     path("audit", views.audit_log, name="audit"),
