@@ -111,13 +111,15 @@ def pages() -> list[str]:
             out += ["/" + route.replace("<int:alarm_id>", str(a)) for a in alarms]
     out += [p + q for p in ("/stats",) for q in ("?by=station", "?by=month", "?include=all",
                                                   "?months=1&include=false,drill,test")]
-    out += ["/stations?problem=offline", "/handover?hours=24", "/audit?q=alarm"]
+    out += ["/stations?problem=offline", "/handover?hours=24", "/audit?q=alarm",
+            "/report?include=all"]
     if any(route == "station" for route, _ in paths):  # one station's page, by its id
         from urllib.parse import quote
 
         from pingan_centre.console.models import Station
-        out += [f"/station?id={quote(name, safe='')}"
-                for name in Station.objects.values_list("name", flat=True)]
+        out += [f"/{page}?id={quote(name, safe='')}"
+                for name in Station.objects.values_list("name", flat=True)
+                for page in ("station", "camera")]
     return out
 
 

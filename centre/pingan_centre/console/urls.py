@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from pingan_centre.console import (
+    camera_views,
     health_views,
     report_views,
     rollout_views,
@@ -25,6 +26,9 @@ urlpatterns = [
     path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
     path("stats.<str:fmt>", views.export, name="export"),
+    path("camera", camera_views.cameras, name="cameras"),
+    path("camera/snapshot.jpg", camera_views.snapshot, name="camera_snapshot"),
+    path("camera/command", camera_views.command, name="camera_command"),
     path("report", report_views.monthly, name="report"),
     path("report.xlsx", report_views.xlsx, name="report_xlsx"),
     path("handover", views.handover, name="handover"),
