@@ -116,16 +116,19 @@ def pages() -> list[str]:
     if any(route == "station" for route, _ in paths):  # one station's page, by its id
         from urllib.parse import quote
 
-        from pingan_centre.console.models import Station
-        out += [f"/{page}?id={quote(name, safe='')}"
-                for name in Station.objects.values_list("name", flat=True)
-                for page in ("station", "camera")]
+        from pingan_centre.console.models import Event, Station
+        out += [f"/station?id={quote(name, safe='')}"
+                for name in Station.objects.values_list("name", flat=True)]
+        # A camera's gallery: for the stations that sent snapshots (one per station).
+        out += [f"/camera?id={quote(name, safe='')}" for name in Event.objects.filter(
+            type="camera.person").order_by().values_list("station_id", flat=True).distinct()]
     return out
 
 
 # Not pages: the event stream, POST-only actions, logging out, Django's own admin (it
 # has its own translations), the language switch.
-SKIP = ("events", "alarm/<int:alarm_id>/<str:action>", "logout/", "i18n/", "admin/")
+SKIP = ("events", "alarm/<int:alarm_id>/<str:action>", "releases/start", "camera/command",
+        "logout/", "i18n/", "admin/")
 
 
 def _walk() -> tuple[list[tuple[str, list[str]]], list[str]]:

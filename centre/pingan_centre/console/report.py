@@ -25,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Min
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -166,23 +167,36 @@ def broadcast_section(start: datetime, end: datetime) -> Section:
 def availability_section(start: datetime, end: datetime, now: datetime) -> Section:
     horizon = HealthReport.objects.aggregate(first=Min("received_at"))["first"]
     stop = min(end, now)
+    # The first word ever heard from each station (its history starts there)...
+    first: dict[str, datetime] = {}
+    for model in (HealthReport, Event):
+        for name, at in (model.objects.filter(received_at__lt=stop)
+                         .values("station").annotate(at=Min("received_at"))
+                         .values_list("station", "at")):
+            first[name] = min(at, first.get(name, at))
+    # ...and the clock hours of the month something arrived in, counted by the database.
+    heard: dict[str, set[datetime]] = defaultdict(set)
+    for model in (HealthReport, Event):
+        for name, hour in (model.objects
+                           .filter(received_at__gte=start, received_at__lt=stop)
+                           .annotate(hour=TruncHour("received_at"))
+                           .values_list("station", "hour").distinct()):
+            heard[name].add(hour)
     rows: list[list[Cell]] = []
     for st in Station.objects.order_by("village", "name"):
-        seen = list(HealthReport.objects.filter(station=st, received_at__lt=stop)
-                    .values_list("received_at", flat=True))
-        seen += Event.objects.filter(station=st, received_at__lt=stop).values_list(
-            "received_at", flat=True)
         if st.state_at is not None and st.state_at < stop:
-            seen.append(st.state_at)
-        if not seen or horizon is None:
+            first[st.name] = min(st.state_at, first.get(st.name, st.state_at))
+            if st.state_at >= start:
+                heard[st.name].add(start + HOUR * ((st.state_at - start) // HOUR))
+        if st.name not in first or horizon is None:
             rows.append([st.name, st.village, None, 0, 0])
             continue
         # From the first whole hour with history for this station (and kept at all).
-        begin = max(start, horizon, min(seen))
+        begin = max(start, horizon, first[st.name])
         begin = start + HOUR * ((begin - start) // HOUR)
         hours = int(-((begin - stop) // HOUR)) if stop > begin else 0
-        up = {int((t - begin) // HOUR) for t in seen if begin <= t < stop}
-        rows.append([st.name, st.village, _pct(len(up), hours), len(up), hours])
+        up = sum(1 for hour in heard[st.name] if begin <= hour < stop)
+        rows.append([st.name, st.village, _pct(up, hours), up, hours])
     return Section("availability", _("Station availability"),
                    [_("station"), _("village"), _("available %"), _("hours heard from"),
                     _("hours measured")], rows,
