@@ -133,8 +133,7 @@ def pages() -> list[str]:
 
 # Not pages: the event stream, POST-only actions, logging out, Django's own admin (it
 # has its own translations), the language switch.
-SKIP = ("events", "alarm/<int:alarm_id>/<str:action>", "releases/start", "camera/command",
-        "logout/", "i18n/", "admin/")
+SKIP = ("events", "alarm/<int:alarm_id>/<str:action>", "logout/", "i18n/", "admin/")
 
 
 def _walk() -> tuple[list[tuple[str, list[str]]], list[str]]:
