@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import get_language
@@ -161,7 +161,6 @@ def command(request: HttpRequest) -> HttpResponse:
     ids = send(stations, action == "arm", hours * 3600, request.user.get_username(),
                timezone.now(), runtime.of(request))
     if request.headers.get("Accept") == "application/json":
-        from django.http import JsonResponse
         return JsonResponse({"commands": ids})
     back = post.get("next", "")
     return redirect(back if back.startswith("/camera") else "cameras")
