@@ -9,7 +9,9 @@ pulls the card) under `pingan-edge/`:
     technician.hash  optional crypt(3) hash of the technician's console password
 
 This moves them onto the data partition (key 0600, owned by the station user), and only
-once they are there, synced, deletes them from the boot partition. It grows the data
+once they are there, synced, deletes them from the boot partition and zeroes every free
+cluster of that partition (edge.unit.fatscrub): deleting a file on FAT leaves its bytes on
+the card for anyone who carves it. It grows the data
 partition to the card and sets the hostname. The station unit starts when
 /etc/pingan-edge/station.toml exists (its ConditionPathExists), so writing that file last
 is what enables it.
@@ -38,6 +40,7 @@ from typing import Any
 
 from edge import config as config_mod
 from edge.store import durable
+from edge.unit import fatscrub
 
 INCOMING = "boot/firmware/pingan-edge"
 DATA = "data"
@@ -61,6 +64,10 @@ def emit(event: str, **fields: Any) -> None:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # The boot partition's raw bytes, for zeroing its free clusters: the device mounted at
+    # /boot/firmware when None on a live system; offline (an image tree) nothing is zeroed
+    # unless one is given.
+    boot_device: Path | None = None
 
     @property
     def incoming(self) -> Path:
@@ -87,8 +94,18 @@ class Layout:
         return self.data / "etc" / "shadow"
 
     @property
+    def scrub_marker(self) -> Path:
+        """Exists from just before the secrets are deleted until their clusters are zero,
+        so that a power cut in between is finished by the next boot."""
+        return self.conf / ".fat-scrub"
+
+    @property
     def live(self) -> bool:
         return self.root == Path("/")
+
+    @property
+    def scrubs(self) -> bool:
+        return self.live or self.boot_device is not None
 
 
 def _ids(root: Path, name: str, table: str) -> int:
@@ -209,6 +226,8 @@ def delete_secrets(lay: Layout) -> None:
     present = [lay.incoming / n for n in SECRETS if (lay.incoming / n).exists()]
     if not present:
         return
+    if lay.scrubs:
+        durable.write(lay.scrub_marker, b"", mode=0o600)
     fat = lay.incoming.parent
     remount = lay.live and _mountpoint(fat)
     if remount:
@@ -219,9 +238,31 @@ def delete_secrets(lay: Layout) -> None:
         durable.sync_dir(lay.incoming)
         os.sync()
     finally:
+        # Read-only again before the clusters are zeroed underneath the driver: this also
+        # writes its FAT out, so the raw tables show the deleted files' clusters free.
         if remount:
             subprocess.run(["mount", "-o", "remount,ro", str(fat)], check=False)
     emit("firstboot.secrets_deleted", files=[p.name for p in present])
+
+
+def scrub_boot_partition(lay: Layout) -> None:
+    """Zero the free clusters of the boot partition once its secrets are deleted."""
+    if not lay.scrub_marker.exists():
+        return
+    device = lay.boot_device
+    if device is None:
+        source = subprocess.run(["findmnt", "-no", "SOURCE", str(lay.incoming.parent)],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        device = Path(source)
+    os.sync()
+    try:
+        written = fatscrub.zero_free_clusters(device)
+    except fatscrub.FatError as exc:
+        raise FirstBootError(f"{device}: {exc}; the deleted secrets may still be readable "
+                             "on the card: replace it and revoke the station") from exc
+    lay.scrub_marker.unlink()
+    durable.sync_dir(lay.conf)
+    emit("firstboot.boot_partition_zeroed", device=str(device), bytes=written)
 
 
 def grow_data(lay: Layout) -> None:
@@ -265,11 +306,12 @@ def _bound(path: Path) -> bool:
     return False
 
 
-def run(root: Path) -> int:
-    lay = Layout(root)
+def run(root: Path, boot_device: Path | None = None) -> int:
+    lay = Layout(root, boot_device)
     try:
         station = install_identity(lay)
         delete_secrets(lay)
+        scrub_boot_partition(lay)
         grow_data(lay)
         apply_runtime(lay)
     except (FirstBootError, subprocess.CalledProcessError, OSError) as exc:
@@ -286,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/", help="the image tree to provision (default: this "
                    "system)")
+    p.add_argument("--boot-device", type=Path, help="the boot partition's device or image "
+                   "file, whose free clusters are zeroed once the secrets are deleted "
+                   "(default: the device mounted at /boot/firmware; none offline)")
     args = p.parse_args(argv)
-    return run(Path(args.root))
+    return run(Path(args.root), args.boot_device)
 
 
 if __name__ == "__main__":
