@@ -5,10 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
 
 import pytest
+from conftest import wait_until
 
 from edge import logs
 from edge.logs import log
@@ -88,3 +97,108 @@ def test_lines_keep_their_fields_exception_and_time_of_the_call(root_handlers: N
     assert [d["event"] for d in written] == ["test.failed", "test.formatted"]
     assert written[0]["action"] == "look" and "ValueError: boom" in str(written[0]["exception"])
     assert written[1]["level"] == "warning" and str(written[1]["ts"]).endswith("Z")
+
+
+LEVELS = [("debug", 7), ("info", 6), ("warning", 4), ("error", 3), ("critical", 2)]
+
+
+def log_every_level(stream: TextIO) -> None:
+    stop = logs.setup("debug", stream)
+    logger = logging.getLogger("edge.test")
+    for level, _ in LEVELS:
+        log(logger, level, f"test.{level}", action="none")
+    logger.log(25, "test.between")  # a level of its own: the more urgent neighbour
+    stop()
+
+
+def test_on_journalds_stream_each_line_carries_its_priority_and_stays_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_handlers: None) -> None:
+    with (tmp_path / "stream").open("w+") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        log_every_level(stream)
+        stream.seek(0)
+        written = stream.read().splitlines()
+    expected = [(f"test.{level}", prio) for level, prio in LEVELS] + [("test.between", 4)]
+    got = []
+    for line in written:
+        m = re.fullmatch(r"<([0-7])>(\{.*\})", line)
+        assert m, line
+        got.append((json.loads(m.group(2))["event"], int(m.group(1))))
+    assert got == expected
+
+
+@pytest.mark.parametrize("journal_stream", [None, "another"])
+def test_elsewhere_the_lines_are_plain_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            root_handlers: None,
+                                            journal_stream: str | None) -> None:
+    """On a terminal, in a pipe, or on a stderr a child got from a journald-connected parent
+    (the variable is inherited; the stream is not the same)."""
+    other = tmp_path / "other"
+    other.write_text("")
+    if journal_stream is None:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    else:
+        st = other.stat()
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    with (tmp_path / "stream").open("w+") as stream:
+        log_every_level(stream)
+        stream.seek(0)
+        written = [json.loads(line)["event"] for line in stream.read().splitlines()]
+    assert written == [f"test.{level}" for level, _ in LEVELS] + ["test.between"]
+
+
+JOURNALD = Path("/lib/systemd/systemd-journald")
+
+
+@pytest.fixture
+def journald() -> Iterator[str]:
+    """A real systemd-journald of its own namespace (sockets in /run/systemd/journal.NS,
+    files in /var/log/journal/MACHINE-ID.NS), stopped and removed afterwards."""
+    if os.geteuid() != 0 or not JOURNALD.exists() or not Path("/etc/machine-id").exists():
+        pytest.skip("a journald of its own needs root and systemd-journald")
+    ns = f"pingantest{os.getpid()}"
+    run_dir = Path(f"/run/systemd/journal.{ns}")
+    files = Path("/var/log/journal") / f"{Path('/etc/machine-id').read_text().strip()}.{ns}"
+    proc = subprocess.Popen([str(JOURNALD), ns], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: (run_dir / "stdout").exists() or proc.poll() is not None)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield ns
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(files, ignore_errors=True)
+
+
+def test_journalctl_p_warning_shows_the_stations_warnings(journald: str) -> None:
+    """As systemd runs the station: stderr is a stream to journald (its stdout protocol:
+    identifier, unit, priority, level prefix on, no forwarding) and $JOURNAL_STREAM names it."""
+    ns = journald
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(f"/run/systemd/journal.{ns}/stdout")
+        sock.sendall(b"pingan-edge\n\n6\n1\n0\n0\n0\n")
+        sock.shutdown(socket.SHUT_RD)
+        st = os.fstat(sock.fileno())
+        code = ("import logging\nfrom edge import logs\nstop = logs.setup('debug')\n"
+                "lg = logging.getLogger('edge.test')\n"
+                "for level in ('debug', 'info', 'warning', 'error', 'critical'):\n"
+                "    logs.log(lg, level, 'test.' + level, action='look')\nstop()\n")
+        subprocess.run([sys.executable, "-c", code], stderr=sock.fileno(), check=True,
+                       env=dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
+                       timeout=60)
+
+    def entries(*args: str) -> list[dict[str, str]]:
+        out = subprocess.run(["journalctl", f"--namespace={ns}", "-o", "json", "--no-pager",
+                              "-t", "pingan-edge", *args], capture_output=True, text=True,
+                             check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    wait_until(lambda: len(entries()) == 5)
+    warnings = entries("-p", "warning")
+    assert [(json.loads(e["MESSAGE"])["event"], e["PRIORITY"]) for e in warnings] == [
+        ("test.warning", "4"), ("test.error", "3"), ("test.critical", "2")]
+    assert all(json.loads(e["MESSAGE"])["action"] == "look" for e in warnings)
+    assert [e["PRIORITY"] for e in entries()] == ["7", "6", "4", "3", "2"]

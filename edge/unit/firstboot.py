@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import config as config_mod
+from edge import logs
 from edge.store import durable
 from edge.unit import fatscrub
 
@@ -57,8 +59,12 @@ class FirstBootError(Exception):
     """The card's identity is unusable; the message says what the technician should do."""
 
 
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}, ensure_ascii=False), flush=True)
+def emit(event: str, level: str = "info", **fields: Any) -> None:
+    """A JSON line on stdout; behind its syslog priority when that is journald's stream."""
+    line = json.dumps({"event": event, **fields, "level": level}, ensure_ascii=False)
+    if logs.journal_stream(sys.stdout):
+        line = f"<{logs.priority(logging.getLevelNamesMapping()[level.upper()])}>{line}"
+    print(line, flush=True)
 
 
 @dataclass(frozen=True)
@@ -315,7 +321,7 @@ def run(root: Path, boot_device: Path | None = None) -> int:
         grow_data(lay)
         apply_runtime(lay)
     except (FirstBootError, subprocess.CalledProcessError, OSError) as exc:
-        emit("firstboot.failed", error=str(exc),
+        emit("firstboot.failed", "error", error=str(exc),
              action="the station stays off; fix the card (re-flash its identity) and reboot")
         return 1
     configured = (lay.conf / "station.toml").exists()
