@@ -25,7 +25,6 @@ shadow bind mount, growing the partition) run only when the root is `/`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -293,23 +292,13 @@ def grow_data(lay: Layout) -> None:
 
 
 def apply_runtime(lay: Layout) -> None:
-    """Every boot: what the read-only root cannot keep."""
+    """Every boot: what the read-only root cannot keep. (The technician's /etc/shadow is
+    bound by etc-shadow.mount: this runs in a mount namespace of its own.)"""
     if not lay.live:
         return
     hostname = lay.conf / "hostname"
     if hostname.exists():
         socket.sethostname(hostname.read_text().strip())
-    shadow = lay.shadow
-    if shadow.exists() and not _bound(Path("/etc/shadow")):
-        subprocess.run(["mount", "--bind", str(shadow), "/etc/shadow"], check=True)
-
-
-def _bound(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            if line.split()[4] == str(path):
-                return True
-    return False
 
 
 def run(root: Path, boot_device: Path | None = None) -> int:
