@@ -44,7 +44,7 @@ PASSWORD = "boot-test-only"
 CHECK = """echo ROOT $(findmnt -no OPTIONS /)
 echo FAT-IDENTITY $(ls -A /boot/firmware/pingan-edge/)
 echo KEY $(stat -c '%a %U' /etc/pingan-edge/tls/station.key)
-echo UNITS $(systemctl is-active pingan-edge pingan-firstboot)
+echo UNITS $(systemctl is-active pingan-edge pingan-firstboot pingan-warnlog etc-shadow.mount)
 echo DATA $(df -h --output=size /data | tail -1)
 for p in /proc/[0-9]*; do
   w=$(awk '/^write_bytes/ {print $2}' $p/io 2>/dev/null)

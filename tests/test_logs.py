@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +16,7 @@ from typing import TextIO
 
 import pytest
 from conftest import wait_until
+from journald_helpers import journald, stream
 
 from edge import logs
 from edge.logs import log
@@ -148,46 +147,23 @@ def test_elsewhere_the_lines_are_plain_json(tmp_path: Path, monkeypatch: pytest.
     assert written == [f"test.{level}" for level, _ in LEVELS] + ["test.between"]
 
 
-JOURNALD = Path("/lib/systemd/systemd-journald")
-
-
 @pytest.fixture
-def journald() -> Iterator[str]:
-    """A real systemd-journald of its own namespace (sockets in /run/systemd/journal.NS,
-    files in /var/log/journal/MACHINE-ID.NS), stopped and removed afterwards."""
-    if os.geteuid() != 0 or not JOURNALD.exists() or not Path("/etc/machine-id").exists():
-        pytest.skip("a journald of its own needs root and systemd-journald")
-    ns = f"pingantest{os.getpid()}"
-    run_dir = Path(f"/run/systemd/journal.{ns}")
-    files = Path("/var/log/journal") / f"{Path('/etc/machine-id').read_text().strip()}.{ns}"
-    proc = subprocess.Popen([str(JOURNALD), ns], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: (run_dir / "stdout").exists() or proc.poll() is not None)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+def journald_ns() -> Iterator[str]:
+    with journald("pingantest") as ns:
         yield ns
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(files, ignore_errors=True)
 
 
-def test_journalctl_p_warning_shows_the_stations_warnings(journald: str) -> None:
-    """As systemd runs the station: stderr is a stream to journald (its stdout protocol:
-    identifier, unit, priority, level prefix on, no forwarding) and $JOURNAL_STREAM names it."""
-    ns = journald
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(f"/run/systemd/journal.{ns}/stdout")
-        sock.sendall(b"pingan-edge\n\n6\n1\n0\n0\n0\n")
-        sock.shutdown(socket.SHUT_RD)
-        st = os.fstat(sock.fileno())
+def test_journalctl_p_warning_shows_the_stations_warnings(journald_ns: str) -> None:
+    """As systemd runs the station: stderr is a stream to journald and $JOURNAL_STREAM
+    names it."""
+    ns = journald_ns
+    with stream(ns, "pingan-edge") as (sock, journal_stream):
         code = ("import logging\nfrom edge import logs\nstop = logs.setup('debug')\n"
                 "lg = logging.getLogger('edge.test')\n"
                 "for level in ('debug', 'info', 'warning', 'error', 'critical'):\n"
                 "    logs.log(lg, level, 'test.' + level, action='look')\nstop()\n")
         subprocess.run([sys.executable, "-c", code], stderr=sock.fileno(), check=True,
-                       env=dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"),
+                       env=dict(os.environ, JOURNAL_STREAM=journal_stream),
                        timeout=60)
 
     def entries(*args: str) -> list[dict[str, str]]:
