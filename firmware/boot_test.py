@@ -44,6 +44,8 @@ PASSWORD = "boot-test-only"
 CHECK = """echo ROOT $(findmnt -no OPTIONS /)
 echo FAT-IDENTITY $(ls -A /boot/firmware/pingan-edge/)
 echo KEY $(stat -c '%a %U' /etc/pingan-edge/tls/station.key)
+wd=/sys/class/watchdog/watchdog0
+echo WATCHDOG $(cat $wd/identity $wd/state $wd/timeout 2>/dev/null || echo none)
 echo UNITS $(systemctl is-active pingan-edge pingan-firstboot pingan-warnlog etc-shadow.mount)
 echo DATA $(df -h --output=size /data | tail -1)
 for p in /proc/[0-9]*; do
@@ -167,7 +169,10 @@ def main() -> int:
             "-m", args.memory, "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", " ".join(cmdline), "-drive", f"if=none,file={disk},format=raw,id=hd",
             "-device", "virtio-blk-device,drive=hd", "-netdev", "user,id=net0",
-            "-device", "virtio-net-device,netdev=net0", "-display", "none",
+            "-device", "virtio-net-device,netdev=net0",
+            # A hardware watchdog for systemd's RuntimeWatchdogSec= (the Pi has bcm2835_wdt);
+            # if it fires, QEMU resets, and with -no-reboot that ends the test loudly.
+            "-device", "i6300esb", "-display", "none",
             "-serial", "stdio", "-monitor", "none", "-no-reboot"]
     print(" ".join(qemu), flush=True)
     start = time.monotonic()
@@ -246,6 +251,12 @@ def main() -> int:
         script = base64.b64encode(CHECK.encode()).decode()  # the typed line cannot match
         console.send(f"echo {PASSWORD} | sudo -S -p '' sh -c \"$(echo {script} | base64 -d)\"\n")
         at = console.wait(rb"END-CHECK\r*\n", 300, at)  # the tty sends \r\r\n
+        with console.lock:
+            watchdog = re.findall(rb"WATCHDOG ([^\r\n]*)", console.buf)[-1].decode()
+        print(f"hardware watchdog: {watchdog}", flush=True)
+        if " active " not in f" {watchdog} ":
+            raise SystemExit(f"the hardware watchdog is not armed ({watchdog}): the "
+                             "i6300esb module, or RuntimeWatchdogSec= in system.conf.d")
         # The on-site check under systemd: it stops the station, checks, starts it again;
         # nobody presses the buttons here, and a virt machine has no sound card.
         seen = len(centre.received("/events"))
