@@ -60,7 +60,8 @@ def pg_available() -> bool:
 
 class Centre:
     def __init__(self, tmp: Path, db: Db, broker_port: int, township: str,
-                 users: dict[str, str] | None = None) -> None:
+                 users: dict[str, str] | None = None,
+                 account: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = db
@@ -70,7 +71,9 @@ class Centre:
         config = self.dir / "centre.toml"
         config.write_text(
             f'township = "{township}"\ndatabase = "{db.url}"\ndata_dir = "{self.dir}"\n'
-            f'client_id = "bench-{tag}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n',
+            f'client_id = "bench-{tag}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
+            # The shipped broker's loopback listener: a centre account (name, password).
+            + (f'username = "{account[0]}"\npassword = "{account[1]}"\n' if account else ""),
             encoding="utf-8")
         self.env = {**os.environ, "PINGAN_CENTRE_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
         self.log = self.dir / "centre.log"

@@ -156,5 +156,10 @@ class Mosquitto:
         return self.start()
 
     @property
+    def pid(self) -> int | None:
+        """The running broker's process id (a bench reads its CPU and memory)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -53,15 +53,20 @@ class TownshipBroker:
     replace shipped lines (a small limit to reach in a test), each of which must exist."""
 
     def __init__(self, workdir: Path, extras: dict[str, str] | None = None,
-                 changes: dict[str, str] | None = None) -> None:
-        self.town = provision.Township(workdir / "pingan")
-        provision.init(self.town, TOWNSHIP, ["127.0.0.1", "localhost"])
+                 changes: dict[str, str] | None = None,
+                 town: provision.Township | None = None) -> None:
+        # `town`: a township made earlier by `provision.init` (a bench's cached CA and
+        # thousands of station certificates); else a new one under `workdir`.
+        if town is None:
+            town = provision.Township(workdir / "pingan")
+            provision.init(town, TOWNSHIP, ["127.0.0.1", "localhost"])
+        self.town = town
         self.centre_password = provision.add_account(self.town, CENTRE)
         # What the tool writes is what broker_config/acl documents.
         assert self.town.acl.read_text() == (CONFIG_DIR / "acl").read_text()
         self.tls_port, self.plain_port = free_port(), free_port()
         data = workdir / "data"
-        data.mkdir()
+        data.mkdir(parents=True)
         conf_d = workdir / "conf.d"
         conf_d.mkdir()
         for name, text in (extras or {}).items():
