@@ -258,7 +258,7 @@ def scrub_boot_partition(lay: Layout) -> None:
     if device is None:
         source = subprocess.run(["findmnt", "-no", "SOURCE", str(lay.incoming.parent)],
                                 capture_output=True, text=True, check=True).stdout.strip()
-        device = Path(source)
+        device = Path(source.split("[", 1)[0])  # a bind mount shows DEVICE[/subdir]
     os.sync()
     try:
         written = fatscrub.zero_free_clusters(device)
@@ -276,7 +276,7 @@ def grow_data(lay: Layout) -> None:
     if marker.exists() or not lay.live:
         return
     source = subprocess.run(["findmnt", "-no", "SOURCE", str(lay.data)], capture_output=True,
-                            text=True, check=True).stdout.strip()
+                            text=True, check=True).stdout.strip().split("[", 1)[0]
     dev = Path(os.path.realpath(source)).name
     sys_part = Path("/sys/class/block") / dev
     number = (sys_part / "partition").read_text().strip()
