@@ -49,10 +49,10 @@ from common import add_tmp_args, loadavg, machine_line, pct, run_in_tmp, station
 
 from edge import config as config_mod
 from edge.contract.events import AlarmPanic, decode_event, encode
-from edge.modem import pdu
-from edge.modem.at import AtChannel
 from edge.modem.fallback import alarm_text
 from edge.station import Station
+from pingan_modem import pdu
+from pingan_modem.at import AtChannel
 from pingan_sim.localbroker import Mosquitto
 from pingan_sim.modem import ModemSim
 

@@ -82,10 +82,12 @@ def serve(cfg: Config, build: Callable[[Config], Runnable], *,
 def _serve(cfg: Config, build: Callable[[Config], Runnable],
            cannot_start: tuple[type[Exception], ...]) -> int:
     from edge.store.datadir import AlreadyRunning
+    from edge.store.schema import DataSchemaError
     from edge.unit.pins import PinFactoryError
 
     logger = logging.getLogger("edge.cli")
-    unfit: tuple[type[Exception], ...] = (ConfigError, PinFactoryError, *cannot_start)
+    unfit: tuple[type[Exception], ...] = (ConfigError, PinFactoryError, DataSchemaError,
+                                          *cannot_start)
     try:
         station = build(cfg)
     except AlreadyRunning as exc:
@@ -204,6 +206,43 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return selftest.main(_load(args), as_json=args.json, button_timeout_s=args.timeout)
 
 
+def cmd_tts(args: argparse.Namespace) -> int:
+    """What the station says for a text: `--pinyin` prints what its voice is handed (one
+    line per rendering), `-o` writes the speech to a WAV file. Needs no running station."""
+    import soundfile
+
+    from edge.audio import tts
+    from edge.audio.clips import resample
+
+    if not (args.pinyin or args.out):
+        print("pingan-edge tts: say what to do: --pinyin (print what the voice is handed) "
+              "and/or -o FILE.wav (render it)", file=sys.stderr)
+        return EXIT_CONFIG
+    said = sys.stdin.read() if args.text == "-" else args.text
+    engine = tts.engine(_load(args).audio)
+    script = engine.script(said)
+    if not script:
+        print("pingan-edge tts: nothing to say: the text has no speakable characters",
+              file=sys.stderr)
+        return 1
+    if args.pinyin:
+        print("\n".join(script))
+    if args.out:
+        try:
+            rendered = [engine.render(piece) for piece in script]
+        except tts.TtsError as exc:
+            print(f"pingan-edge tts: {exc}", file=sys.stderr)
+            return 1
+        rate = rendered[0][1]
+        with soundfile.SoundFile(args.out, "w", samplerate=rate, channels=1,
+                                 format="WAV", subtype="PCM_16") as out:
+            for samples, piece_rate in rendered:
+                out.write(samples if piece_rate == rate
+                          else resample(samples, piece_rate, rate))
+        print(f"{args.out}: {engine.name}, {out.frames / rate:.1f} s", file=sys.stderr)
+    return 0
+
+
 def cmd_install_bundle(args: argparse.Namespace) -> int:
     try:
         toml = install_bundle(Path(args.bundle), Path(args.dest))
@@ -214,6 +253,95 @@ def cmd_install_bundle(args: argparse.Namespace) -> int:
           f"({SYSTEM_CONFIG}), then `pingan-edge check-config` it:\n")
     print(toml.read_text(encoding="utf-8"))
     return 0
+
+
+def cmd_update_apply(args: argparse.Namespace) -> int:
+    """On site, from a USB stick or a laptop: the running station takes the file through
+    the same checks, install and commit rule as a township offer."""
+    bundle = Path(args.file).resolve()
+    if not bundle.is_file():
+        print(f"pingan-edge: {bundle}: no such file", file=sys.stderr)
+        return 1
+    descriptor = args.descriptor or _beside(bundle)
+    reply = _ask(args, {"op": "update.apply", "path": str(bundle),
+                        "descriptor": str(descriptor) if descriptor else None})
+    if not reply.get("ok"):
+        print(f"pingan-edge: {reply.get('error')}", file=sys.stderr)
+        return 1
+    last = None
+    while True:  # follow it until it ends one way or the other
+        state = _ask(args, {"op": "update.status"})["update"]
+        if state != last:
+            print(json.dumps(state, ensure_ascii=False), flush=True)
+            last = state
+        if state.get("phase") in ("refused", "failed", "rebooting", "waiting"):
+            return 0 if state["phase"] in ("rebooting", "waiting") else 1
+        threading.Event().wait(0.5)
+
+
+def _beside(bundle: Path) -> Path | None:
+    """pingan-edge-V.raucb's signed descriptor, pingan-edge-V.release.json, if it came too."""
+    candidate = bundle.with_name(bundle.name.removesuffix(".raucb") + ".release.json")
+    return candidate if candidate.is_file() else None
+
+
+def cmd_update_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_ask(args, {"op": "update.status"}), ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_update_commit(args: argparse.Namespace) -> int:
+    """After a boot: commit the slot being tried if healthy, else mark it bad and reboot
+    into the committed one (edge/update/commit.py). Nothing to do on other boots."""
+    from edge import selftest
+    from edge.update import commit
+    from edge.update.install import Rauc
+    from edge.update.updater import read_trial, running_version
+
+    cfg = _load(args)
+    directory = cfg.data_dir / "update"
+    if read_trial(directory) is None:
+        print("pingan-edge: no update is being tried on this boot")
+        return 0
+    socket_path = cfg.control_socket
+
+    def ask() -> dict[str, Any] | None:
+        try:
+            reply = request(socket_path, {"op": "update.status"}, timeout=10.0)
+        except OSError:
+            return None
+        return reply if reply.get("ok") else None
+
+    def settle(checks: dict[str, bool]) -> bool:
+        try:
+            return bool(request(socket_path, {"op": "update.settle", "checks": checks},
+                                timeout=10.0).get("ok"))
+        except OSError:
+            return False
+
+    class _Nobody(selftest.Operator):
+        def __init__(self) -> None:
+            super().__init__(sys.stderr, sys.stdin, timeout_s=0.0)
+
+        def confirm(self, zh: str, en: str) -> bool | None:
+            return None
+
+    test = selftest.Selftest(cfg, _Nobody())
+
+    def rows() -> list[tuple[str, bool, str]]:
+        found = [getattr(test, name)() for name in cfg.update.commit_rows]
+        return [(r.check, r.status != "fail", r.detail) for r in found]
+
+    health_s = args.health_s if args.health_s is not None else cfg.update.health_s
+    running = running_version(cfg.update.release_file)
+    done, verdict = commit.run(directory, running=running, installer=Rauc(), ask=ask,
+                               settle=settle, rows=rows, health_s=health_s,
+                               fallback_command=cfg.update.fallback_command,
+                               poll_s=min(2.0, max(health_s / 10, 0.1)))
+    print(json.dumps({"result": done, "checks": verdict.checks if verdict else {},
+                      "reason": verdict.reason.en if verdict and verdict.reason else None},
+                     ensure_ascii=False))
+    return 0 if done != "rolled_back" else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -252,10 +380,34 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds to wait for each button press and answer")
     sp.set_defaults(fn=cmd_selftest)
+    sp = with_config(sub.add_parser(
+        "tts", help="what the loudspeaker says for a text (the pinyin its voice is handed)"))
+    sp.add_argument("text", help='the text ("-": read it from standard input)')
+    sp.add_argument("--pinyin", action="store_true",
+                    help="print what the voice is handed, one line per rendering")
+    sp.add_argument("-o", "--out", help="write the speech to this WAV file")
+    sp.set_defaults(fn=cmd_tts)
     sp = sub.add_parser("install-bundle", help="unpack the station bundle the township issued")
     sp.add_argument("bundle")
     sp.add_argument("--dest", default=UNIT_DIR, help=f"default {UNIT_DIR}")
     sp.set_defaults(fn=cmd_install_bundle)
+    up = sub.add_parser("update", help="over-the-air updates: apply a bundle on site, "
+                        "commit a tried slot, show the state").add_subparsers(
+        dest="update_command", required=True)
+    sp = with_config(up.add_parser(
+        "apply", help="install a release bundle from a USB stick or laptop (same checks "
+        "and commit rule as a township offer)"))
+    sp.add_argument("file", help="pingan-edge-VERSION.raucb")
+    sp.add_argument("--descriptor", help="its signed .release.json (default: beside it)")
+    sp.set_defaults(fn=cmd_update_apply)
+    sp = with_config(up.add_parser("status", help="the update part's state"))
+    sp.set_defaults(fn=cmd_update_status)
+    sp = with_config(up.add_parser(
+        "commit", help="after a boot: commit the tried slot if healthy, else roll back "
+        "(run by systemd)"))
+    sp.add_argument("--health-s", type=float, default=None,
+                    help="seconds to wait for the checks (default update.health_s)")
+    sp.set_defaults(fn=cmd_update_commit)
     return p
 
 

@@ -256,6 +256,38 @@ class HealthSection(_Section):
     interval_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
 
 
+class UpdateSection(_Section):
+    """Over-the-air updates (edge/update/): signed RAUC bundles into the other root slot."""
+
+    enabled: bool = True
+    # The release keys this unit trusts: put on the root at flash time, replaced only by a
+    # release signed with a key already trusted (a keyring rotation).
+    keyring: str = "/etc/rauc/keyring.pem"
+    # The release this root slot holds (written by the image build); a machine without it
+    # runs the station package's own version.
+    release_file: str = "/etc/pingan-edge-release"
+    # The new slot must pass every commit check within this, or the unit goes back.
+    health_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 600.0
+    # The pingan-edge selftest rows that need no person, run before the commit.
+    commit_rows: list[Literal["certificate", "clock", "power"]] = msgspec.field(
+        default_factory=lambda: ["certificate", "clock", "power"])
+    # The download's cap (bytes/s): 32,000 is 256 kbit/s, a quarter of a weak 4G uplink.
+    rate_bytes_s: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 32000
+    max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 2 << 30
+    retry_min_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
+    retry_max_s: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 600.0
+    give_up_s: Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)] = 24 * 3600.0
+    timeout_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 60.0
+    # How the unit reboots into the new slot once (the Pi firmware's one-shot tryboot):
+    # the station is no root, so it asks pingan-edge-tryboot.path (systemd/) to.
+    reboot_command: list[str] = msgspec.field(
+        default_factory=lambda: ["touch", "/var/lib/pingan-edge/update/reboot-tryboot"])
+    # How `pingan-edge update commit` (root) goes back to the committed slot after a
+    # failed check: a plain reboot, without the tryboot flag.
+    fallback_command: list[str] = msgspec.field(
+        default_factory=lambda: ["systemctl", "reboot"])
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -274,6 +306,7 @@ class Config(_Section):
     camera: CameraSection = msgspec.field(default_factory=CameraSection)
     modem: ModemSection = msgspec.field(default_factory=ModemSection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
+    update: UpdateSection = msgspec.field(default_factory=UpdateSection)
 
     def __post_init__(self) -> None:
         if self.station.id == "all":
@@ -308,6 +341,10 @@ class Config(_Section):
                 f"station.data_max_bytes ({self.station.data_max_bytes}) is less than what "
                 f"the data directory may hold: {parts} = {sum(parts.values())} bytes; "
                 f"raise it or lower those caps")
+        if self.update.retry_max_s < self.update.retry_min_s:
+            raise ValueError(
+                f"update.retry_max_s ({self.update.retry_max_s}) must be >= "
+                f"update.retry_min_s ({self.update.retry_min_s})")
         if self.camera.retry_max_s < self.camera.retry_min_s:
             raise ValueError(
                 f"camera.retry_max_s ({self.camera.retry_max_s}) must be >= "
@@ -348,11 +385,13 @@ class Config(_Section):
 
 # No config file anywhere: a developer's machine, not a unit (a unit has
 # /etc/pingan-edge/station.toml). The station is the one `pingan-sim run` simulates, so
-# that `pingan-edge press/status/tail` reach it without a config file either.
+# that `pingan-edge press/status/tail` reach it without a config file either. Its
+# township is the console's default (`pingan-centre serve` with no config: t01), so the
+# two commands of the README meet.
 NO_FILE_TOML = """
 [station]
 id = "sim-001"
-township = "sim"
+township = "t01"
 name = "模拟村 (simulated village)"
 """
 

@@ -31,8 +31,10 @@ from edge.store.recorder import Recorder
 from edge.unit.alarm import Alarm
 from edge.unit.buttons import StationButtons
 from edge.unit.control import ControlServer, StatusRequest
+from edge.unit.indicator import Mode
 from edge.unit.pins import make_factory
 from edge.unit.watchdog import Watchdog
+from edge.update.updater import ApplyRequest, SettleRequest, Updater, UpdateStatusRequest
 
 logger = logging.getLogger("edge.station")
 
@@ -111,6 +113,15 @@ class Station:
         # Button was still being built raised inside it (AttributeError, no reply).
         self.control = parts.add(ControlServer(config.control_socket), 0.15)
         self.control.register(StatusRequest, lambda _request: self.status())
+        # Updates: their own thread at low priority; closing is not waited for (share 0).
+        self.updater = parts.add(Updater(
+            config.update, config.data_dir, self.recorder, self.outbox,
+            busy=self.update_blocked), 0.0) if config.update.enabled else None
+        if self.updater:
+            self.updater.register(self.handlers)
+            self.control.register(ApplyRequest, self.updater.apply)
+            self.control.register(UpdateStatusRequest, self._update_status)
+            self.control.register(SettleRequest, self.updater.settle)
         self.watchdog = parts.add(Watchdog(self.healthy), 0.1)  # READY=1 once all run
 
     def start(self) -> None:
@@ -137,6 +148,25 @@ class Station:
         """The alarm path can work: its threads run and the outbox writer answers."""
         return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0) \
             and self.commands.alive
+
+    def update_blocked(self) -> str | None:
+        """Why the unit must not reboot now, if it must not: an alarm open (not yet
+        acknowledged by the township, or not yet delivered) or the siren sounding."""
+        if self.alarm.indicator.mode in (Mode.PENDING, Mode.DELIVERED):
+            return "an alarm is open (not yet acknowledged by the township)"
+        if self.outbox.pending_ids("alarm.panic"):
+            return "an alarm is not yet delivered"
+        current = self.loudspeaker.player.current if self.loudspeaker else None
+        if current is not None and current.origin == "siren":
+            return "the siren is sounding"
+        return None
+
+    def _update_status(self, request: UpdateStatusRequest) -> dict[str, Any]:
+        """What `pingan-edge update commit` asks: the updater's state and the link's."""
+        assert self.updater is not None
+        return {**self.updater.status(request), "connected": self.uplink.connected,
+                "client_cert": bool(self.config.broker.tls and self.config.broker.cert_file),
+                "blocked": self.update_blocked()}
 
     def status(self) -> dict[str, Any]:
         """What `pingan-edge status` shows: each part's own account of itself."""

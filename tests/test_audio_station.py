@@ -99,7 +99,7 @@ def test_panic_sounds_the_siren_then_tells_staff(broker, sink, start_station,
     if not puback_first:
         ls.let_go.set()  # the siren and the PUBACK in whichever order they come
     wait_until(lambda: station.uplink.connected)
-    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 10)
+    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 30)
     try:
         press_panic(station)
         alarm = wait_until(lambda: [e for e in township.unique_events()
@@ -143,7 +143,7 @@ def test_alarm_sent_follows_its_siren_when_the_puback_comes_first(
     heard: list[tuple[str, str]] = []
     ls.player.add_listener(lambda phase, play, _d: heard.append((play.sound, phase)))
     wait_until(lambda: station.uplink.connected)
-    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 10)
+    wait_until(lambda: ls.speech.ready("报警已发送") is not None, 30)
     try:
         press_panic(station)
         assert ls.asked.wait(5), "the press thread asked for the siren"
@@ -297,7 +297,7 @@ def test_link_down_alarm_is_saved_and_staff_are_told(own_broker, sink, start_sta
     station = start_station(own_broker.port, audio=AUDIO)
     wait_until(lambda: station.uplink.connected)
     ls = station.loudspeaker
-    wait_until(lambda: ls.speech.ready("网络中断，报警已保存，恢复后自动发送") is not None, 10)
+    wait_until(lambda: ls.speech.ready("网络中断，报警已保存，恢复后自动发送") is not None, 30)
     heard: list[tuple[str, str]] = []
     ls.player.add_listener(lambda phase, play, _d: heard.append((play.sound, phase)))
     own_broker.stop()

@@ -115,7 +115,7 @@ def test_connections_beyond_the_listener_limits_are_closed(tmp_path):
     station port is cut at max_connections, and stations get in again once it clears.
     (The loopback listener's limit works alike; it is not probed here because mosquitto
     2.0.11 miscounts a connection closed before CONNECT, as the start-up probe's is.)"""
-    town = TownshipBroker(tmp_path, changes={"max_connections 1000": "max_connections 3"})
+    town = TownshipBroker(tmp_path, changes={"max_connections 2500": "max_connections 3"})
     bundle = provision.add_station(town.town, "v001", "127.0.0.1")
     install_bundle(bundle, tmp_path / "unit")
     files = (tmp_path / "unit" / "ca.crt", tmp_path / "unit" / "station.crt",

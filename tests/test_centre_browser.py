@@ -124,7 +124,9 @@ def test_officer_clicks_a_whole_alarm_through(tmp_path, broker, driver, shots): 
                    "the whole screen flashes")
         driver.save_screenshot(str(shots / "2b-escalated.png"))
 
-        on_card(driver, lambda c: c.find_element(By.CSS_SELECTOR, "button.ack").click())
+        # The new alarm fills the screen (issue 19): acknowledged from there.
+        assert driver.find_element(By.ID, "alarm-overlay").is_displayed()
+        driver.find_element(By.ID, "overlay-ack").click()
         wait_until(lambda: s1.alarm.indicator.mode is Mode.ACKNOWLEDGED, 15,
                    "the station's LED shows acknowledged")
         wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#cards .station-ack"), 15,

@@ -160,7 +160,8 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
     pub.disconnect()
     wait_until(lambda: db.rows("SELECT id FROM console_event WHERE id = ?", good["id"]), 15,
                "the good event after the bad ones")
-    reasons = [r[0] for r in db.rows("SELECT reason FROM console_quarantined ORDER BY id")]
+    reasons = [json.loads(r[0])["en"] for r in db.rows(
+        "SELECT reason FROM console_quarantined ORDER BY id")]
     assert len(reasons) == 5, reasons
     assert reasons[0].startswith("not JSON")
     assert "schema" in reasons[1]
@@ -171,8 +172,9 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
     officer = centre.session("officer")
     wait_until(lambda: centre.alarms(officer), 15, "alarm after bad payloads")
     cards = officer.get(f"{centre.url}/cards", timeout=10).text
-    assert f'/snapshot/{person["id"]}.jpg' in cards
-    picture = officer.get(f"{centre.url}/snapshot/{person['id']}.jpg", timeout=10)
+    alarm_id = centre.alarms(officer)[0]["id"]
+    assert f'/alarm/{alarm_id}/snapshot.jpg' in cards
+    picture = officer.get(f"{centre.url}/alarm/{alarm_id}/snapshot.jpg", timeout=10)
     assert picture.headers["Content-Type"] == "image/jpeg"
     assert picture.content == jpeg.tobytes()
     # A real station's alarm still gets through.
@@ -180,7 +182,10 @@ def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations
     press(s1)
     wait_until(lambda: len(centre.alarms(officer)) == 2, 15, "alarm from a real station")
     # Shown to the admin (and the technician), not to a duty officer.
-    page = centre.session("admin").get(f"{centre.url}/quarantine", timeout=10)
+    admin = centre.session("admin")
+    page = admin.get(f"{centre.url}/quarantine", timeout=10)
+    assert page.ok and "过大" in page.text and "不是有效的 JSON" in page.text  # Chinese first
+    page = admin.get(f"{centre.url}/quarantine", cookies={"django_language": "en"}, timeout=10)
     assert page.ok and "oversized" in page.text and "not JSON" in page.text
     assert officer.get(f"{centre.url}/quarantine", timeout=10).status_code == 403
 

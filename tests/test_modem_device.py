@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from edge.config import ModemSection
 from edge.contract.events import ModemReport
 from edge.health import Health
-from edge.modem import pdu
-from edge.modem.at import AtChannel, AtError, AtTimeout, LineReader, Urc, unsolicited
 from edge.modem.device import Modem, PartResult, SmsJob
+from pingan_modem import pdu
+from pingan_modem.at import AtChannel, AtError, AtTimeout, LineReader, Urc, unsolicited
 from pingan_sim.modem import ModemSim, status_report
 
 

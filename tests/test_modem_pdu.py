@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from smspdudecoder.easy import read_outgoing_sms
 
-from edge.modem import pdu
+from pingan_modem import pdu
 from pingan_sim.modem import deliver, status_report
 
 

@@ -17,9 +17,9 @@ from gsmmodem import pdu as gsm_pdu
 
 from edge.config import Config
 from edge.contract.events import AlarmPanic, PanicPayload, decode_event, stamp
-from edge.modem import pdu
 from edge.modem.fallback import alarm_text, short_code
 from edge.station import Station
+from pingan_modem import pdu
 from pingan_sim.localbroker import free_port
 from pingan_sim.modem import ModemSim, complete_texts, copies
 

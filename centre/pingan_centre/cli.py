@@ -7,6 +7,7 @@ import sys
 
 from pingan_centre.broker.cli import add_parser as add_broker_parser
 from pingan_centre.console.cli import add_parsers as add_console_parsers
+from pingan_centre.release.cli import add_parser as add_release_parser
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,6 +15,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_console_parsers(sub)
     add_broker_parser(sub)
+    add_release_parser(sub)
     return p
 
 

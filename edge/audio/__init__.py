@@ -1,50 +1,23 @@
 """The ping'an loudspeaker: one player owns the output; clips, tones, speech and the
 microphone are its sources; `Loudspeaker` is the stage's face to the station, and
-`attach` builds it for one."""
+`attach` (edge/audio/stage.py) builds it for one.
+
+Imported on first use, so that a process that only reads text aloud (`python -m
+edge.audio.reading`, run per text by the station) starts without the audio stack.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from edge.audio.loudspeaker import Loudspeaker
-from edge.config import Config
-from edge.contract import commands
-from edge.contract.events import AudioPayload, AudioPlayback, text
-from edge.health import Health
-from edge.link.dispatch import Handlers
-from edge.store.recorder import Recorder
+if TYPE_CHECKING:
+    from edge.audio.stage import COMMANDS, attach
 
-COMMANDS = (commands.BroadcastPlay, commands.BroadcastStop, commands.ClipPut,
-            commands.ClipDelete, commands.ScheduleSet, commands.ScheduleClear,
-            commands.VolumeSet)
+__all__ = ["COMMANDS", "attach"]
 
 
-def attach(config: Config, pin_factory: Any, health: Health, recorder: Recorder,
-           handlers: Handlers, *, make: Callable[..., Loudspeaker] = Loudspeaker
-           ) -> Loudspeaker | None:
-    """The station's loudspeaker, its commands registered; None, and its commands refused,
-    when audio is off or its state cannot be opened in the data directory."""
-    loudspeaker = None
-    if config.audio.enabled:
-        def emit(payload: AudioPayload) -> None:
-            recorder.record(AudioPlayback(payload=payload, **recorder.identity()))
-
-        try:
-            loudspeaker = make(config.audio, config.data_dir, pin_factory=pin_factory,
-                               amp_pin=config.pins.amp_relay, health=health, emit=emit)
-        except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
-            health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
-                       f"loudspeaker cannot start (data directory): {exc}",
-                       action="see storage_unwritable; alarms are still sent")
-    if loudspeaker is None:
-        handlers.register(COMMANDS, _no_loudspeaker)
-    else:
-        loudspeaker.register(handlers)
-    return loudspeaker
-
-
-def _no_loudspeaker(cmd: commands.Command) -> dict[str, Any]:
-    raise commands.rejected(cmd, "audio_unavailable", text(
-        "本站未启用喇叭", "this station has no loudspeaker (audio.enabled = false)"))
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("edge.audio.stage"), name)
+    raise AttributeError(f"module 'edge.audio' has no attribute {name!r}")

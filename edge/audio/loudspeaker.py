@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.audio import tones
+from edge.audio import tones, tts
 from edge.audio.amplifier import Amplifier
 from edge.audio.clips import ClipError, ClipLibrary
 from edge.audio.output import AudioUnavailable, Output, check, use_null_device
@@ -27,7 +27,7 @@ from edge.audio.ptt import PushToTalk
 from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
 from edge.audio.sound import Sound, release
 from edge.audio.store import AudioStore
-from edge.audio.tts import PROMPTS, EspeakNg, Speech, TtsError
+from edge.audio.tts import PROMPTS, Speech, TtsError
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
 from edge.contract import commands
 from edge.contract.commands import rejected
@@ -64,7 +64,7 @@ class Loudspeaker:
         self.clips = ClipLibrary(data_dir / "clips", audio.clip_max_bytes,
                                  total_bytes=audio.clips_total_bytes, max_clips=audio.clips_max)
         self.store = AudioStore(data_dir / "audio.db")
-        self.speech = Speech(EspeakNg(audio.tts_voice), data_dir / "tts-cache", rate,
+        self.speech = Speech(tts.engine(audio), data_dir / "tts-cache", rate,
                              max_bytes=audio.tts_cache_bytes,
                              max_entries=audio.tts_cache_entries,
                              max_render_bytes=TTS_RENDER_MAX_BYTES)
@@ -105,8 +105,7 @@ class Loudspeaker:
     def _render_prompts(self) -> None:
         """Render the staff prompts once (cached on disk) so a press never waits for TTS."""
         try:
-            for zh, _en in PROMPTS.values():
-                self.speech.prompt(zh)
+            self.speech.prompts([zh for zh, _en in PROMPTS.values()])
             self._health.clear("tts_unavailable")
         except (TtsError, OSError, RuntimeError) as exc:  # no espeak-ng, disk full, ...
             self._health.set("tts_unavailable", f"语音合成不可用，提示音将不播放：{exc}",

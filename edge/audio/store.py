@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from edge.contract.commands import ScheduleSet
-from edge.store import private
+from edge.store import private, schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -28,6 +28,7 @@ class AudioStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        schema.adopt(self._db, "audio.db")
 
     def close(self) -> None:
         with self._lock:

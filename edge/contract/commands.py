@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edge.contract.events import ErrorInfo, EventId, Text, text
+from edge.contract.release import COMPATIBLE, Release
+from edge.contract.release import Version as ReleaseVersion
 
 CmdId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                     pattern=r"^[A-Za-z0-9._:-]+$(?!\n)")]
@@ -146,11 +148,38 @@ class CameraDisarm(CommandBase, tag="camera.disarm", kw_only=True):
 
 CameraCommand = CameraArm | CameraDisarm
 
+# --- updates (edge/update/) -------------------------------------------------------
+
+class UpdateOffer(CommandBase, tag="update.offer", kw_only=True):
+    """A release for this unit, as the signing PC described and signed it (the console
+    passes it on; it never holds the key). The unit checks `signature` (DER CMS, base64,
+    over edge.contract.release.canonical of the other fields) against the keyring it was
+    flashed with, downloads `url` (the township's own HTTP server) with a bandwidth cap,
+    resuming after a drop, checks `size` and `sha256`, installs into the other root slot
+    and reboots into it once; `update.*` events say how it went."""
+
+    version: ReleaseVersion
+    url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048,
+                                     pattern=r"^https?://[^\s]+$(?!\n)")]
+    size: Annotated[int, msgspec.Meta(ge=1, le=4 << 30)]
+    sha256: Sha256
+    min_data_schema: Annotated[int, msgspec.Meta(ge=1, le=1000)]
+    # Set only by the signing PC for a release allowed to replace a newer one.
+    rollback: bool = False
+    compatible: Annotated[str, msgspec.Meta(max_length=64)] = COMPATIBLE
+    signature: Annotated[bytes, msgspec.Meta(max_length=16384)]
+
+    def release(self) -> Release:
+        return Release(compatible=self.compatible, version=self.version, size=self.size,
+                       sha256=self.sha256, min_data_schema=self.min_data_schema,
+                       rollback=self.rollback)
+
+
 Command = (AlarmAck | StateGet | BroadcastPlay | BroadcastStop | ClipPut | ClipDelete
-           | ScheduleSet | ScheduleClear | VolumeSet | CameraArm | CameraDisarm)
+           | ScheduleSet | ScheduleClear | VolumeSet | CameraArm | CameraDisarm | UpdateOffer)
 KNOWN = {str(cls.__struct_config__.tag) for cls in (
     AlarmAck, StateGet, BroadcastPlay, BroadcastStop, ClipPut, ClipDelete, ScheduleSet,
-    ScheduleClear, VolumeSet, CameraArm, CameraDisarm)}
+    ScheduleClear, VolumeSet, CameraArm, CameraDisarm, UpdateOffer)}
 
 _decoder = msgspec.json.Decoder()
 

@@ -16,7 +16,21 @@ import msgspec
 
 from edge.clock import clock_synced, now_iso
 
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Every identifier a station sends is matched in full against a documented pattern: the
+# township stores it, puts it in URLs and HTML ids, and a `/` or a newline in one broke
+# the duty screen (issue 19). `$(?!\n)`: Python's `$` also matches before a final newline.
+EventId = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$(?!\n)")]
+# A station or township id: the same rule as station.toml's (edge.config.Id).
+StationId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$(?!\n)")]
+# ISO 8601 with a zone, as edge.clock.now_iso writes it (the township stores 40 characters).
+Timestamp = Annotated[str, msgspec.Meta(
+    max_length=40,
+    pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+            r"(Z|[+-][0-9]{2}:[0-9]{2})$(?!\n)")]
+# A machine-readable code (a problem's, a status's): lower case, digits, `_ . -`.
+Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$(?!\n)")]
+Version = Annotated[str, msgspec.Meta(max_length=40)]
 
 
 class Priority(IntEnum):
@@ -41,12 +55,14 @@ class Text(_Shape):
 
 class EventBase(_Shape, tag_field="type", kw_only=True):
     id: EventId
-    station: str
-    township: str
+    station: StationId
+    township: StationId
     # Per-station sequence number, assigned when the outbox commits the event.
-    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     priority: Annotated[int, msgspec.Meta(ge=0, le=3)]
-    ts: str
+    # The station's clock: shown as unreliable while `clock_synced` is false. The
+    # township orders what a station sends by arrival, never by this.
+    ts: Timestamp
     clock_synced: bool
 
 
@@ -72,7 +88,7 @@ class ButtonBroadcast(EventBase, tag="button.broadcast", kw_only=True):
 
 
 class StatusPayload(_Shape):
-    code: str
+    code: Code
     level: Literal["info", "warning", "error"]
     message: Text
     detail: dict[str, Any] = {}
@@ -212,14 +228,86 @@ class AlarmSms(EventBase, tag="alarm.sms", kw_only=True):
     payload: AlarmSmsPayload
 
 
+class UpdatePayload(_Shape):
+    """One step of an update (edge/update/): offered → downloading (percent) → verified →
+    installed → rebooting → committed; or refused / failed / rolled_back, with why."""
+
+    # The release this is about, and the one the unit ran when it happened.
+    version: str
+    running: str
+    # The township's update.offer id; None for `pingan-edge update apply` on site.
+    cmd_id: str | None = None
+    source: Literal["township", "on_site"] = "township"
+    percent: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # refused/failed/rolled_back: a code to count (wrong_key, hash_mismatch, truncated,
+    # downgrade, already_running, bad_signature, incompatible, data_schema, busy,
+    # download_failed, install_failed, unhealthy, crashed) and what a person reads.
+    code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    reason: Text | None = None
+    # committed/rolled_back: the checks behind the decision.
+    checks: dict[str, bool] = {}
+
+
+class _UpdateEvent(EventBase, kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: UpdatePayload
+
+
+class UpdateOffered(_UpdateEvent, tag="update.offered", kw_only=True):
+    pass
+
+
+class UpdateDownloading(_UpdateEvent, tag="update.downloading", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.TELEMETRY
+
+
+class UpdateVerified(_UpdateEvent, tag="update.verified", kw_only=True):
+    pass
+
+
+class UpdateInstalled(_UpdateEvent, tag="update.installed", kw_only=True):
+    pass
+
+
+class UpdateRebooting(_UpdateEvent, tag="update.rebooting", kw_only=True):
+    pass
+
+
+class UpdateCommitted(_UpdateEvent, tag="update.committed", kw_only=True):
+    pass
+
+
+class UpdateRolledBack(_UpdateEvent, tag="update.rolled_back", kw_only=True):
+    pass
+
+
+class UpdateRefused(_UpdateEvent, tag="update.refused", kw_only=True):
+    pass
+
+
+class UpdateFailed(_UpdateEvent, tag="update.failed", kw_only=True):
+    pass
+
+
+UpdateEvent = (UpdateOffered | UpdateDownloading | UpdateVerified | UpdateInstalled
+               | UpdateRebooting | UpdateCommitted | UpdateRolledBack | UpdateRefused
+               | UpdateFailed)
+UPDATE_EVENTS: dict[str, type[_UpdateEvent]] = {
+    str(cls.__struct_config__.tag): cls for cls in (
+        UpdateOffered, UpdateDownloading, UpdateVerified, UpdateInstalled, UpdateRebooting,
+        UpdateCommitted, UpdateRolledBack, UpdateRefused, UpdateFailed)}
+
 Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
-         | AlarmSms | Selftest)
+         | AlarmSms | Selftest | UpdateOffered | UpdateDownloading | UpdateVerified
+         | UpdateInstalled | UpdateRebooting | UpdateCommitted | UpdateRolledBack
+         | UpdateRefused | UpdateFailed)
 
 
 class Problem(_Shape):
-    code: str
+    code: Code
     message: Text
-    since: str
+    since: Timestamp
     # Machine-readable figures behind the message (e.g. `outbox_corrupt`'s counts).
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -227,22 +315,26 @@ class Problem(_Shape):
 class StationState(_Shape):
     """Retained on `…/state`; the Last Will carries the same shape with online=false."""
 
-    station: str
-    township: str
+    station: StationId
+    township: StationId
     online: bool
-    version: str
+    version: Version
     # When the station published this state. None in the Last Will: the broker sends that
     # when the station vanished, at a time the station could not know when it set it.
-    ts: str | None
+    ts: Timestamp | None
     clock_synced: bool
-    pending: int | None = None
+    # Events not yet delivered (the township keeps a 32-bit integer).
+    pending: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)] | None = None
     problems: list[Problem] = []
     # Running totals since start (e.g. camera_motion_without_person), see Health.count.
     counters: dict[str, int] = {}
+    # The station's own name (station.toml's [station] name), shown on the duty cards
+    # beside the village; "" from stations before issue 19.
+    name: Annotated[str, msgspec.Meta(max_length=100)] = ""
 
 
 class ModemReport(_Shape):
-    """What the modem said about itself, validated and bounded (edge/modem/signal.py)."""
+    """What the modem said about itself, validated and bounded (pingan_modem/signal.py)."""
 
     state: Literal["starting", "ok", "absent", "sim_locked", "silent"]
     model: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -279,6 +371,9 @@ class HealthReport(_Shape):
     throttled: int | None
     modem: ModemReport | None
     sms_held_back: int = 0
+    # Size of the data directory's file system (null from a station older than this
+    # field): with disk_free_mb, the township's "disk under 10 %".
+    disk_total_mb: int | None = None
 
 
 _id_lock = threading.Lock()

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from edge.contract import topics
 from edge.contract.commands import Command
 from edge.contract.events import Event, HealthReport, StationState
 
@@ -34,7 +35,7 @@ def generate() -> dict[str, dict[str, Any]]:
     return out
 
 
-def render(schema: dict[str, Any]) -> str:
+def render(schema: Any) -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
         outdir.mkdir(parents=True, exist_ok=True)
         for name, schema in generate().items():
             (outdir / f"{name}.schema.json").write_text(render(schema), encoding="utf-8")
+        # The topic table, for the township's copy (pingan_centre.topics).
+        (outdir / "topics.json").write_text(render(topics.as_json()), encoding="utf-8")
     return 0
 
 

@@ -90,12 +90,13 @@ class Telemetry:
     def report(self) -> HealthReport:
         cfg = self._config
         oldest = self._outbox.oldest_pending_age()
+        disk = shutil.disk_usage(cfg.data_dir)
         return HealthReport(
             station=cfg.station.id, township=cfg.station.township, ts=now_iso(),
             version=__version__, clock_synced=clock_synced(),
             uptime_s=int(time.monotonic() - self._started), cpu_temp_c=cpu_temp_c(),
             load1=round(os.getloadavg()[0], 2), mem_avail_mb=mem_avail_mb(),
-            disk_free_mb=shutil.disk_usage(cfg.data_dir).free // (1 << 20),
+            disk_free_mb=disk.free // (1 << 20), disk_total_mb=disk.total // (1 << 20),
             outbox_pending=self._outbox.pending_count(),
             outbox_oldest_s=None if oldest is None else int(oldest),
             reconnects=max(0, self._uplink.connects - 1),

@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -52,7 +53,14 @@ from edge.store.outbox import Outbox, Stored
 
 logger = logging.getLogger("edge.uplink")
 
-_STATE = object()  # marks a state publish in the in-flight table
+
+
+@dataclass(frozen=True, slots=True)
+class _Latest:
+    """Marks a state or health publish (not from the outbox) in the in-flight table."""
+
+    topic: str
+
 MAX_REFUSALS = 3
 # A commit of at most this many rows is handed to paho by the outbox writer itself.
 DIRECT_MAX = 4
@@ -123,13 +131,14 @@ class Uplink:
         self._connected = False
         self._stopping = threading.Event()
         self._closing = threading.Event()
-        self._inflight: dict[int, Stored | object] = {}
+        self._inflight: dict[int, Stored | _Latest] = {}
         self._early: dict[int, ReasonCode] = {}
         self._cursor: dict[int, int] = {}
         self._retry: list[Stored] = []
         self._rejected: list[Stored] = []
         self._rejected_due: float | None = None  # monotonic time to resend _rejected
         self._refusals: dict[int, int] = {}  # seq → refusals so far
+        self._refused_topics: dict[str, str] = {}  # topic → the broker's last refusal
         self._parked: list[str] = []  # the type of each row parked by this process
         self._accepted = False  # a CONNACK arrived since the last connect attempt
         self.connects = 0  # accepted connections since start (health: reconnects)
@@ -212,7 +221,7 @@ class Uplink:
         if not self._connected:
             return False
         info = self._publish(topic, body, retain=True)
-        self._track(info.mid, _STATE)
+        self._track(info.mid, _Latest(topic))
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _publish(self, topic: str, body: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
@@ -314,6 +323,7 @@ class Uplink:
             pending=self._outbox.pending_count() if online else None,
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},
+            name=self._config.station.name[:100],
         ))
 
     def _run_net(self) -> None:
@@ -392,7 +402,7 @@ class Uplink:
         self._check_certificate()
         self._health.clear("uplink_down")
         self._health.clear("uplink_refused")
-        client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
+        client.subscribe(self.topics.subscriptions())
         with self._wake:
             # Once per connect, by the pump, first in its next round; the health changes
             # just above asked for it too and coalesce into this one.
@@ -432,7 +442,7 @@ class Uplink:
                 self._wake.notify()
         self._acked(entry, reason)
 
-    def _track(self, mid: int, entry: Stored | object) -> None:
+    def _track(self, mid: int, entry: Stored | _Latest) -> None:
         with self._wake:
             reason = self._early.pop(mid, None)
             if reason is None:
@@ -440,7 +450,9 @@ class Uplink:
                 return
         self._acked(entry, reason)
 
-    def _acked(self, entry: Stored | object, reason: ReasonCode) -> None:
+    def _acked(self, entry: Stored | _Latest, reason: ReasonCode) -> None:
+        topic = entry.topic if isinstance(entry, _Latest) else self.topics.for_type(entry.type)
+        self._topic_refused(topic, reason, logged=isinstance(entry, Stored))
         if not isinstance(entry, Stored):
             return
         if reason.is_failure:
@@ -450,6 +462,37 @@ class Uplink:
         if self._refusals.pop(entry.seq, None) is not None:
             self._clear_refused()
         self._on_delivered(entry)
+
+    def _topic_refused(self, topic: str, reason: ReasonCode, logged: bool) -> None:
+        """Any PUBACK ≥ 0x80 is the `publish_refused` problem, naming the topic and the
+        reason, until a publish on that topic is accepted again. (Refused events also
+        follow the retry and parking rules of `publish_rejected` below, which logs them:
+        `logged`.)"""
+        if not reason.is_failure and not self._refused_topics:
+            return  # the usual case, on every PUBACK: no lock
+        with self._wake:
+            before = dict(self._refused_topics)
+            if reason.is_failure:
+                self._refused_topics[topic] = f"{reason} ({reason.value})"
+            else:
+                self._refused_topics.pop(topic, None)
+            now = dict(self._refused_topics)
+        if now == before:
+            return
+        if not now:
+            self._health.clear("publish_refused")
+            return
+        if reason.is_failure and not logged:
+            log(logger, "error", "uplink.publish_refused", topic=topic, reason=str(reason),
+                code=reason.value, action="the township broker's ACL refuses this topic: "
+                "check the station id, its certificate and the township ACL")
+        listed = "; ".join(f"{t}: {r}" for t, r in sorted(now.items()))
+        self._health.set(
+            "publish_refused", f"乡镇平台拒收发布：{listed}",
+            f"the township broker refused publishing to {listed}",
+            action="check the station id, its certificate and the township ACL "
+                   "(pingan-centre broker acl)",
+            detail={"refused": [{"topic": t, "reason": r} for t, r in sorted(now.items())]})
 
     def _refused(self, entry: Stored, reason: ReasonCode) -> None:
         retry_in = self._config.uplink.backoff_max_s
@@ -552,7 +595,7 @@ class Uplink:
                     next_state = time.monotonic() + interval
                     info = self._publish(self.topics.state, self._state_payload(True),
                                          retain=True)
-                    self._track(info.mid, _STATE)
+                    self._track(info.mid, _Latest(self.topics.state))
                     room -= 1
                 asked = max(0, room - len(retry))
                 fetched = self._outbox.pending(self._cursor, asked)

@@ -5,12 +5,12 @@ else ever waits on the modem: `send_sms` queues and returns at once. The worker:
 
 - opens the port (absent → problem `modem_absent`, retried with back-off); a modem left
   waiting for an SMS body by a host that died is sent ESC first;
-- detects the model (`ATI`, `AT+CGMM`) and takes its profile (edge/modem/profiles.py):
+- detects the model (`ATI`, `AT+CGMM`) and takes its profile (pingan_modem/profiles.py):
   ICCID commands tried in turn, the serving-cell command, the soft reset, where
   delivery reports are kept (the EC25 announces `+CDSI: "SM"` but stores in "SR");
 - checks the SIM (not ready → `modem_sim`), sets PDU mode and the URCs it wants;
 - polls signal, registration and operator every `modem.poll_s`; every value is
-  validated and bounded (edge/modem/signal.py);
+  validated and bounded (pingan_modem/signal.py);
 - on any vendor's boot notice (`RDY`, `^SYSSTART`, ...) or its echo coming back (the
   modem restarted by itself) sets everything up again;
 - on a command timeout climbs the recovery ladder: AT ping, the profile's soft reset and
@@ -42,9 +42,9 @@ from edge.config import ModemSection
 from edge.contract.events import ModemReport
 from edge.health import Health
 from edge.logs import log
-from edge.modem import pdu, profiles, signal
-from edge.modem.at import AtChannel, AtError, AtTimeout, PortGone, Urc
-from edge.modem.profiles import PROFILES, Profile, detect
+from pingan_modem import pdu, profiles, signal
+from pingan_modem.at import AtChannel, AtError, AtTimeout, PortGone, Urc
+from pingan_modem.profiles import PROFILES, Profile, detect
 
 logger = logging.getLogger("edge.modem")
 

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -61,10 +59,14 @@ from edge.contract.events import (
 from edge.health import Health
 from edge.link.uplink import Uplink
 from edge.logs import log
-from edge.modem import pdu
 from edge.modem.device import Modem, PartResult, SmsJob
-from edge.store import private
+from edge.store import private, schema
 from edge.store.outbox import Outbox
+from pingan_modem import pdu
+from pingan_modem.rules import normalise as normalise
+from pingan_modem.rules import permanent as permanent
+from pingan_modem.rules import retry_after as _retry_after
+from pingan_modem.rules import short_code as short_code
 
 logger = logging.getLogger("edge.modem.fallback")
 
@@ -72,20 +74,11 @@ _POLL_S = 1.0
 _SCAN_LIMIT = 200  # pending rows read per look: alarms come first in drain order
 _KEEP_S = 90 * 86400  # rows kept as the local record of what went by SMS
 _LIMIT_CHECK_S = 60.0  # how often to see whether sms_rate_limited has cleared
-_RETRY_BASE_S = 1.0  # a part refused for a temporary reason: tried again after 1, 2, 4 ...
-_RETRY_MAX_S = 300.0  # ... up to 5 min apart
 _GIVE_UP_S = 86400.0  # for as long as the SMS would be valid (TP-VP 24 h)
 _REPORT_WINDOW_S = 2 * 86400.0  # alarms whose alarm.sms is checked again at a start
-_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read over the phone
 _SOURCES = {"button": ("一键报警按钮", "panic button"),
             "simulator": ("模拟报警", "simulated alarm"),
             "selftest": ("自检报警", "self-test alarm")}
-
-
-def short_code(alarm_id: str) -> str:
-    """Six characters an officer can read out; the `alarm.sms` event carries it too."""
-    digest = hashlib.sha256(alarm_id.encode()).digest()
-    return "".join(_CODE_ALPHABET[b % len(_CODE_ALPHABET)] for b in digest[:6])
 
 
 def alarm_text(config: Config, alarm: AlarmPanic) -> str:
@@ -101,39 +94,12 @@ def alarm_text(config: Config, alarm: AlarmPanic) -> str:
             f"ALARM {name}, {village}: {kind_en}, {when:%Y-%m-%d %H:%M}. Code {code}.")
 
 
-def normalise(number: str) -> str:
-    """Compare numbers by their last 11 digits: +86 13800138000 == 13800138000."""
-    return "".join(c for c in number if c.isdigit())[-11:]
-
-
 def _alarm_wall_s(alarm_id: str) -> float:
     """A UUIDv7 starts with its unix-ms creation time."""
     try:
         return (uuid.UUID(alarm_id).int >> 80) / 1000.0
     except ValueError:
         return time.time()
-
-
-# RP causes (TS 24.011 Table 8.4), TP-FCS (TS 23.040 §9.2.3.22) and ME errors (TS 27.005
-# §3.2.5) that no retry can mend: the number is unassigned, barred or unknown, or the
-# PDU itself is refused. Everything else (+CMS ERROR: 500 unknown, 38 network out of
-# order, 41/42 temporary failure / congestion, 331/332 no network / timeout, ERROR, a
-# hung modem) is tried again.
-_PERMANENT_CMS = frozenset(
-    {1, 8, 10, 21, 28, 29, 30, 50, 69, 95, 96, 97, 99}
-    | set(range(0x80, 0xB1)) | {0xC1, 0xC3, 0xC4, 0xC6, 0xC7}
-    | {303, 304, 305})
-_CMS = re.compile(r"^\+CMS ERROR:\s*(\d{1,4})\s*$")
-
-
-def permanent(error: str) -> bool:
-    """Whether a modem's refusal of an SMS part is final for that number."""
-    m = _CMS.match(error)
-    return m is not None and int(m.group(1)) in _PERMANENT_CMS
-
-
-def _retry_after(attempts: int) -> float:
-    return float(min(_RETRY_MAX_S, _RETRY_BASE_S * 2 ** max(0, min(attempts - 1, 16))))
 
 
 class SmsLog:
@@ -178,6 +144,7 @@ class SmsLog:
                              "parts INTEGER NOT NULL, kind TEXT NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, "
                              "value INTEGER NOT NULL)")
+            schema.adopt(self._db, "sms.db")
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 # Stopped or killed while a part was at the modem: it may have gone, or

@@ -46,7 +46,7 @@ from edge.clock import now_iso
 from edge.contract.events import Event, Priority, encode
 from edge.health import Health
 from edge.logs import log
-from edge.store import private, repair
+from edge.store import private, repair, schema
 from edge.store.repair import Damage, Salvage
 from edge.store.seqmark import Mark, SeqMark
 
@@ -348,6 +348,7 @@ class Outbox:
             if_not_exists=True,
         )
         db["meta"].create({"key": str, "value": int}, pk="key", if_not_exists=True)  # type: ignore[union-attr]
+        schema.adopt(self._write, "outbox.db")
         # sqlite-utils has no partial indexes: the drain query only ever reads pending rows.
         with self._write:
             self._write.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_id ON events(id)")

@@ -8,6 +8,7 @@ packages=(
     python3 python3-venv espeak-ng libportaudio2 libasound2 alsa-utils
     ca-certificates iproute2 iputils-ping wpasupplicant
     e2fsprogs dosfstools fdisk cloud-guest-utils util-linux sudo less
+    rauc openssl  # updates (issue 22): RAUC and its bundles' signature checks
 )
 # Debian as it is today, or as snapshot.debian.org kept it at DEBIAN_SNAPSHOT
 # (build-image --snapshot 20261201T000000Z): the same packages on every rebuild.

@@ -10,9 +10,11 @@ pipwhl="$(cd "$root/tmp/wheelhouse" && ls pip-*.whl)"
 chroot "$root" /opt/pingan-edge/bin/python "/tmp/wheelhouse/$pipwhl/pip" install -q \
     --disable-pip-version-check --no-index --find-links /tmp/wheelhouse --no-compile \
     --require-hashes --no-deps -r /tmp/wheelhouse/unit-aarch64.txt
-# The project's own wheel has no hash in the lock; its dependencies are the set above.
+# The project's own wheels (the unit and its modem protocol) have no hash in the lock;
+# their dependencies are the set above.
 chroot "$root" /opt/pingan-edge/bin/pip install -q --disable-pip-version-check --no-index \
-    --no-compile --no-deps "/tmp/wheelhouse/$(cd "$root/tmp/wheelhouse" && ls pingan_edge-*.whl)"
+    --no-compile --no-deps "/tmp/wheelhouse/$(cd "$root/tmp/wheelhouse" && ls pingan_edge-*.whl)" \
+    "/tmp/wheelhouse/$(cd "$root/tmp/wheelhouse" && ls pingan_modem-*.whl)"
 chroot "$root" /opt/pingan-edge/bin/pip check
 # Nothing more and nothing less than the lock (and the project itself).
 chroot "$root" /opt/pingan-edge/bin/python /tmp/wheelhouse/venv-matches-lock \

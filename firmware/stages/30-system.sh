@@ -4,6 +4,12 @@ root="$WORK/rootfs"
 data="$WORK/data"
 cp -a "$FIRMWARE/rootfs/." "$root/"
 install -m 0644 "$REPO/systemd/pingan-edge.service" "$root/etc/systemd/system/pingan-edge.service"
+# Updates (issue 22): the commit after a tried boot, the station's tryboot request, the
+# release this root holds (edge/update/updater.py reads it).
+for unit in pingan-edge-update-commit.service pingan-edge-tryboot.path pingan-edge-tryboot.service; do
+    install -m 0644 "$REPO/systemd/$unit" "$root/etc/systemd/system/$unit"
+done
+echo "$VERSION" > "$root/etc/pingan-edge-release"
 chmod 0440 "$root/etc/sudoers.d/technician"
 chroot "$root" sh -ec '
     getent group gpio >/dev/null || groupadd --system gpio
@@ -17,7 +23,8 @@ chroot "$root" sh -ec '
     passwd -l root >/dev/null
     passwd -l technician >/dev/null
     systemctl enable systemd-networkd systemd-resolved systemd-timesyncd \
-        pingan-firstboot.service pingan-edge.service
+        pingan-firstboot.service pingan-edge.service \
+        pingan-edge-update-commit.service pingan-edge-tryboot.path
     systemctl disable wpa_supplicant.service  # the D-Bus one; wlan0 gets its own via udev
     systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
         fstrim.timer systemd-rfkill.service systemd-rfkill.socket

@@ -9,7 +9,8 @@ Faults and habits on demand: slow replies, URCs in the middle of a reply, status
 submission), hanging until the profile's reset or until a power cycle (through a
 gpiozero MockFactory pin), resetting by itself, changing profile mid-run (`become`),
 holding at a chosen step of an SMS submission (`hold_at`), vanishing, and the EC25's
-delivery reports announced as +CDSI: "SM" but stored in "SR".
+delivery reports announced as +CDSI: "SM" but stored in "SR". With `phones_file`, what
+the phones received is appended there as text (`pingan-sim run`: watch the SMS land).
 
 Status reports and incoming SMS-DELIVER PDUs are built here by hand, and the SMS-SUBMIT
 PDUs the station sends are kept raw for the tests to decode with another library.
@@ -25,6 +26,7 @@ import threading
 import time
 import tty
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gsmmodem import pdu as gsm_pdu
@@ -136,8 +138,11 @@ class Submitted:
 class ModemSim:
     def __init__(self, profile: str = "EC25", *, sim: str = "READY", cdsi_quirk: bool = False,
                  report_status: int | None = 0, report_delay_s: float = 0.05,
-                 slow_s: float = 0.0, rdy_delay_s: float = 0.2, power_pin: Any = None) -> None:
+                 slow_s: float = 0.0, rdy_delay_s: float = 0.2, power_pin: Any = None,
+                 phones_file: Path | None = None) -> None:
         self.profile = profile
+        # What the phones received, appended as text (bin/sim: watch the SMS land).
+        self.phones_file = phones_file
         self.spec = PROFILES[profile]
         self.sim = sim
         self.cdsi_quirk = cdsi_quirk
@@ -166,6 +171,7 @@ class ModemSim:
         self.hold_at: tuple[str, int] | None = None
         self.held = threading.Event()
         self._release = threading.Event()
+        self._phone_parts: dict[tuple[str, int, int], dict[int, str]] = {}
         self._cmgs_seen = 0
         self._bodies = 0
         self._mem = "SM"
@@ -422,9 +428,42 @@ class ModemSim:
             mr = self._mr
             self.submitted.append(Submitted(length, body.strip(), mr, time.monotonic()))
         self._reply([f"+CMGS: {mr}"])
+        if self.phones_file is not None:
+            self._to_phone(body.strip())
         if self.report_status is not None:
             number = gsm_pdu.decodeSmsPdu(body.strip())["number"]
             self._later(self.report_delay_s, self.report, mr, number, self.report_status)
+
+
+    def _to_phone(self, hexpdu: str) -> None:
+        """Append what the phone shows to `phones_file`: a message once its last part
+        came, a part that came again as such (the officer would read it twice)."""
+        assert self.phones_file is not None
+        try:
+            d = gsm_pdu.decodeSmsPdu(hexpdu)
+        except Exception as exc:  # the station sent something no phone can read
+            entry = f"undecodable PDU {hexpdu[:40]}...: {exc}\n\n"
+        else:
+            udh = d.get("udh") or []
+            ref, count, number = (udh[0].reference, udh[0].parts, udh[0].number) if udh \
+                else (-1, 1, 1)
+            key = (d["number"], ref, count)
+            with self._lock:
+                parts = self._phone_parts.setdefault(key, {})
+                again = number in parts
+                parts.setdefault(number, d["text"])
+                whole = not again and len(parts) == count
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            if again:
+                entry = f"{when} to {d['number']}: part {number}/{count} again (a duplicate)\n\n"
+            elif whole:
+                units = "".join(parts[i] for i in range(1, count + 1))
+                text = units.encode("utf-16-be", "surrogatepass").decode("utf-16-be", "replace")
+                entry = f"{when} to {d['number']} ({count} part{'s' * (count > 1)}):\n{text}\n\n"
+            else:
+                return
+        with contextlib.suppress(OSError), self.phones_file.open("a", encoding="utf-8") as f:
+            f.write(entry)
 
 
 # --- what the phones received (decoded by python-gsmmodem, not the project's codec) ---

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pingan_centre import topics
+
 STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Centre accounts: `centre.<name>`; the dot keeps them apart from every station id.
 ACCOUNT = re.compile(r"[a-z0-9][a-z0-9_-]{0,30}\.[a-z0-9][a-z0-9_-]{0,30}")
@@ -52,28 +54,27 @@ _BACKDATE = dt.timedelta(days=1)
 # generated password (144 bits) needs no stretching: the rounds guard chosen ones.
 PBKDF2_ROUNDS = 100_000
 
-# The township broker's ACL (broker_config/acl is this for t01). A station's MQTT
-# username is its certificate CN, `<township>/<station>` (use_identity_as_username), so
-# `pingan/v1/%u/...` is exactly its own topic tree: it cannot write under another
-# township or station. The township's `all` commands need the literal township.
-ACL_TEMPLATE = """\
+# The township broker's ACL (broker_config/acl is this for t01), made from the topic
+# table (edge.contract.topics.TABLE). A station's MQTT username is its certificate CN,
+# `<township>/<station>` (use_identity_as_username), so `pingan/v1/%u/...` is exactly its
+# own topic tree: it cannot write under another township or station. The township's `all`
+# commands need the literal township.
+ACL_HEAD = """\
 # Ping'an township ACL for township {township} (mosquitto acl_file), written by
-# `pingan-centre broker init` and `add-account` into /etc/mosquitto/pingan/acl.
+# `pingan-centre broker init` and `add-account` into /etc/mosquitto/pingan/acl from the
+# topic table (edge/contract/topics.py, docs/topics.md): nothing else is allowed.
 # A station's username is its certificate CN = `<township>/<station>`
 # (use_identity_as_username), so %u below is the station's own topic path: a unit can
-# speak only as itself, and only in its own township. Topic layout: docs/topics.md.
+# speak only as itself, and only in its own township.
 
-# Every station: publish its own events, state (retained; also its Last Will, which the
-# broker checks against these same rules) and command results...
-pattern write pingan/v1/%u/events
-pattern write pingan/v1/%u/state
-pattern write pingan/v1/%u/cmd/result
-# ...and read only its own commands and its township's township-wide ones.
-pattern read pingan/v1/%u/cmd
-pattern read pingan/v1/{township}/all/cmd
+# Every station: publish what the table says a station publishes (the retained state is
+# also its Last Will, which the broker checks against these same rules); read only its
+# own commands and its township's township-wide ones.
+{station_rules}
 
 # The centre's services (password accounts on the loopback listener; the dot in the
-# name means no station certificate can ever carry it): read the township, command it.
+# name means no station certificate can ever carry it): read what the table says the
+# centre reads, command the stations.
 """
 
 
@@ -389,12 +390,13 @@ def accounts(town: Township) -> list[str]:
 
 
 def acl_text(township: str, centre_accounts: list[str]) -> str:
-    """The township broker's ACL: a station writes only under its own certificate name,
-    `<township>/<station>`, and reads its own and its township's `all` commands."""
-    head = ACL_TEMPLATE.format(township=township)
-    blocks = [f"user {name}\ntopic read pingan/v1/{township}/#\n"
-              f"topic write pingan/v1/{township}/+/cmd\ntopic read $SYS/#\n"
-              for name in centre_accounts]
+    """The township broker's ACL, from the topic table: a station writes only under its
+    own certificate name, `<township>/<station>`, and reads its own and its township's
+    `all` commands; each centre account reads and commands the township."""
+    head = ACL_HEAD.format(township=township,
+                           station_rules="\n".join(topics.acl_station_rules(township)))
+    centre = "".join(f"{line}\n" for line in topics.acl_party_rules(topics.CENTRE, township))
+    blocks = [f"user {name}\n{centre}topic read $SYS/#\n" for name in centre_accounts]
     return head + "\n".join(blocks)
 
 

@@ -47,6 +47,26 @@ DEFAULT_LADDER = (
 
 
 @dataclass(frozen=True)
+class SmsConfig:
+    """The `[sms]` table: a 4G modem on the centre PC that texts the officers on duty
+    (the `sms` notifier of the escalation ladder; pingan_centre/console/sms.py)."""
+
+    # The modem's AT port, opened by URL: /dev/ttyUSB2, rfc2217://host:port, a pty.
+    # "" (the default): no modem, and a rung that names `sms` only logs it.
+    port: str = ""
+    baudrate: int = 115200
+    # Rate limits in SMS parts (what the operator bills), per rolling hour and day.
+    per_hour: int = 60
+    per_day: int = 300
+    command_timeout_s: float = 5.0
+    sms_timeout_s: float = 30.0
+    # A part refused for a temporary reason is tried again after 1, 2, 4 ... s, up to this.
+    retry_max_s: float = 300.0
+    # Parts not sent within this are given up (the validity the SMS asks for: 24 h).
+    give_up_s: float = 86400.0
+
+
+@dataclass(frozen=True)
 class CentreConfig:
     data_dir: Path
     database: str = ""
@@ -68,6 +88,7 @@ class CentreConfig:
     debug: bool = False
     escalation: tuple[Step, ...] = field(default_factory=lambda: DEFAULT_LADDER)
     webhook_url: str = ""
+    sms: SmsConfig = field(default_factory=SmsConfig)
     # Station id -> village name, applied when a station is first seen (admin can edit).
     villages: dict[str, str] = field(default_factory=dict)
     # The TOML file this was read from ("" for none), to name it in errors.
@@ -118,9 +139,30 @@ def load(path: str | None = None) -> CentreConfig:
         debug=bool(raw.get("debug", False)),
         escalation=ladder,
         webhook_url=raw.get("webhook_url", ""),
+        sms=_sms(raw.get("sms", {})),
         villages={str(k): str(v) for k, v in raw.get("villages", {}).items()},
         config_file=str(path or ""),
     )
+
+
+def _sms(raw: dict[str, Any]) -> SmsConfig:
+    known = SmsConfig.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ImproperlyConfigured(f"[sms] has unknown keys {unknown}; known: {sorted(known)}")
+    d = SmsConfig()
+    cfg = SmsConfig(
+        port=str(raw.get("port", d.port)), baudrate=int(raw.get("baudrate", d.baudrate)),
+        per_hour=int(raw.get("per_hour", d.per_hour)),
+        per_day=int(raw.get("per_day", d.per_day)),
+        command_timeout_s=float(raw.get("command_timeout_s", d.command_timeout_s)),
+        sms_timeout_s=float(raw.get("sms_timeout_s", d.sms_timeout_s)),
+        retry_max_s=float(raw.get("retry_max_s", d.retry_max_s)),
+        give_up_s=float(raw.get("give_up_s", d.give_up_s)))
+    if min(cfg.per_hour, cfg.per_day) < 1 or min(cfg.command_timeout_s, cfg.sms_timeout_s,
+                                                 cfg.retry_max_s, cfg.give_up_s) <= 0:
+        raise ImproperlyConfigured("[sms] limits and timeouts must be positive")
+    return cfg
 
 
 def secret_key(cfg: CentreConfig) -> str:

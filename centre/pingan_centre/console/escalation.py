@@ -21,6 +21,7 @@ from pingan_centre.console.link import UNLINKED, Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, EscalationFired
 from pingan_centre.console.notify import Notifier
+from pingan_centre.console.words import both
 
 
 class Ladder:
@@ -89,7 +90,8 @@ def _fire(alarm: Alarm, level: int, step: Step, now: datetime,
             locked.loud = locked.loud or step.loud
             locked.save(update_fields=["escalation", "loud"])
             record(locked, "escalate", locked.state, "system", now,
-                   f"{step.name}: {step.after_s:.0f} s unacknowledged")
+                   both(f"{step.name}：{step.after_s:.0f} 秒未确认",
+                        f"{step.name}: {step.after_s:.0f} s unacknowledged"))
             audit("system", "alarm.escalate", f"alarm:{alarm.pk}", now, step=step.name,
                   notified=sent)
     except IntegrityError:
@@ -111,6 +113,7 @@ def _unshelve(alarm_id: int, now: datetime, effects: Effects) -> None:
             return
         alarm.state, alarm.shelved_until = Alarm.State.NEW, None
         alarm.save()
-        record(alarm, "unshelve", Alarm.State.SHELVED, "system", now, "shelf time is up")
+        record(alarm, "unshelve", Alarm.State.SHELVED, "system", now,
+               both("搁置时间已到", "shelf time is up"))
     log("info", "alarm.unshelved", alarm=alarm_id)
     effects.changed()

@@ -9,6 +9,7 @@ from its persistent session, and the event ids make the second copy harmless.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 from collections.abc import Callable
@@ -16,17 +17,25 @@ from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from django.db import close_old_connections, connection, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from pingan_centre import topics
 from pingan_centre.console.config import CentreConfig
 from pingan_centre.console.link import encode
 from pingan_centre.console.logs import log
 from pingan_centre.console.store import Checked, parse, quarantine, store
 from pingan_centre.console.validate import Rejected
+from pingan_centre.console.words import both, shown
 
 # Asked of the broker: at most this many unacknowledged messages in flight to us.
 RECEIVE_MAXIMUM = 200
@@ -114,14 +123,9 @@ class Ingest:
             log("error", "ingest.refused", reason=str(reason),
                 action="check the centre's broker account (pingan-centre broker add-account)")
             return
-        t, group = self.cfg.township, self.cfg.share_group
-        client.subscribe([
-            # Shared: each event reaches one process of the group (redundant centres).
-            (f"$share/{group}/pingan/v1/{t}/+/events", 1),
-            (f"$share/{group}/pingan/v1/{t}/+/cmd/result", 1),
-            # Retained state is never sent to a shared subscription: every centre process
-            # reads it directly (storing it is idempotent).
-            (f"pingan/v1/{t}/+/state", 1)])
+        # From the topic table: shared subscriptions for events (each reaches one
+        # process of the group, for redundant centres), direct ones for retained topics.
+        client.subscribe(topics.centre_subscriptions(self.cfg.township, self.cfg.share_group))
         self.connected.set()
         log("info", "ingest.connected", host=self.cfg.broker_host, port=self.cfg.broker_port,
             session_present=bool(_f.session_present))
@@ -178,18 +182,27 @@ class Ingest:
             try:
                 item = parse(topic, payload, self.cfg.township, self.cfg.max_payload_bytes)
             except Rejected as why:
-                aside.append((topic, payload, str(why)))
+                aside.append((topic, payload, why.reason))
                 continue
             if item is not None:
                 checked.append(item)
         while True:
             try:
-                with transaction.atomic():
-                    for topic, payload, reason in aside:
-                        self._aside(topic, payload, reason, now)
-                    store(checked, now, self)
+                try:
+                    with transaction.atomic():
+                        for topic, payload, reason in aside:
+                            self._aside(topic, payload, reason, now)
+                        store(checked, now, self)
+                except (OperationalError, InterfaceError):
+                    raise
+                except Exception as exc:
+                    # Not the database being away: one message it refuses (or a bug) must
+                    # not hold up the rest for ever. Each alone; what fails is kept aside.
+                    log("error", "ingest.batch_refused", error=repr(exc), batch=len(batch),
+                        action="storing one by one; what fails is in Quarantine")
+                    self._store_each(checked, aside, now)
                 break
-            except Exception as exc:  # the database is away (or a bug): keep, retry
+            except Exception as exc:  # the database is away: keep, retry
                 log("error", "ingest.store_failed", error=repr(exc), batch=len(batch),
                     action="check the database; messages stay unacknowledged meanwhile")
                 close_old_connections()
@@ -200,7 +213,26 @@ class Ingest:
                 self.client.ack(mid, qos)
         self.stored += len(batch)
 
+    def _store_each(self, checked: list[Checked], aside: list[tuple[str, bytes, str]],
+                    now: datetime) -> None:
+        """The batch one message at a time; the database being away still raises."""
+        for topic, payload, reason in aside:
+            with transaction.atomic():
+                self._aside(topic, payload, reason, now)
+        for item in checked:
+            try:
+                with transaction.atomic():
+                    store([item], now, self)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                with transaction.atomic():
+                    self._aside(item[0], json.dumps(item[2], ensure_ascii=False).encode(
+                        "utf-8", "replace"), both("平台无法保存此消息",
+                                                  f"the centre could not store it: {exc!r}"),
+                        now)
+
     def _aside(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
         quarantine(topic, payload, reason, now)
-        log("warning", "ingest.quarantined", topic=topic, reason=reason,
+        log("warning", "ingest.quarantined", topic=topic, reason=shown(reason, "en"),
             action="see Quarantine in the console; the station sent a bad payload")

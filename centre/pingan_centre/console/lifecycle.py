@@ -11,7 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
+from pingan_centre import topics
 from pingan_centre.console.link import Effects
 from pingan_centre.console.models import Alarm, AuditEntry, Command, Event, Station, Transition
 
@@ -27,6 +30,12 @@ STEPS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "shelve": ("console.shelve_alarm", (S.NEW, S.ACKNOWLEDGED), S.SHELVED),
     "reopen": ("console.reopen_alarm", (S.RESOLVED, S.SHELVED), S.ACKNOWLEDGED),
 }
+
+
+# What an officer reads when a step is refused (in the request's language).
+ACTIONS = {"ack": gettext_lazy("acknowledge"), "dispatch": gettext_lazy("dispatch"),
+           "on_scene": gettext_lazy("record arrival"), "resolve": gettext_lazy("resolve"),
+           "shelve": gettext_lazy("shelve"), "reopen": gettext_lazy("reopen")}
 
 
 class NotAllowed(Exception):
@@ -47,14 +56,16 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, effects: Effects,
     """Apply `action` for `user` (a Django user) or raise NotAllowed saying why. The
     station's command and the screens' word go through `effects`, after the commit."""
     if action not in STEPS:
-        raise NotAllowed(f"unknown action {action!r}")
+        raise NotAllowed(_("unknown action %(action)s") % {"action": action})
     perm, sources, target = STEPS[action]
     if not user.has_perm(perm):
-        raise NotAllowed(f"{user.username} may not {action}")
+        raise NotAllowed(_("%(user)s may not %(action)s") % {
+            "user": user.username, "action": ACTIONS.get(action, action)})
     with transaction.atomic():
         alarm = Alarm.objects.select_for_update().select_related("station").get(pk=alarm_id)
         if alarm.state not in sources:
-            raise NotAllowed(f"cannot {action} an alarm that is {alarm.state}")
+            raise NotAllowed(_("cannot %(action)s: the alarm is %(state)s") % {
+                "action": ACTIONS.get(action, action), "state": Alarm.State(alarm.state).label})
         old = alarm.state
         alarm.state = target
         if action == "ack":
@@ -62,7 +73,7 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, effects: Effects,
         elif action == "dispatch":
             to = str(fields.get("to", "")).strip()
             if not to:
-                raise NotAllowed("dispatch needs a department or person")
+                raise NotAllowed(_("dispatch needs a department or person"))
             alarm.dispatched_to = to[:200]
             alarm.dispatched_at = alarm.dispatched_at or now
         elif action == "on_scene":
@@ -70,12 +81,12 @@ def act(alarm_id: int, action: str, user: Any, now: datetime, effects: Effects,
         elif action == "resolve":
             outcome = fields.get("outcome", "")
             if outcome not in Alarm.Outcome.values:
-                raise NotAllowed("resolve needs an outcome: genuine, false, drill or test")
+                raise NotAllowed(_("resolve needs an outcome: genuine, false alarm, drill or test"))
             alarm.outcome, alarm.resolved_at = outcome, now
         elif action == "shelve":
             until, reason = fields.get("until"), str(fields.get("reason", "")).strip()
             if until is None or until <= now or not reason:
-                raise NotAllowed("shelve needs a reason and an end time in the future")
+                raise NotAllowed(_("shelve needs a reason and an end time in the future"))
             alarm.shelved_until, alarm.shelve_reason = until, reason[:500]
             note = note or reason
         elif action == "reopen":
@@ -109,7 +120,7 @@ def send_ack(alarm: Alarm, event_id: str, by: str, now: datetime, effects: Effec
                                "by": by[:64]}
     command = Command.objects.create(id=cmd_id, station=st, cmd="alarm.ack", payload=payload,
                                      alarm=alarm, by=by, created_at=now)
-    topic = f"pingan/v1/{st.township}/{st.name}/cmd"
+    topic = topics.station_topic("cmd", st.township, st.name)
 
     def publish() -> None:
         if effects.send(topic, payload):

@@ -26,9 +26,11 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    # The modem protocol shared with the unit (pingan_modem) logs under its own name.
+    for each in (logger, logging.getLogger("pingan_modem")):
+        each.handlers[:] = [handler]
+        each.setLevel(level.upper())
+        each.propagate = False
 
 
 def log(level: str, event: str, **fields: Any) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from pingan_centre.console.words import shown
+
 
 class AppendOnly(models.Model):
     """Rows that are history: written once, never changed or deleted by the application."""
@@ -28,8 +30,13 @@ class Station(models.Model):
     name = models.CharField(max_length=64, primary_key=True)
     township = models.CharField(max_length=64)
     village = models.CharField(_("village"), max_length=100, blank=True, default="")
+    # The station's own name, from its state (station.toml's [station] name).
+    label = models.CharField(_("station name"), max_length=100, blank=True, default="")
     online = models.BooleanField(default=False)
+    # The station's clock when it sent its last state: unreliable while not clock_synced.
     state_ts = models.CharField(max_length=40, blank=True, default="")
+    # When that state reached the township: states are taken in this order.
+    state_at = models.DateTimeField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     problems = models.JSONField(default=list, blank=True)
     pending = models.IntegerField(null=True, blank=True)
@@ -112,6 +119,8 @@ class Event(models.Model):
     seq = models.BigIntegerField(default=0)
     priority = models.IntegerField(default=3)
     ts = models.CharField(max_length=40)
+    # The station's clock was synchronised when it stamped `ts` (None: before issue 19).
+    clock_synced = models.BooleanField(null=True)
     received_at = models.DateTimeField(db_index=True)
     payload = models.JSONField(default=dict)
     alarm = models.ForeignKey(Alarm, null=True, blank=True, on_delete=models.SET_NULL,
@@ -127,7 +136,12 @@ ACTION_LABELS = {
     "shelve": _("shelved"), "reopen": _("reopened"), "unshelve": _("shelf ended"),
     "escalate": _("escalated"), "station_received": _("station shows received"),
     "station_error": _("station error"), "snapshot": _("snapshot"),
+    "sms_queued": _("SMS queued"), "sms_sent": _("SMS sent"),
+    "sms_delivered": _("SMS delivered"), "sms_failed": _("SMS failed"),
 }
+
+
+BY_LABELS = {"station": _("the station"), "system": _("the centre")}
 
 
 class Transition(AppendOnly):
@@ -147,6 +161,16 @@ class Transition(AppendOnly):
     @property
     def label(self) -> str:
         return str(ACTION_LABELS.get(self.action, self.action))
+
+    @property
+    def shown_by(self) -> str:
+        """Who: an officer's user name, or the station / the centre itself."""
+        return str(BY_LABELS.get(self.by, self.by))
+
+    @property
+    def shown_note(self) -> str:
+        """The note in the reader's language (a station's error comes in both)."""
+        return shown(self.note)
 
     @property
     def state_label(self) -> str:
@@ -184,7 +208,8 @@ class Command(models.Model):
 
 
 class Quarantined(models.Model):
-    """A payload that failed validation: kept with its reason, never dropped silently."""
+    """A payload that failed validation: kept with its reason (both languages, see
+    words.py), never dropped silently."""
 
     topic = models.CharField(max_length=300)
     received_at = models.DateTimeField(db_index=True)
@@ -195,6 +220,10 @@ class Quarantined(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+
+    @property
+    def shown_reason(self) -> str:
+        return shown(self.reason)
 
 
 class AuditEntry(AppendOnly):
@@ -209,3 +238,102 @@ class AuditEntry(AppendOnly):
         verbose_name_plural = "audit entries"
 
 
+
+
+class DutyShift(models.Model):
+    """Who is on duty when, at which phone: the escalation ladder texts whoever's shift
+    covers the moment a rung fires (pingan_centre/console/sms.py)."""
+
+    class Role(models.TextChoices):
+        DUTY_OFFICER = "duty_officer", _("duty officer")
+        LEADER = "leader", _("leader")
+
+    name = models.CharField(_("name"), max_length=100)
+    phone = models.CharField(_("phone"), max_length=20)
+    role = models.CharField(_("role"), max_length=20, choices=Role.choices,
+                            default=Role.DUTY_OFFICER)
+    starts = models.DateTimeField(_("starts"), db_index=True)
+    ends = models.DateTimeField(_("ends"), db_index=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["starts", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.phone} {self.starts:%Y-%m-%d %H:%M}-{self.ends:%H:%M}"
+
+
+class SmsMessage(models.Model):
+    """One escalation text to one phone, decided before anything is sent (at least once:
+    its parts are sent again until each is known accepted)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        SENT = "sent", _("sent")
+        DELIVERED = "delivered", _("delivered")
+        FAILED = "failed", _("could not be sent")
+        HELD_BACK = "held_back", _("held back (rate limit)")
+
+    alarm = models.ForeignKey(Alarm, on_delete=models.PROTECT, related_name="sms")
+    step = models.CharField(max_length=40)
+    number = models.CharField(max_length=20)
+    name = models.CharField(max_length=100, blank=True, default="")
+    code = models.CharField(max_length=8)
+    text = models.TextField()
+    # The concatenation reference every part carries, the same when a part goes again.
+    ref = models.IntegerField()
+    parts = models.IntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED,
+                              db_index=True)
+    created = models.DateTimeField(db_index=True)
+    error = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [models.UniqueConstraint(fields=["alarm", "step", "number"],
+                                               name="sms_once_per_rung_and_number")]
+
+
+class SmsPart(models.Model):
+    """One part's state, durable: queued -> submitted (its PDU about to reach the modem)
+    -> accepted (the network's +CMGS reference) -> delivered or failed (its report)."""
+
+    message = models.ForeignKey(SmsMessage, on_delete=models.CASCADE, related_name="part_set")
+    idx = models.IntegerField()
+    state = models.CharField(max_length=10, default="queued", db_index=True)
+    mr = models.IntegerField(null=True, blank=True)  # the +CMGS message reference
+    attempts = models.IntegerField(default=0)
+    # Submitted when the centre stopped: it may have gone. Sent again, it counts `resent`.
+    doubt = models.BooleanField(default=False)
+    resent = models.IntegerField(default=0)
+    not_before = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["message_id", "idx"]
+        constraints = [models.UniqueConstraint(fields=["message", "idx"],
+                                               name="sms_part_once")]
+
+
+class HealthReport(models.Model):
+    """One health report a station sent (`…/health`), kept `telemetry.KEEP` (7 days)."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="health_reports")
+    ts = models.CharField(max_length=40)  # the station's clock: see data["clock_synced"]
+    received_at = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [models.Index(fields=["station", "received_at"])]
+
+
+class HealthLatest(models.Model):
+    """The newest health report of each station: what the station grid shows."""
+
+    station = models.OneToOneField(Station, on_delete=models.CASCADE, primary_key=True,
+                                   related_name="health_latest")
+    ts = models.CharField(max_length=40)
+    received_at = models.DateTimeField()
+    data = models.JSONField(default=dict)

@@ -1,9 +1,9 @@
 """Who hears about an escalation: pluggable notifiers, chosen by name in the ladder.
 
 `log` writes a JSON line; `webhook` POSTs JSON to `webhook_url` from a worker thread (a
-slow receiver never holds the ladder); the runtime starts and closes it. SMS through the
-station modem component is not on the centre yet: it will be one more notifier by name
-("sms"), built by the runtime like the webhook.
+slow receiver never holds the ladder); the runtime starts and closes it. `sms` texts
+whoever the duty rota has on duty through a modem on the centre PC (console/sms.py,
+built by the runtime like the webhook when `[sms] port` is set).
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 ALARM_PERMS = ["ack_alarm", "dispatch_alarm", "resolve_alarm", "shelve_alarm"]
 
+# The duty rota (值班表): leaders and admins fill it in; everyone logged in sees it.
+ROTA_PERMS = ["add_dutyshift", "delete_dutyshift"]
+
 ROLES: dict[str, list[str]] = {
     "viewer": [],
     "duty_officer": ALARM_PERMS,
-    "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine"],
+    "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine", *ROTA_PERMS],
     "technician": ["view_quarantine", "change_station", "view_station"],
     "admin": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine",
-              "change_station", "view_station", "view_auditentry"],
+              "change_station", "view_station", "view_auditentry", *ROTA_PERMS],
 }
 
 

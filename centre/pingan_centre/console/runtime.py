@@ -1,10 +1,10 @@
 """The centre's running parts, owned by one object: what runs besides the web requests.
 
 `CentreRuntime` builds and starts, in this order: the change reader for the live screens
-(`live.Changes`), the webhook's sender (when configured), the escalation ladder and the
-MQTT ingest; `close()` stops them in the reverse order. It is the `Effects` that the web
-requests hand to `lifecycle.act`: a command goes out through the ingest's MQTT client and
-a change wakes the screens.
+(`live.Changes`), the webhook's sender and the SMS modem (each when configured), the
+escalation ladder and the MQTT ingest; `close()` stops them in the reverse order. It is
+the `Effects` that the web requests hand to `lifecycle.act`: a command goes out through
+the ingest's MQTT client and a change wakes the screens.
 
 Who owns it: in `serve`, the ASGI application (`asgi.CentreApp`) makes one on
 `lifespan.startup`, puts it in the lifespan state, and closes it on `lifespan.shutdown`;
@@ -29,6 +29,7 @@ from pingan_centre.console.ingest import Ingest
 from pingan_centre.console.live import Changes
 from pingan_centre.console.logs import log
 from pingan_centre.console.notify import Notifier, Webhook, log_step
+from pingan_centre.console.sms import SmsNotifier
 
 STATE_KEY = "pingan.centre"  # the runtime's key in the ASGI lifespan state
 
@@ -53,6 +54,7 @@ class CentreRuntime:
         self.tick_s = tick_s
         self.changes: Changes | None = None
         self.webhook: Webhook | None = None
+        self.sms: SmsNotifier | None = None
         self.ladder: Ladder | None = None
         self.ingest: Ingest | None = None
         self._stack: ExitStack | None = None
@@ -73,6 +75,11 @@ class CentreRuntime:
                     self.webhook = self._start(stack, "the webhook",
                                                lambda: Webhook(url).start())
                     notifiers["webhook"] = self.webhook
+                if self.cfg.sms.port:
+                    sms = self.cfg.sms
+                    self.sms = self._start(stack, "the SMS modem",
+                                           lambda: SmsNotifier(sms, self).start())
+                    notifiers["sms"] = self.sms
                 self.ladder = self._start(stack, "the escalation ladder", lambda: Ladder(
                     self.cfg.escalation, notifiers, self, every_s=self.tick_s).start())
                 if self.with_ingest:
@@ -80,7 +87,7 @@ class CentreRuntime:
                         self.cfg, self.changed).start())
                 self._stack = stack.pop_all()
         except BaseException:
-            self.changes = self.webhook = self.ladder = self.ingest = None
+            self.changes = self.webhook = self.sms = self.ladder = self.ingest = None
             raise
         log("info", "centre.started", parts=self.parts())
         return self
@@ -115,8 +122,8 @@ class CentreRuntime:
         self.close()
 
     def parts(self) -> list[str]:
-        named = {"changes": self.changes, "webhook": self.webhook, "ladder": self.ladder,
-                 "ingest": self.ingest}
+        named = {"changes": self.changes, "webhook": self.webhook, "sms": self.sms,
+                 "ladder": self.ladder, "ingest": self.ingest}
         return [name for name, part in named.items() if part is not None]
 
     # --- Effects, for the requests' lifecycle.act and the ladder ------------------------

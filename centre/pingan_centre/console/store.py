@@ -8,6 +8,7 @@ once committed, tells the worker's `Effects` (the screens hear of it at once).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,28 +17,33 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
+from pingan_centre import topics
+from pingan_centre.console import telemetry
 from pingan_centre.console.lifecycle import record, send_ack
 from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, Command, Event, Quarantined, Station
 from pingan_centre.console.validate import Rejected, check
+from pingan_centre.console.words import both
 
 SNAPSHOT_WINDOW = timedelta(minutes=5)
 HEAD_BYTES = 4096
 
 
 def route(topic: str, township: str) -> tuple[str, str] | None:
-    """(station, kind) for a topic of this township; None for what the centre ignores
-    (its own commands, echoed back by the subscription)."""
+    """(station, kind) for a topic of this township, kind being the topic table's name
+    (edge.contract.topics.TABLE); None for what the centre ignores (commands)."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[:3] != ["pingan", "v1", township]:
-        raise Rejected(f"topic outside pingan/v1/{township}/: {topic}")
+        raise Rejected(f"主题不在 {topics.PREFIX}/{township}/ 之下",
+                       f"topic outside {topics.PREFIX}/{township}/")
     station, rest = parts[3], "/".join(parts[4:])
-    if rest == "cmd":
+    spec = topics.spec_for(rest)
+    if spec is None:
+        raise Rejected("未知主题", "unknown topic")
+    if topics.CENTRE not in spec.subscribers:
         return None
-    if rest not in ("events", "state", "cmd/result"):
-        raise Rejected(f"unknown topic {topic}")
-    return station, rest
+    return station, spec.name
 
 
 def quarantine(topic: str, payload: bytes, reason: str, now: datetime) -> None:
@@ -54,10 +60,11 @@ def parse(topic: str, payload: bytes, township: str, max_bytes: int) -> Checked 
     if routed is None:
         return None
     station_name, kind = routed
-    data = check("state" if kind == "state" else "event", payload, max_bytes)
+    data = check(topics.by_name(kind).schema, payload, max_bytes)
     if data.get("station") != station_name or data.get("township") != township:
-        raise Rejected(f"payload names {data.get('township')}/{data.get('station')}, "
-                       f"topic names {township}/{station_name}")
+        named = f"{data.get('township')}/{data.get('station')}"
+        raise Rejected(f"内容写的站点 {named} 与主题的 {township}/{station_name} 不符",
+                       f"payload names {named}, topic names {township}/{station_name}")
     return topic, kind, data
 
 
@@ -65,17 +72,20 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
     """Store a batch of checked messages, in arrival order, with few queries: the
     stations they name, the events not yet seen (one INSERT), then what each means."""
     _ensure_stations({(d["station"], d["township"]) for _, _, d in batch})
-    ids = [d["id"] for _, kind, d in batch if kind != "state"]
+    ids = [d["id"] for _, kind, d in batch if kind not in ("state", "health")]
     seen = set(Event.objects.filter(id__in=ids).values_list("id", flat=True))
     fresh: list[Event] = []
     for _, kind, data in batch:
         if kind == "state":
             _state(data, now)
+        elif kind == "health":
+            telemetry.store(data, now)
         elif data["id"] not in seen:
             seen.add(data["id"])  # at-least-once delivery: a copy in the same batch
             fresh.append(Event(id=data["id"], station_id=data["station"], type=data["type"],
                                seq=data.get("seq", 0), priority=data.get("priority", 3),
-                               ts=data["ts"], received_at=now, payload=data["payload"]))
+                               ts=data["ts"], clock_synced=data["clock_synced"],
+                               received_at=now, payload=data["payload"]))
     Event.objects.bulk_create(fresh)
     for event in fresh:
         handler = _BY_TYPE.get(event.type)
@@ -88,8 +98,11 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
             except Exception as exc:  # a bug here must not stop ingest: keep it visible
                 log("error", "ingest.internal_error", event_id=event.id, error=repr(exc),
                     action="a bug in the centre: report it with this event (kept aside)")
-                quarantine(f"pingan/v1/{event.station_id}/events", json.dumps(
-                    event.payload).encode(), f"internal error on {event.id}: {exc!r}", now)
+                topic = topics.station_topic("events", settings.CENTRE.township,
+                                             event.station_id)
+                quarantine(topic, json.dumps(event.payload).encode(),
+                           both(f"平台内部错误（事件 {event.id}）",
+                                f"internal error on {event.id}: {exc!r}"), now)
     names = {e.station_id for e in fresh}
     if names:
         Station.objects.filter(name__in=names).update(last_seen=now)
@@ -112,9 +125,9 @@ def _state(data: dict[str, Any], now: datetime) -> None:
         st.online = False
         st.save(update_fields=["online"])
         return
-    # A retained state can be older than one already seen (replayed after a reconnect).
-    if st.state_ts and data["ts"] < st.state_ts:
-        return
+    # States are taken in the order they reach the township, never by the station's own
+    # `ts`: a clock a day ahead (clock_synced false) hid every later state (issue 19). The
+    # broker keeps one retained state, the latest, so a replay brings nothing older.
     st.online = data["online"]
     st.state_ts = data["ts"]
     if data["online"]:
@@ -124,6 +137,10 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.version = data["version"]
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
+    st.label = data.get("name", "") or st.label
+    # [villages] in centre.toml names the village of a station it did not know at first.
+    st.village = st.village or settings.CENTRE.villages.get(st.name, "")
+    st.state_at = now
     st.save()  # not effects.changed(): station health on the cards follows within 30 s
 
 
@@ -144,7 +161,8 @@ def _panic(st: Station, event: Event, now: datetime, effects: Effects) -> None:
         if alarm.state == Alarm.State.SHELVED:
             alarm.state, alarm.shelved_until = Alarm.State.NEW, None
         alarm.save()
-        record(alarm, "press", old, "station", now, f"press {alarm.presses}")
+        record(alarm, "press", old, "station", now,
+               both(f"第 {alarm.presses} 次按下", f"press {alarm.presses}"))
     Event.objects.filter(pk=event.pk).update(alarm=alarm)
     if alarm.acked_at is not None and alarm.state != Alarm.State.NEW:
         # The alarm was already acknowledged: tell the station this press was seen too.
@@ -177,13 +195,18 @@ def _cmd_result(st: Station, event: Event, now: datetime, effects: Effects) -> N
     if updated and command is not None and command.alarm is not None:
         alarm = command.alarm
         word = "station_received" if result.get("ok") else "station_error"
-        error = (result.get("error") or {}).get("message", {}).get("en", "")
-        record(alarm, word, alarm.state, "station", now, error)
+        message = (result.get("error") or {}).get("message") or {}
+        note = both(message.get("zh", ""), message.get("en", "")) if message else ""
+        record(alarm, word, alarm.state, "station", now, note)
         transaction.on_commit(effects.changed)
 
 
 def snapshot_bytes(event: Event) -> bytes:
-    return base64.b64decode(event.payload.get("snapshot_jpeg", ""))
+    """The picture; b"" when what the station sent is not base64 (the page says none)."""
+    try:
+        return base64.b64decode(str(event.payload.get("snapshot_jpeg", "")), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _selftest(st: Station, event: Event, now: datetime, effects: Effects) -> None:

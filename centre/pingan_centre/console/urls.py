@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from pingan_centre.console import views
+from pingan_centre.console import health_views, rollout_views, rota, views
 
 urlpatterns = [
     path("", views.duty, name="duty"),
@@ -12,14 +12,21 @@ urlpatterns = [
     path("events", views.stream, name="stream"),
     path("api/alarms", views.alarms_json, name="alarms_json"),
     path("alarm/<int:alarm_id>", views.alarm_detail, name="alarm"),
+    # By the alarm, not the event id: a URL must work for every id ever stored (issue 19).
+    path("alarm/<int:alarm_id>/snapshot.jpg", views.snapshot, name="snapshot"),
     path("alarm/<int:alarm_id>/<str:action>", views.act, name="act"),
-    path("snapshot/<str:event_id>.jpg", views.snapshot, name="snapshot"),
     path("stations", views.stations, name="stations"),
+    path("station", health_views.station_detail, name="station"),
     path("stats", views.statistics, name="stats"),
     path("stats.<str:fmt>", views.export, name="export"),
     path("handover", views.handover, name="handover"),
     path("quarantine", views.quarantine, name="quarantine"),
     path("audit", views.audit_log, name="audit"),
+    path("rota", rota.rota, name="rota"),
+    path("rota/<int:shift_id>/delete", rota.rota_delete, name="rota_delete"),
+    path("releases", rollout_views.releases, name="releases"),
+    path("releases/start", rollout_views.start, name="rollout_start"),
+    path("releases/<str:rollout_id>/rest", rollout_views.advance, name="rollout_advance"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -26,13 +26,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from pingan_centre.console import lifecycle, live, runtime, stats
+from pingan_centre.console import lifecycle, live, runtime, stats, telemetry
 from pingan_centre.console.models import (
     Alarm,
     AuditEntry,
-    Event,
     Quarantined,
     Station,
     Transition,
@@ -90,6 +90,7 @@ def cards(request: HttpRequest) -> HttpResponse:
 @login_required
 def alarms_json(request: HttpRequest) -> JsonResponse:
     data = [{"id": a.pk, "station": a.station_id, "village": a.station.village,
+             "name": a.station.label,
              "state": a.state, "presses": a.presses, "escalation": a.escalation,
              "raised_at": a.raised_at.isoformat(), "first_event": a.first_event}
             for a in open_alarms()]
@@ -218,9 +219,12 @@ def alarm_detail(request: HttpRequest, alarm_id: int) -> HttpResponse:
 
 
 @login_required
-def snapshot(request: HttpRequest, event_id: str) -> HttpResponse:
-    event = get_object_or_404(Event, pk=event_id, type="camera.person")
-    return HttpResponse(snapshot_bytes(event), content_type="image/jpeg")
+def snapshot(request: HttpRequest, alarm_id: int) -> HttpResponse:
+    alarm = get_object_or_404(Alarm.objects.select_related("snapshot"), pk=alarm_id)
+    picture = b"" if alarm.snapshot is None else snapshot_bytes(alarm.snapshot)
+    if not picture:
+        return HttpResponse(status=404)
+    return HttpResponse(picture, content_type="image/jpeg")
 
 
 @login_required
@@ -235,8 +239,12 @@ def stations(request: HttpRequest) -> HttpResponse:
     counts = dict(Alarm.objects.filter(state__in=Alarm.OPEN).values("station")
                   .annotate(n=Count("id")).values_list("station", "n"))
     villages = sorted({st.village for st in rows})
-    problems = sorted({p["code"] for st in rows for p in st.problems}
-                      | {"offline", "silent"})
+    # Each problem code by what it means, in the stations' own two languages.
+    labels: dict[str, Any] = {"offline": _("offline"), "silent": _("silent")}
+    for st in rows:
+        for p in st.problems:
+            labels.setdefault(p["code"], p["message"])
+    problems = sorted(labels.items())
     if village:
         rows = [st for st in rows if st.village == village]
     if problem:
@@ -244,6 +252,7 @@ def stations(request: HttpRequest) -> HttpResponse:
                 or any(p["code"] == problem for p in st.problems)]
     for st in rows:
         st.open_alarms = counts.get(st.name, 0)  # type: ignore[attr-defined]
+    telemetry.annotate(rows)
     healths = [st.health for st in rows]  # type: ignore[attr-defined]
     summary = {h: healths.count(h) for h in ("online", "silent", "offline")}
     return render(request, "console/stations.html", {
@@ -263,23 +272,34 @@ def statistics(request: HttpRequest) -> HttpResponse:
     by = request.GET.get("by", "village")
     if by not in ("village", "station", "month"):
         by = "village"
-    rows = stats.table(by, _since(request))
+    counted = stats.included(request.GET.getlist("include"))
+    rows = stats.table(by, _since(request), counted)
     charts = [(phase, stats.bars(rows, phase)) for phase in ("ack", "resolve")]
     totals = {o: sum(r.outcomes[o] for r in rows) for o in stats.OUTCOMES}
+    left_out = Alarm.objects.exclude(outcome__in=counted)
+    since = _since(request)
+    if since is not None:
+        left_out = left_out.filter(raised_at__gte=since)
     return render(request, "console/stats.html", {
         "rows": rows, "by": by, "charts": charts, "totals": totals, "page": "stats",
-        "outcomes": Alarm.Outcome.choices, "phases": stats.PHASES})
+        "outcomes": Alarm.Outcome.choices, "phases": stats.PHASES,
+        "optional": [(v, label, v in counted) for v, label in Alarm.Outcome.choices
+                     if v in stats.OPTIONAL],
+        "include": ",".join(o for o in counted if o in stats.OPTIONAL),
+        "left_out": left_out.count(), "months": request.GET.get("months", "")})
 
 
 @permission_required("console.export_stats", raise_exception=True)
 def export(request: HttpRequest, fmt: str) -> HttpResponse:
     since = _since(request)
-    lifecycle.audit(request.user.get_username(), "stats.export", fmt, timezone.now())
+    counted = stats.included(request.GET.getlist("include"))
+    lifecycle.audit(request.user.get_username(), "stats.export", fmt, timezone.now(),
+                    outcomes=list(counted))
     if fmt == "csv":
-        body = stats.to_csv(stats.table(request.GET.get("by", "village"), since))
+        body = stats.to_csv(stats.table(request.GET.get("by", "village"), since, counted))
         response = HttpResponse("\ufeff" + body, content_type="text/csv; charset=utf-8")
     else:
-        sheets = {by: stats.table(by, since) for by in ("village", "station", "month")}
+        sheets = {by: stats.table(by, since, counted) for by in ("village", "station", "month")}
         response = HttpResponse(
             stats.to_xlsx(sheets),
             content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")

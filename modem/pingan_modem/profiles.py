@@ -7,7 +7,7 @@ modem part picks one from `ATI` / `AT+CGMM` (`detect`), or `modem.profile` force
 Whatever was detected, the AT reader keeps *every* profile's status lines and boot
 notices out of replies (`UNSOLICITED`, `BOOT_NOTICES`): a modem is sometimes not what it
 says, and firmware changes habits across updates. Beyond the lists, any `^…` line and any
-`+XXX:` line not asked for counts as unsolicited (edge/modem/at.py).
+`+XXX:` line not asked for counts as unsolicited (pingan_modem/at.py).
 
 Sources (public AT manuals and a widely used open-source driver, ModemManager):
 

@@ -9,7 +9,7 @@ reader thread and must only queue.
 
 Bytes from the modem are never trusted. Each line is decoded as UTF-8 with replacement
 (`LineReader`), a line longer than `MAX_LINE` is dropped whole, and a line counts as
-unsolicited when it is a known notice of any vendor (edge/modem/profiles.py) or merely
+unsolicited when it is a known notice of any vendor (pingan_modem/profiles.py) or merely
 looks like one (`^…`, or `+XXX:` other than the answer asked for), so another vendor's
 status lines never become a reply. Nothing the modem sends can end the reader.
 """
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import serial
 
-from edge.logs import log
-from edge.modem import profiles
+from pingan_modem import profiles
+from pingan_modem.log import log
 
-logger = logging.getLogger("edge.modem")
+logger = logging.getLogger("pingan_modem")
 
 FINAL_OK = "OK"
 _FINAL_ERROR = re.compile(

@@ -1,0 +1,399 @@
+"""The station's update part: takes `update.offer` from the township (or a file from
+`pingan-edge update apply`), and runs the one update at a time on its own thread, at low
+priority, never on the alarm path:
+
+    offered → descriptor signed by a trusted key? a newer version (or a signed rollback)?
+    data readable by the release? → downloading (%, capped, resumed) → size and sha256 as
+    signed → RAUC's signature check → verified → `rauc install` into the other slot →
+    installed → wait while an alarm is open or the siren sounds → rebooting (tryboot)
+
+Each step is an `update.*` event through the outbox, so the township sees it even when the
+link comes back later. After the reboot `pingan-edge update commit` decides (commit.py);
+on the old slot, after a failed trial, this part reports the rollback and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from edge import __version__
+from edge.config import BACKGROUND_NICE, UpdateSection
+from edge.contract import commands, events
+from edge.contract.events import Text, text
+from edge.contract.release import Release
+from edge.link.dispatch import Handlers
+from edge.logs import log
+from edge.store import schema
+from edge.store.outbox import Outbox
+from edge.store.recorder import Recorder
+from edge.update import download, verify
+from edge.update.install import Rauc
+from edge.update.verify import UpdateRefused
+
+logger = logging.getLogger("edge.update")
+TRIAL = "trial.json"
+BUSY_POLL_S = 1.0
+
+
+class Installer(Protocol):
+    def install(self, bundle: Path) -> None: ...
+
+    def mark_good(self) -> None: ...
+
+    def mark_bad(self, which: str) -> None: ...
+
+
+# Control-socket requests the station registers for `pingan-edge update …`.
+class ApplyRequest(msgspec.Struct, tag_field="op", tag="update.apply",
+                   forbid_unknown_fields=True):
+    path: str
+    # The signed descriptor (pingan-edge-V.release.json) if the technician has it.
+    descriptor: str | None = None
+
+
+class UpdateStatusRequest(msgspec.Struct, tag_field="op", tag="update.status",
+                          forbid_unknown_fields=True):
+    pass
+
+
+class SettleRequest(msgspec.Struct, tag_field="op", tag="update.settle",
+                    forbid_unknown_fields=True):
+    """From `pingan-edge update commit`: the trial slot was marked good."""
+
+    checks: dict[str, bool] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Literal["township", "on_site"]
+    release: Release | None
+    signature: bytes | None
+    url: str | None = None
+    path: Path | None = None
+    cmd_id: str | None = None
+
+
+class Trial(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """On the data partition between the reboot into the new slot and the verdict: both
+    slots read it. `verdict` is set by the new slot before it gives up on itself."""
+
+    version: str
+    running: str
+    cmd_id: str | None = None
+    source: Literal["township", "on_site"] = "township"
+    verdict: Literal["committed", "rolled_back"] | None = None
+    code: str | None = None
+    reason: Text | None = None
+    checks: dict[str, bool] = {}
+
+
+def running_version(release_file: str) -> str:
+    """The release of the slot that booted: its root's release file, else the package's."""
+    try:
+        found = Path(release_file).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return __version__
+    return found or __version__
+
+
+def read_trial(directory: Path) -> Trial | None:
+    try:
+        return msgspec.json.decode((directory / TRIAL).read_bytes(), type=Trial)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log(logger, "error", "update.trial_unreadable", error=str(exc),
+            action="the trial record is damaged and is removed; the unit stays on the "
+                   "slot it booted")
+        (directory / TRIAL).unlink(missing_ok=True)
+        return None
+
+
+def write_trial(directory: Path, trial: Trial) -> None:
+    """Whole or not at all: a new file, flushed, renamed over the old."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (TRIAL + ".new")
+    with tmp.open("wb") as f:
+        f.write(msgspec.json.encode(trial))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(directory / TRIAL)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Updater:
+    def __init__(self, config: UpdateSection, data_dir: Path, recorder: Recorder,
+                 outbox: Outbox, *, busy: Callable[[], str | None],
+                 installer: Installer | None = None, running: str | None = None) -> None:
+        self.config = config
+        self.directory = data_dir / "update"
+        self._recorder = recorder
+        self._outbox = outbox
+        self._busy = busy
+        self._installer: Installer = installer or Rauc()
+        self.running = running or running_version(config.release_file)
+        self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="update", daemon=True)
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"phase": "idle"}
+        self._trial_event: str | None = None
+
+    # --- the station's wiring --------------------------------------------------------
+    def register(self, handlers: Handlers) -> None:
+        handlers.register(commands.UpdateOffer, self.offer)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Not waited for: a download stops at its next chunk and resumes next time; an
+        install runs in RAUC's own service and finishes there."""
+        self._stop.set()
+
+    # --- requests ---------------------------------------------------------------------
+    def offer(self, cmd: commands.UpdateOffer) -> dict[str, Any]:
+        """The command worker's handler: queue it and answer at once (the download takes
+        hours over 4G); the events tell the rest."""
+        self._queue(Job("township", cmd.release(), cmd.signature, url=cmd.url,
+                        cmd_id=cmd.id), lambda why: commands.rejected(cmd, "busy", why))
+        return {"queued": cmd.version}
+
+    def apply(self, request: ApplyRequest) -> dict[str, Any]:
+        """`pingan-edge update apply FILE` on site: the same checks and commit rule."""
+        path = Path(request.path)
+        release = signature = None
+        if request.descriptor:
+            doc = json.loads(Path(request.descriptor).read_text(encoding="utf-8"))
+            signature = base64.b64decode(doc.pop("signature"))
+            doc.pop("file", None)
+            release = msgspec.convert(doc, Release)
+
+        def refuse(why: Text) -> Exception:
+            return RuntimeError(why.en)
+
+        self._queue(Job("on_site", release, signature, path=path), refuse)
+        return {"queued": str(path)}
+
+    def _queue(self, job: Job, refuse: Callable[[Text], Exception]) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise refuse(text("正在进行另一次更新，请稍后再试",
+                              "another update is under way: offer again later")) from None
+
+    def status(self, _request: UpdateStatusRequest | None = None) -> dict[str, Any]:
+        with self._lock:
+            state = dict(self._state)
+        delivered = None
+        if self._trial_event is not None:
+            found = self._outbox.lookup(self._trial_event)
+            delivered = bool(found and found[1])
+        return {"update": state, "running": self.running,
+                "trial": msgspec.to_builtins(read_trial(self.directory)),
+                "trial_event_delivered": delivered}
+
+    def settle(self, request: SettleRequest) -> dict[str, Any]:
+        """The trial slot was marked good (by `pingan-edge update commit`): say so."""
+        trial = read_trial(self.directory)
+        if trial is None:
+            return {"settled": False}
+        self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
+                    source=trial.source, checks=request.checks)
+        (self.directory / TRIAL).unlink(missing_ok=True)
+        self._set(phase="committed", version=trial.version)
+        return {"settled": True}
+
+    # --- the worker -------------------------------------------------------------------
+    def _set(self, **state: Any) -> None:
+        with self._lock:
+            self._state = state
+
+    def _event(self, kind: str, version: str, **payload: Any) -> None:
+        ev: events.Event = events.UPDATE_EVENTS[kind](  # type: ignore[assignment]
+            **self._recorder.identity(),
+            payload=events.UpdatePayload(version=version, running=self.running, **payload))
+        self._recorder.record(ev)
+        log(logger, "warning" if kind in ("update.refused", "update.failed",
+                                          "update.rolled_back") else "info",
+            kind, version=version, **{k: v for k, v in payload.items() if k != "reason"},
+            reason=payload["reason"].en if payload.get("reason") else None)
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            os.nice(BACKGROUND_NICE)  # Linux: this thread only
+        self._after_boot()
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._update(job)
+            except download.Stopped:
+                return
+            except Exception as exc:  # a bug: one JSON line and the station runs on
+                logger.error("update.crashed", exc_info=True, extra={"fields": {
+                    "error": repr(exc), "action": "a bug: report this log line"}})
+                self._set(phase="failed", code="internal_error")
+
+    def _after_boot(self) -> None:
+        """Which side of a trial are we on? The new release: announce the boot (the
+        commit needs one event delivered). The old one: the trial failed; say why."""
+        trial = read_trial(self.directory)
+        if trial is None:
+            return
+        if self.running == trial.version and trial.verdict is None:
+            ev = events.Status(**self._recorder.identity(), payload=events.StatusPayload(
+                code="update.trial_boot", level="info",
+                message=text(f"已启动新版本 {trial.version}，正在自检",
+                             f"booted release {trial.version}: checking before commit"),
+                detail={"from": trial.running}))
+            self._trial_event = ev.id
+            self._recorder.record(ev)
+            self._set(phase="trial", version=trial.version)
+            return
+        if self.running == trial.version and trial.verdict == "committed":
+            self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
+                        source=trial.source, checks=trial.checks)
+            self._set(phase="committed", version=trial.version)
+        elif self.running == trial.running:
+            code = trial.code or "crashed"
+            reason = trial.reason or text(
+                f"新版本 {trial.version} 未能在规定时间内启动并自检通过（崩溃、死机或断电），"
+                f"已回到 {self.running}",
+                f"release {trial.version} did not come up healthy (a crash, a hang or a "
+                f"power cut before the commit): back on {self.running}")
+            try:
+                self._installer.mark_bad("other")
+            except UpdateRefused as exc:
+                log(logger, "error", "update.mark_bad_failed", error=str(exc),
+                    action="the committed slot boots anyway; check `rauc status`")
+            self._event("update.rolled_back", trial.version, cmd_id=trial.cmd_id,
+                        source=trial.source, code=code, reason=reason, checks=trial.checks)
+            self._set(phase="rolled_back", version=trial.version, code=code)
+        (self.directory / TRIAL).unlink(missing_ok=True)
+
+    def _update(self, job: Job) -> None:
+        version = job.release.version if job.release else "?"
+        ids: dict[str, Any] = {"cmd_id": job.cmd_id, "source": job.source}
+        self._set(phase="checking", version=version)
+        try:
+            if job.source == "township":
+                self._event("update.offered", version, **ids)
+            path = self._fetch(job, ids)
+            info = verify.check_bundle(path, Path(self.config.keyring))
+            if job.release is None:  # on site, no descriptor: RAUC's manifest it is
+                version = info.version
+                verify.check_version(Release(version=info.version, size=1, sha256="0" * 64,
+                                             min_data_schema=1), self.running)
+            elif info.version != job.release.version:
+                raise UpdateRefused("bad_version", text(
+                    f"更新包内的版本 {info.version} 与说明的 {job.release.version} 不符",
+                    f"the bundle says {info.version}, the descriptor {job.release.version}"))
+            self._event("update.verified", version, **ids)
+            self._set(phase="installing", version=version)
+            self._installer.install(path)
+            self._event("update.installed", version, **ids)
+        except UpdateRefused as exc:
+            kind = "update.failed" if exc.code in ("download_failed", "install_failed") \
+                else "update.refused"
+            self._event(kind, version, code=exc.code, reason=exc.message, **ids)
+            self._set(phase=kind.split(".")[1], version=version, code=exc.code)
+            return
+        if job.source == "township" and job.release is not None:
+            (self.directory / f"{job.release.sha256}.raucb").unlink(missing_ok=True)
+        write_trial(self.directory, Trial(version=version, running=self.running,
+                                          cmd_id=job.cmd_id, source=job.source))
+        self._reboot(version, ids)
+
+    def _fetch(self, job: Job, ids: dict[str, Any]) -> Path:
+        release = job.release
+        if release is not None:
+            assert job.signature is not None
+            verify.check_descriptor(release, job.signature, Path(self.config.keyring))
+            verify.check_version(release, self.running)
+            readable = schema.DATA_SCHEMA
+            if release.min_data_schema > readable:
+                raise UpdateRefused("data_schema", text(
+                    f"版本 {release.version} 需要数据格式 {release.min_data_schema}，本机数据为 "
+                    f"{readable}：请先安装中间版本",
+                    f"{release.version} reads data schema {release.min_data_schema} and up; "
+                    f"this unit's data is at {readable}: install the release in between first"))
+            if release.size > self.config.max_bytes:
+                raise UpdateRefused("too_large", text(
+                    f"更新包过大（{release.size} 字节）",
+                    f"the bundle ({release.size} bytes) is over update.max_bytes"))
+        if job.path is not None:
+            path = job.path
+        else:
+            assert release is not None and job.url is not None
+            path = self._download(job.url, release, ids)
+        if release is not None:
+            try:
+                verify.check_file(path, release)
+            except UpdateRefused:
+                if job.path is None:
+                    path.unlink(missing_ok=True)  # a bad download is not resumed
+                raise
+        return path
+
+    def _download(self, url: str, release: Release, ids: dict[str, Any]) -> Path:
+        dest = self.directory / f"{release.sha256}.raucb"
+        last = [-1]
+
+        def progress(have: int) -> None:
+            percent = int(have * 100 / release.size)
+            self._set(phase="downloading", version=release.version, percent=percent,
+                      bytes=have)
+            if percent // 10 > last[0] // 10 or last[0] < 0:
+                last[0] = percent
+                self._event("update.downloading", release.version, percent=float(percent),
+                            bytes=have, **ids)
+
+        def retry(tries: int, error: str) -> None:
+            log(logger, "warning", "update.download_retry", tries=tries, error=error,
+                action="resumes by itself; check the link if this repeats for hours")
+
+        c = self.config
+        return download.download(url, dest, release.size, rate_bytes_s=c.rate_bytes_s,
+                                 stop=self._stop, progress=progress, timeout_s=c.timeout_s,
+                                 retry_min_s=c.retry_min_s, retry_max_s=c.retry_max_s,
+                                 give_up_s=c.give_up_s, on_retry=retry)
+
+    def _reboot(self, version: str, ids: dict[str, Any]) -> None:
+        """Never while an alarm is open or the siren sounds: wait, then say so, then go."""
+        waited = None
+        while (why := self._busy()) is not None:
+            if waited is None:
+                waited = time.monotonic()
+                log(logger, "info", "update.reboot_waits", reason=why,
+                    action="the reboot follows once the alarm is acknowledged and quiet")
+            self._set(phase="waiting", version=version, reason=why)
+            if self._stop.wait(BUSY_POLL_S):
+                return  # the station stops: the trial record stays; see commit.py
+        self._event("update.rebooting", version, **ids)
+        self._set(phase="rebooting", version=version)
+        self._outbox.flush(timeout=5.0)
+        log(logger, "warning", "update.reboot", version=version,
+            command=self.config.reboot_command,
+            action="the unit boots the new slot once; it commits only when healthy")
+        subprocess.run(self.config.reboot_command, check=False)

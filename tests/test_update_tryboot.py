@@ -1,0 +1,143 @@
+"""The slot state machine and RAUC's custom bootloader back-end (edge/update/tryboot.py)
+against a fake FAT boot partition (a directory: this kernel has no vfat module to mount a
+real one), with a power cut at each write: the back-end runs as its own process under
+strace, which kills it (SIGKILL) on entry to its Nth write, fsync or rename. After every
+cut the Pi firmware's choice (edge.update.tryboot.boot) must be a committed, good slot,
+and running the step again must finish it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.update import tryboot
+from edge.update.tryboot import BootError, BootPartition, Slots
+
+CUT_SYSCALLS = ("write", "fsync", "rename")
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
+                                  reason="needs strace (bin/setup installs it)")
+
+
+def backend(boot_dir: Path, *args: str, cut: tuple[str, int] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the back-end as RAUC does (a program with arguments); `cut`: kill it with
+    SIGKILL on entry to the Nth call of that syscall (the call does not happen)."""
+    cmd = [sys.executable, "-m", "edge.update.tryboot", "--boot-dir", str(boot_dir), *args]
+    if cut is not None:
+        name, nth = cut
+        cmd = ["strace", "-f", "-o", "/dev/null", "-e", f"trace={','.join(CUT_SYSCALLS)}",
+               "-e", f"inject={name}:signal=KILL:when={nth}", *cmd]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def syscalls(boot_dir: Path, *args: str) -> dict[str, int]:
+    """How many of each cut syscall one uninterrupted run makes (from a copy of the dir)."""
+    trial = boot_dir.parent / (boot_dir.name + "-count")
+    shutil.rmtree(trial, ignore_errors=True)
+    shutil.copytree(boot_dir, trial)
+    log = boot_dir.parent / "strace.log"
+    subprocess.run(["strace", "-f", "-o", str(log), "-e", f"trace={','.join(CUT_SYSCALLS)}",
+                    sys.executable, "-m", "edge.update.tryboot", "--boot-dir", str(trial),
+                    *args], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    counts = dict.fromkeys(CUT_SYSCALLS, 0)
+    for line in log.read_text().splitlines():
+        name = line.split(maxsplit=1)[1].split("(")[0] if " " in line else ""
+        if name in counts:
+            counts[name] += 1
+    return counts
+
+
+def test_a_whole_update_then_a_failed_one_through_the_firmware_model(tmp_path: Path) -> None:
+    fat = BootPartition(tmp_path)
+    assert fat.read() == Slots()  # as flashed: no autoboot.txt, slot A
+    # Install into B (RAUC: mark the target bad, write it, make it primary).
+    for args in (("set-state", "B", "bad"), ("set-primary", "B")):
+        assert backend(tmp_path, *args).returncode == 0
+    assert backend(tmp_path, "get-primary").stdout == "B\n"
+    slots = fat.read()
+    assert (tryboot.boot(slots, tryboot_flag=True), tryboot.boot(slots, tryboot_flag=False)) \
+        == ("B", "A"), "only the one-shot tryboot reaches the new slot"
+    # Healthy in B: mark-good makes it the committed slot.
+    assert backend(tmp_path, "set-state", "B", "good").returncode == 0
+    slots = fat.read()
+    assert (slots.committed, slots.tryboot, slots.states) == ("B", "B", {"A": "good", "B": "good"})
+    assert backend(tmp_path, "get-state", "B").stdout == "good\n"
+    # Next release into A; its trial fails (the watchdog resets without the flag): A is
+    # marked bad from B, which stays committed.
+    for args in (("set-state", "A", "bad"), ("set-primary", "A")):
+        assert backend(tmp_path, *args).returncode == 0
+    assert tryboot.boot(fat.read(), tryboot_flag=True) == "A"
+    assert tryboot.boot(fat.read(), tryboot_flag=False) == "B"
+    assert backend(tmp_path, "set-state", "A", "bad").returncode == 0
+    slots = fat.read()
+    assert (slots.committed, slots.tryboot, slots.states["A"]) == ("B", "B", "bad")
+    # The only good slot cannot be marked bad: nothing would boot.
+    refused = backend(tmp_path, "set-state", "B", "bad")
+    assert refused.returncode == 1 and "nothing to boot" in refused.stderr
+    assert fat.read() == slots
+    assert backend(tmp_path, "set-state", "C", "good").returncode == 1
+
+
+def test_what_the_file_says_and_what_it_refuses(tmp_path: Path) -> None:
+    text = tryboot.render(Slots(committed="B", tryboot="A", states={"A": "bad", "B": "good"}))
+    assert "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n" in text
+    assert tryboot.parse(text) == Slots(committed="B", tryboot="A",
+                                        states={"A": "bad", "B": "good"})
+    for bad in ("", "[all]\nboot_partition=7\n", "[all]\nboot_partition=x\n",
+                "# pingan-edge slots: A=bad B=bad\n[all]\nboot_partition=2\n"):
+        with pytest.raises(BootError):
+            tryboot.parse(bad)
+    # A torn copy of the new file left by a power cut is never read.
+    (tmp_path / "autoboot.txt.new").write_text(text[:40])
+    assert BootPartition(tmp_path).read() == Slots()
+
+
+STEPS = {
+    "commit": [("set-state", "B", "bad"), ("set-primary", "B"), ("set-state", "B", "good")],
+    "roll back": [("set-state", "B", "bad"), ("set-primary", "B"), ("set-state", "B", "bad")],
+}
+
+
+@needs_strace
+@pytest.mark.parametrize("path", sorted(STEPS))
+def test_a_power_cut_at_every_write_ends_on_a_committed_good_slot(
+        tmp_path: Path, path: str) -> None:
+    steps = STEPS[path]
+    expected = [Slots()]
+    for args in steps:  # the state after each step, uninterrupted
+        state = expected[-1]
+        expected.append(tryboot.set_primary(state, args[1]) if args[0] == "set-primary"
+                        else tryboot.set_state(state, args[1], args[2]))
+    cuts_made = 0
+    for i, args in enumerate(steps):
+        seed = tmp_path / f"seed{i}"
+        seed.mkdir()
+        for done in steps[:i]:
+            assert backend(seed, *done).returncode == 0
+        assert BootPartition(seed).read() == expected[i]
+        for name, count in syscalls(seed, *args).items():
+            for nth in range(1, count + 1):
+                fat = tmp_path / f"cut{i}-{name}{nth}"
+                shutil.copytree(seed, fat)
+                cut = backend(fat, *args, cut=(name, nth))
+                assert cut.returncode == -9 or cut.returncode == 137, (name, nth, cut)
+                cuts_made += 1
+                # Power back on: no tryboot flag survives a cut.
+                slots = BootPartition(fat).read()
+                assert slots in (expected[i], expected[i + 1]), (name, nth, slots)
+                booted = tryboot.boot(slots, tryboot_flag=False)
+                assert booted == slots.committed and slots.states[booted] == "good"
+                # The step, run again (RAUC retries, or the unit redoes it): finished.
+                assert backend(fat, *args).returncode == 0
+                assert BootPartition(fat).read() == expected[i + 1]
+    # write, fsync, rename, the directory's fsync and the log line, per changing step.
+    assert cuts_made >= 3 * len(steps)
+    final = expected[-1]
+    assert final.committed == ("B" if path == "commit" else "A")
