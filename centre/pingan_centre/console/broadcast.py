@@ -237,8 +237,12 @@ class StationResult:
         return str(LABELS.get(self.result, self.result))
 
     @property
-    def code_label(self) -> str:
-        return str(CODES.get(self.code, self.code))
+    def text(self) -> str:
+        """The result as the table shows it: "refused: quiet hours"."""
+        if not self.code or self.code == "expired":
+            return self.label
+        return _("%(result)s: %(why)s") % {"result": self.label,
+                                          "why": CODES.get(self.code, self.code)}
 
     @property
     def step_labels(self) -> list[str]:
