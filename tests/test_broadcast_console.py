@@ -256,3 +256,27 @@ def test_the_broadcast_pages_in_one_language(night: list[str], language: str) ->
         assert not bad and not re.search(
             r"[A-Za-z]{3}" if language != "en" else r"[\u4e00-\u9fff]", got["summary"])
     assert not found, found
+
+
+def test_offline_stations_pending_until_they_return_or_it_expires(night: list[str]) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from pingan_centre.console.models import Broadcast, Command
+    bid = send(content="tone", tone="chime", target="stations", chosen=("v043", "v045"),
+               expires=timezone.now() + timedelta(minutes=10))
+    Command.objects.filter(id__startswith=f"bc:{bid}:").update(sent=True)
+    zh = console.client("officer", "zh-hans")
+    got = rows(zh, bid)
+    assert (got["v043"]["result"], got["v045"]["result"]) == ("sent", "offline")
+    # v043 got it too late (its clock says): refused as expired, never played.
+    said("v043", "cmd/result", "cmd.result", {
+        "cmd_id": f"bc:{bid}:v043", "cmd": "broadcast.play", "ok": False, "error": {
+            "code": "expired", "message": {"zh": "已过期", "en": "expired"}}})
+    assert rows(zh, bid)["v043"]["result"] == "expired"
+    # v045 never came back before the broadcast expired: it will refuse it when it does.
+    Broadcast.objects.filter(pk=bid).update(expires=timezone.now() - timedelta(seconds=1))
+    got = rows(zh, bid)
+    assert got["v045"]["result"] == "expired"
+    assert got[""]["summary"] == "2 个站中 0 个已播放；2 个已过期"
