@@ -43,11 +43,10 @@ from pathlib import Path
 
 from common import add_tmp_args, loadavg, machine_line, run_in_tmp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge.contract.release import Release
 from edge.update import download, verify
 from pingan_centre.release import build as release_build
-from tests.update_helpers import BundleServer, RaucRig, bom_file, make_signer
+from pingan_sim.update_rig import BundleServer, RaucRig, bom_file, make_signer
 
 REPO = Path(__file__).resolve().parent.parent
 BLOCK = 4096

@@ -1,5 +1,11 @@
 """Structured logs: one JSON object per line on stderr (journald keeps them).
 
+When stderr is journald's stream (systemd says so in `$JOURNAL_STREAM`: the device and
+inode of the stream it connected), each line starts with its syslog priority, `<4>` for a
+warning: journald takes the prefix off (its default `SyslogLevelPrefix=yes`), files the
+JSON as the message at that priority, and a technician's `journalctl -p warning` shows the
+station's warnings. On a terminal or in a pipe the lines are plain JSON.
+
 Call `log(logger, "info", "uplink.connected", host=..., action="...")`: the event name
 is stable for grep and alerting; `action` tells a technician what to do next.
 
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import threading
@@ -25,6 +33,28 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 QUEUE_MAX = 10_000
+
+# Python's levels as syslog priorities (RFC 5424): what journald's PRIORITY= holds.
+PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+            logging.CRITICAL: 2}
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a Python level; one between two takes the more urgent."""
+    return next((p for lv, p in sorted(PRIORITY.items()) if lv >= levelno), 2)
+
+
+def journal_stream(stream: TextIO) -> bool:
+    """Whether `stream` is the journald stream systemd connected ($JOURNAL_STREAM =
+    "DEVICE:INODE" of it; a child given another stderr inherits the variable, hence the
+    comparison)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, io.UnsupportedOperation):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,6 +70,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class JournalFormatter(JsonFormatter):
+    """The JSON line behind its priority, `<N>`, for journald's stream."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{priority(record.levelno)}>{super().format(record)}"
 
 
 class _Handoff(logging.handlers.QueueHandler):
@@ -102,8 +139,9 @@ class _Writer:
 def setup(level: str = "info", stream: TextIO | None = None) -> Callable[[], None]:
     """Log JSON lines to `stream` (stderr) through the log writer; returns what stops it
     (after writing everything queued), also called at exit."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    out = stream or sys.stderr
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JournalFormatter() if journal_stream(out) else JsonFormatter())
     records: queue.Queue[Any] = queue.Queue(QUEUE_MAX)
     handoff = _Handoff(records)
     writer = _Writer(records, handler, handoff)

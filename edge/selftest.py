@@ -86,13 +86,20 @@ def _readline(stream: IO[str], timeout_s: float) -> str | None:
 
 class Selftest:
     def __init__(self, cfg: Config, operator: Operator, *, button_timeout_s: float = 30.0,
-                 broker_timeout_s: float = 8.0) -> None:
+                 broker_timeout_s: float = 8.0, factory: Any = None,
+                 gpio_dev: Path = Path("/dev")) -> None:
+        """`factory`: pins the caller can reach (a MockFactory it drives); None makes them
+        from `pins.factory`. `gpio_dev`: where the kernel's GPIO chips would be."""
         self.cfg = cfg
         self.op = operator
         self.button_timeout_s = button_timeout_s
         self.broker_timeout_s = broker_timeout_s
-        self.factory: Any = None
+        self.factory: Any = factory
+        self._own_factory = factory is None
+        self.gpio_dev = gpio_dev
         self.factory_error = ""
+        # Why the pins rows are "not fitted" (no GPIO to test), if they are.
+        self.pins_absent = ""
         self._null_audio = False
         self.rows: list[Row] = []
 
@@ -105,10 +112,22 @@ class Selftest:
     def run(self) -> list[Row]:
         from edge.unit.pins import PinFactoryError, make_factory
 
-        try:
-            self.factory = make_factory(self.cfg.pins.factory)
-        except PinFactoryError as exc:
-            self.factory_error = str(exc)
+        if self.factory is None:
+            if self.cfg.pins.factory == "mock":
+                # Simulated pins made in this process: nobody can press them or see them lit.
+                self.pins_absent = ("pins.factory = mock: simulated pins, no GPIO on this "
+                                    "unit to test")
+            else:
+                try:
+                    self.factory = make_factory(self.cfg.pins.factory)
+                except PinFactoryError as exc:
+                    if not any(self.gpio_dev.glob("gpiochip*")):
+                        # Every Pi has its SoC's chip; no chip at all is a machine without
+                        # GPIO (an emulator, a PC), not a fault to fix on the unit.
+                        self.pins_absent = (f"no GPIO chip ({self.gpio_dev}/gpiochip*) on "
+                                            "this machine")
+                    else:
+                        self.factory_error = str(exc)
         for check in self.checks():
             try:
                 row = check()
@@ -117,11 +136,13 @@ class Selftest:
                           f"{type(exc).__name__}: {exc}", "记录此信息并联系技术支持",
                           "note this and call support")
             self.rows.append(row)
-        if self.factory is not None:
+        if self.factory is not None and self._own_factory:
             self.factory.close()
         return self.rows
 
     def _no_pins(self, name: str, zh: str, en: str) -> Row | None:
+        if self.pins_absent:
+            return Row(name, zh, en, "not_fitted", self.pins_absent)
         if self.factory is None:
             return Row(name, zh, en, "fail", self.factory_error, "检查 pins.factory 设置",
                        "check pins.factory in station.toml")

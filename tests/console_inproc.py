@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,14 @@ def client(user: str, language: str) -> Any:
     return c
 
 
-def pages() -> list[str]:
-    """Every page urls.py serves by GET, filled in with every stored alarm. Pages whose
-    arguments this walk cannot fill are left out (named in `unwalked()`)."""
+def pages(alarm_ids: Iterable[int] | None = None) -> list[str]:
+    """Every page urls.py serves by GET, filled in with every stored alarm (or only
+    `alarm_ids`). Pages whose arguments this walk cannot fill are left out (named in
+    `unwalked()`)."""
     from pingan_centre.console.models import Alarm
     paths, _ = _walk()
-    alarms = list(Alarm.objects.values_list("pk", flat=True))
+    alarms = (list(Alarm.objects.values_list("pk", flat=True)) if alarm_ids is None
+              else list(alarm_ids))
     out: list[str] = []
     admin = client("admin", LANGUAGES[0])
     for route, params in paths:

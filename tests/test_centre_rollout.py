@@ -18,9 +18,7 @@ from centre_helpers import Centre, Database, database, station
 from conftest import wait_until
 
 from edge.station import Station
-from tests.update_helpers import build_release, make_signer, needs_rauc
-
-pytestmark = needs_rauc
+from pingan_sim.update_rig import build_release, make_signer
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

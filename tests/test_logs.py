@@ -5,10 +5,18 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
 
 import pytest
+from conftest import wait_until
+from journald_helpers import journald, stream
 
 from edge import logs
 from edge.logs import log
@@ -88,3 +96,85 @@ def test_lines_keep_their_fields_exception_and_time_of_the_call(root_handlers: N
     assert [d["event"] for d in written] == ["test.failed", "test.formatted"]
     assert written[0]["action"] == "look" and "ValueError: boom" in str(written[0]["exception"])
     assert written[1]["level"] == "warning" and str(written[1]["ts"]).endswith("Z")
+
+
+LEVELS = [("debug", 7), ("info", 6), ("warning", 4), ("error", 3), ("critical", 2)]
+
+
+def log_every_level(stream: TextIO) -> None:
+    stop = logs.setup("debug", stream)
+    logger = logging.getLogger("edge.test")
+    for level, _ in LEVELS:
+        log(logger, level, f"test.{level}", action="none")
+    logger.log(25, "test.between")  # a level of its own: the more urgent neighbour
+    stop()
+
+
+def test_on_journalds_stream_each_line_carries_its_priority_and_stays_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root_handlers: None) -> None:
+    with (tmp_path / "stream").open("w+") as stream:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        log_every_level(stream)
+        stream.seek(0)
+        written = stream.read().splitlines()
+    expected = [(f"test.{level}", prio) for level, prio in LEVELS] + [("test.between", 4)]
+    got = []
+    for line in written:
+        m = re.fullmatch(r"<([0-7])>(\{.*\})", line)
+        assert m, line
+        got.append((json.loads(m.group(2))["event"], int(m.group(1))))
+    assert got == expected
+
+
+@pytest.mark.parametrize("journal_stream", [None, "another"])
+def test_elsewhere_the_lines_are_plain_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            root_handlers: None,
+                                            journal_stream: str | None) -> None:
+    """On a terminal, in a pipe, or on a stderr a child got from a journald-connected parent
+    (the variable is inherited; the stream is not the same)."""
+    other = tmp_path / "other"
+    other.write_text("")
+    if journal_stream is None:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    else:
+        st = other.stat()
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    with (tmp_path / "stream").open("w+") as stream:
+        log_every_level(stream)
+        stream.seek(0)
+        written = [json.loads(line)["event"] for line in stream.read().splitlines()]
+    assert written == [f"test.{level}" for level, _ in LEVELS] + ["test.between"]
+
+
+@pytest.fixture
+def journald_ns() -> Iterator[str]:
+    with journald("pingantest") as ns:
+        yield ns
+
+
+def test_journalctl_p_warning_shows_the_stations_warnings(journald_ns: str) -> None:
+    """As systemd runs the station: stderr is a stream to journald and $JOURNAL_STREAM
+    names it."""
+    ns = journald_ns
+    with stream(ns, "pingan-edge") as (sock, journal_stream):
+        code = ("import logging\nfrom edge import logs\nstop = logs.setup('debug')\n"
+                "lg = logging.getLogger('edge.test')\n"
+                "for level in ('debug', 'info', 'warning', 'error', 'critical'):\n"
+                "    logs.log(lg, level, 'test.' + level, action='look')\nstop()\n")
+        subprocess.run([sys.executable, "-c", code], stderr=sock.fileno(), check=True,
+                       env=dict(os.environ, JOURNAL_STREAM=journal_stream),
+                       timeout=60)
+
+    def entries(*args: str) -> list[dict[str, str]]:
+        out = subprocess.run(["journalctl", f"--namespace={ns}", "-o", "json", "--no-pager",
+                              "-t", "pingan-edge", *args], capture_output=True, text=True,
+                             check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    wait_until(lambda: len(entries()) == 5)
+    warnings = entries("-p", "warning")
+    assert [(json.loads(e["MESSAGE"])["event"], e["PRIORITY"]) for e in warnings] == [
+        ("test.warning", "4"), ("test.error", "3"), ("test.critical", "2")]
+    assert all(json.loads(e["MESSAGE"])["action"] == "look" for e in warnings)
+    assert [e["PRIORITY"] for e in entries()] == ["7", "6", "4", "3", "2"]

@@ -17,18 +17,16 @@ from edge.update import verify
 from edge.update.verify import UpdateRefused
 from pingan_centre.cli import main as centre_main
 from pingan_centre.release import descriptor as centre_release
-from tests.update_helpers import (
+from pingan_sim.update_rig import (
     DPKG_STATUS,
     build_release,
     descriptor,
     keyring,
     make_signer,
-    needs_rauc,
     read_from_ext4,
     root_tree,
 )
 
-pytestmark = needs_rauc
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -23,6 +23,7 @@ from edge import selftest
 from edge.config import Config
 from edge.station import Station
 from edge.unit.bundle import install_bundle
+from edge.unit.pins import make_factory
 from pingan_centre.broker import provision
 from pingan_sim.modem import ModemSim
 from pingan_sim.township import CENTRE, Client, TownshipBroker
@@ -118,10 +119,16 @@ siren = false
 
 
 def run(cfg: Config, **kw: bool) -> tuple[list[selftest.Row], Technician]:
+    """The technician's hands on the pins: MockFactory pins they drive and look at."""
     tech = Technician(**kw)
-    test = selftest.Selftest(cfg, tech, button_timeout_s=3.0, broker_timeout_s=5.0)
+    factory = make_factory("mock")
+    test = selftest.Selftest(cfg, tech, button_timeout_s=3.0, broker_timeout_s=5.0,
+                             factory=factory)
     tech.test = test
-    return test.run(), tech
+    try:
+        return test.run(), tech
+    finally:
+        factory.close()
 
 
 def by_check(rows: list[selftest.Row]) -> dict[str, selftest.Row]:
@@ -231,12 +238,43 @@ def test_cli_json_with_nobody_there_fails_the_interactive_rows(
                           stdin=subprocess.DEVNULL, timeout=120)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
-    statuses = {r["check"]: r["status"] for r in report["results"]}
-    assert statuses["panic_button"] == "fail" and statuses["alarm_led"] == "fail"
-    assert statuses["broker"] == "pass"
+    rows = {r["check"]: r for r in report["results"]}
+    # The loudspeaker plays, and nobody says they heard it.
+    assert rows["loudspeaker"]["status"] == "fail" and rows["loudspeaker"]["detail"] == (
+        "no answer")
+    # Configured mock pins are this process's own: nobody could press them, nothing to test.
+    for name in ("alarm_led", "panic_button", "broadcast_button"):
+        assert rows[name]["status"] == "not_fitted", rows[name]
+        assert "pins.factory = mock" in rows[name]["detail"]
+    assert rows["broker"]["status"] == "pass"
     assert report["passed"] is False and report["seq"] >= 1
-    assert "现在请按下报警按钮" in done.stderr
+    assert "现在请按下报警按钮" not in done.stderr
     assert cfg.data_dir.joinpath("outbox.db").exists()
+
+
+@pytest.mark.parametrize("chips", [[], ["gpiochip0"]])
+def test_real_pins_on_a_machine_without_gpio_are_not_fitted_with_gpio_a_failure(
+        tmp_path: Path, township: TownshipBroker, chips: list[str]) -> None:
+    """No GPIO chip at all (QEMU's virt machine, a PC): the pins rows are not fitted. A
+    chip there that the factory cannot drive is a fault to fix."""
+    cfg = unit_config(tmp_path, township)
+    cfg = msgspec.structs.replace(cfg, pins=msgspec.structs.replace(cfg.pins,
+                                                                    factory="native"))
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in chips:
+        (dev / name).write_bytes(b"")  # not a character device: the factory cannot use it
+    tech = Technician()
+    test = selftest.Selftest(cfg, tech, button_timeout_s=1.0, broker_timeout_s=5.0,
+                             gpio_dev=dev)
+    tech.test = test
+    got = by_check(test.run())
+    for name in ("alarm_led", "panic_button", "broadcast_button"):
+        if chips:
+            assert got[name].status == "fail" and "pins.factory" in got[name].action_en
+        else:
+            assert got[name].status == "not_fitted", got[name]
+            assert got[name].detail == f"no GPIO chip ({dev}/gpiochip*) on this machine"
 
 
 def test_refuses_while_a_station_runs_outside_systemd(tmp_path: Path,

@@ -32,18 +32,15 @@ from edge.update.tryboot import BootPartition
 from pingan_centre.broker import provision
 from pingan_centre.release.build import Built
 from pingan_sim.township import CENTRE, Client, TownshipBroker
-from tests.update_helpers import (
+from pingan_sim.update_rig import (
     BundleServer,
     RaucRig,
     build_release,
     keyring,
     make_signer,
-    needs_dbus,
-    needs_rauc,
     read_from_ext4,
 )
 
-pytestmark = [needs_rauc, needs_dbus]
 EVENTS = "pingan/v1/t01/v001/events"
 CMD = "pingan/v1/t01/v001/cmd"
 RESULTS = "pingan/v1/t01/v001/cmd/result"

@@ -9,7 +9,9 @@ pulls the card) under `pingan-edge/`:
     technician.hash  optional crypt(3) hash of the technician's console password
 
 This moves them onto the data partition (key 0600, owned by the station user), and only
-once they are there, synced, deletes them from the boot partition. It grows the data
+once they are there, synced, deletes them from the boot partition and zeroes every free
+cluster of that partition (edge.unit.fatscrub): deleting a file on FAT leaves its bytes on
+the card for anyone who carves it. It grows the data
 partition to the card and sets the hostname. The station unit starts when
 /etc/pingan-edge/station.toml exists (its ConditionPathExists), so writing that file last
 is what enables it.
@@ -23,8 +25,8 @@ shadow bind mount, growing the partition) run only when the root is `/`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import logging
 import os
 import re
 import socket
@@ -37,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from edge import config as config_mod
+from edge import logs
 from edge.store import durable
+from edge.unit import fatscrub
 
 INCOMING = "boot/firmware/pingan-edge"
 DATA = "data"
@@ -54,13 +58,21 @@ class FirstBootError(Exception):
     """The card's identity is unusable; the message says what the technician should do."""
 
 
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}, ensure_ascii=False), flush=True)
+def emit(event: str, level: str = "info", **fields: Any) -> None:
+    """A JSON line on stdout; behind its syslog priority when that is journald's stream."""
+    line = json.dumps({"event": event, **fields, "level": level}, ensure_ascii=False)
+    if logs.journal_stream(sys.stdout):
+        line = f"<{logs.priority(logging.getLevelNamesMapping()[level.upper()])}>{line}"
+    print(line, flush=True)
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # The boot partition's raw bytes, for zeroing its free clusters: the device mounted at
+    # /boot/firmware when None on a live system; offline (an image tree) nothing is zeroed
+    # unless one is given.
+    boot_device: Path | None = None
 
     @property
     def incoming(self) -> Path:
@@ -87,8 +99,18 @@ class Layout:
         return self.data / "etc" / "shadow"
 
     @property
+    def scrub_marker(self) -> Path:
+        """Exists from just before the secrets are deleted until their clusters are zero,
+        so that a power cut in between is finished by the next boot."""
+        return self.conf / ".fat-scrub"
+
+    @property
     def live(self) -> bool:
         return self.root == Path("/")
+
+    @property
+    def scrubs(self) -> bool:
+        return self.live or self.boot_device is not None
 
 
 def _ids(root: Path, name: str, table: str) -> int:
@@ -209,6 +231,8 @@ def delete_secrets(lay: Layout) -> None:
     present = [lay.incoming / n for n in SECRETS if (lay.incoming / n).exists()]
     if not present:
         return
+    if lay.scrubs:
+        durable.write(lay.scrub_marker, b"", mode=0o600)
     fat = lay.incoming.parent
     remount = lay.live and _mountpoint(fat)
     if remount:
@@ -219,9 +243,31 @@ def delete_secrets(lay: Layout) -> None:
         durable.sync_dir(lay.incoming)
         os.sync()
     finally:
+        # Read-only again before the clusters are zeroed underneath the driver: this also
+        # writes its FAT out, so the raw tables show the deleted files' clusters free.
         if remount:
             subprocess.run(["mount", "-o", "remount,ro", str(fat)], check=False)
     emit("firstboot.secrets_deleted", files=[p.name for p in present])
+
+
+def scrub_boot_partition(lay: Layout) -> None:
+    """Zero the free clusters of the boot partition once its secrets are deleted."""
+    if not lay.scrub_marker.exists():
+        return
+    device = lay.boot_device
+    if device is None:
+        source = subprocess.run(["findmnt", "-no", "SOURCE", str(lay.incoming.parent)],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        device = Path(source.split("[", 1)[0])  # a bind mount shows DEVICE[/subdir]
+    os.sync()
+    try:
+        written = fatscrub.zero_free_clusters(device)
+    except fatscrub.FatError as exc:
+        raise FirstBootError(f"{device}: {exc}; the deleted secrets may still be readable "
+                             "on the card: replace it and revoke the station") from exc
+    lay.scrub_marker.unlink()
+    durable.sync_dir(lay.conf)
+    emit("firstboot.boot_partition_zeroed", device=str(device), bytes=written)
 
 
 def grow_data(lay: Layout) -> None:
@@ -230,7 +276,7 @@ def grow_data(lay: Layout) -> None:
     if marker.exists() or not lay.live:
         return
     source = subprocess.run(["findmnt", "-no", "SOURCE", str(lay.data)], capture_output=True,
-                            text=True, check=True).stdout.strip()
+                            text=True, check=True).stdout.strip().split("[", 1)[0]
     dev = Path(os.path.realpath(source)).name
     sys_part = Path("/sys/class/block") / dev
     number = (sys_part / "partition").read_text().strip()
@@ -246,34 +292,25 @@ def grow_data(lay: Layout) -> None:
 
 
 def apply_runtime(lay: Layout) -> None:
-    """Every boot: what the read-only root cannot keep."""
+    """Every boot: what the read-only root cannot keep. (The technician's /etc/shadow is
+    bound by etc-shadow.mount: this runs in a mount namespace of its own.)"""
     if not lay.live:
         return
     hostname = lay.conf / "hostname"
     if hostname.exists():
         socket.sethostname(hostname.read_text().strip())
-    shadow = lay.shadow
-    if shadow.exists() and not _bound(Path("/etc/shadow")):
-        subprocess.run(["mount", "--bind", str(shadow), "/etc/shadow"], check=True)
 
 
-def _bound(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            if line.split()[4] == str(path):
-                return True
-    return False
-
-
-def run(root: Path) -> int:
-    lay = Layout(root)
+def run(root: Path, boot_device: Path | None = None) -> int:
+    lay = Layout(root, boot_device)
     try:
         station = install_identity(lay)
         delete_secrets(lay)
+        scrub_boot_partition(lay)
         grow_data(lay)
         apply_runtime(lay)
     except (FirstBootError, subprocess.CalledProcessError, OSError) as exc:
-        emit("firstboot.failed", error=str(exc),
+        emit("firstboot.failed", "error", error=str(exc),
              action="the station stays off; fix the card (re-flash its identity) and reboot")
         return 1
     configured = (lay.conf / "station.toml").exists()
@@ -286,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/", help="the image tree to provision (default: this "
                    "system)")
+    p.add_argument("--boot-device", type=Path, help="the boot partition's device or image "
+                   "file, whose free clusters are zeroed once the secrets are deleted "
+                   "(default: the device mounted at /boot/firmware; none offline)")
     args = p.parse_args(argv)
-    return run(Path(args.root))
+    return run(Path(args.root), args.boot_device)
 
 
 if __name__ == "__main__":

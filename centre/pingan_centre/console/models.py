@@ -337,3 +337,43 @@ class HealthLatest(models.Model):
     ts = models.CharField(max_length=40)
     received_at = models.DateTimeField()
     data = models.JSONField(default=dict)
+
+
+class StationGroup(models.Model):
+    """A named set of stations a broadcast can go to, e.g. "river villages" (issue 23)."""
+
+    name = models.CharField(_("group name"), max_length=100, unique=True)
+    stations = models.ManyToManyField(Station, related_name="groups", blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Broadcast(models.Model):
+    """What the township said to its loudspeakers, and to whom (issue 23). Each station
+    gets one `broadcast.play` Command with id `bc:<id>:<station>`; its results are that
+    command's `cmd.result` and the `audio.playback` events carrying its id."""
+
+    id = models.CharField(max_length=16, primary_key=True)
+    kind = models.CharField(max_length=8)  # text | clip | tone
+    text = models.TextField(blank=True, default="")
+    tone = models.CharField(max_length=10, blank=True, default="")
+    clip = models.BinaryField(null=True, blank=True)
+    clip_name = models.CharField(max_length=200, blank=True, default="")
+    clip_type = models.CharField(max_length=100, blank=True, default="")
+    repeat = models.IntegerField(default=1)
+    volume = models.FloatField(null=True, blank=True)
+    priority = models.CharField(max_length=10, default="normal")
+    not_before = models.DateTimeField(null=True, blank=True)
+    expires = models.DateTimeField(null=True, blank=True)
+    target = models.CharField(max_length=200)  # all | village:X | group:X | stations
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    stopped_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]

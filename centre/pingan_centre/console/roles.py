@@ -7,13 +7,20 @@ ALARM_PERMS = ["ack_alarm", "dispatch_alarm", "resolve_alarm", "shelve_alarm"]
 # The duty rota (值班表): leaders and admins fill it in; everyone logged in sees it.
 ROTA_PERMS = ["add_dutyshift", "delete_dutyshift"]
 
+# Broadcasts to the loudspeakers (issue 23): officers send and stop them; leaders and
+# admins keep the saved groups of stations.
+BROADCAST_PERMS = ["add_broadcast"]
+GROUP_PERMS = ["add_stationgroup", "change_stationgroup", "delete_stationgroup"]
+
 ROLES: dict[str, list[str]] = {
     "viewer": [],
-    "duty_officer": ALARM_PERMS,
-    "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine", *ROTA_PERMS],
+    "duty_officer": [*ALARM_PERMS, *BROADCAST_PERMS],
+    "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine", *ROTA_PERMS,
+               *BROADCAST_PERMS, *GROUP_PERMS],
     "technician": ["view_quarantine", "change_station", "view_station"],
     "admin": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine",
-              "change_station", "view_station", "view_auditentry", *ROTA_PERMS],
+              "change_station", "view_station", "view_auditentry", *ROTA_PERMS,
+              *BROADCAST_PERMS, *GROUP_PERMS],
 }
 
 

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from pingan_centre.console import (
+    broadcast_views,
     camera_views,
     health_views,
     report_views,
@@ -39,6 +40,14 @@ urlpatterns = [
     path("releases", rollout_views.releases, name="releases"),
     path("releases/start", rollout_views.start, name="rollout_start"),
     path("releases/<str:rollout_id>/rest", rollout_views.advance, name="rollout_advance"),
+    path("broadcasts", broadcast_views.broadcasts, name="broadcasts"),
+    path("broadcasts/send", broadcast_views.send, name="broadcast_send"),
+    path("broadcast", broadcast_views.detail, name="broadcast"),
+    path("broadcast/results", broadcast_views.results, name="broadcast_results"),
+    path("broadcast/clip", broadcast_views.clip, name="broadcast_clip"),
+    path("broadcast/stop", broadcast_views.stop, name="broadcast_stop"),
+    path("groups/save", broadcast_views.group_save, name="group_save"),
+    path("groups/delete", broadcast_views.group_delete, name="group_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

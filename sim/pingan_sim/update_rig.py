@@ -1,6 +1,6 @@
-"""Release keys, root trees and bundles for the update tests: real openssl keys, real ext4
-images (mkfs.ext4 -d), real RAUC bundles (`rauc bundle`), built the way the signing PC
-builds them (pingan_centre.release)."""
+"""Release keys, root trees and bundles for the update tests and bench/update.py: real
+openssl keys, real ext4 images (mkfs.ext4 -d), real RAUC bundles (`rauc bundle`), built
+the way the signing PC builds them (pingan_centre.release)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge.contract.release import COMPATIBLE, Release
 from pingan_centre.release import build as release_build
-
-needs_rauc = pytest.mark.skipif(
-    shutil.which("rauc") is None or shutil.which("mksquashfs") is None,
-    reason="needs Debian's rauc and squashfs-tools (bin/setup installs them)")
 
 DPKG_STATUS = """\
 Package: rauc
@@ -115,7 +109,6 @@ def read_from_ext4(image: Path, path: str) -> bytes:
     return done.stdout
 
 
-needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
