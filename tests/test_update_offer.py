@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import schema, wait_until
+from conftest import schema, station_toml, wait_until
 
 from edge import config as config_mod
 from edge.config import Config
@@ -73,42 +73,15 @@ class Rig:
         data = self.tmp / "data"
         data.mkdir()
         path = self.tmp / "station.toml"
-        path.write_text(f"""
-[station]
-id = "v001"
-township = "t01"
-data_dir = "{data}"
-[broker]
-host = "127.0.0.1"
-port = {tb.tls_port}
-tls = true
-ca_file = "{tls / 'ca.crt'}"
-cert_file = "{tls / 'station.crt'}"
-key_file = "{tls / 'station.key'}"
-keepalive_s = 5
-[uplink]
-backoff_min_s = 0.05
-backoff_max_s = 0.5
-[pins]
-factory = "mock"
-[buttons]
-panic_hold_s = 0.1
-bounce_s = 0.0
-[audio]
-enabled = false
-[update]
-keyring = "{self.keyring}"
-release_file = "{self.release_file}"
-health_s = 30
-commit_rows = ["certificate", "power"]
-rate_bytes_s = 50000000
-retry_min_s = 0.05
-retry_max_s = 0.2
-give_up_s = 3
-timeout_s = 5
-reboot_command = ["touch", "{self.tmp / 'rebooted-tryboot'}"]
-fallback_command = ["touch", "{self.tmp / 'rebooted-plain'}"]
-""")
+        path.write_text(station_toml(data, tb.tls_port, broker={
+            "tls": True, "ca_file": str(tls / "ca.crt"), "cert_file": str(tls / "station.crt"),
+            "key_file": str(tls / "station.key")}, update={
+            "keyring": str(self.keyring), "release_file": str(self.release_file),
+            "health_s": 30, "commit_rows": ["certificate", "power"],
+            "rate_bytes_s": 50000000, "retry_min_s": 0.05, "retry_max_s": 0.2,
+            "give_up_s": 3, "timeout_s": 5,
+            "reboot_command": ["touch", str(self.tmp / "rebooted-tryboot")],
+            "fallback_command": ["touch", str(self.tmp / "rebooted-plain")]}))
         return path
 
     @property
