@@ -269,8 +269,11 @@ def cmd_update_apply(args: argparse.Namespace) -> int:
         print(f"pingan-edge: {reply.get('error')}", file=sys.stderr)
         return 1
     last = None
-    while True:  # follow it until it ends one way or the other
+    while True:  # follow this job (not the end of an earlier one) until it ends
         state = _ask(args, {"op": "update.status"})["update"]
+        if state.get("job") != reply["job"]:
+            threading.Event().wait(0.2)
+            continue
         if state != last:
             print(json.dumps(state, ensure_ascii=False), flush=True)
             last = state

@@ -350,6 +350,11 @@ def test_update_apply_on_site_takes_the_same_checks(rig: Rig) -> None:
                           str(rig.config_path), str(foreign.bundle)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and "wrong_key" in bad.stdout, bad.stdout + bad.stderr
+    # It followed its own job only: the first one's "rebooting", still the station's
+    # state when the second was queued, is not this one's answer.
+    lines = [json.loads(line) for line in bad.stdout.splitlines()]
+    assert lines and all(line["job"] == 2 for line in lines), bad.stdout
+    assert lines[-1]["phase"] == "refused" and lines[-1]["version"] == "0.3.0", lines
 
 
 def test_a_release_that_cannot_read_the_data_does_not_start_and_is_rolled_back(

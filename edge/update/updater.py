@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -85,6 +86,9 @@ class Job:
     url: str | None = None
     path: Path | None = None
     cmd_id: str | None = None
+    # Numbered when queued: the state names the job it is about, so whoever queued one
+    # follows that one and not the end of the one before it.
+    number: int = 0
 
 
 class Trial(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -154,7 +158,9 @@ class Updater:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="update", daemon=True)
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"phase": "idle"}
+        self._state: dict[str, Any] = {"phase": "idle", "job": 0}
+        self._queued = 0  # the last job number handed out
+        self._current = 0  # the job the worker is on
         self._trial_event: str | None = None
 
     # --- the station's wiring --------------------------------------------------------
@@ -190,15 +196,19 @@ class Updater:
         def refuse(why: Text) -> Exception:
             return RuntimeError(why.en)
 
-        self._queue(Job("on_site", release, signature, path=path), refuse)
-        return {"queued": str(path)}
+        number = self._queue(Job("on_site", release, signature, path=path), refuse)
+        return {"queued": str(path), "job": number}
 
-    def _queue(self, job: Job, refuse: Callable[[Text], Exception]) -> None:
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            raise refuse(text("正在进行另一次更新，请稍后再试",
-                              "another update is under way: offer again later")) from None
+    def _queue(self, job: Job, refuse: Callable[[Text], Exception]) -> int:
+        with self._lock:
+            number = self._queued + 1
+            try:
+                self._jobs.put_nowait(dataclasses.replace(job, number=number))
+            except queue.Full:
+                raise refuse(text("正在进行另一次更新，请稍后再试",
+                                  "another update is under way: offer again later")) from None
+            self._queued = number
+            return number
 
     def status(self, _request: UpdateStatusRequest | None = None) -> dict[str, Any]:
         with self._lock:
@@ -225,7 +235,7 @@ class Updater:
     # --- the worker -------------------------------------------------------------------
     def _set(self, **state: Any) -> None:
         with self._lock:
-            self._state = state
+            self._state = {**state, "job": self._current}
 
     def _event(self, kind: str, version: str, **payload: Any) -> None:
         ev: events.Event = events.UPDATE_EVENTS[kind](  # type: ignore[assignment]
@@ -293,6 +303,7 @@ class Updater:
         (self.directory / TRIAL).unlink(missing_ok=True)
 
     def _update(self, job: Job) -> None:
+        self._current = job.number
         version = job.release.version if job.release else "?"
         ids: dict[str, Any] = {"cmd_id": job.cmd_id, "source": job.source}
         self._set(phase="checking", version=version)
