@@ -12,6 +12,7 @@ from pingan_centre.console import (
     rollout_views,
     rota,
     views,
+    voice_views,
 )
 
 urlpatterns = [
@@ -46,6 +47,8 @@ urlpatterns = [
     path("broadcast/results", broadcast_views.results, name="broadcast_results"),
     path("broadcast/clip", broadcast_views.clip, name="broadcast_clip"),
     path("broadcast/stop", broadcast_views.stop, name="broadcast_stop"),
+    path("voice", voice_views.page, name="voice"),
+    path("voice/results", voice_views.results, name="voice_results"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
     path("groups/delete", broadcast_views.group_delete, name="group_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
