@@ -43,7 +43,7 @@
     };
   }
 
-  function encoderFor(sampleRate) {
+  function encoderFor(sampleRate, channels) {
     const e = new AudioEncoder({
       output: function (chunk) {
         if (!socket || socket.readyState !== 1 || !sending) return;
@@ -54,7 +54,9 @@
       },
       error: function (e) { if (state) state.textContent = String(e); }
     });
-    e.configure({codec: "opus", sampleRate: sampleRate, numberOfChannels: 1, bitrate: 24000,
+    // The stations decode to mono whatever the microphone gives (Opus allows it).
+    e.configure({codec: "opus", sampleRate: sampleRate, numberOfChannels: channels,
+                 bitrate: 24000,
                  opus: {frameDuration: 20000, application: "voip"}});
     return e;
   }
@@ -65,7 +67,8 @@
       const got = await reader.read();
       if (got.done) return;
       const data = got.value;
-      if (speaking && encoder) {
+      if (speaking) {
+        if (!encoder) encoder = encoderFor(data.sampleRate, data.numberOfChannels);
         if (offsetUs === null) offsetUs = Date.now() * 1000 - data.timestamp - data.duration;
         encoder.encode(data);
       }
@@ -109,8 +112,6 @@
       return;
     }
     const track = mic.getAudioTracks()[0];
-    const rate = track.getSettings().sampleRate || 48000;
-    encoder = encoderFor(rate);
     reader = new MediaStreamTrackProcessor({track: track}).readable.getReader();
     pump();
     connect();
