@@ -60,7 +60,7 @@ class Encoder:
 
     def encode(self, samples: np.ndarray) -> list[bytes]:
         """Opus packets for whole 20 ms frames of `samples` (int16, 48 kHz)."""
-        out = []
+        out: list[bytes] = []
         for start in range(0, len(samples) - FRAME + 1, FRAME):
             frame = self._av.AudioFrame.from_ndarray(
                 samples[start:start + FRAME].reshape(1, -1), format="s16", layout="mono")

@@ -195,7 +195,7 @@ def _user(cookie_header: str) -> tuple[str, str] | None:
         return None
     request = HttpRequest()
     request.session = SessionStore(session_key=morsel.value)
-    user = get_user(request)  # type: ignore[arg-type]
+    user = get_user(request)
     if not user.is_authenticated or not user.has_perm(PERMISSION):
         return None
     lang_cookie = cookies.get(settings.LANGUAGE_COOKIE_NAME)
