@@ -86,9 +86,12 @@ class CardClock:
 
 def _worker(port: int, names: list[str], ready: Any, out: Any, stop: Any) -> None:
     """Light stations: the unit's voice receiver and player, per station."""
+    import logging
+
     from edge.audio.player import Player
     from edge.audio.voice import LiveVoice
 
+    logging.getLogger("edge").setLevel(logging.ERROR)  # the reports are counted, not logged
     stations = []
     reports: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for name in names:

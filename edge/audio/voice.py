@@ -67,8 +67,9 @@ class Session:
         self._codec.layout = "mono"
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         self._cond = threading.Condition()
-        # (samples, capture time of its first sample: Unix seconds, the officer's clock)
-        self._chunks: deque[tuple[Samples, float]] = deque()
+        # (samples, capture time of its first sample: Unix seconds, the officer's clock;
+        # when it arrived here: monotonic)
+        self._chunks: deque[tuple[Samples, float, float]] = deque()
         self._buffered = 0
         self.last_seq = -1
         self.last_packet = time.monotonic()
@@ -104,10 +105,11 @@ class Session:
                     samples = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
                     decoded.append((samples, at))
                 at += frame.samples / contract.OPUS_RATE
+        arrived = time.monotonic()
         with self._cond:
             for samples, captured in decoded:
                 if len(samples):
-                    self._chunks.append((samples, captured))
+                    self._chunks.append((samples, captured, arrived))
                     self._buffered += len(samples)
             if self._buffered > self._max:
                 self._drop(self._buffered - self._jitter)
@@ -124,30 +126,37 @@ class Session:
         """Throw away the oldest `count` samples (under self._cond)."""
         self.dropped += count
         while count > 0 and self._chunks:
-            samples, captured = self._chunks[0]
+            samples, captured, arrived = self._chunks[0]
             if len(samples) <= count:
                 self._chunks.popleft()
                 self._buffered -= len(samples)
                 count -= len(samples)
             else:
-                self._chunks[0] = (samples[count:], captured + count / self.rate)
+                self._chunks[0] = (samples[count:], captured + count / self.rate, arrived)
                 self._buffered -= count
                 count = 0
 
     # --- the player thread -----------------------------------------------------------
 
     def _take(self, count: int) -> tuple[Samples, float | None]:
-        """Up to `count` samples off the buffer and the capture time of the first one."""
+        """Up to `count` samples off the buffer and the capture time of the first one.
+        Audio that waited in the buffer longer than voice_max_ms (it arrived while a
+        siren played) is dropped first: it would only be late."""
+        stale = time.monotonic() - self._max / self.rate
+        while self._chunks and self._chunks[0][2] < stale:
+            samples, _captured, _arrived = self._chunks.popleft()
+            self._buffered -= len(samples)
+            self.dropped += len(samples)
         parts: list[Samples] = []
         first: float | None = None
         while count > 0 and self._chunks:
-            samples, captured = self._chunks[0]
+            samples, captured, arrived = self._chunks[0]
             if first is None:
                 first = captured
             if len(samples) <= count:
                 self._chunks.popleft()
             else:
-                self._chunks[0] = (samples[count:], captured + count / self.rate)
+                self._chunks[0] = (samples[count:], captured + count / self.rate, arrived)
                 samples = samples[:count]
             parts.append(samples)
             self._buffered -= len(samples)
@@ -162,6 +171,7 @@ class Session:
         filling = True
         block_s = self._block / self.rate
         while True:
+            underrun = False
             with self._cond:
                 if filling and self._buffered < self._jitter and not self.ended:
                     self._cond.wait(block_s)
@@ -176,10 +186,13 @@ class Session:
                         self._cond.wait(block_s)  # a packet may be just arriving
                     if self._buffered >= self._block or (self.ended and self._buffered):
                         chunk, captured = self._take(self._block)
+                        if not len(chunk):  # all of it waited too long: fill again
+                            chunk, filling = None, True
                     elif not self.ended:
-                        filling = True
+                        filling = underrun = True
                         self.underruns += 1
-                        self._underrun_report()
+            if underrun:
+                self._underrun_report()
             if chunk is None:
                 if time.monotonic() - self.last_packet > IDLE_END_S:
                     self.end()
@@ -245,7 +258,7 @@ class LiveVoice:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         if self._thread.is_alive():
-            self._thread.join(0.5)
+            self._thread.join(0.1)  # it wakes at once; a daemon, whatever it decodes
         with self._lock:
             current = self._current
         if current is not None:
