@@ -11,14 +11,17 @@ output that keeps a sound card's clock instead of PortAudio's null sink: a burst
 is "heard" when its first loud block would leave the card. The stations run in a few
 worker processes (light: no outbox, no GPIO, no PortAudio).
 
-delay = heard - the moment the burst's first sample entered the microphone.
+delay = heard - the moment the burst's first sample entered the microphone. Also printed:
+mouth → packet at the station (its `at_ms`), which is all a `--light` station measures:
+200 full stations decoding and playing on this 2-core machine saturate it themselves.
 
 The baseline, in the same run with the same stations: the mouth publishes the same
 packets straight to the broker (no browser socket, no centre), so the ratio is what the
 console's relay costs. Goal (issue 23): p95 under 1 s on loopback with 20 stations.
 
     .venv/bin/python bench/live_voice.py                 # 20 stations
-    .venv/bin/python bench/live_voice.py --stations 200
+    .venv/bin/python bench/live_voice.py --stations 200           # full stations
+    .venv/bin/python bench/live_voice.py --stations 200 --light   # what arrives only
     .venv/bin/python bench/live_voice.py --stations 20 --target set   # per-station topics
 """
 
@@ -84,8 +87,27 @@ class CardClock:
             self._loud = False
 
 
-def _worker(port: int, names: list[str], ready: Any, out: Any, stop: Any) -> None:
-    """Light stations: the unit's voice receiver and player, per station."""
+class Arrivals:
+    """What reaches a station: each packet's age (now - at_ms: mouth → packet at the
+    station, 60 ms of it the packet filling up) and the gaps in its seq."""
+
+    def __init__(self) -> None:
+        self.ages: list[float] = []
+        self.lost = 0
+        self._last: tuple[str, int] = ("", -1)
+
+    def note(self, payload: bytes) -> None:
+        body = json.loads(payload)
+        self.ages.append(time.time() - body["at_ms"] / 1000)
+        session, seq = body["session"], body["seq"]
+        if session == self._last[0] and seq > self._last[1] + 1:
+            self.lost += seq - self._last[1] - 1
+        self._last = (session, seq)
+
+
+def _worker(port: int, names: list[str], light: bool, ready: Any, out: Any,
+            stop: Any) -> None:
+    """Stations: the unit's voice receiver and player each (light: only what arrives)."""
     import logging
 
     from edge.audio.player import Player
@@ -94,6 +116,7 @@ def _worker(port: int, names: list[str], ready: Any, out: Any, stop: Any) -> Non
     logging.getLogger("edge").setLevel(logging.ERROR)  # the reports are counted, not logged
     stations = []
     reports: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    arrivals = {n: Arrivals() for n in names}
     for name in names:
         card = CardClock()
         player = Player(card, None, lead_ms=60, idle_off_s=60.0,  # type: ignore[arg-type]
@@ -106,12 +129,20 @@ def _worker(port: int, names: list[str], ready: Any, out: Any, stop: Any) -> Non
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{TOWNSHIP}-{name}",
                              protocol=mqtt.MQTTv5)
         subscribed = threading.Event()
-        client.on_message = lambda _c, _u, m, v=voice: v.receive(m.topic, bytes(m.payload))
+
+        def on_message(_c: Any, _u: Any, m: Any, v: Any = voice, n: str = name) -> None:
+            payload = bytes(m.payload)
+            if not light:
+                v.receive(m.topic, payload)
+            arrivals[n].note(payload)
+
+        client.on_message = on_message
         client.on_subscribe = lambda *_a, e=subscribed: e.set()
         client.on_connect = lambda c, _u, _f, _r, _p, n=name: c.subscribe([
             (f"pingan/v1/{TOWNSHIP}/{n}/voice", 0), (f"pingan/v1/{TOWNSHIP}/all/voice", 0)])
-        player.start()
-        voice.start()
+        if not light:
+            player.start()
+            voice.start()
         client.connect("127.0.0.1", port)
         client.loop_start()
         client.publish(f"pingan/v1/{TOWNSHIP}/{name}/state", dumps(state(TOWNSHIP, name)),
@@ -123,19 +154,22 @@ def _worker(port: int, names: list[str], ready: Any, out: Any, stop: Any) -> Non
     while True:
         command = stop.get()
         if command == "report":
-            out.put({name: {"heard": card.heard, "reports": reports[name]}
+            out.put({name: {"heard": card.heard, "reports": reports[name],
+                            "ages": arrivals[name].ages, "lost": arrivals[name].lost}
                      for name, card, *_r in stations})
             for _name, card, *_r in stations:
                 card.heard = []
             for name in names:
                 reports[name] = []
+                arrivals[name] = Arrivals()
         else:
             break
     for _name, _card, player, voice, client, _s in stations:
         client.loop_stop()
         client.disconnect()
-        voice.close()
-        player.close()
+        if not light:
+            voice.close()
+            player.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -224,8 +258,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     ctx = mp.get_context("spawn")
     ready, out = ctx.Queue(), ctx.Queue()
     stops = [ctx.Queue() for _ in range(workers)]
-    procs = [ctx.Process(target=_worker, args=(broker.port, names[w::workers], ready, out,
-                                               stops[w]), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(broker.port, names[w::workers], args.light,
+                                               ready, out, stops[w]), daemon=True)
              for w in range(workers)]
     try:
         centre.start()
@@ -253,6 +287,16 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
         def figures(label: str, onsets: list[float], got: dict[str, Any],
                     cpu: float | None, took: float) -> list[float]:
+            ages = [a for st in got.values() for a in st["ages"]]
+            relay = (f"{label}: mouth → packet at the station p50 "
+                     f"{1000 * statistics.median(ages):.0f} ms, p95 {1000 * pct(ages, 95):.0f} "
+                     f"ms ({len(ages)} packets; lost {sum(st['lost'] for st in got.values())})"
+                     if ages else f"{label}: no packet arrived")
+            if cpu is not None:
+                relay += f"; centre CPU {100 * cpu / took:.1f}% of one core"
+            print(relay, flush=True)
+            if args.light:
+                return ages
             ds = [d for st in got.values() for d in delays(onsets, st["heard"])]
             finals = [r for st in got.values() for r in st["reports"]
                       if r["phase"] in ("finished", "preempted", "failed")]
@@ -264,8 +308,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                     f"{sum(r['dropped_ms'] for r in finals)} ms, lost packets "
                     f"{sum(r['lost'] for r in finals)}, sessions ended "
                     f"{len(finals)}/{len(got)}") if ds else f"{label}: nothing heard"
-            if cpu is not None:
-                line += f"; centre CPU {100 * cpu / took:.1f}% of one core"
             print(line, flush=True)
             return ds
 
@@ -285,8 +327,9 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             results["direct"] += figures(f"round {round_ + 1}, baseline: straight to the "
                                          f"broker", onsets, collect(), None, 1.0)
         c, d = results.get("console", []), results.get("direct", [])
+        what = "mouth → packet at the station" if args.light else "mouth → loudspeaker"
         if c and d:
-            print(f"all rounds, {args.stations} stations: console p50 "
+            print(f"all rounds, {args.stations} stations, {what}: console p50 "
                   f"{1000 * statistics.median(c):.0f} ms p95 {1000 * pct(c, 95):.0f} ms; "
                   f"baseline p50 {1000 * statistics.median(d):.0f} ms p95 "
                   f"{1000 * pct(d, 95):.0f} ms; ratio console/baseline p50 "
@@ -312,6 +355,9 @@ def main() -> int:
     parser.add_argument("--stations", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0, help="speech per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--light", action="store_true",
+                        help="stations that only note what arrives (no decoding, no "
+                             "player): the relay's delay with many stations")
     parser.add_argument("--target", choices=("all", "set"), default="all",
                         help="all: one all/voice topic; set: every station by name "
                              "(the centre publishes once per station)")
