@@ -2,8 +2,9 @@
 station certificates, the ACL made from the topic table): the centre's account publishes
 Opus packets at QoS 0 on the station's `voice` topic (and `all/voice`), the real station
 decodes them with libopus and plays them through its player to the null sink
-(`speaker.raw`); its `audio.voice` events reach the centre, valid by the schema. A siren
-cuts live speech off; a station handed more than it can buffer drops the oldest audio
+(`speaker.raw`); its `audio.voice` events reach the centre, valid by the schema. Live
+speech cuts off a normal broadcast, which starts again after it; a siren cuts live
+speech off; a station handed more than it can buffer drops the oldest audio
 rather than speak later."""
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def voice_events(centre: Client) -> list[dict]:  # type: ignore[type-arg]
     return out
 
 
+def playback(centre: Client, cmd_id: str) -> list[str]:
+    return [e["payload"]["phase"] for e in map(json.loads, (b for _t, b in
+            centre.received("/events"))) if e["type"] == "audio.playback"
+            and e["payload"].get("cmd_id") == cmd_id]
+
+
 def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
     town = TownshipBroker(tmp_path / "township").start()
     centre = Client("centre.voice")
@@ -83,7 +90,23 @@ def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
         assert done["packets"] == len(sent) and done["lost"] == 0
         assert done["played_s"] >= 1.4 and done["delay_ms_p50"] is not None
 
-        # 2. On all/voice, with a packet lost on the way; a siren cuts it off.
+        # 2. It cuts off a normal broadcast (music, a notice), which starts again after.
+        assert not centre.publish(f"pingan/v1/{T}/v001/cmd", json.dumps({
+            "cmd": "broadcast.play", "id": "bc-music", "tone": "chime", "repeat": 50,
+            "priority": "normal"}).encode()).is_failure
+        wait_until(lambda: "started" in playback(centre, "bc-music"), 10, "music playing")
+        for body in mouth.packets("s-over", mouth.tone_sequence((500.0,), tone_s=1.0)):
+            centre.client.publish(f"pingan/v1/{T}/all/voice", body, qos=0)
+            time.sleep(0.06)
+        wait_until(lambda: [e for e in voice_events(centre) if e["session"] == "s-over"
+                            and e["phase"] == "finished"], 15, "s-over spoken")
+        wait_until(lambda: playback(centre, "bc-music")[-1] == "resumed", 10, "music again")
+        assert playback(centre, "bc-music")[:2] == ["started", "preempted"]
+        assert not centre.publish(f"pingan/v1/{T}/v001/cmd", json.dumps({
+            "cmd": "broadcast.stop", "id": "bs-music"}).encode()).is_failure
+        wait_until(lambda: playback(centre, "bc-music")[-1] == "stopped", 10, "music stopped")
+
+        # 3. On all/voice, with a packet lost on the way; a siren cuts it off.
         raw = station.config.data_dir / "speaker.raw"
         mark = raw.stat().st_size
         long = mouth.tone_sequence((700.0,), tone_s=6.0)
@@ -108,7 +131,7 @@ def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
         x = np.fromfile(raw, dtype="<i2").astype(np.float32)[mark // 2:] / 32768
         assert runs(x, RATE, [700.0])[0][0] == 700.0  # it spoke before the siren
 
-        # 3. Falling behind: 3 s of speech at once; it drops to its jitter buffer and
+        # 4. Falling behind: 3 s of speech at once; it drops to its jitter buffer and
         # plays only the newest, so it never speaks seconds late.
         wait_until(lambda: station is not None and station.loudspeaker is not None
                    and station.loudspeaker.player.current is None, 20, "the siren over")
