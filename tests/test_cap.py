@@ -9,6 +9,7 @@ station would be sent, the stops, the audit log and the pages are checked."""
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -274,3 +275,27 @@ def test_the_watched_folder(township: None, tmp_path: Path) -> None:
                           "not well-formed XML (line 1, column 1)"]
     good = CapImport.objects.get(identifier="WH-FOLDER-1")
     assert (good.outcome, good.by, good.source) == ("broadcast", "cap-folder", "good.xml")
+
+
+def test_the_cap_table_of_centre_toml(tmp_path: Path) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from pingan_centre.console import config
+    path = tmp_path / "centre.toml"
+    path.write_text('[cap]\nwatch_dir = "/srv/cap"\nallow_drills = true\n'
+                    '[cap.areas]\n"柳村" = "420102001001"\n', encoding="utf-8")
+    cfg = config.load(str(path)).cap
+    assert (cfg.watch_dir, cfg.allow_drills, cfg.areas, cfg.repeat) == (
+        "/srv/cap", True, {"柳村": "420102001001"}, 2)
+    for bad, words in (('[cap]\nallow_drill = true\n', "unknown keys ['allow_drill']"),
+                       ('[cap.areas]\n"柳村" = "4201-02"\n', "2 to 12 digits")):
+        path.write_text(bad, encoding="utf-8")
+        with pytest.raises(ImproperlyConfigured, match=re.escape(words)):
+            config.load(str(path))
+
+
+def test_area_prefixes() -> None:
+    from pingan_centre.console.cap.imports import area_prefix
+    assert [area_prefix(c) for c in ("420000", "420100", "420102", "420102001000",
+                                     "420102001001", "420000000000")] == [
+        "42", "4201", "420102", "420102001", "420102001001", "42"]

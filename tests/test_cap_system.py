@@ -71,7 +71,8 @@ def test_an_alert_uploaded_plays_where_its_area_is(tmp_path: Path, broker) -> No
         assert bad.status_code == 400
         body = bad.json()
         assert (body["outcome"], body["reason"], body["reason_en"]) == (
-            "rejected", "不是有效的 XML（第 1 行第 7 列）", "not well-formed XML (line 1, column 7)")
+            "rejected", "不是有效的 XML（第 1 行第 7 列）",
+            "not well-formed XML (line 1, column 7)")
         page = s.get(f"{centre.url}/cap", timeout=10).text
         assert "不是有效的 XML（第 1 行第 7 列）" in page and "已取消" in page
         audit = centre.python(
