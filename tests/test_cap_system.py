@@ -73,14 +73,19 @@ def test_an_alert_uploaded_plays_where_its_area_is(tmp_path: Path, broker) -> No
         assert (body["outcome"], body["reason"], body["reason_en"]) == (
             "rejected", "不是有效的 XML（第 1 行第 7 列）",
             "not well-formed XML (line 1, column 7)")
-        page = s.get(f"{centre.url}/cap", timeout=10).text
-        assert "不是有效的 XML（第 1 行第 7 列）" in page and "已取消" in page
+        # The form (no JSON asked): the page again, the refusal on top, in Chinese.
+        page = s.post(f"{centre.url}/cap/import", files={"cap": ("x.xml", b"<alert>")},
+                      data={"csrfmiddlewaretoken": s.cookies["csrftoken"]}, timeout=30)
+        assert page.status_code == 400
+        top = page.text[page.text.index('id="cap-result"'):]
+        assert "<h2>已拒收" in top and "不是有效的 XML（第 1 行第 7 列）" in top[:top.index("</div>")]
+        assert "已取消" in page.text  # the cancel, in the list below
         audit = centre.python(
             "from pingan_centre.console.models import AuditEntry\n"
             "print(json.dumps([[a.user, a.detail['outcome']] for a in AuditEntry.objects"
             ".filter(action='cap.import').order_by('at', 'id')]))")
         assert audit == [["officer", "broadcast"], ["cap-folder", "cancelled"],
-                         ["officer", "rejected"]]
+                         ["officer", "rejected"], ["officer", "rejected"]]
     finally:
         for sim in sims:
             sim.stop()
