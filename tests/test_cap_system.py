@@ -78,7 +78,8 @@ def test_an_alert_uploaded_plays_where_its_area_is(tmp_path: Path, broker) -> No
                       data={"csrfmiddlewaretoken": s.cookies["csrftoken"]}, timeout=30)
         assert page.status_code == 400
         top = page.text[page.text.index('id="cap-result"'):]
-        assert "<h2>已拒收" in top and "不是有效的 XML（第 1 行第 7 列）" in top[:top.index("</div>")]
+        top = top[:top.index("</div>")]
+        assert "<h2>已拒收" in top and "不是有效的 XML（第 1 行第 7 列）" in top
         assert "已取消" in page.text  # the cancel, in the list below
         audit = centre.python(
             "from pingan_centre.console.models import AuditEntry\n"
