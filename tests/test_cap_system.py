@@ -55,6 +55,7 @@ def test_an_alert_uploaded_plays_where_its_area_is(tmp_path: Path, broker) -> No
         wait_until(lambda: results(s, centre, bid)["s1"]["result"] == "started", 60,
                    "s1 speaking the alert")
         assert list(results(s, centre, bid)) == ["s1", ""]  # s2 is outside the area
+        wait_until(lambda: sims[0].loudness() > 0.01, 30, "s1's loudspeaker sounding")
 
         (folder / ".cancel.xml").write_bytes(cap(
             "WH-SYS-2", msg_type="Cancel", sent="2026-12-06T10:00:00+08:00",
