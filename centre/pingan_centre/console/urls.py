@@ -7,6 +7,7 @@ from django.urls import include, path
 from pingan_centre.console import (
     broadcast_views,
     camera_views,
+    cap_views,
     health_views,
     report_views,
     rollout_views,
@@ -49,6 +50,8 @@ urlpatterns = [
     path("broadcast/stop", broadcast_views.stop, name="broadcast_stop"),
     path("voice", voice_views.page, name="voice"),
     path("voice/results", voice_views.results, name="voice_results"),
+    path("cap", cap_views.cap, name="cap"),
+    path("cap/import", cap_views.cap_import, name="cap_import"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
     path("groups/delete", broadcast_views.group_delete, name="group_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
