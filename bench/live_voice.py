@@ -342,6 +342,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         for q in stops:
             q.put("stop")
         for p in procs:
+            if p.pid is None:
+                continue  # never started: the centre did not come up
             p.join(10)
             if p.is_alive():
                 p.kill()
