@@ -318,7 +318,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         assert centre.proc is not None
         for round_ in range(args.rounds):
             cpu0, t0 = cpu_s(centre.proc.pid), time.monotonic()
-            onsets = via_console(centre.url, s.cookies["sessionid"], args.target, chosen,
+            onsets = via_console(centre.url, s.cookies["sessionid"],
+                                 "all" if args.target == "all" else "stations", chosen,
                                  args.seconds)
             cpu, took = cpu_s(centre.proc.pid) - cpu0, time.monotonic() - t0
             results["console"] += figures(f"round {round_ + 1}, console ({args.target})",
