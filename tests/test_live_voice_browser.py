@@ -104,8 +104,9 @@ def test_live_voice_from_the_browser(tmp_path: Path, broker) -> None:  # type: i
             r[n]["result"] == "finished" for n in ("s1", "s2")) and r, 20, "both played")
         assert list(done) == ["s1", "s2"]
         # The page shows each loudspeaker's report, in Chinese.
-        wait_until(lambda: [e.text for e in driver.find_elements(
-            By.CSS_SELECTOR, "table.voice-results td.result")] == ["已播放", "已播放"], 10,
+        wait_until(lambda: driver.execute_script(  # read at once: redrawn every second
+            "return Array.from(document.querySelectorAll('table.voice-results td.result'))"
+            ".map(function (e) { return e.innerText; });") == ["已播放", "已播放"], 10,
             "the table on the page")
         for name in ("s1", "s2"):
             sim = next(x for x in sims if x.name == name)
