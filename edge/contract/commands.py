@@ -7,7 +7,6 @@ answered on `…/cmd/result`. Nothing past this point sees unvalidated input.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edge.contract import cron as cron_grammar
 from edge.contract.events import ErrorInfo, EventId, Text, text
 from edge.contract.release import COMPATIBLE, Release
 from edge.contract.release import Version as ReleaseVersion
@@ -117,15 +117,10 @@ class ScheduleSet(_Sound, tag="schedule.set", kw_only=True):
     cron: Annotated[str, msgspec.Meta(min_length=9, max_length=128)]
 
     def digest(self) -> str:
-        """16 hex digits over what the schedule does (its cron, fields as split by
-        whitespace, and its sound, repeat and volume), not its ids: the station reports
-        it on its state, the township computes it for what it pushed."""
-        what = {"cron": " ".join(self.cron.split()), "clip": self.clip, "text": self.text,
-                "tone": self.tone, "repeat": self.repeat,
-                "volume": None if self.volume is None else float(self.volume)}
-        canonical = json.dumps(what, sort_keys=True, ensure_ascii=False,
-                               separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """What the station reports for it on its state (edge.contract.cron.digest); the
+        township computes the same for what it pushed."""
+        return cron_grammar.digest(cron=self.cron, clip=self.clip, text=self.text, tone=self.tone,
+                           repeat=self.repeat, volume=self.volume)
 
 
 class ScheduleClear(CommandBase, tag="schedule.clear", kw_only=True):

@@ -1,9 +1,14 @@
-"""The stations' cron grammar (`schedule.set`'s `cron`), shared by the unit, which fires
-schedules by it (edge/audio/schedule.py), and the township, which checks and describes
-the rules it sends."""
+"""The stations' cron grammar (`schedule.set`'s `cron`) and the digest a station reports
+for each schedule it keeps. Used by the unit, which fires schedules by it
+(edge/audio/schedule.py), and by the township, which checks and describes the rules it
+sends and compares what stations report: edge/contract/cron.py and
+centre/pingan_centre/cron.py are the same file (the township runs without the unit's
+package; tests/test_contract.py keeps them identical). Standard library only."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
@@ -58,3 +63,13 @@ class Cron:
         if self._any_day or self._any_weekday:
             return day_ok and weekday_ok
         return day_ok or weekday_ok
+
+
+def digest(*, cron: str, clip: str | None, text: str | None, tone: str | None,
+           repeat: int, volume: float | None) -> str:
+    """16 hex digits over what a schedule does: its cron (fields as split by whitespace)
+    and its sound, repeat and volume; not its ids."""
+    what = {"cron": " ".join(cron.split()), "clip": clip, "text": text, "tone": tone,
+            "repeat": repeat, "volume": None if volume is None else float(volume)}
+    canonical = json.dumps(what, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,9 +1,9 @@
 """Schedules per station or group (issue 23): recurring broadcasts kept on the stations.
 
 An officer writes a rule people read ("每天 07:00", "工作日 18:30", days of the week and a
-time, or a raw cron for experts); it is kept as the stations' own cron
-(edge.contract.cron) and described back from it, in the reader's language. What it
-sounds is a text, a tone or a recording, as for broadcasts; whom it goes to is a target
+time, or a raw cron for experts); it is kept as the stations' own cron (pingan_centre/
+cron.py, the unit's own file) and described back from it, in the reader's language. What
+it sounds is a text, a tone or a recording, as for broadcasts; whom it goes to is a target
 as for broadcasts (a station, a set, a saved group, a village, all), resolved each time.
 
 Each target station gets a `schedule.set` (a recording first as `clip.put` chunks), and
@@ -24,13 +24,11 @@ from datetime import datetime
 from typing import Any
 
 import jsonschema
-import msgspec
 from django.db import transaction
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext
 
-from edge.contract.commands import ScheduleSet
-from edge.contract.cron import Cron, CronError
+from pingan_centre import cron as cron_rules
 from pingan_centre.console import broadcast
 from pingan_centre.console.lifecycle import NotAllowed, audit
 from pingan_centre.console.link import Effects
@@ -87,8 +85,8 @@ def cron_for(rule: str, time: str = "", days: Iterable[str] = (), cron: str = ""
     if rule == "cron":
         expr = " ".join(cron.split())
         try:
-            Cron(expr)
-        except CronError as exc:
+            cron_rules.Cron(expr)
+        except cron_rules.CronError as exc:
             raise BadSchedule(_("not a cron expression a station takes: %(why)s") % {
                 "why": str(exc)}) from exc
         if len(expr) > 128:
@@ -127,8 +125,8 @@ def rule_of(cron: str) -> Rule:
             if weekday == "*":
                 return Rule("daily", time)
             try:
-                days = Cron(cron).weekdays
-            except CronError:
+                days = cron_rules.Cron(cron).weekdays
+            except cron_rules.CronError:
                 return Rule("cron")
             named = tuple(d for d in WEEK if int(d) in days)
             if set(named) == {"1", "2", "3", "4", "5"}:
@@ -147,7 +145,8 @@ def describe(cron: str) -> str:
     if rule.kind == "weekly":
         if set(rule.days) == {"6", "0"}:
             return _("weekends at %(time)s") % {"time": rule.time}
-        names = pgettext("between days of the week", ", ").join(str(DAY_NAMES[d]) for d in rule.days)
+        between = pgettext("between days of the week", ", ")
+        names = between.join(str(DAY_NAMES[d]) for d in rule.days)
         return _("every %(days)s at %(time)s") % {"days": names, "time": rule.time}
     return _("by the cron expression %(cron)s") % {"cron": cron}
 
@@ -171,7 +170,10 @@ def set_payload(s: Schedule, by: str) -> dict[str, Any]:
 
 def digest(s: Schedule) -> str:
     """What the station reports for `s` when it keeps it as pushed."""
-    return msgspec.convert(set_payload(s, ""), ScheduleSet).digest()
+    return cron_rules.digest(cron=s.cron, clip=s.id if s.kind == "clip" else None,
+                             text=s.text if s.kind == "text" else None,
+                             tone=s.tone if s.kind == "tone" else None, repeat=s.repeat,
+                             volume=s.volume)
 
 
 def stations_of(s: Schedule) -> list[Station]:
@@ -365,16 +367,16 @@ def sync(s: Schedule) -> list[SyncRow]:
     for c in Command.objects.filter(id__startswith=f"ss:{s.id}.").order_by("created_at"):
         latest[c.station_id] = c  # the last push to each station wins
     for row in rows:
-        c = latest.get(row.station)
-        if c is None:
+        last = latest.get(row.station)
+        if last is None:
             continue
-        result = c.result or {}
-        if c.result_at is not None:
+        result = last.result or {}
+        if last.result_at is not None:
             row.push = "accepted" if result.get("ok") else "refused"
             error = result.get("error") or {}
             row.code = str(error.get("code", "")) if not result.get("ok") else ""
             row.reason = error.get("message") or {}
-        elif not c.sent:
+        elif not last.sent:
             row.push = "not_sent"
         else:
             row.push = "sent" if row.st.online else "offline"
