@@ -254,11 +254,13 @@ def _push(s: Schedule, stations: list[Station], by: str, now: datetime,
     payload = set_payload(s, by)
     chunks = broadcast._chunks(s.id, bytes(s.clip), by) if s.kind == "clip" and s.clip \
         else []
+    batch: broadcast.Outgoing = []
     for st in stations:
         cid = broadcast.command_id("ss", tag, st.name)
         broadcast._send(st, cid, {**payload, "id": cid}, by, now, effects, before=[
             {**c, "id": broadcast.command_id(f"sk{c['chunk']}", tag, st.name)}
-            for c in chunks])
+            for c in chunks], batch=batch)
+    transaction.on_commit(lambda: broadcast.publish(batch, effects))
 
 
 def _clear(schedule_id: str, stations: Iterable[Station], by: str, now: datetime,
@@ -266,10 +268,12 @@ def _clear(schedule_id: str, stations: Iterable[Station], by: str, now: datetime
     """`schedule.clear` of `schedule_id` (any id a station reported: up to 64
     characters, so not in the command id) to each of `stations`."""
     tag = uuid.uuid4().hex[:12]
+    batch: broadcast.Outgoing = []
     for st in stations:
         cid = broadcast.command_id("sx", tag, st.name)
         broadcast._send(st, cid, {"cmd": "schedule.clear", "id": cid, "by": by[:64],
-                                  "schedule_id": schedule_id}, by, now, effects)
+                                  "schedule_id": schedule_id}, by, now, effects, batch=batch)
+    transaction.on_commit(lambda: broadcast.publish(batch, effects))
 
 
 def delete(schedule_id: str, by: str, now: datetime, effects: Effects) -> list[str]:
