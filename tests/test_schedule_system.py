@@ -199,3 +199,53 @@ def test_a_schedule_pushed_to_a_group_drifts_and_comes_back(tmp_path: Path,
         for sim in sims:
             sim.stop()
         ingest.close()
+
+
+def test_a_recording_goes_first_and_a_station_dropped_is_cleared() -> None:
+    """A recording goes to each station as `clip.put` chunks before its `schedule.set`;
+    a change of target clears the schedule where it no longer goes."""
+    import hashlib
+    from base64 import b64decode
+
+    from django.utils import timezone
+    from schema_strategies import encode
+
+    from pingan_centre.console import schedule
+    from pingan_centre.console.models import Command
+    console.setup()
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"rc{tag}-a", f"rc{tag}-b"
+    for st in (a, b):
+        console.feed([(f"pingan/v1/{T}/{st}/state", encode({
+            "station": st, "township": T, "online": True, "version": "0.1.0",
+            "ts": timezone.now().strftime("%Y-%m-%dT%H:%M:%S.000Z"), "clock_synced": True,
+            "problems": [], "schedules": []}))])
+    sent: list[dict[str, Any]] = []
+
+    class Recording:
+        def send(self, topic: str, payload: dict[str, Any]) -> bool:
+            sent.append({"to": topic.split("/")[3], **payload})
+            return True
+
+        def changed(self) -> None:
+            pass
+
+    data = bytes(range(256)) * 100  # three chunks
+    sid = schedule.save(name="广播体操", rule="daily", time="06:30", content="clip", clip=data,
+                        clip_name="exercise.wav", clip_type="audio/wav", target="stations",
+                        chosen=[a, b], by="officer", now=timezone.now(), effects=Recording())
+    for st in (a, b):
+        mine = [p for p in sent if p["to"] == st]
+        assert [p["cmd"] for p in mine] == ["clip.put"] * 3 + ["schedule.set"]
+        assert b"".join(b64decode(p["data"]) for p in mine[:3]) == data
+        assert mine[0]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert mine[3]["clip"] == mine[0]["clip_id"] == sid and mine[3]["cron"] == "30 6 * * *"
+    assert Command.objects.get(id=f"ss:{sid}.1:{a}").sent
+    sent.clear()
+    # Only `a` from now on, at 06:45; the recording kept from before.
+    schedule.save(schedule_id=sid, name="广播体操", rule="daily", time="06:45",
+                  content="clip", target="stations", chosen=[a], by="officer",
+                  now=timezone.now(), effects=Recording())
+    assert [(p["to"], p["cmd"]) for p in sent] == [(a, "clip.put")] * 3 + [
+        (a, "schedule.set"), (b, "schedule.clear")]
+    assert sent[3]["cron"] == "45 6 * * *" and sent[4]["schedule_id"] == sid

@@ -396,10 +396,6 @@ class Drift:
     differs: list[tuple[Schedule, str]]
     extra: list[str]
 
-    @property
-    def lines(self) -> list[str]:
-        out = [f"{s.name}: {SYNC[status]}" for s, status in self.differs]
-        return out + [f"{x}: {SYNC['extra']}" for x in self.extra]
 
 
 def drift(stations: Iterable[Station] | None = None) -> list[Drift]:
