@@ -7,6 +7,7 @@ from django.urls import include, path
 from pingan_centre.console import (
     broadcast_views,
     camera_views,
+    cap_views,
     health_views,
     report_views,
     rollout_views,
@@ -47,6 +48,8 @@ urlpatterns = [
     path("broadcast/results", broadcast_views.results, name="broadcast_results"),
     path("broadcast/clip", broadcast_views.clip, name="broadcast_clip"),
     path("broadcast/stop", broadcast_views.stop, name="broadcast_stop"),
+    path("cap", cap_views.cap, name="cap"),
+    path("cap/import", cap_views.cap_import, name="cap_import"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
     path("groups/delete", broadcast_views.group_delete, name="group_delete"),
     path("schedules", schedule_views.index, name="schedules"),
