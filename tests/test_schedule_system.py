@@ -172,6 +172,9 @@ def test_a_schedule_pushed_to_a_group_drifts_and_comes_back(tmp_path: Path,
         assert "站点上的时间不同" in listing and "仅站点上有" in listing
         assert "站点缺少此定时广播" in listing and "重新下发" in listing
         assert "2 个站中 0 个一致" in detail and "重新下发到 2 个不一致的站点" in detail
+        live = officer.get(f"/schedule/status?id={sid}").json()  # what the page redraws
+        assert live["summary"] == "2 个站中 0 个一致" and f'id="r-{two}"' in live["html"]
+        assert not offending(visible(live["html"]), "zh-hans", [d for d in data if d])
         assert "different time at the station" in pages["en"][0]
 
         # Push again: the one station's every difference, then the schedule's others.

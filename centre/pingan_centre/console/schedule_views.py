@@ -17,6 +17,7 @@ from django.http import (
     JsonResponse,
 )
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
@@ -68,12 +69,17 @@ def detail(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def status(request: HttpRequest) -> JsonResponse:
-    """One schedule's stations as data: in sync or how each differs, and its last push."""
+    """One schedule's stations (the page redraws its table from `html` every 3 s), and
+    the same as data: in sync or how each differs, and its last push."""
     s = _get(request)
+    rows = schedules.sync(s)
+    summary = schedules.in_sync_count(rows)
+    html = render_to_string("console/schedule_rows.html", {"rows": rows, "summary": summary},
+                            request=request)
     return JsonResponse({"id": s.id, "cron": s.cron, "rule": schedules.describe(s.cron),
+                         "summary": summary, "html": html,
                          "rows": [{"station": r.station, "status": r.status,
-                                   "push": r.push, "code": r.code}
-                                  for r in schedules.sync(s)]})
+                                   "push": r.push, "code": r.code} for r in rows]})
 
 
 @require_POST
