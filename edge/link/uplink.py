@@ -324,6 +324,7 @@ class Uplink:
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},
             name=self._config.station.name[:100],
+            schedules=self._health.schedules() if online else None,
         ))
 
     def _run_net(self) -> None:
