@@ -45,6 +45,7 @@ IDLE_END_S = 1.5  # nothing for this long: the officer is gone (the end packet w
 REMEMBER_SESSIONS = 32  # ended sessions whose late packets are ignored
 UNDERRUN_REPORT_S = 1.0
 DELAYS_KEPT = 4096
+INVALID_LOG_S = 10.0  # a console of another version sends 16 a second: one line is enough
 
 
 class Session:
@@ -248,6 +249,7 @@ class LiveVoice:
         self._done: deque[str] = deque(maxlen=REMEMBER_SESSIONS)
         self._lock = threading.Lock()
         self.refused = 0  # packets dropped before decoding (queue full, too large, invalid)
+        self._invalid_logged = -INVALID_LOG_S
         self._thread = threading.Thread(target=self._run, name="voice-decode", daemon=True)
         player.add_listener(self._on_phase)
 
@@ -295,8 +297,11 @@ class LiveVoice:
                 packet = contract.decode(data)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 self.refused += 1
-                log(logger, "warning", "voice.invalid_packet", error=str(exc)[:200],
-                    action="a township console of another version? live speech ignored")
+                if time.monotonic() - self._invalid_logged >= INVALID_LOG_S:
+                    self._invalid_logged = time.monotonic()
+                    log(logger, "warning", "voice.invalid_packet", error=str(exc)[:200],
+                        refused=self.refused,
+                        action="a township console of another version? live speech ignored")
                 continue
             try:
                 self._take(packet)
