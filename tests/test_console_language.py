@@ -134,8 +134,8 @@ def seed() -> list[str]:
     console.feed([(f"pingan/v1/{T}/v042/events", b"not json"),
                   (f"pingan/v1/{T}/v042/events", b'{"type": "alarm.panic"}'),
                   (f"pingan/v1/{T}/v042/state", encode({"station": "v043", "township": T}))])
-    return ["东村一号", "西村二号", "东村", "西村", "等待核实", "派出所 李警官", "已核实", "防溺水通知",
-            *console.ROLES, "gate"]
+    return ["东村一号", "西村二号", "东村", "西村", "等待核实", "派出所 李警官", "已核实",
+            "防溺水通知", *console.ROLES, "gate"]
 
 
 def offending(text: str, language: str, data: list[str]) -> list[str]:

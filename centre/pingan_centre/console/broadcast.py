@@ -176,8 +176,9 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
             id=bid, kind="clip" if content == "library" else content,
             text=sound.get("text", ""), tone=sound.get("tone", ""),
             clip=clip or None, clip_name=clip_name[:200], clip_type=clip_type[:100],
-            library_clip=sound["clip"] if content == "library" else "", repeat=repeat, volume=volume, priority=priority, not_before=not_before,
-            expires=expires, target=stored, by=by, created_at=now)
+            library_clip=sound["clip"] if content == "library" else "", repeat=repeat,
+            volume=volume, priority=priority, not_before=not_before, expires=expires,
+            target=stored, by=by, created_at=now)
         chunks = _chunks(sound.get("clip", ""), clip, by) if clip else []
         for st in stations:
             cid = command_id("bc", bid, st.name)
