@@ -73,7 +73,7 @@ LABELS = {
     "partial": gettext_lazy("partial"),
     "missing": gettext_lazy("missing"),
     "deleting": gettext_lazy("deleting"),
-    "failed": gettext_lazy("failed"),
+    "failed": gettext_lazy("sending failed"),
 }
 
 
@@ -99,8 +99,8 @@ def check(data: bytes) -> tuple[str, float]:
         raise BadClip(_("the stations cannot play this file (they play WAV, MP3, OGG and "
                         "FLAC): the decoder says %(why)s") % {"why": str(exc)[:200]}) from exc
     if kind not in FORMATS:
-        raise BadClip(_("%(format)s files do not play on the stations: upload WAV, MP3, OGG "
-                        "or FLAC") % {"format": kind})
+        raise BadClip(_("%(format)s files are not taken: upload WAV, MP3, OGG or FLAC")
+                      % {"format": kind})
     if frames == 0 or rate <= 0:
         raise BadClip(_("the recording holds no sound"))
     return FORMATS[kind], round(frames / rate, 3)
