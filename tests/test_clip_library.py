@@ -21,7 +21,9 @@ import requests
 import soundfile
 from centre_helpers import Centre, database
 from conftest import wait_until
+from selenium.webdriver.common.by import By
 from test_broadcast_system import Sim, online
+from test_centre_browser import browser, pytestmark  # noqa: F401
 
 NAMES = ["k1", "k2", "k3", "k4", "k5"]
 
@@ -61,6 +63,7 @@ def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> N
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township)
     sims = {n: Sim(tmp_path, broker.port, n, township) for n in NAMES}
+    driver = None
     try:
         centre.start()
         for sim in sims.values():
@@ -93,10 +96,33 @@ def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> N
         assert view(centre, s, cid)["k3"]["status"] == "partial"
         assert not view(centre, s, cid)["k3"]["online"]
 
+        # The officer watches the library page in the browser.
+        driver = browser(tmp_path / "profile")
+        driver.get(f"{centre.url}/login/")
+        driver.find_element(By.ID, "id_username").send_keys("officer")
+        driver.find_element(By.ID, "id_password").send_keys("pw-for-tests")
+        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+        wait_until(lambda: driver.find_elements(By.ID, "cards"), 15, "logged in")
+        driver.find_element(By.LINK_TEXT, "音频库").click()
+        wait_until(lambda: driver.find_elements(By.ID, f"cp-{cid}-k3"), 10, "the library")
+        driver.execute_script("window.notReloaded = true;")
+
+        def row(name: str) -> tuple[str, str, str]:
+            return tuple(driver.execute_script(  # type: ignore[return-value]
+                "var r = document.getElementById(arguments[0]); return [r.className, "
+                "r.querySelector('.status').innerText, r.querySelector('.count').innerText];",
+                f"cp-{cid}-{name}"))
+
+        assert row("k3")[0] == "partial" and "部分 · 离线" in row("k3")[1]
+        assert row("k1") == ("complete", "完整", "103/103")
+
         # k3 returns: it discarded the partial upload, the console sends it again.
         sims["k3"].start()
         wait_until(lambda: view(centre, s, cid)["k3"]["status"] == "complete", 60,
                    "k3 complete after its return")
+        wait_until(lambda: row("k3") == ("complete", "完整", "103/103"), 10,
+                   "the page shows it, live")
+        assert driver.execute_script("return window.notReloaded === true;")
         assert {n: held(sims[n], cid) for n in NAMES} == {n: digest for n in NAMES}
         final = view(centre, s, cid)
         assert {n: (h["status"], h["acked"], h["chunks"]) for n, h in final.items()} == {
@@ -144,6 +170,8 @@ def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> N
             "k5 was sent it again (attempt 2 was the delete)"
         assert centre.post(s, "/broadcast/stop", id=bid).ok
     finally:
+        if driver is not None:
+            driver.quit()
         for sim in sims.values():
             sim.stop()
         centre.stop()
