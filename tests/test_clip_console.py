@@ -260,3 +260,20 @@ def test_a_broadcast_plays_a_held_clip_by_id_and_sends_it_first_elsewhere(
     with pytest.raises(broadcast.BadBroadcast):
         broadcast.send(content="library", library_clip="lib-000000000000", target="all",
                        by="officer", now=timezone.now(), effects=township)
+
+
+def test_a_recording_leaves_the_library_only_when_no_station_holds_it(
+        township: Any) -> None:
+    from pingan_centre.console.models import AuditEntry, Clip
+    held_one = Clip.objects.filter(name="通知").order_by("created_at").first()
+    assert held_one is not None
+    officer = console.client("officer", "zh-hans")
+    r = officer.post("/clips/remove", {"clip": held_one.id})
+    assert r.status_code == 400 and "请先从这些站点删除" in r.content.decode()
+    assert Clip.objects.filter(pk=held_one.pk).exists()
+    unsent = add(recording(0.5, hz=900), "未发送")
+    assert console.client("viewer", "zh-hans").post(
+        "/clips/remove", {"clip": unsent.id}).status_code == 403
+    assert officer.post("/clips/remove", {"clip": unsent.id}).status_code == 302
+    assert not Clip.objects.filter(pk=unsent.pk).exists()
+    assert AuditEntry.objects.filter(action="clip.remove", target=f"clip:{unsent.id}").exists()

@@ -105,6 +105,20 @@ def delete(request: HttpRequest) -> HttpResponse:
     return redirect(f"/clips#clip-{clip.id}")
 
 
+@require_POST
+@permission_required("console.add_broadcast", raise_exception=True)
+def remove(request: HttpRequest) -> HttpResponse:
+    """Take the recording out of the centre's library (none of it left at any station)."""
+    clip = _clip(request)
+    try:
+        cliplib.remove(clip, _stations(), by=request.user.get_username(), now=timezone.now())
+    except cliplib.BadClip as exc:
+        return _page(request, str(exc), 400)
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"id": clip.id, "removed": True})
+    return redirect("/clips")
+
+
 @login_required
 def progress(request: HttpRequest) -> JsonResponse:
     """Each clip's copies, as the page shows them (the page asks every second)."""

@@ -230,6 +230,20 @@ def delete(clip: Clip, stations: Iterable[Station], *, by: str, now: datetime,
     return names
 
 
+def remove(clip: Clip, stations: list[Station], *, by: str, now: datetime) -> None:
+    """Take a recording out of the library, once no station holds any of it (delete it
+    from the stations first: the console would lose track of copies left behind)."""
+    copies = {c.station_id: c for c in ClipCopy.objects.filter(clip=clip)}
+    left = [h.station for h in held(clip, stations, copies) if h.status != "missing"]
+    if left:
+        raise BadClip(_("delete it from these stations first: %(names)s") % {
+            "names": ", ".join(left)})
+    with transaction.atomic():
+        Clip.objects.filter(pk=clip.pk).delete()
+        audit(by, "clip.remove", f"clip:{clip.id}", now, name=clip.name)
+    _data.cache_clear()
+
+
 # --- what the stations answer (the ingest worker, inside its transaction) -------------
 
 def is_ours(cmd_id: str) -> bool:

@@ -51,6 +51,7 @@ urlpatterns = [
     path("clips/upload", clip_views.upload, name="clip_upload"),
     path("clips/send", clip_views.send, name="clip_send"),
     path("clips/delete", clip_views.delete, name="clip_delete"),
+    path("clips/remove", clip_views.remove, name="clip_remove"),
     path("clips/progress", clip_views.progress, name="clip_progress"),
     path("clips/audio", clip_views.audio, name="clip_audio"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
