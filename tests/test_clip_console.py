@@ -113,8 +113,7 @@ def add(data: bytes, name: str = "通知") -> Any:
 def copies(cid: str) -> dict[str, tuple[str, int, int]]:
     from pingan_centre.console import cliplib
     from pingan_centre.console.models import Station
-    [rows] = [r for c, r in cliplib.library(list(Station.objects.all()))
-                      if c.id == cid]
+    [rows] = [r for c, r in cliplib.library(list(Station.objects.all())) if c.id == cid]
     return {h.station: (h.status, h.acked, h.chunks) for h in rows}
 
 
