@@ -259,6 +259,13 @@ def test_a_broadcast_plays_a_held_clip_by_id_and_sends_it_first_elsewhere(
     with pytest.raises(broadcast.BadBroadcast):
         broadcast.send(content="library", library_clip="lib-000000000000", target="all",
                        by="officer", now=timezone.now(), effects=township)
+    # The library's recording uploaded again with a broadcast: played from the library.
+    township.sent.clear()
+    bid = broadcast.send(content="clip", clip=bytes(Clip.objects.get(pk=clip.pk).data),
+                         clip_name="again.wav", target="station", chosen=["v043"],
+                         by="officer", now=timezone.now(), effects=township)
+    assert township.sent.ids("v043") == [f"bc:{bid}:v043"]
+    assert Command.objects.get(pk=f"bc:{bid}:v043").payload["clip"] == clip.id
 
 
 def test_a_recording_leaves_the_library_only_when_no_station_holds_it(

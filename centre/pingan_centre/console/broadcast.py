@@ -123,6 +123,9 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
     """Check, record and send a broadcast; returns its id."""
     bid = uuid.uuid4().hex[:10]
     sound: dict[str, Any]
+    if content == "clip" and clip and Clip.objects.filter(pk=cliplib.clip_id(clip)).exists():
+        # The very recording the library keeps: played from there, not sent again.
+        content, library_clip, clip = "library", cliplib.clip_id(clip), b""
     if content == "text":
         sound = {"text": text.strip()}
     elif content == "tone":
