@@ -5,7 +5,8 @@ that are not a JSON object at all).
 
 Only the keywords msgspec writes are read: type, enum, anyOf, $ref, properties,
 required, additionalProperties, propertyNames, maxProperties, min/maxLength, pattern,
-minimum/maximum, items, prefixItems, min/maxItems, default. A schema using another keyword fails here loudly."""
+minimum/maximum, items, prefixItems, min/maxItems, default. A schema using another
+keyword fails here loudly."""
 
 from __future__ import annotations
 
