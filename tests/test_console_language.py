@@ -22,8 +22,8 @@ from schema_strategies import encode
 T = console.TOWNSHIP
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
-# Not language: the other language's name on the switch, units and figures' names.
-ALLOWED_ON_CHINESE = {"English", "CSV", "XLSX", "JSON"}
+# Not language: the other language's name on the switch, units, figures' and formats' names.
+ALLOWED_ON_CHINESE = {"English", "CSV", "XLSX", "JSON", "CAP", "XML"}
 ALLOWED_ON_ENGLISH = {"中文"}
 CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+")
 

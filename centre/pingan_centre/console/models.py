@@ -440,3 +440,42 @@ class ClipCopy(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["clip", "station"],
                                                name="one_copy_per_station")]
+
+
+class CapImport(models.Model):
+    """One CAP 1.2 message the console was given (issue 23 item 6): uploaded by an officer
+    or dropped into the watched folder, and what it did. An Alert or Update that plays is
+    a Broadcast like any other (`broadcast`); an Update or Cancel lists the broadcasts it
+    stopped (`stopped`). Rejected and ignored messages are kept too, with the reason."""
+
+    class Outcome(models.TextChoices):
+        BROADCAST = "broadcast", _("broadcast")
+        CANCELLED = "cancelled", _("cancelled")
+        IGNORED = "ignored", _("not played")
+        REJECTED = "rejected", _("rejected")
+
+    received_at = models.DateTimeField(db_index=True)
+    by = models.CharField(max_length=150)  # the officer, or "cap-folder"
+    source = models.CharField(max_length=300, blank=True, default="")  # the file's name
+    # The message's key (CAP `references` name it): empty when it could not be read.
+    sender = models.CharField(max_length=250, blank=True, default="")
+    identifier = models.CharField(max_length=250, blank=True, default="")
+    sent = models.CharField(max_length=40, blank=True, default="")  # as the message wrote it
+    sent_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, blank=True, default="")
+    msg_type = models.CharField(max_length=10, blank=True, default="")
+    severity = models.CharField(max_length=10, blank=True, default="")
+    drill = models.BooleanField(default=False)  # status Exercise or Test
+    text = models.TextField(blank=True, default="")  # what the stations speak
+    text_en = models.TextField(blank=True, default="")  # the English info, kept
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    reason = models.TextField(blank=True, default="")  # words.both(zh, en)
+    detail = models.TextField(blank=True, default="")  # technical, language-neutral
+    broadcast = models.ForeignKey(Broadcast, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="cap_imports")
+    stopped = models.JSONField(default=list, blank=True)  # broadcast ids this one stopped
+    xml = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["sender", "identifier"])]

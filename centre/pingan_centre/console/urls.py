@@ -7,6 +7,7 @@ from django.urls import include, path
 from pingan_centre.console import (
     broadcast_views,
     camera_views,
+    cap_views,
     clip_views,
     health_views,
     report_views,
@@ -54,6 +55,8 @@ urlpatterns = [
     path("clips/remove", clip_views.remove, name="clip_remove"),
     path("clips/progress", clip_views.progress, name="clip_progress"),
     path("clips/audio", clip_views.audio, name="clip_audio"),
+    path("cap", cap_views.cap, name="cap"),
+    path("cap/import", cap_views.cap_import, name="cap_import"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
     path("groups/delete", broadcast_views.group_delete, name="group_delete"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
