@@ -111,6 +111,8 @@ class ErrorInfo(_Shape):
         # A clip.put chunk for an upload the station does not have in hand (it restarted,
         # or an earlier chunk failed): send the clip again from chunk 0.
         "clip_interrupted",
+        # schedule.set of a new schedule_id while SCHEDULES_MAX are stored.
+        "too_many_schedules",
     ]
     message: Text
 
@@ -320,6 +322,21 @@ class Problem(_Shape):
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+# Schedules a station keeps (schedule.set of a new id past this is refused): bounds
+# audio.db and the state topic that lists them.
+SCHEDULES_MAX = 64
+
+
+class ScheduleDigest(_Shape):
+    """One stored schedule as the state reports it: its id, its cron, and a digest of
+    everything it does (edge.contract.commands.ScheduleSet.digest), so the township can
+    tell a schedule that differs from the one it pushed without the whole of it."""
+
+    schedule_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    cron: Annotated[str, msgspec.Meta(max_length=128)]
+    digest: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$(?!\n)")]
+
+
 class StationState(_Shape):
     """Retained on `…/state`; the Last Will carries the same shape with online=false."""
 
@@ -343,6 +360,10 @@ class StationState(_Shape):
     # its sha256. At most audio.clips_max (≤ 1000) entries; republished when it changes.
     # None: the station has no loudspeaker, or predates the field.
     clips: Annotated[dict[ClipId, ShortSha], msgspec.Meta(max_length=1000)] | None = None
+    # The loudspeaker's stored schedules, by id; None: not reported (the Last Will, a
+    # station without a loudspeaker, or one from before issue 23).
+    schedules: Annotated[list[ScheduleDigest],
+                         msgspec.Meta(max_length=SCHEDULES_MAX)] | None = None
 
 
 class ModemReport(_Shape):

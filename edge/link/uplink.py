@@ -328,6 +328,7 @@ class Uplink:
             counters=self._health.counts() if online else {},
             name=self._config.station.name[:100],
             clips=self.clips() if online and self.clips is not None else None,
+            schedules=self._health.schedules() if online else None,
         ))
 
     def _run_net(self) -> None:

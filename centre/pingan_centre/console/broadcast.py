@@ -183,6 +183,7 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
             volume=volume, priority=priority, not_before=not_before, expires=expires,
             target=stored, by=by, created_at=now)
         chunks = _chunks(sound.get("clip", ""), clip, by) if clip else []
+        batch: Outgoing = []
         for st in stations:
             cid = command_id("bc", bid, st.name)
             if st in lacking:  # sent by cliplib once the station holds the clip
@@ -190,7 +191,9 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
                                        payload={**play, "id": cid}, by=by, created_at=now)
                 continue
             _send(st, cid, {**play, "id": cid}, by, now, effects, before=[
-                {**c, "id": command_id(f"bk{c['chunk']}", bid, st.name)} for c in chunks])
+                {**c, "id": command_id(f"bk{c['chunk']}", bid, st.name)} for c in chunks],
+                batch=batch)
+        transaction.on_commit(lambda: publish(batch, effects))
         if lacking:
             library = Clip.objects.defer("data").get(pk=sound["clip"])
             cliplib.distribute(library, lacking, by=by, now=now, effects=effects,
@@ -212,22 +215,37 @@ def _chunks(clip_id: str, data: bytes, by: str) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
+# Recorded Commands to publish: (Command id, topic, payload, chunks to send before it).
+Outgoing = list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]]
+
+
 def _send(st: Station, cid: str, payload: dict[str, Any], by: str, now: datetime,
-          effects: Effects, before: list[dict[str, Any]] | None = None) -> None:
+          effects: Effects, before: list[dict[str, Any]] | None = None,
+          batch: Outgoing | None = None) -> None:
     """Record the Command; publish it (after the chunks `before`, not recorded: a clip
-    that did not arrive shows as the play's `unknown_clip`) once the transaction commits."""
+    that did not arrive shows as the play's `unknown_clip`) once the transaction commits.
+    With `batch`, it is only added there: the caller publishes the batch (`publish`)."""
     command = Command.objects.create(id=cid, station=st, cmd=payload["cmd"], payload=payload,
                                      by=by, created_at=now)
     topic = topics.station_topic("cmd", st.township, st.name)
+    if batch is not None:
+        batch.append((command.pk, topic, payload, before or []))
+        return
+    transaction.on_commit(lambda: publish([(command.pk, topic, payload, before or [])],
+                                          effects))
 
-    def publish() -> None:
-        for chunk in before or []:
-            if not effects.send(topic, chunk):
-                return
-        if effects.send(topic, payload):
-            Command.objects.filter(pk=command.pk).update(sent=True)
 
-    transaction.on_commit(publish)
+def publish(batch: Outgoing, effects: Effects) -> None:
+    """Publish recorded Commands (each after its chunks), then mark those handed to the
+    broker link as sent, in one UPDATE: a broadcast to a thousand stations must not take
+    the database's write lock a thousand times while their results come in."""
+    sent = []
+    for pk, topic, payload, before in batch:
+        if all(effects.send(topic, chunk) for chunk in before) and effects.send(topic,
+                                                                                payload):
+            sent.append(pk)
+    for start in range(0, len(sent), 500):
+        Command.objects.filter(pk__in=sent[start:start + 500]).update(sent=True)
 
 
 def stop(bid: str, by: str, now: datetime, effects: Effects) -> list[str]:
@@ -244,11 +262,13 @@ def stop(bid: str, by: str, now: datetime, effects: Effects) -> list[str]:
             raise NotAllowed(_("this broadcast was already stopped"))
         plays = list(Command.objects.filter(id__startswith=f"bc:{bid}:",
                                             cmd="broadcast.play").select_related("station"))
+        batch: Outgoing = []
         for play in plays:
             st = play.station
             cid = command_id("bs", bid, st.name)
             _send(st, cid, {"cmd": "broadcast.stop", "id": cid, "by": by[:64],
-                            "broadcast_id": play.id}, by, now, effects)
+                            "broadcast_id": play.id}, by, now, effects, batch=batch)
+        transaction.on_commit(lambda: publish(batch, effects))
         broadcast.stopped_at, broadcast.stopped_by = now, by
         broadcast.save(update_fields=["stopped_at", "stopped_by"])
         names = [p.station_id for p in plays]

@@ -50,6 +50,11 @@ class Station(models.Model):
     # when it does not report one (no loudspeaker, or not heard from since issue 23).
     clips = models.JSONField(null=True, blank=True)
 
+
+    # The loudspeaker's stored schedules from its last state, [{schedule_id, cron,
+    # digest}]; None: the station does not report them (issue 23).
+    schedules = models.JSONField(null=True, blank=True)
+
     class Meta:
         ordering = ["village", "name"]
 
@@ -440,6 +445,38 @@ class ClipCopy(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["clip", "station"],
                                                name="one_copy_per_station")]
+
+
+class Schedule(models.Model):
+    """A recurring broadcast the township keeps on its stations (issue 23): one
+    `schedule.set` per target station, with this id as the station's `schedule_id` (and
+    `clip_id` for a recording). Commands are `ss:<id>.<version>:<station>` (clears
+    `sx:…`); `version` counts the pushes. The targets are resolved when pushed and when
+    drift is shown, so a station added to a group later shows as missing the schedule."""
+
+    id = models.CharField(max_length=16, primary_key=True)
+    name = models.CharField(_("schedule name"), max_length=100)
+    cron = models.CharField(max_length=128)
+    kind = models.CharField(max_length=8)  # text | clip | tone
+    text = models.TextField(blank=True, default="")
+    tone = models.CharField(max_length=10, blank=True, default="")
+    clip = models.BinaryField(null=True, blank=True)
+    clip_name = models.CharField(max_length=200, blank=True, default="")
+    clip_type = models.CharField(max_length=100, blank=True, default="")
+    repeat = models.IntegerField(default=1)
+    volume = models.FloatField(null=True, blank=True)
+    target = models.CharField(max_length=200)  # all | village:X | group:X | stations
+    chosen = models.JSONField(default=list, blank=True)  # the stations of "stations"
+    version = models.IntegerField(default=0)
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class CapImport(models.Model):

@@ -138,6 +138,7 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
     st.clips = data.get("clips")
+    st.schedules = data.get("schedules")
     st.label = data.get("name", "") or st.label
     # [villages] in centre.toml names the village of a station it did not know at first.
     st.village = st.village or settings.CENTRE.villages.get(st.name, "")

@@ -13,6 +13,7 @@ from pingan_centre.console import (
     report_views,
     rollout_views,
     rota,
+    schedule_views,
     views,
 )
 
@@ -59,6 +60,12 @@ urlpatterns = [
     path("cap/import", cap_views.cap_import, name="cap_import"),
     path("groups/save", broadcast_views.group_save, name="group_save"),
     path("groups/delete", broadcast_views.group_delete, name="group_delete"),
+    path("schedules", schedule_views.index, name="schedules"),
+    path("schedules/save", schedule_views.save, name="schedule_save"),
+    path("schedules/push", schedule_views.push, name="schedule_push"),
+    path("schedules/delete", schedule_views.delete, name="schedule_delete"),
+    path("schedule", schedule_views.detail, name="schedule"),
+    path("schedule/status", schedule_views.status, name="schedule_status"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"),
          name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('console', '0007_cap_import'),
+        ('console', '0008_schedule'),
     ]
 
     operations = [
