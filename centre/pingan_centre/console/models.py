@@ -46,6 +46,11 @@ class Station(models.Model):
     # None: never self-tested on site (or only by a selftest-sourced press).
     last_selftest_passed = models.BooleanField(null=True, blank=True)
     counters = models.JSONField(default=dict, blank=True)
+    # The clip library the station reports in its state: {clip id: sha256[:16]}; None
+    # when it does not report one (no loudspeaker, or not heard from since issue 23).
+    clips = models.JSONField(null=True, blank=True)
+
+
     # The loudspeaker's stored schedules from its last state, [{schedule_id, cron,
     # digest}]; None: the station does not report them (issue 23).
     schedules = models.JSONField(null=True, blank=True)
@@ -367,6 +372,9 @@ class Broadcast(models.Model):
     clip = models.BinaryField(null=True, blank=True)
     clip_name = models.CharField(max_length=200, blank=True, default="")
     clip_type = models.CharField(max_length=100, blank=True, default="")
+    # A recording from the clip library (cliplib): played by its id where the station
+    # holds it, sent to the others through the library first.
+    library_clip = models.CharField(max_length=20, blank=True, default="")
     repeat = models.IntegerField(default=1)
     volume = models.FloatField(null=True, blank=True)
     priority = models.CharField(max_length=10, default="normal")
@@ -380,6 +388,63 @@ class Broadcast(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class Clip(models.Model):
+    """A recording in the township's clip library (issue 23): checked with libsndfile at
+    upload, sent to stations in `clip.put` chunks. Its id is also its id on the stations
+    (`lib-` and the first 12 hex digits of its sha256): the same file is one clip."""
+
+    id = models.CharField(max_length=20, primary_key=True)
+    name = models.CharField(_("name"), max_length=200)
+    filename = models.CharField(max_length=200, blank=True, default="")
+    content_type = models.CharField(max_length=100, blank=True, default="")
+    data = models.BinaryField()
+    size = models.IntegerField()
+    sha256 = models.CharField(max_length=64)
+    format = models.CharField(max_length=16)  # WAV | MP3 | OGG | FLAC, as libsndfile read it
+    duration_s = models.FloatField()
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def chunks(self) -> int:
+        from pingan_centre.console.cliplib import CHUNK_BYTES
+
+        return (self.size + CHUNK_BYTES - 1) // CHUNK_BYTES
+
+
+class ClipCopy(models.Model):
+    """One library clip at one station: what the console sent it and what it answered.
+    The chunks of attempt N have the command ids `cl:<clip>:<N>:<chunk>`; `acked` counts
+    the chunks of the current attempt the station has stored."""
+
+    class State(models.TextChoices):
+        SENDING = "sending"
+        COMPLETE = "complete"
+        FAILED = "failed"
+        DELETING = "deleting"
+        DELETED = "deleted"
+
+    clip = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="copies")
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="clip_copies")
+    state = models.CharField(max_length=10, choices=State.choices)
+    attempt = models.IntegerField(default=0)
+    acked = models.IntegerField(default=0)
+    sent = models.IntegerField(default=0)  # chunks of the current attempt published
+    restarts = models.IntegerField(default=0)  # by the console itself, since the officer's
+    # The station's last refusal, as it sent it: {code, message: {zh, en}}.
+    error = models.JSONField(null=True, blank=True)
+    by = models.CharField(max_length=150)
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField()  # the last progress: a chunk stored, a restart
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["clip", "station"],
+                                               name="one_copy_per_station")]
 
 
 class Schedule(models.Model):
