@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.pi import PiBoardInfo
 
-from edge.unit.pins import (HEADER_ONLY_REVISION, PI_REVISIONS, PinFactoryError,
-                            board_revision, revision_from_compatible, soc_chip)
+from edge.unit.pins import (
+    HEADER_ONLY_REVISION,
+    PI_REVISIONS,
+    PinFactoryError,
+    board_revision,
+    revision_from_compatible,
+    soc_chip,
+)
 
 
 def test_the_socs_chip_is_chosen_whatever_its_number() -> None:

@@ -111,7 +111,8 @@ def _label_via_ioctl(path: Path) -> str:
     try:
         buf = bytearray(32 + 32 + 4)
         fcntl.ioctl(fd, 0x8044B401, buf)  # _IOR(0xB4, 0x01, struct gpiochip_info)
-        return struct.unpack_from("32s", buf, 32)[0].split(b"\0")[0].decode(errors="replace")
+        label: bytes = struct.unpack_from("32s", buf, 32)[0]
+        return label.split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
     finally:
