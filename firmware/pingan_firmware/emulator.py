@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,16 +104,18 @@ class Qtest:
         self.sock = _connect(path, timeout_s)
         self.sock.settimeout(timeout_s)
         self.file = self.sock.makefile("rwb")
+        self.lock = threading.Lock()  # a finger and an eye may ask at once
 
     def command(self, line: str) -> int | None:
-        self.file.write(line.encode() + b"\n")
-        self.file.flush()
-        while True:
-            reply = self.file.readline().decode()
-            if not reply:
-                raise EmulatorError(f"qtest closed after {line!r}")
-            if not reply.startswith("IRQ"):
-                return parse_reply(reply)
+        with self.lock:
+            self.file.write(line.encode() + b"\n")
+            self.file.flush()
+            while True:
+                reply = self.file.readline().decode()
+                if not reply:
+                    raise EmulatorError(f"qtest closed after {line!r}")
+                if not reply.startswith("IRQ"):
+                    return parse_reply(reply)
 
     def readl(self, address: int) -> int:
         value = self.command(f"readl {address:#x}")
