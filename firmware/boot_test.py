@@ -181,7 +181,10 @@ def boot_files(machine: str, disk: Path, work: Path) -> tuple[list[str], str]:
     if boot.initramfs is None:
         raise SystemExit("config.txt names no initramfs")
     cmdline = piboot.read_cmdline((card.fat_read(disk, boot.cmdline_file) or b"").decode())
-    cmdline = " ".join(w for w in cmdline.split() if w != "quiet")
+    # QEMU 7.2's BCM2835 watchdog (bcm2835_powermgt) resets the machine the moment it is
+    # armed, with no countdown: systemd's RuntimeWatchdogSec= would end the boot at once.
+    cmdline = " ".join([*(w for w in cmdline.split() if w != "quiet"),
+                        "modprobe.blacklist=bcm2835_wdt"])
     print(f"config.txt: kernel {boot.kernel}, initramfs {boot.initramfs}, dtb {boot.dtb}; "
           f"{boot.cmdline_file}: {cmdline}", flush=True)
     return (["-M", "raspi3b", "-kernel", str(extract(boot.kernel)),
