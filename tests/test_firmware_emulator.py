@@ -26,8 +26,7 @@ def test_qtest_replies() -> None:
 @pytest.fixture
 def virt(tmp_path: Path) -> Iterator[tuple[Qtest, Qmp]]:
     qemu = shutil.which("qemu-system-aarch64")
-    if qemu is None:
-        pytest.skip("qemu-system-aarch64 (firmware/host-deps installs it)")
+    assert qemu is not None, "qemu-system-aarch64 is missing: run bin/setup (installs it)"
     proc = subprocess.Popen([
         qemu, "-M", "virt", "-cpu", "cortex-a72", "-accel", "tcg", "-display", "none",
         "-serial", "none", "-monitor", "none", "-qtest-log", "/dev/null",
