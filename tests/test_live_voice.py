@@ -54,6 +54,26 @@ def playback(centre: Client, cmd_id: str) -> list[str]:
             and e["payload"].get("cmd_id") == cmd_id]
 
 
+def subscribed(centre: Client) -> None:
+    """The station subscribes to all its topics at once: a command answered means its voice
+    topics are subscribed too. Ask `state.get` until one is answered."""
+    tries = iter(range(100))
+
+    def answered() -> bool:
+        cmd_id = f"ping-{next(tries)}"
+        centre.publish(f"pingan/v1/{T}/v001/cmd",
+                       json.dumps({"cmd": "state.get", "id": cmd_id}).encode())
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if any(json.loads(b)["payload"]["cmd_id"] == cmd_id
+                   for _t, b in centre.received("/cmd/result")):
+                return True
+            time.sleep(0.05)
+        return False
+
+    wait_until(answered, 30, "the station answering commands")
+
+
 def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
     town = TownshipBroker(tmp_path / "township").start()
     centre = Client("centre.voice")
@@ -72,9 +92,9 @@ def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
         station = Station(config_mod.load(path))
         station.start()
         assert centre.connect(town.plain_port, CENTRE, town.centre_password)
-        centre.subscribe(f"pingan/v1/{T}/v001/events")
+        centre.subscribe(f"pingan/v1/{T}/v001/events", f"pingan/v1/{T}/v001/cmd/result")
         wait_until(lambda: station is not None and station.uplink.connected, 20, "connected")
-        time.sleep(0.3)  # connected is not yet subscribed (QoS 0: nothing is queued)
+        subscribed(centre)  # connected is not yet subscribed (QoS 0: nothing is queued)
 
         # 1. The tone sequence, in real time, on the station's own topic.
         tones = mouth.tone_sequence(tuple(FREQS), lead_s=0.1)
@@ -86,7 +106,9 @@ def test_live_voice_on_the_shipped_broker(tmp_path: Path) -> None:
                                    if e["session"] == "s-one" and e["phase"] == "finished"],
                           15, "the session finished")[0]
         assert [f for f, _s in heard(station)] == FREQS  # in order, nothing else
-        assert [e["phase"] for e in voice_events(centre)] == ["started", "finished"]
+        # A loaded machine's sender may leave a hole (an underrun, reported); nothing else.
+        assert [e["phase"] for e in voice_events(centre)
+                if e["phase"] != "underrun"] == ["started", "finished"]
         assert done["packets"] == len(sent) and done["lost"] == 0
         assert done["played_s"] >= 1.4 and done["delay_ms_p50"] is not None
 
