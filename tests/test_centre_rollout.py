@@ -97,11 +97,14 @@ def test_a_canary_that_refuses_halts_the_rollout(tmp_path: Path, centre: Centre,
     def halted() -> str | None:
         html = admin.get(f"{centre.url}/releases", timeout=10).text
         row = re.search(rf'<tr class="res-(\w+)" id="res-{re.escape(rollout_id)}-s1">', html)
-        return html if row and row.group(1) == "refused" and "s-halted" in html else None
+        # Both tables: the rollout's row and the station's last result, in the officer's
+        # language (zh-hans by default).
+        last = re.search(r'id="ver-s1">.*?class="last r-refused">已拒绝 <span translate="no">'
+                         r'0.2.0<', html, re.S)
+        return html if row and row.group(1) == "refused" and "s-halted" in html and last \
+            else None
 
-    html = wait_until(halted, 30, "the canary's refusal on the releases page")
-    assert re.search(r'id="ver-s1">.*?class="last r-refused">已拒绝 <span translate="no">0.2.0<',
-                     html, re.S)  # the officer's language (zh-hans by default)
+    wait_until(halted, 30, "the canary's refusal on the releases page")
     # Halted: the rest is refused, and nothing reaches s2 or s3.
     assert centre.post(admin, f"/releases/{rollout_id}/rest").status_code == 403
     assert list(offers(db).values()) == ["s1"]
