@@ -15,6 +15,10 @@
    station's `update.*` events; the guest reboots itself; the harness boots what
    autoboot.txt and the flag say; wait for `update.committed`; then a plain power cycle
    must come up on N+1 again (committed).
+5. Unless `--no-crash`: release N+2, whose station crashes at start (a line that raises
+   at the end of edge/station.py), is offered; it installs into the other slot and is
+   tried; the commit check finds no station within `update.health_s`, marks it bad and
+   reboots without the flag; the unit is back on N+1 and says why (`update.rolled_back`).
 
 No streamed or adaptive install: Debian 12's rauc 1.8-2 is built without streaming (given
 an http:// bundle it downloads the whole file to /tmp first: "Remote URI detected,
@@ -55,8 +59,10 @@ CMD = "pingan/v1/t01/s1/cmd"
 TRYBOOT = rb"Restarting system with command '0 tryboot'"
 # The checks the commit needs, less the clock: QEMU's user network has no NTP server.
 UPDATE_SETTINGS = ('\n[update]\ncommit_rows = ["certificate", "power"]\n'
-                   'rate_bytes_s = {rate}\nhealth_s = 900\n')
-STATION_PY = "/opt/pingan-edge/lib/python3.11/site-packages/edge/__init__.py"
+                   'rate_bytes_s = {rate}\nhealth_s = {health}\n')
+SITE = "/opt/pingan-edge/lib/python3.11/site-packages"
+STATION_PY = f"{SITE}/edge/__init__.py"
+CRASH = b'\nraise SystemExit("boot-test: this release\'s station crashes at start")\n'
 
 
 class RangeServer:
@@ -124,8 +130,10 @@ class RangeServer:
         return f"http://10.0.2.2:{self.server.server_address[1]}/{self.path.name}"
 
 
-def make_release(disk: Path, work: Path, version: str, signer: Any) -> release_build.Built:
-    """N+1 from the card's slot A: its release file and one line of station code."""
+def make_release(disk: Path, work: Path, version: str, signer: Any,
+                 crash: bool = False) -> release_build.Built:
+    """A release from the card's slot A: its release file and one line of station code
+    (the version) changed; with `crash`, a station that exits at start."""
     root = work / "rootA.ext4"
     part = card.partitions(disk)[card.ROOT_A]
     subprocess.run(["dd", f"if={disk}", f"of={root}", "bs=4M", "iflag=skip_bytes,count_bytes",
@@ -135,8 +143,11 @@ def make_release(disk: Path, work: Path, version: str, signer: Any) -> release_b
     changed = re.sub(rb'__version__ = "[^"]*"', f'__version__ = "{version}"'.encode(), code)
     if changed == code:
         raise SystemExit(f"{STATION_PY}: no __version__ line to change")
-    for path, data in ((STATION_PY, changed), ("/etc/pingan-edge-release",
-                                               f"{version}\n".encode())):
+    edits = [(STATION_PY, changed), ("/etc/pingan-edge-release", f"{version}\n".encode())]
+    if crash:
+        station = card.ext4_read(root, f"{SITE}/edge/station.py") or b""
+        edits.append((f"{SITE}/edge/station.py", station + CRASH))
+    for path, data in edits:
         local = work / Path(path).name
         local.write_bytes(data)
         subprocess.run(["debugfs", "-w", "-f", "-", str(root)], check=True,
@@ -225,6 +236,11 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds for each wait")
     p.add_argument("--memory", default="1024")
     p.add_argument("--version", default="0.1.1", help="release N+1's version")
+    p.add_argument("--health-s", type=float, default=300,
+                   help="update.health_s on the unit: how long a tried slot may take")
+    p.add_argument("--crash-version", default="0.1.2", help="release N+2's version")
+    p.add_argument("--no-crash", dest="crash", action="store_false",
+                   help="skip step 5 (the release whose station crashes)")
     p.add_argument("--rate-bytes-s", type=int, default=1 << 28,
                    help="the unit's download cap (update.rate_bytes_s)")
     args = p.parse_args()
@@ -246,7 +262,7 @@ def main() -> int:
 
     disk = work / "card.img"
     (work / "settings.toml").write_text(SETTINGS + UPDATE_SETTINGS.format(
-        rate=args.rate_bytes_s))
+        rate=args.rate_bytes_s, health=args.health_s))
     (work / "password").write_text(PASSWORD + "\n")
     subprocess.run([str(HERE / "flash"), str(args.image), str(disk), "--bundle", str(bundle),
                     "--settings", str(work / "settings.toml"), "--serial", "UPDATE-TEST",
@@ -254,6 +270,8 @@ def main() -> int:
                     "--keyring", str(ring)], check=True)
     built = make_release(disk, work, args.version, signer)
     figures["bundle size (MB)"] = built.bundle.stat().st_size / 1e6
+    crashing = make_release(disk, work, args.crash_version, signer, crash=True) \
+        if args.crash else None
     os.truncate(disk, 5 * 1024**3)
     server = RangeServer(built.bundle)
     unit = Unit(disk, work, args.memory)
@@ -332,6 +350,35 @@ def main() -> int:
         wait("online after a power cycle", lambda: online_since(states))
         seen = [m["type"] for m in events() if m["type"].startswith("update.")]
         print(f"update events: {seen}", flush=True)
+        if crashing is not None:
+            bad = RangeServer(crashing.bundle)
+            doc = json.loads(crashing.descriptor.read_text())
+            offer = {"cmd": "update.offer", "id": "boot-test-up-2", "by": "boot-test",
+                     **{k: doc[k] for k in ("version", "size", "sha256", "min_data_schema",
+                                            "rollback", "compatible", "signature")},
+                     "url": bad.guest_url}
+            centre.publish(CMD, json.dumps(offer).encode())
+            t_rebooting = wait("update.rebooting of N+2", lambda: any(
+                m["payload"].get("cmd_id") == "boot-test-up-2"
+                for m in events("update.rebooting")))
+            unit.wait_reset(args.timeout)
+            if not unit.tryboot_flag or unit.power_on() != "A":
+                raise SystemExit("N+2 must be tried in slot A")
+            unit.wait_reset(args.timeout)  # the commit check gives up: a plain reboot
+            t_back = time.monotonic()
+            if unit.tryboot_flag:
+                raise SystemExit("the fall-back reboot asked for tryboot")
+            states = len(centre.received("/state"))
+            if unit.power_on() != "B":
+                raise SystemExit("after a failed trial the unit must boot N+1 (slot B)")
+            t_said = wait("update.rolled_back", lambda: events("update.rolled_back"))
+            figures["N+2 rebooting to back on N+1 (s)"] = t_back - t_rebooting
+            figures["back on N+1 to update.rolled_back at the township (s)"] = t_said - t_back
+            back = events("update.rolled_back")[-1]["payload"]
+            print(f"rolled back: code {back.get('code')}; reason {back.get('reason')}; "
+                  f"checks {back.get('checks')}", flush=True)
+            wait("online on N+1 again", lambda: online_since(states))
+            bad.server.shutdown()
     finally:
         unit.power_cut()
         centre.close()
