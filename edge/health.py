@@ -1,7 +1,8 @@
 """What is wrong right now, for the retained state topic and the self-test.
 
 Parts report problems by a stable code and clear them when they recover; the uplink
-republishes the state whenever the set changes.
+republishes the state whenever the set changes. The loudspeaker's stored schedules go
+out on the same state (so the township sees drift), and republish it when they change.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.clock import now_iso
-from edge.contract.events import Problem, text
+from edge.contract.events import Problem, ScheduleDigest, text
 from edge.logs import log
 
 logger = logging.getLogger("edge.health")
@@ -24,6 +25,7 @@ class Health:
         self._problems: dict[str, Problem] = {}
         self._listeners: list[Callable[[], None]] = []
         self._counts: dict[str, int] = {}
+        self._schedules: list[ScheduleDigest] | None = None
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -64,3 +66,15 @@ class Health:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def set_schedules(self, schedules: list[ScheduleDigest]) -> None:
+        """The loudspeaker's stored schedules, as the state reports them."""
+        with self._lock:
+            if schedules == self._schedules:
+                return
+            self._schedules = list(schedules)
+        self._notify()
+
+    def schedules(self) -> list[ScheduleDigest] | None:
+        with self._lock:
+            return None if self._schedules is None else list(self._schedules)

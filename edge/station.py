@@ -87,7 +87,10 @@ class Station:
                                       queue_size=config.uplink.command_queue)
         self.uplink = Uplink(config, self.outbox, self.health, on_command=self.commands.receive,
                              on_delivered=lambda stored: self.alarm.delivered(stored),
-                             before_publish=before_publish)
+                             before_publish=before_publish,
+                             clips=self.loudspeaker.clips.held if self.loudspeaker else None)
+        if self.loudspeaker:
+            self.loudspeaker.clips.on_change = self.uplink.request_state
         self.uplink.register(self.handlers)
         self.alarm = parts.add(Alarm(config, self.pin_factory, recorder=self.recorder,
                                      outbox=self.outbox, link=self.uplink,

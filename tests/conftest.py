@@ -57,6 +57,12 @@ def wait_while_progressing(progress: Callable[[], int], done: Callable[[], bool]
         time.sleep(0.05)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml): one worker per core, at most four. The suite mostly waits
+    on brokers, stations and browsers; more workers than that only crowd a small machine."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def schema(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(
         json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8")))
@@ -226,7 +232,15 @@ class Daemon:
         return wait_until(lambda: (self.logged(event) or [None])[-1], timeout, event)  # type: ignore[no-any-return]
 
     def finish(self, timeout: float = 10.0) -> int:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Say where it stopped: the last lines it wrote before it hung.
+            tail = "\n".join(json.dumps(line, ensure_ascii=False) for line in self.lines[-25:])
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"the station did not exit within {timeout} s of the signal; "
+                                 f"its last log lines:\n{tail}") from None
         self._reader.join(5)
         return code
 

@@ -4,8 +4,9 @@ text) and payloads it must not (one value broken, a field added or taken away, o
 that are not a JSON object at all).
 
 Only the keywords msgspec writes are read: type, enum, anyOf, $ref, properties,
-required, additionalProperties, min/maxLength, pattern, minimum/maximum, items,
-prefixItems, min/maxItems, default. A schema using another keyword fails here loudly."""
+required, additionalProperties, propertyNames, maxProperties, min/maxLength, pattern,
+minimum/maximum, items, prefixItems, min/maxItems, default. A schema using another
+keyword fails here loudly."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 KNOWN = {"type", "enum", "anyOf", "$ref", "properties", "required", "additionalProperties",
          "minLength", "maxLength", "pattern", "minimum", "maximum", "items", "prefixItems",
          "minItems", "maxItems", "default", "title", "description", "discriminator", "$defs",
-         "$id", "$schema"}
+         "$id", "$schema", "propertyNames", "maxProperties"}
 
 # Text that has broken web consoles: markup, template syntax, path pieces, control and
 # direction characters, and what databases refuse (NUL, lone surrogates).
@@ -82,6 +83,12 @@ def valid(root: dict[str, Any], schema: dict[str, Any] | None = None
         base = st.fixed_dictionaries(fixed, optional=optional)
         if extra is False:
             return base
+        names = (valid(root, {"type": "string", **schema["propertyNames"]})
+                 if "propertyNames" in schema else st.text(max_size=12))
+        if "propertyNames" in schema or "maxProperties" in schema:  # a map: keys checked
+            return st.dictionaries(names, valid(root, extra) if isinstance(extra, dict)
+                                   else st.integers(),
+                                   max_size=min(schema.get("maxProperties", 3), 3))
         more = st.dictionaries(st.text(max_size=12),
                                valid(root, extra) if isinstance(extra, dict)
                                else st.one_of(st.integers(), st.text(max_size=12)),

@@ -115,9 +115,35 @@ def test_bad_uploads_are_rejected_library_intact(lib, case):
                           chunk=1, chunks=puts[1].chunks, data=puts[1].data)
     with pytest.raises(ClipError) as err:
         upload(lib, puts)
-    assert err.value.code == "clip_rejected" and err.value.message.zh
+    assert err.value.code == ("clip_interrupted" if case == "out-of-order"
+                              else "clip_rejected") and err.value.message.zh
     assert not lib.exists("new")
     intact(lib)
+
+
+def test_the_library_reports_what_it_holds_and_says_when_it_changes(lib, tmp_path):
+    """The state's `clips`: id -> sha256[:16] of each complete clip, kept across a
+    restart; a partial upload is not in it, and a restart discards it: its next chunk
+    is answered clip_interrupted (the township then sends the clip again)."""
+    changes: list[int] = []
+    lib.on_change = lambda: changes.append(1)
+    notice = hashlib.sha256(wav(500)).hexdigest()[:16]
+    assert lib.held() == {"notice": notice}
+    data = wav(800, fmt="MP3")
+    puts = chunks("mp3", data, step=len(data) // 4 + 1)
+    upload(lib, puts[:2])
+    assert lib.held() == {"notice": notice} and changes == []
+    reopened = ClipLibrary(lib.root, max_bytes=64 * 1024, total_bytes=256 * 1024, max_clips=3)
+    with pytest.raises(ClipError) as err:
+        reopened.put_chunk(puts[2])
+    assert err.value.code == "clip_interrupted"
+    assert upload(reopened, puts)["complete"] is True
+    reopened.on_change = lambda: changes.append(2)
+    assert reopened.held() == {"notice": notice, "mp3": hashlib.sha256(data).hexdigest()[:16]}
+    assert reopened.delete("notice") and not reopened.delete("notice")
+    assert changes == [2] and list(reopened.held()) == ["mp3"]
+    assert ClipLibrary(lib.root, max_bytes=64 * 1024, total_bytes=256 * 1024,
+                       max_clips=3).held() == reopened.held()
 
 
 def test_an_abandoned_upload_is_never_playable_and_can_restart(lib):

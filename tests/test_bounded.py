@@ -21,6 +21,7 @@ import soundfile
 from conftest import Daemon, station_toml, wait_until, wait_while_progressing
 
 from edge.config import DATA_MARGIN_BYTES, TTS_RENDER_MAX_BYTES
+from edge.contract.events import SCHEDULES_MAX
 
 RSS_LIMIT = 150 * 1000 * 1000
 MiB = 1 << 20
@@ -130,6 +131,26 @@ def test_largest_valid_commands_keep_memory_and_disk_bounded(own_broker, townshi
         played = [results[f"text-{n}"] for n in range(12)]
         assert sum(r["ok"] for r in played) >= 2, played  # the long clip holds a slot too
         assert {r["error"]["code"] for r in played if not r["ok"]} <= {"busy"}, played
+
+        # Schedules: at most SCHEDULES_MAX kept (and listed on the state); a new one past
+        # that is refused, a stored one may still change.
+        for n in range(8, SCHEDULES_MAX):  # a few at a time: the command queue is small
+            send({"cmd": "schedule.set", "id": f"sched-{n}", "schedule_id": f"s{n}",
+                  "cron": "0 3 1 1 *", "tone": "chime"})
+            if n % 8 == 7:
+                wait_until(lambda: set(sent) <= answered(), 60, "the schedules answered")
+        send({"cmd": "schedule.set", "id": "sched-over", "schedule_id": "s-over",
+              "cron": "0 3 1 1 *", "tone": "chime"})
+        send({"cmd": "schedule.set", "id": "sched-again", "schedule_id": "s0",
+              "cron": "0 4 1 1 *", "tone": "chime"})
+        wait_until(lambda: set(sent) <= answered(), 60, "the schedules answered")
+        results = {r["payload"]["cmd_id"]: r["payload"] for r in township.on("/v001/cmd/result")}
+        assert results["sched-over"]["error"]["code"] == "too_many_schedules"
+        assert results["sched-again"]["ok"] and results[f"sched-{SCHEDULES_MAX - 1}"]["ok"]
+        state = wait_until(lambda: [s for s in township.on("/v001/state") if any(
+            x["cron"] == "0 4 1 1 *" for x in s.get("schedules") or [])], 10)[-1]
+        assert sorted(x["schedule_id"] for x in state["schedules"]) == sorted(
+            f"s{n}" for n in range(SCHEDULES_MAX))
 
         peak = _peak_rss(daemon.proc.pid)
         used = _disk_use(data_dir)

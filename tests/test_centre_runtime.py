@@ -122,7 +122,7 @@ def test_the_lifespan_starts_and_stops_the_parts(tmp_path, db, broker, township)
     assert seen["before"] == [], "nothing runs before the lifespan starts"
     cid = f"paho-mqtt-client-{_client_id(centre)}"
     assert set(seen["running"]) == {"centre-changes", "centre-escalation", "centre-ingest",
-                                    cid}, seen["running"]
+                                    "centre-clips", cid}, seen["running"]
     assert not seen["server_alive"], seen
     assert seen["stream"] == ["<ended>"], "the server ends the open event stream properly"
     assert seen["after"] == [], f"threads left after shutdown: {seen['after']}"

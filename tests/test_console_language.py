@@ -22,8 +22,8 @@ from schema_strategies import encode
 T = console.TOWNSHIP
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
-# Not language: the other language's name on the switch, units and figures' names.
-ALLOWED_ON_CHINESE = {"English", "CSV", "XLSX", "JSON"}
+# Not language: the other language's name on the switch, units, figures' and formats' names.
+ALLOWED_ON_CHINESE = {"English", "CSV", "XLSX", "JSON", "CAP", "XML"}
 ALLOWED_ON_ENGLISH = {"中文"}
 CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+")
 
@@ -112,11 +112,30 @@ def seed() -> list[str]:
                          ("resolve", {"outcome": "genuine"})):
         lifecycle.act(alarm["v045"], step, officer, now, effects, "已核实" if step == "resolve"
                       else "", **fields)
+    # The clip library: a recording on its way to v042, refused by v043 (issue 23).
+    import io
+
+    import numpy as np
+    import soundfile
+
+    from pingan_centre.console import cliplib
+    from pingan_centre.console.link import UNLINKED
+    from pingan_centre.console.models import ClipCopy, Station
+
+    wav = io.BytesIO()
+    soundfile.write(wav, np.zeros(8000, dtype=np.float32), 8000, format="WAV")
+    clip = cliplib.add(wav.getvalue(), name="防溺水通知", filename="notice.wav",
+                       content_type="audio/wav", by="officer", now=now)
+    cliplib.distribute(clip, Station.objects.filter(name__in=["v042", "v043"]), by="officer",
+                       now=now, effects=UNLINKED)
+    ClipCopy.objects.filter(station="v043").update(state="failed", error={
+        "code": "clip_rejected", "message": {"zh": "本站片段已满，请先删除不用的片段",
+                                             "en": "the clip library is full"}})
     console.feed([(f"pingan/v1/{T}/v042/events", b"not json"),
                   (f"pingan/v1/{T}/v042/events", b'{"type": "alarm.panic"}'),
                   (f"pingan/v1/{T}/v042/state", encode({"station": "v043", "township": T}))])
     return ["东村一号", "西村二号", "东村", "西村", "等待核实", "派出所 李警官", "已核实",
-            *console.ROLES, "gate"]
+            "防溺水通知", *console.ROLES, "gate"]
 
 
 def offending(text: str, language: str, data: list[str]) -> list[str]:

@@ -199,3 +199,20 @@ def test_a_real_station_publishes_as_the_table_says(tmp_path: Path, own_broker, 
         c.disconnect()
         c.loop_stop()
     assert event.seq == 1
+
+
+def test_unit_and_centre_read_cron_and_digest_schedules_alike():
+    """The township's cron grammar and schedule digest are the unit's file, copied (it
+    runs without the unit's package): a schedule it pushes is the one a station reports."""
+    from edge.contract.commands import ScheduleSet
+    from pingan_centre import cron as centre_cron
+    assert (ROOT / "centre/pingan_centre/cron.py").read_text(encoding="utf-8") == (
+        ROOT / "edge/contract/cron.py").read_text(encoding="utf-8"), (
+        "cp edge/contract/cron.py centre/pingan_centre/cron.py")
+    pushed = ScheduleSet(id="c1", schedule_id="sc-1", cron="0 7 * * 1-5", text="开会",
+                         volume=1)
+    assert pushed.digest() == centre_cron.digest(cron="0  7 * * 1-5", clip=None,
+                                                 text="开会", tone=None, repeat=1,
+                                                 volume=1.0)
+    assert pushed.digest() != ScheduleSet(id="c1", schedule_id="sc-1", cron="0 8 * * 1-5",
+                                          text="开会", volume=1).digest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,18 @@ class ClipLibrary:
             stale.unlink()
         self._lock = threading.Lock()
         self._uploads: dict[str, _Upload] = {}
+        # What the station reports it holds (the state's `clips`): id -> sha256[:16].
+        self._held: dict[str, str] = {}
+        for clip in sorted(root.glob("*.clip")):
+            try:
+                digest = (root / f"{clip.stem}.sha256").read_text(encoding="ascii").strip()
+            except OSError:
+                continue  # never finished: load() refuses it too
+            if _ID.fullmatch(clip.stem) and len(digest) == 64:
+                self._held[clip.stem] = digest[:16]
+        # Called (outside the lock) after the library changed: the uplink republishes the
+        # state, so the township sees what the station holds.
+        self.on_change: Callable[[], None] | None = None
 
     def _path(self, clip_id: str, suffix: str, where: Path | None = None) -> Path:
         """The file for `clip_id`; an id that could name anything else is refused here
@@ -76,6 +89,14 @@ class ClipLibrary:
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.clip"))
 
+    def held(self) -> dict[str, str]:
+        """Every complete clip: id -> the first 16 hex digits of its sha256."""
+        return dict(self._held)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     def exists(self, clip_id: str) -> bool:
         return self._path(clip_id, ".clip").exists()
 
@@ -83,15 +104,21 @@ class ClipLibrary:
 
     def put_chunk(self, cmd: ClipPut) -> dict[str, object]:
         with self._lock:
-            try:
-                return self._put_chunk(cmd)
-            except ClipError:
-                self._abandon(cmd.clip_id)
-                raise
-            except OSError as exc:  # disk full, SD card failing
-                self._abandon(cmd.clip_id)
-                raise _rejected(f"无法保存片段：{exc.strerror}",
-                                f"cannot store the clip: {exc}") from exc
+            result = self._put_chunk_locked(cmd)
+        if result.get("complete"):
+            self._changed()
+        return result
+
+    def _put_chunk_locked(self, cmd: ClipPut) -> dict[str, object]:
+        try:
+            return self._put_chunk(cmd)
+        except ClipError:
+            self._abandon(cmd.clip_id)
+            raise
+        except OSError as exc:  # disk full, SD card failing
+            self._abandon(cmd.clip_id)
+            raise _rejected(f"无法保存片段：{exc.strerror}",
+                            f"cannot store the clip: {exc}") from exc
 
     def _put_chunk(self, cmd: ClipPut) -> dict[str, object]:
         part = self._path(cmd.clip_id, ".part", self._incoming)
@@ -109,9 +136,10 @@ class ClipLibrary:
             part.write_bytes(b"")
         elif upload is None or cmd.chunk != upload.received:
             expected = 0 if upload is None else upload.received
-            raise _rejected(f"分块顺序错误：收到第 {cmd.chunk} 块，应为第 {expected} 块",
-                            f"chunk {cmd.chunk} out of order, expected chunk {expected}; "
-                            f"restart the upload at chunk 0")
+            raise ClipError("clip_interrupted", text(
+                f"分块顺序错误：收到第 {cmd.chunk} 块，应为第 {expected} 块；请从第 0 块重新上传",
+                f"chunk {cmd.chunk} out of order, expected chunk {expected} (the station "
+                f"restarted, or a chunk was lost); restart the upload at chunk 0"))
         elif (upload.sha256, upload.size, upload.chunks) != (cmd.sha256, cmd.size, cmd.chunks):
             raise _rejected("分块的 sha256/size/chunks 与第 0 块不一致",
                             "sha256/size/chunks differ from chunk 0's")
@@ -161,6 +189,7 @@ class ClipLibrary:
         durable.settle(part, self._path(clip_id, ".clip"))
         durable.write(self._path(clip_id, ".sha256"), digest.encode("ascii"), mode=private.MODE)
         del self._uploads[clip_id]
+        self._held[clip_id] = digest[:16]
         return {"clip_id": clip_id, "received": upload.received, "chunks": upload.chunks,
                 "complete": True, "sha256": digest, "duration_s": round(info.duration, 3)}
 
@@ -177,7 +206,10 @@ class ClipLibrary:
             found = path.exists()
             path.unlink(missing_ok=True)
             self._path(clip_id, ".sha256").unlink(missing_ok=True)
-            return found
+            self._held.pop(clip_id, None)
+        if found:
+            self._changed()
+        return found
 
     def load(self, clip_id: str, rate: int) -> FileSound:
         """The clip, streamed at `rate`, after checking it is the file uploaded."""

@@ -31,7 +31,7 @@ from edge.audio.tts import PROMPTS, Speech, TtsError
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
 from edge.contract import commands
 from edge.contract.commands import rejected
-from edge.contract.events import AudioPayload, Text, text
+from edge.contract.events import SCHEDULES_MAX, AudioPayload, ScheduleDigest, Text, text
 from edge.health import Health
 from edge.link.dispatch import Handlers
 from edge.logs import log
@@ -87,6 +87,7 @@ class Loudspeaker:
             self._unavailable(None)
         except AudioUnavailable as exc:
             self._unavailable(str(exc))
+        self._report_schedules()
         self.player.start()
         self.scheduler.start()
         if self.config.prompts:
@@ -215,18 +216,32 @@ class Loudspeaker:
         except CronError as exc:
             raise rejected(cmd, "invalid_command", text(f"cron 表达式无效：{exc}", str(exc))) \
                 from exc
+        stored = [s.schedule_id for s, _ in self.store.schedules()]
+        if cmd.schedule_id not in stored and len(stored) >= SCHEDULES_MAX:
+            raise rejected(cmd, "too_many_schedules", text(
+                f"本站已有 {len(stored)} 个定时广播（上限 {SCHEDULES_MAX}），请先删除不用的",
+                f"{len(stored)} schedules stored (limit {SCHEDULES_MAX}): clear unused ones "
+                f"first"))
         release(self._sound(cmd, cached=True)[1])  # the clip exists / the text renders
         self.store.put_schedule(cmd)
+        self._report_schedules()
         return {"schedule_id": cmd.schedule_id, "cron": cmd.cron,
                 "timezone": self.config.timezone}
 
     def _schedule_clear(self, cmd: commands.ScheduleClear) -> dict[str, Any]:
         count = self.store.clear_schedules(cmd.schedule_id)
+        self._report_schedules()
         if cmd.schedule_id is not None and count == 0:
             raise rejected(cmd, "unknown_schedule", text(
                 f"本站没有定时广播 {cmd.schedule_id}",
                 f"no schedule {cmd.schedule_id} at this station"))
         return {"cleared": count}
+
+    def _report_schedules(self) -> None:
+        """The stored schedules on the state topic (republished when they change)."""
+        self._health.set_schedules([
+            ScheduleDigest(schedule_id=s.schedule_id, cron=s.cron, digest=s.digest())
+            for s, _last in self.store.schedules()])
 
     def _volume_set(self, cmd: commands.VolumeSet) -> dict[str, Any]:
         self.store.set_volume(cmd.volume)

@@ -14,62 +14,12 @@ from datetime import datetime, time, timedelta, tzinfo
 
 from edge.audio.store import AudioStore
 from edge.contract.commands import ScheduleSet
+from edge.contract.cron import Cron, CronError
 from edge.logs import log
 
 logger = logging.getLogger("edge.audio.schedule")
 
-_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
-           ("day of week", 0, 7))
-
-
-class CronError(ValueError):
-    pass
-
-
-def _field(spec: str, name: str, low: int, high: int) -> frozenset[int]:
-    values: set[int] = set()
-    for item in spec.split(","):
-        body, _, step_s = item.partition("/")
-        try:
-            step = int(step_s) if step_s else 1
-            if body == "*":
-                start, end = low, high
-            elif "-" in body:
-                a, b = body.split("-", 1)
-                start, end = int(a), int(b)
-            else:
-                start = end = int(body)
-        except ValueError as exc:
-            raise CronError(f"{name}: {item!r} is not a number, range, list or step") from exc
-        if step < 1 or not low <= start <= end <= high:
-            raise CronError(f"{name}: {item!r} is outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
-
-
-class Cron:
-    """`minute hour day-of-month month day-of-week`, as crontab(5): `*`, lists, ranges,
-    steps; day of week 0 or 7 is Sunday; when both day fields are restricted, either
-    matching is enough."""
-
-    def __init__(self, expr: str) -> None:
-        parts = expr.split()
-        if len(parts) != 5:
-            raise CronError(f"cron {expr!r}: need 5 fields (minute hour day month weekday)")
-        fields = [_field(p, *spec) for p, spec in zip(parts, _FIELDS, strict=True)]
-        self.minutes, self.hours, self.days, self.months, weekdays = fields
-        self.weekdays = frozenset(d % 7 for d in weekdays)
-        self._any_day, self._any_weekday = parts[2] == "*", parts[4] == "*"
-
-    def matches(self, t: datetime) -> bool:
-        if t.minute not in self.minutes or t.hour not in self.hours \
-                or t.month not in self.months:
-            return False
-        day_ok = t.day in self.days
-        weekday_ok = (t.isoweekday() % 7) in self.weekdays
-        if self._any_day or self._any_weekday:
-            return day_ok and weekday_ok
-        return day_ok or weekday_ok
+__all__ = ["Cron", "CronError", "Scheduler", "in_quiet_hours"]
 
 
 def in_quiet_hours(now: datetime, start: str, end: str) -> bool:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edge.contract import cron as cron_grammar
 from edge.contract.events import ErrorInfo, EventId, Text, text
 from edge.contract.release import COMPATIBLE, Release
 from edge.contract.release import Version as ReleaseVersion
@@ -114,6 +115,12 @@ class ScheduleSet(_Sound, tag="schedule.set", kw_only=True):
 
     schedule_id: AudioId
     cron: Annotated[str, msgspec.Meta(min_length=9, max_length=128)]
+
+    def digest(self) -> str:
+        """What the station reports for it on its state (edge.contract.cron.digest); the
+        township computes the same for what it pushed."""
+        return cron_grammar.digest(cron=self.cron, clip=self.clip, text=self.text, tone=self.tone,
+                           repeat=self.repeat, volume=self.volume)
 
 
 class ScheduleClear(CommandBase, tag="schedule.clear", kw_only=True):

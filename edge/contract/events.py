@@ -108,6 +108,11 @@ class ErrorInfo(_Shape):
         # The loudspeaker (edge/audio/).
         "unknown_clip", "clip_rejected", "expired", "quiet_hours", "audio_unavailable",
         "tts_failed", "unknown_schedule",
+        # A clip.put chunk for an upload the station does not have in hand (it restarted,
+        # or an earlier chunk failed): send the clip again from chunk 0.
+        "clip_interrupted",
+        # schedule.set of a new schedule_id while SCHEDULES_MAX are stored.
+        "too_many_schedules",
     ]
     message: Text
 
@@ -304,12 +309,32 @@ Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | Cam
          | UpdateRefused | UpdateFailed)
 
 
+ClipId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$(?!\n)")]
+ShortSha = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$(?!\n)")]
+
+
 class Problem(_Shape):
     code: Code
     message: Text
     since: Timestamp
     # Machine-readable figures behind the message (e.g. `outbox_corrupt`'s counts).
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# Schedules a station keeps (schedule.set of a new id past this is refused): bounds
+# audio.db and the state topic that lists them.
+SCHEDULES_MAX = 64
+
+
+class ScheduleDigest(_Shape):
+    """One stored schedule as the state reports it: its id, its cron, and a digest of
+    everything it does (edge.contract.commands.ScheduleSet.digest), so the township can
+    tell a schedule that differs from the one it pushed without the whole of it."""
+
+    schedule_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    cron: Annotated[str, msgspec.Meta(max_length=128)]
+    digest: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$(?!\n)")]
 
 
 class StationState(_Shape):
@@ -331,6 +356,14 @@ class StationState(_Shape):
     # The station's own name (station.toml's [station] name), shown on the duty cards
     # beside the village; "" from stations before issue 19.
     name: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    # The clip library (issue 23): each complete clip's id and the first 16 hex digits of
+    # its sha256. At most audio.clips_max (≤ 1000) entries; republished when it changes.
+    # None: the station has no loudspeaker, or predates the field.
+    clips: Annotated[dict[ClipId, ShortSha], msgspec.Meta(max_length=1000)] | None = None
+    # The loudspeaker's stored schedules, by id; None: not reported (the Last Will, a
+    # station without a loudspeaker, or one from before issue 23).
+    schedules: Annotated[list[ScheduleDigest],
+                         msgspec.Meta(max_length=SCHEDULES_MAX)] | None = None
 
 
 class ModemReport(_Shape):

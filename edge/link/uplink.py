@@ -102,8 +102,11 @@ class Uplink:
         on_delivered: Callable[[Stored], None],
         close_s: float = 0.5,
         before_publish: PublishHook | None = None,
+        clips: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._config = config
+        # The clip library's inventory for the state (the loudspeaker's, when there is one).
+        self.clips = clips
         self._close_s = close_s
         self._outbox = outbox
         self._health = health
@@ -324,6 +327,8 @@ class Uplink:
             problems=self._health.problems() if online else [],
             counters=self._health.counts() if online else {},
             name=self._config.station.name[:100],
+            clips=self.clips() if online and self.clips is not None else None,
+            schedules=self._health.schedules() if online else None,
         ))
 
     def _run_net(self) -> None:

@@ -10,6 +10,14 @@ back-off (`edge.link.uplink.Backoff`) between connection attempts. It keeps no f
 its outbox is a list that survives a simulated power cut, as the unit's survives a real
 one.
 
+It answers the township's commands as a unit does, without a loudspeaker: each payload
+validated by the unit's own `edge.contract.commands.parse` (a bad one refused with the
+unit's code), each id acted on once, a `cmd.result` for each; a `broadcast.play` is
+refused when expired, else accepted with the unit's result detail and sounded for
+`play_s` seconds (`audio.playback` started, then finished; one at a time, the next
+waiting its turn), and `broadcast.stop` stops it (`stopped`). Other commands are
+answered as accepted and not acted on.
+
 A `Fleet` runs thousands of them on a few threads (`Worker`: paho's external-loop API
 over one `selectors` loop each), so a 2-core machine can host a county's stations beside
 the broker and the console. `tally` is the bench's accounting: what the stations
@@ -24,6 +32,7 @@ closed (the broker sees it at once).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import heapq
 import itertools
 import queue
@@ -48,10 +57,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.clock import now_iso
+from edge.contract import commands
 from edge.contract.events import (
     AlarmPanic,
+    AudioPayload,
+    AudioPlayback,
     ButtonBroadcast,
     ButtonPayload,
+    CmdResult,
+    CmdResultPayload,
+    ErrorInfo,
     EventBase,
     PanicPayload,
     StationState,
@@ -74,6 +89,10 @@ BACKOFF_MAX_S = 60.0
 SESSION_EXPIRY_S = 86400
 # A CONNECT that has no CONNACK by then is given up and tried again after the back-off.
 CONNACK_TIMEOUT_S = 10.0
+# The unit's uplink.max_command_bytes default.
+MAX_COMMAND_BYTES = 16384
+# How long a light station's loudspeaker "sounds" a broadcast (it renders nothing).
+PLAY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,7 @@ class Counters:
     failures: int = 0  # attempts that never reached a CONNACK success
     refused_publishes: int = 0  # PUBACK reason >= 0x80
     sent: int = 0  # PUBLISH handed to paho (resends included)
+    commands: int = 0  # township commands answered (duplicates not counted)
 
 
 class LightStation:
@@ -115,7 +135,7 @@ class LightStation:
     def __init__(self, ident: Identity, host: str, port: int, *,
                  keepalive_s: int = KEEPALIVE_S, inflight: int = INFLIGHT,
                  backoff: tuple[float, float] = (BACKOFF_MIN_S, BACKOFF_MAX_S),
-                 session_expiry_s: int = SESSION_EXPIRY_S,
+                 session_expiry_s: int = SESSION_EXPIRY_S, play_s: float = PLAY_S,
                  rng: random.Random | None = None) -> None:
         self.ident = ident
         self.topics = Topics(ident.township, ident.station)
@@ -139,6 +159,10 @@ class LightStation:
         self._ctx: ssl.SSLContext | None = None
         self._attempt_started = 0.0
         self.worker: Worker | None = None
+        self.play_s = play_s
+        self._seen = commands.SeenCommands()
+        self._free_at = 0.0  # time.monotonic() when the loudspeaker is free again
+        self._plays: dict[str, Any] = {}  # play id → its `finished` timer's cancel flag
 
     # --- what the unit does while it runs (any thread) --------------------------------
 
@@ -210,6 +234,7 @@ class LightStation:
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
+        client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
         self._client = client
@@ -258,10 +283,7 @@ class LightStation:
         self.online = True
         self.online_since = time.monotonic()
         self.backoff.reset()
-        state = StationState(station=self.ident.station, township=self.ident.township,
-                             online=True, version=VERSION, ts=now_iso(), clock_synced=True,
-                             pending=len(self.pending))
-        client.publish(self.topics.state, msgspec.json.encode(state), qos=1, retain=True)
+        self._state()
         client.subscribe([(self.topics.cmd, 1), (self.topics.all_cmd, 1)])
         self.drain()
 
@@ -294,6 +316,102 @@ class LightStation:
         with self._lock:
             self.pending.pop(event_id, None)
         self.drain()
+
+    def _state(self) -> None:
+        """The retained state, online, as the unit publishes it (not through the outbox)."""
+        if self._client is None:
+            return
+        state = StationState(station=self.ident.station, township=self.ident.township,
+                             online=True, version=VERSION, ts=now_iso(), clock_synced=True,
+                             pending=len(self.pending))
+        self._client.publish(self.topics.state, msgspec.json.encode(state), qos=1,
+                             retain=True)
+
+    # --- the township's commands (on the worker's thread) ----------------------------
+
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if client is not self._client:
+            return
+        self.answer(bytes(msg.payload))
+
+    def answer(self, payload: bytes) -> None:
+        """What the unit's command worker does with one payload, minus the parts."""
+        try:
+            cmd = commands.parse(payload, MAX_COMMAND_BYTES)
+        except commands.CommandRejected as exc:
+            self._result(exc.cmd_id, exc.cmd, error=exc.error)
+            return
+        if not self._seen.first_time(cmd.id):
+            return  # QoS 1 delivered it again: acted on once
+        self.counters.commands += 1
+        name = commands.tag(cmd)
+        if isinstance(cmd, commands.BroadcastPlay):
+            self._play(cmd)
+        elif isinstance(cmd, commands.BroadcastStop):
+            stopped = [pid for pid, flag in list(self._plays.items())
+                       if cmd.broadcast_id is None or pid == cmd.broadcast_id]
+            plays = [self._plays.pop(pid) for pid in stopped]
+            self._result(cmd.id, name, detail={"stopped": stopped})
+            for pid, play in zip(stopped, plays, strict=True):
+                play["stopped"] = True
+                self._audio("stopped", pid, play["level"], play["sound"])
+        elif isinstance(cmd, commands.StateGet):
+            self._result(cmd.id, name)
+            self._state()
+        else:
+            self._result(cmd.id, name)
+        self.drain()
+
+    def _play(self, cmd: commands.BroadcastPlay) -> None:
+        now = dt.datetime.now(dt.UTC)
+        if cmd.expires is not None and cmd.expires <= now:
+            self._result(cmd.id, "broadcast.play", error=ErrorInfo(code="expired", message=Text(
+                zh=f"广播已于 {cmd.expires.isoformat()} 过期，未播放",
+                en=f"broadcast expired at {cmd.expires.isoformat()}; not played")))
+            return
+        sound = (f"clip:{cmd.clip}" if cmd.clip is not None else "text"
+                 if cmd.text is not None else f"tone:{cmd.tone}")
+        level = "emergency" if cmd.priority == "emergency" else "normal"
+        mono = time.monotonic()
+        start = max(mono, self._free_at)
+        if cmd.not_before is not None:
+            start = max(start, mono + (cmd.not_before - now).total_seconds())
+        duration = self.play_s * cmd.repeat
+        self._free_at = start + duration
+        playing = next(iter(self._plays), None)
+        flag: dict[str, Any] = {"stopped": False, "level": level, "sound": sound}
+        self._plays[cmd.id] = flag
+        self._result(cmd.id, "broadcast.play", detail={
+            "play_id": cmd.id, "plays_as": level, "sound": sound,
+            "duration_s": round(duration, 3), "playing_now": playing})
+        worker = self.worker
+        assert worker is not None
+
+        def started() -> None:
+            if not flag["stopped"]:
+                self._audio("started", cmd.id, level, sound)
+                self.drain()
+
+        def finished() -> None:
+            if not flag["stopped"]:
+                self._plays.pop(cmd.id, None)
+                self._audio("finished", cmd.id, level, sound, duration)
+                self.drain()
+
+        worker.later(start - mono, started)
+        worker.later(start + duration - mono, finished)
+
+    def _result(self, cmd_id: str | None, cmd: str | None, *, error: ErrorInfo | None = None,
+                detail: dict[str, Any] | None = None) -> None:
+        self.commit(CmdResult(**_common(self.ident), payload=CmdResultPayload(
+            cmd_id=cmd_id, cmd=cmd, ok=error is None, error=error, detail=detail or {})))
+
+    def _audio(self, phase: str, play_id: str, level: str, sound: str,
+               played_s: float = 0.0) -> None:
+        self.commit(AudioPlayback(**_common(self.ident), payload=AudioPayload(
+            phase=phase, play_id=play_id, origin="township",  # type: ignore[arg-type]
+            level=level, sound=sound, cmd_id=play_id,  # type: ignore[arg-type]
+            played_s=round(played_s, 3))))
 
     def drain(self) -> None:
         """Fill the in-flight window from the outbox, alarms first, as the unit does: a
@@ -332,11 +450,14 @@ class LightStation:
         return self._client
 
 
+def _common(ident: Identity) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "station": ident.station, "township": ident.township,
+            "ts": now_iso(), "clock_synced": True}
+
+
 def make_event(kind: str, ident: Identity) -> EventBase:
     """An event of the published shapes, as the unit makes it (seq set at commit)."""
-    common: dict[str, Any] = {"id": uuid.uuid4().hex, "station": ident.station,
-                              "township": ident.township, "ts": now_iso(),
-                              "clock_synced": True}
+    common = _common(ident)
     if kind == "alarm.panic":
         return AlarmPanic(**common, payload=PanicPayload(source="simulator", held_s=0.1))
     if kind == "button.broadcast":

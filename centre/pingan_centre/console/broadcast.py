@@ -26,9 +26,17 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from pingan_centre import topics
+from pingan_centre.console import cliplib
 from pingan_centre.console.lifecycle import NotAllowed, audit
 from pingan_centre.console.link import Effects
-from pingan_centre.console.models import Broadcast, Command, Event, Station, StationGroup
+from pingan_centre.console.models import (
+    Broadcast,
+    Clip,
+    Command,
+    Event,
+    Station,
+    StationGroup,
+)
 from pingan_centre.console.validate import _validator
 
 CLIP_MAX_BYTES = 2 << 20
@@ -40,6 +48,7 @@ TONES = ("chime", "siren")
 # What an officer reads for each result, in the page's language.
 LABELS = {
     "not_sent": gettext_lazy("not sent: no broker link"),
+    "clip_first": gettext_lazy("sending the recording first"),
     "offline": gettext_lazy("pending: station offline, queued at the broker"),
     "sent": gettext_lazy("sent, no answer yet"),
     "accepted": gettext_lazy("accepted"),
@@ -106,7 +115,7 @@ def targets(kind: str, value: Iterable[str]) -> tuple[str, list[Station]]:
 
 
 def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
-         clip_name: str = "", clip_type: str = "", repeat: int = 1,
+         clip_name: str = "", clip_type: str = "", library_clip: str = "", repeat: int = 1,
          volume: float | None = None, priority: str = "normal",
          not_before: datetime | None = None, expires: datetime | None = None,
          target: str = "all", chosen: Iterable[str] = (), by: str, now: datetime,
@@ -114,10 +123,19 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
     """Check, record and send a broadcast; returns its id."""
     bid = uuid.uuid4().hex[:10]
     sound: dict[str, Any]
+    if content == "clip" and clip and Clip.objects.filter(pk=cliplib.clip_id(clip)).exists():
+        # The very recording the library keeps: played from there, not sent again.
+        content, library_clip, clip = "library", cliplib.clip_id(clip), b""
     if content == "text":
         sound = {"text": text.strip()}
     elif content == "tone":
         sound = {"tone": tone}
+    elif content == "library":
+        chosen_clip = Clip.objects.defer("data").filter(pk=library_clip).first()
+        if chosen_clip is None:
+            raise BadBroadcast(_("choose a recording from the clip library"))
+        sound = {"clip": chosen_clip.id}
+        clip_name, clip_type = chosen_clip.name, chosen_clip.content_type
     elif content == "clip":
         if not clip:
             raise BadBroadcast(_("choose a sound file to upload"))
@@ -150,17 +168,36 @@ def send(*, content: str, text: str = "", tone: str = "", clip: bytes = b"",
     stored, stations = targets(target, chosen)
     if not stations:
         raise BadBroadcast(_("no stations in that target"))
+    # A library recording plays by its id where the station holds it; the others get it
+    # through the library (windowed, resumed after failures) and the play once it is whole.
+    lacking: list[Station] = []
+    if content == "library":
+        holding = cliplib.holding(sound["clip"], stations)
+        lacking = [st for st in stations if st.name not in holding]
     with transaction.atomic():
         Broadcast.objects.create(
-            id=bid, kind=content, text=sound.get("text", ""), tone=sound.get("tone", ""),
+            id=bid, kind="clip" if content == "library" else content,
+            text=sound.get("text", ""), tone=sound.get("tone", ""),
             clip=clip or None, clip_name=clip_name[:200], clip_type=clip_type[:100],
-            repeat=repeat, volume=volume, priority=priority, not_before=not_before,
-            expires=expires, target=stored, by=by, created_at=now)
+            library_clip=sound["clip"] if content == "library" else "", repeat=repeat,
+            volume=volume, priority=priority, not_before=not_before, expires=expires,
+            target=stored, by=by, created_at=now)
         chunks = _chunks(sound.get("clip", ""), clip, by) if clip else []
+        batch: Outgoing = []
         for st in stations:
             cid = command_id("bc", bid, st.name)
+            if st in lacking:  # sent by cliplib once the station holds the clip
+                Command.objects.create(id=cid, station=st, cmd="broadcast.play",
+                                       payload={**play, "id": cid}, by=by, created_at=now)
+                continue
             _send(st, cid, {**play, "id": cid}, by, now, effects, before=[
-                {**c, "id": command_id(f"bk{c['chunk']}", bid, st.name)} for c in chunks])
+                {**c, "id": command_id(f"bk{c['chunk']}", bid, st.name)} for c in chunks],
+                batch=batch)
+        transaction.on_commit(lambda: publish(batch, effects))
+        if lacking:
+            library = Clip.objects.defer("data").get(pk=sound["clip"])
+            cliplib.distribute(library, lacking, by=by, now=now, effects=effects,
+                               restart=False)
         audit(by, "broadcast.send", f"broadcast:{bid}", now, to=stored,
               stations=[s.name for s in stations], content=content,
               text=sound.get("text", ""), tone=sound.get("tone", ""), clip=clip_name,
@@ -178,22 +215,37 @@ def _chunks(clip_id: str, data: bytes, by: str) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
+# Recorded Commands to publish: (Command id, topic, payload, chunks to send before it).
+Outgoing = list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]]
+
+
 def _send(st: Station, cid: str, payload: dict[str, Any], by: str, now: datetime,
-          effects: Effects, before: list[dict[str, Any]] | None = None) -> None:
+          effects: Effects, before: list[dict[str, Any]] | None = None,
+          batch: Outgoing | None = None) -> None:
     """Record the Command; publish it (after the chunks `before`, not recorded: a clip
-    that did not arrive shows as the play's `unknown_clip`) once the transaction commits."""
+    that did not arrive shows as the play's `unknown_clip`) once the transaction commits.
+    With `batch`, it is only added there: the caller publishes the batch (`publish`)."""
     command = Command.objects.create(id=cid, station=st, cmd=payload["cmd"], payload=payload,
                                      by=by, created_at=now)
     topic = topics.station_topic("cmd", st.township, st.name)
+    if batch is not None:
+        batch.append((command.pk, topic, payload, before or []))
+        return
+    transaction.on_commit(lambda: publish([(command.pk, topic, payload, before or [])],
+                                          effects))
 
-    def publish() -> None:
-        for chunk in before or []:
-            if not effects.send(topic, chunk):
-                return
-        if effects.send(topic, payload):
-            Command.objects.filter(pk=command.pk).update(sent=True)
 
-    transaction.on_commit(publish)
+def publish(batch: Outgoing, effects: Effects) -> None:
+    """Publish recorded Commands (each after its chunks), then mark those handed to the
+    broker link as sent, in one UPDATE: a broadcast to a thousand stations must not take
+    the database's write lock a thousand times while their results come in."""
+    sent = []
+    for pk, topic, payload, before in batch:
+        if all(effects.send(topic, chunk) for chunk in before) and effects.send(topic,
+                                                                                payload):
+            sent.append(pk)
+    for start in range(0, len(sent), 500):
+        Command.objects.filter(pk__in=sent[start:start + 500]).update(sent=True)
 
 
 def stop(bid: str, by: str, now: datetime, effects: Effects) -> list[str]:
@@ -210,11 +262,13 @@ def stop(bid: str, by: str, now: datetime, effects: Effects) -> list[str]:
             raise NotAllowed(_("this broadcast was already stopped"))
         plays = list(Command.objects.filter(id__startswith=f"bc:{bid}:",
                                             cmd="broadcast.play").select_related("station"))
+        batch: Outgoing = []
         for play in plays:
             st = play.station
             cid = command_id("bs", bid, st.name)
             _send(st, cid, {"cmd": "broadcast.stop", "id": cid, "by": by[:64],
-                            "broadcast_id": play.id}, by, now, effects)
+                            "broadcast_id": play.id}, by, now, effects, batch=batch)
+        transaction.on_commit(lambda: publish(batch, effects))
         broadcast.stopped_at, broadcast.stopped_by = now, by
         broadcast.save(update_fields=["stopped_at", "stopped_by"])
         names = [p.station_id for p in plays]
@@ -285,6 +339,8 @@ def results(broadcast: Broadcast, now: datetime) -> list[StationResult]:
                 "playing_now") is False else "accepted"
         elif broadcast.expires is not None and broadcast.expires <= now:
             row.result = "expired"  # never reached the station in time: it will refuse it
+        elif not play.sent and str(play.payload.get("clip", "")).startswith("lib-"):
+            row.result = "clip_first"
         elif not play.sent:
             row.result = "not_sent"
         elif not st.online:
@@ -292,6 +348,7 @@ def results(broadcast: Broadcast, now: datetime) -> list[StationResult]:
         else:
             row.result = "sent"
         if (st.name in stops and row.result in ("offline", "sent", "accepted", "queued",
+                                                  "clip_first",
                                                   "started", "resumed", "preempted")):
             row.result = "stop_sent"
         out.append(row)
@@ -306,6 +363,7 @@ def summary(rows: list[StationResult]) -> str:
     parts = []
     for key, words in (("offline", _("%(n)d offline")),
                        ("not_sent", _("%(n)d not sent")),
+                       ("clip_first", _("%(n)d receiving the recording")),
                        ("sent", _("%(n)d not answered yet")),
                        ("accepted", _("%(n)d waiting to play")),
                        ("queued", _("%(n)d waiting to play")),

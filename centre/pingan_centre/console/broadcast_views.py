@@ -25,7 +25,7 @@ from django.views.decorators.http import require_POST
 
 from pingan_centre.console import broadcast, runtime
 from pingan_centre.console.lifecycle import NotAllowed, audit
-from pingan_centre.console.models import Broadcast, Station, StationGroup
+from pingan_centre.console.models import Broadcast, Clip, Station, StationGroup
 
 
 @login_required
@@ -39,6 +39,7 @@ def broadcasts(request: HttpRequest) -> HttpResponse:
         "page": "broadcasts", "broadcasts": recent, "stations": stations,
         "villages": sorted({s.village for s in stations if s.village}),
         "groups": list(StationGroup.objects.prefetch_related("stations")),
+        "library": list(Clip.objects.defer("data")),
         "tones": broadcast.TONES})
 
 
@@ -71,6 +72,7 @@ def send(request: HttpRequest) -> HttpResponse:
             tone=post.get("tone", ""), clip=upload.read() if upload else b"",
             clip_name=(upload.name or "") if upload else "",
             clip_type=(upload.content_type or "") if upload else "",
+            library_clip=post.get("library_clip", ""),
             repeat=int(post.get("repeat", "1") or 1),
             volume=float(volume_text) / 100 if volume_text else None,
             priority=post.get("priority", "normal"), not_before=_when(post.get(

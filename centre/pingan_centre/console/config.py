@@ -67,6 +67,29 @@ class SmsConfig:
 
 
 @dataclass(frozen=True)
+class CapConfig:
+    """The `[cap]` table: CAP 1.2 alerts imported as broadcasts (console/cap, docs/cap.md)."""
+
+    # A folder the console watches for CAP files ("" : none). Processed files move to its
+    # done/ or rejected/ (with a .reason.txt beside them). Write a file under another name
+    # (or a dot name) and rename it in: only *.xml files are read.
+    watch_dir: str = ""
+    poll_s: float = 5.0
+    # Exercise and Test alerts play (marked as drills) only where this is true.
+    allow_drills: bool = False
+    # Village name -> its GB/T 2260 administrative code (12 digits down to the village, or
+    # fewer). A CAP geocode matches a village whose code starts with it.
+    areas: dict[str, str] = field(default_factory=dict)
+    # The geocode valueNames read as GB/T 2260 codes (compared without case, spaces, '/').
+    geocode_names: tuple[str, ...] = ("GB/T 2260", "GB2260", "ADCODE")
+    repeat: int = 2
+    # An alert without `expires` stops being played after this (a station that comes
+    # back online later does not sound a stale warning).
+    default_expires_s: float = 6 * 3600.0
+    max_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
 class CentreConfig:
     data_dir: Path
     database: str = ""
@@ -91,6 +114,7 @@ class CentreConfig:
     sms: SmsConfig = field(default_factory=SmsConfig)
     # Station id -> village name, applied when a station is first seen (admin can edit).
     villages: dict[str, str] = field(default_factory=dict)
+    cap: CapConfig = field(default_factory=CapConfig)
     # The TOML file this was read from ("" for none), to name it in errors.
     config_file: str = ""
 
@@ -141,6 +165,7 @@ def load(path: str | None = None) -> CentreConfig:
         webhook_url=raw.get("webhook_url", ""),
         sms=_sms(raw.get("sms", {})),
         villages={str(k): str(v) for k, v in raw.get("villages", {}).items()},
+        cap=_cap(raw.get("cap", {})),
         config_file=str(path or ""),
     )
 
@@ -162,6 +187,33 @@ def _sms(raw: dict[str, Any]) -> SmsConfig:
     if min(cfg.per_hour, cfg.per_day) < 1 or min(cfg.command_timeout_s, cfg.sms_timeout_s,
                                                  cfg.retry_max_s, cfg.give_up_s) <= 0:
         raise ImproperlyConfigured("[sms] limits and timeouts must be positive")
+    return cfg
+
+
+def _cap(raw: dict[str, Any]) -> CapConfig:
+    known = CapConfig.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ImproperlyConfigured(f"[cap] has unknown keys {unknown}; known: {sorted(known)}")
+    d = CapConfig()
+    areas = {str(k): str(v).strip() for k, v in raw.get("areas", {}).items()}
+    bad = sorted(k for k, v in areas.items() if not v.isdigit() or not 2 <= len(v) <= 12)
+    if bad:
+        raise ImproperlyConfigured(f"[cap.areas] {bad}: a GB/T 2260 code is 2 to 12 digits "
+                                   "(e.g. \"420102001001\")")
+    cfg = CapConfig(
+        watch_dir=str(raw.get("watch_dir", d.watch_dir)),
+        poll_s=float(raw.get("poll_s", d.poll_s)),
+        allow_drills=bool(raw.get("allow_drills", d.allow_drills)),
+        areas=areas,
+        geocode_names=tuple(str(n) for n in raw.get("geocode_names", d.geocode_names)),
+        repeat=int(raw.get("repeat", d.repeat)),
+        default_expires_s=float(raw.get("default_expires_s", d.default_expires_s)),
+        max_bytes=int(raw.get("max_bytes", d.max_bytes)))
+    if cfg.poll_s <= 0 or cfg.default_expires_s <= 0 or cfg.max_bytes < 1024 or not (
+            1 <= cfg.repeat <= 50):
+        raise ImproperlyConfigured("[cap] poll_s and default_expires_s must be positive, "
+                                   "max_bytes at least 1024, repeat 1 to 50")
     return cfg
 
 

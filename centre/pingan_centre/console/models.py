@@ -46,6 +46,14 @@ class Station(models.Model):
     # None: never self-tested on site (or only by a selftest-sourced press).
     last_selftest_passed = models.BooleanField(null=True, blank=True)
     counters = models.JSONField(default=dict, blank=True)
+    # The clip library the station reports in its state: {clip id: sha256[:16]}; None
+    # when it does not report one (no loudspeaker, or not heard from since issue 23).
+    clips = models.JSONField(null=True, blank=True)
+
+
+    # The loudspeaker's stored schedules from its last state, [{schedule_id, cron,
+    # digest}]; None: the station does not report them (issue 23).
+    schedules = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["village", "name"]
@@ -364,6 +372,9 @@ class Broadcast(models.Model):
     clip = models.BinaryField(null=True, blank=True)
     clip_name = models.CharField(max_length=200, blank=True, default="")
     clip_type = models.CharField(max_length=100, blank=True, default="")
+    # A recording from the clip library (cliplib): played by its id where the station
+    # holds it, sent to the others through the library first.
+    library_clip = models.CharField(max_length=20, blank=True, default="")
     repeat = models.IntegerField(default=1)
     volume = models.FloatField(null=True, blank=True)
     priority = models.CharField(max_length=10, default="normal")
@@ -377,3 +388,131 @@ class Broadcast(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class Clip(models.Model):
+    """A recording in the township's clip library (issue 23): checked with libsndfile at
+    upload, sent to stations in `clip.put` chunks. Its id is also its id on the stations
+    (`lib-` and the first 12 hex digits of its sha256): the same file is one clip."""
+
+    id = models.CharField(max_length=20, primary_key=True)
+    name = models.CharField(_("name"), max_length=200)
+    filename = models.CharField(max_length=200, blank=True, default="")
+    content_type = models.CharField(max_length=100, blank=True, default="")
+    data = models.BinaryField()
+    size = models.IntegerField()
+    sha256 = models.CharField(max_length=64)
+    format = models.CharField(max_length=16)  # WAV | MP3 | OGG | FLAC, as libsndfile read it
+    duration_s = models.FloatField()
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def chunks(self) -> int:
+        from pingan_centre.console.cliplib import CHUNK_BYTES
+
+        return (self.size + CHUNK_BYTES - 1) // CHUNK_BYTES
+
+
+class ClipCopy(models.Model):
+    """One library clip at one station: what the console sent it and what it answered.
+    The chunks of attempt N have the command ids `cl:<clip>:<N>:<chunk>`; `acked` counts
+    the chunks of the current attempt the station has stored."""
+
+    class State(models.TextChoices):
+        SENDING = "sending"
+        COMPLETE = "complete"
+        FAILED = "failed"
+        DELETING = "deleting"
+        DELETED = "deleted"
+
+    clip = models.ForeignKey(Clip, on_delete=models.CASCADE, related_name="copies")
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="clip_copies")
+    state = models.CharField(max_length=10, choices=State.choices)
+    attempt = models.IntegerField(default=0)
+    acked = models.IntegerField(default=0)
+    sent = models.IntegerField(default=0)  # chunks of the current attempt published
+    restarts = models.IntegerField(default=0)  # by the console itself, since the officer's
+    # The station's last refusal, as it sent it: {code, message: {zh, en}}.
+    error = models.JSONField(null=True, blank=True)
+    by = models.CharField(max_length=150)
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField()  # the last progress: a chunk stored, a restart
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["clip", "station"],
+                                               name="one_copy_per_station")]
+
+
+class Schedule(models.Model):
+    """A recurring broadcast the township keeps on its stations (issue 23): one
+    `schedule.set` per target station, with this id as the station's `schedule_id` (and
+    `clip_id` for a recording). Commands are `ss:<id>.<version>:<station>` (clears
+    `sx:…`); `version` counts the pushes. The targets are resolved when pushed and when
+    drift is shown, so a station added to a group later shows as missing the schedule."""
+
+    id = models.CharField(max_length=16, primary_key=True)
+    name = models.CharField(_("schedule name"), max_length=100)
+    cron = models.CharField(max_length=128)
+    kind = models.CharField(max_length=8)  # text | clip | tone
+    text = models.TextField(blank=True, default="")
+    tone = models.CharField(max_length=10, blank=True, default="")
+    clip = models.BinaryField(null=True, blank=True)
+    clip_name = models.CharField(max_length=200, blank=True, default="")
+    clip_type = models.CharField(max_length=100, blank=True, default="")
+    repeat = models.IntegerField(default=1)
+    volume = models.FloatField(null=True, blank=True)
+    target = models.CharField(max_length=200)  # all | village:X | group:X | stations
+    chosen = models.JSONField(default=list, blank=True)  # the stations of "stations"
+    version = models.IntegerField(default=0)
+    by = models.CharField(max_length=150)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CapImport(models.Model):
+    """One CAP 1.2 message the console was given (issue 23 item 6): uploaded by an officer
+    or dropped into the watched folder, and what it did. An Alert or Update that plays is
+    a Broadcast like any other (`broadcast`); an Update or Cancel lists the broadcasts it
+    stopped (`stopped`). Rejected and ignored messages are kept too, with the reason."""
+
+    class Outcome(models.TextChoices):
+        BROADCAST = "broadcast", _("broadcast")
+        CANCELLED = "cancelled", _("cancelled")
+        IGNORED = "ignored", _("not played")
+        REJECTED = "rejected", _("rejected")
+
+    received_at = models.DateTimeField(db_index=True)
+    by = models.CharField(max_length=150)  # the officer, or "cap-folder"
+    source = models.CharField(max_length=300, blank=True, default="")  # the file's name
+    # The message's key (CAP `references` name it): empty when it could not be read.
+    sender = models.CharField(max_length=250, blank=True, default="")
+    identifier = models.CharField(max_length=250, blank=True, default="")
+    sent = models.CharField(max_length=40, blank=True, default="")  # as the message wrote it
+    sent_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, blank=True, default="")
+    msg_type = models.CharField(max_length=10, blank=True, default="")
+    severity = models.CharField(max_length=10, blank=True, default="")
+    drill = models.BooleanField(default=False)  # status Exercise or Test
+    text = models.TextField(blank=True, default="")  # what the stations speak
+    text_en = models.TextField(blank=True, default="")  # the English info, kept
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    reason = models.TextField(blank=True, default="")  # words.both(zh, en)
+    detail = models.TextField(blank=True, default="")  # technical, language-neutral
+    broadcast = models.ForeignKey(Broadcast, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="cap_imports")
+    stopped = models.JSONField(default=list, blank=True)  # broadcast ids this one stopped
+    xml = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["sender", "identifier"])]

@@ -11,16 +11,18 @@ ROTA_PERMS = ["add_dutyshift", "delete_dutyshift"]
 # admins keep the saved groups of stations.
 BROADCAST_PERMS = ["add_broadcast"]
 GROUP_PERMS = ["add_stationgroup", "change_stationgroup", "delete_stationgroup"]
+# Schedules kept on the stations (issue 23): as broadcasts, officers keep and push them.
+SCHEDULE_PERMS = ["add_schedule", "change_schedule", "delete_schedule"]
 
 ROLES: dict[str, list[str]] = {
     "viewer": [],
-    "duty_officer": [*ALARM_PERMS, *BROADCAST_PERMS],
+    "duty_officer": [*ALARM_PERMS, *BROADCAST_PERMS, *SCHEDULE_PERMS],
     "leader": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine", *ROTA_PERMS,
-               *BROADCAST_PERMS, *GROUP_PERMS],
+               *BROADCAST_PERMS, *GROUP_PERMS, *SCHEDULE_PERMS],
     "technician": ["view_quarantine", "change_station", "view_station"],
     "admin": [*ALARM_PERMS, "reopen_alarm", "export_stats", "view_quarantine",
               "change_station", "view_station", "view_auditentry", *ROTA_PERMS,
-              *BROADCAST_PERMS, *GROUP_PERMS],
+              *BROADCAST_PERMS, *GROUP_PERMS, *SCHEDULE_PERMS],
 }
 
 

@@ -2,9 +2,10 @@
 
 `CentreRuntime` builds and starts, in this order: the change reader for the live screens
 (`live.Changes`), the webhook's sender and the SMS modem (each when configured), the
-escalation ladder and the MQTT ingest; `close()` stops them in the reverse order. It is
-the `Effects` that the web requests hand to `lifecycle.act`: a command goes out through
-the ingest's MQTT client and a change wakes the screens.
+escalation ladder, the MQTT ingest and the CAP folder's watcher (when configured);
+`close()` stops them in the reverse order. It is the `Effects` that the web requests
+hand to `lifecycle.act`: a command goes out through the ingest's MQTT client and a change
+wakes the screens.
 
 Who owns it: in `serve`, the ASGI application (`asgi.CentreApp`) makes one on
 `lifespan.startup`, puts it in the lifespan state, and closes it on `lifespan.shutdown`;
@@ -23,6 +24,8 @@ from typing import Any, Protocol, TypeVar
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
+from pingan_centre.console.cap.watch import Watcher
+from pingan_centre.console.cliplib import Resumer
 from pingan_centre.console.config import CentreConfig
 from pingan_centre.console.escalation import Ladder
 from pingan_centre.console.ingest import Ingest
@@ -57,6 +60,8 @@ class CentreRuntime:
         self.sms: SmsNotifier | None = None
         self.ladder: Ladder | None = None
         self.ingest: Ingest | None = None
+        self.clips: Resumer | None = None
+        self.cap_watch: Watcher | None = None
         self._stack: ExitStack | None = None
 
     def start(self) -> CentreRuntime:
@@ -85,9 +90,17 @@ class CentreRuntime:
                 if self.with_ingest:
                     self.ingest = self._start(stack, "the MQTT ingest", lambda: Ingest(
                         self.cfg, self.changed).start())
+                    # Clip uploads that stalled start again (cliplib); it sends through
+                    # the ingest, so it runs only beside one.
+                    self.clips = self._start(stack, "the clip uploads' ticker",
+                                             lambda: Resumer(self).start())
+                if self.cfg.cap.watch_dir:
+                    self.cap_watch = self._start(stack, "the CAP folder's watcher",
+                                                 lambda: Watcher(self.cfg.cap, self).start())
                 self._stack = stack.pop_all()
         except BaseException:
             self.changes = self.webhook = self.sms = self.ladder = self.ingest = None
+            self.clips = self.cap_watch = None
             raise
         log("info", "centre.started", parts=self.parts())
         return self
@@ -123,7 +136,8 @@ class CentreRuntime:
 
     def parts(self) -> list[str]:
         named = {"changes": self.changes, "webhook": self.webhook, "sms": self.sms,
-                 "ladder": self.ladder, "ingest": self.ingest}
+                 "ladder": self.ladder, "ingest": self.ingest, "clips": self.clips,
+                 "cap_watch": self.cap_watch}
         return [name for name, part in named.items() if part is not None]
 
     # --- Effects, for the requests' lifecycle.act and the ladder ------------------------

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 
 from pingan_centre import topics
-from pingan_centre.console import telemetry
+from pingan_centre.console import cliplib, telemetry
 from pingan_centre.console.lifecycle import record, send_ack
 from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
@@ -137,6 +137,8 @@ def _state(data: dict[str, Any], now: datetime) -> None:
     st.version = data["version"]
     st.clock_synced = data["clock_synced"]
     st.counters = data.get("counters", {})
+    st.clips = data.get("clips")
+    st.schedules = data.get("schedules")
     st.label = data.get("name", "") or st.label
     # [villages] in centre.toml names the village of a station it did not know at first.
     st.village = st.village or settings.CENTRE.villages.get(st.name, "")
@@ -188,6 +190,9 @@ def _cmd_result(st: Station, event: Event, now: datetime, effects: Effects) -> N
     result = event.payload
     cmd_id = result.get("cmd_id")
     if not cmd_id:
+        return
+    if cliplib.is_ours(cmd_id):  # a clip library chunk or delete: no Command row
+        cliplib.on_result(st, result, now, effects)
         return
     updated = Command.objects.filter(pk=cmd_id).update(
         result_ok=bool(result.get("ok")), result=result, result_at=now)
