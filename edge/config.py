@@ -159,6 +159,11 @@ class AudioSection(_Section):
     tts_cache_entries: Annotated[int, msgspec.Meta(ge=4, le=10000)] = 64
     # Township and scheduled broadcasts waiting to play; one more is refused `busy`.
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    # Live speech from the township (edge/audio/voice.py): it starts once this much is
+    # buffered (the jitter buffer), and never holds more than voice_max_ms: a station
+    # that falls behind drops the oldest audio rather than speak ever later.
+    voice_jitter_ms: Annotated[int, msgspec.Meta(ge=20, le=1000)] = 120
+    voice_max_ms: Annotated[int, msgspec.Meta(ge=60, le=3000)] = 400
     # Local wall-clock "HH:MM"; both empty = no quiet hours. Emergencies override them.
     quiet_start: OptionalClockTime = ""
     quiet_end: OptionalClockTime = ""

@@ -85,7 +85,7 @@ class Station:
         self.commands = CommandWorker(self.handlers, self.recorder, self.outbox,
                                       max_bytes=config.uplink.max_command_bytes,
                                       queue_size=config.uplink.command_queue)
-        self.uplink = Uplink(config, self.outbox, self.health, on_command=self.commands.receive,
+        self.uplink = Uplink(config, self.outbox, self.health, on_command=self._on_message,
                              on_delivered=lambda stored: self.alarm.delivered(stored),
                              before_publish=before_publish,
                              clips=self.loudspeaker.clips.held if self.loudspeaker else None)
@@ -127,6 +127,15 @@ class Station:
             self.control.register(UpdateStatusRequest, self._update_status)
             self.control.register(SettleRequest, self.updater.settle)
         self.watchdog = parts.add(Watchdog(self.healthy), 0.1)  # READY=1 once all run
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """On paho's network thread: live speech to the loudspeaker's decoder, every
+        other message to the command worker; both only queue."""
+        if topic.endswith("/voice"):
+            if self.loudspeaker is not None:
+                self.loudspeaker.voice.receive(topic, payload)
+            return
+        self.commands.receive(topic, payload)
 
     def start(self) -> None:
         self._parts.start()

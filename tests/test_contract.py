@@ -134,8 +134,8 @@ def test_every_party_can_do_exactly_what_the_table_allows(tmp_path: Path):
                     continue
                 wait_until(lambda r=readers[reader], m=(topic, body): m in r.received(),
                            10, f"{name} from {party} at {reader}")
-            if name == "all_cmd":  # every station of the township
-                wait_until(lambda m=(topic, body): m in other.received(), 10, "all/cmd")
+            if name in ("all_cmd", "all_voice"):  # every station of the township
+                wait_until(lambda m=(topic, body): m in other.received(), 10, name)
 
         # Flush each path with one more allowed message, then nothing else may have come.
         flush = [(station, topics.by_name("events").topic(T, "v001"), [console, up]),
@@ -156,8 +156,9 @@ def test_every_party_can_do_exactly_what_the_table_allows(tmp_path: Path):
                                             *topics.by_name(name).also_readable)
                         and reader_party != party}
             assert got == expected, (reader_party, sorted(got ^ expected))
-        # The other station reads only the township-wide commands, never v001's.
-        assert {t for t, _ in other.received()} == {topics.by_name("all_cmd").topic(T)}
+        # The other station reads only the township-wide commands and speech, never v001's.
+        assert {t for t, _ in other.received()} == {topics.by_name("all_cmd").topic(T),
+                                                   topics.by_name("all_voice").topic(T)}
     finally:
         for c in clients:
             c.close()

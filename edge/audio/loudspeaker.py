@@ -28,10 +28,18 @@ from edge.audio.schedule import Cron, CronError, Scheduler, in_quiet_hours
 from edge.audio.sound import Sound, release
 from edge.audio.store import AudioStore
 from edge.audio.tts import PROMPTS, Speech, TtsError
+from edge.audio.voice import LiveVoice
 from edge.config import TTS_RENDER_MAX_BYTES, AudioSection
 from edge.contract import commands
 from edge.contract.commands import rejected
-from edge.contract.events import SCHEDULES_MAX, AudioPayload, ScheduleDigest, Text, text
+from edge.contract.events import (
+    SCHEDULES_MAX,
+    AudioPayload,
+    ScheduleDigest,
+    Text,
+    VoicePayload,
+    text,
+)
 from edge.health import Health
 from edge.link.dispatch import Handlers
 from edge.logs import log
@@ -49,6 +57,7 @@ def _utc_now() -> dt.datetime:
 class Loudspeaker:
     def __init__(self, audio: AudioSection, data_dir: Path, *, pin_factory: Any, amp_pin: int,
                  health: Health, emit: Callable[[AudioPayload], None],
+                 emit_voice: Callable[[VoicePayload], None] = lambda _payload: None,
                  now: Callable[[], dt.datetime] = _utc_now) -> None:
         self.config = audio
         self._health = health
@@ -71,6 +80,10 @@ class Loudspeaker:
         self.tz = zoneinfo.ZoneInfo(audio.timezone)
         self.scheduler = Scheduler(self.store, self.tz, self._scheduled, now)
         self.ptt = PushToTalk(audio.mic_device, rate, self.output.block, tones.chime(rate))
+        # Live speech from the township (its own thread decodes; it reports audio.voice).
+        self.voice = LiveVoice(self.player, rate, self.output.block,
+                               jitter_ms=audio.voice_jitter_ms, max_ms=audio.voice_max_ms,
+                               volume=lambda: self.volume, emit=emit_voice)
         self.volume = self.store.volume(audio.volume)
         self._siren = tones.siren(rate)
         self._device_ok = True
@@ -89,6 +102,7 @@ class Loudspeaker:
             self._unavailable(str(exc))
         self._report_schedules()
         self.player.start()
+        self.voice.start()
         self.scheduler.start()
         if self.config.prompts:
             self._prompts.start()
@@ -98,6 +112,7 @@ class Loudspeaker:
             return
         self._closed = True
         self.ptt.release()
+        self.voice.close()
         self.scheduler.close()
         self.player.close()
         self.amplifier.close()
@@ -163,6 +178,8 @@ class Loudspeaker:
     # --- events ----------------------------------------------------------------------
 
     def _report(self, phase: str, play: Play, detail: dict[str, object]) -> None:
+        if play.origin == "voice":
+            return  # live speech reports audio.voice itself (edge/audio/voice.py)
         by = detail.get("by")
         reason = detail.get("reason")
         if phase == "preempted":
@@ -330,5 +347,6 @@ class Loudspeaker:
         return {"playing": current.play_id if current else None,
                 "queued": [p.play_id for p in self.player.pending()],
                 "amplifier": self.amplifier.is_on, "volume": self.volume,
+                "voice": self.voice.status(),
                 "device_ok": self._device_ok, "clips": self.clips.ids(),
                 "schedules": [s.schedule_id for s, _ in self.store.schedules()]}

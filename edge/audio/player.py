@@ -65,7 +65,7 @@ class Play:
 
     play_id: str
     level: Level
-    origin: str  # siren | township | ptt | schedule | prompt
+    origin: str  # siren | township | ptt | voice | schedule | prompt
     sound: str
     samples: Sound | None = None
     live: Callable[[], Iterator[Samples]] | None = None

@@ -10,7 +10,7 @@ from typing import Any
 from edge.audio.loudspeaker import Loudspeaker
 from edge.config import Config
 from edge.contract import commands
-from edge.contract.events import AudioPayload, AudioPlayback, text
+from edge.contract.events import AudioPayload, AudioPlayback, AudioVoice, VoicePayload, text
 from edge.health import Health
 from edge.link.dispatch import Handlers
 from edge.store.recorder import Recorder
@@ -30,9 +30,13 @@ def attach(config: Config, pin_factory: Any, health: Health, recorder: Recorder,
         def emit(payload: AudioPayload) -> None:
             recorder.record(AudioPlayback(payload=payload, **recorder.identity()))
 
+        def emit_voice(payload: VoicePayload) -> None:
+            recorder.record(AudioVoice(payload=payload, **recorder.identity()))
+
         try:
             loudspeaker = make(config.audio, config.data_dir, pin_factory=pin_factory,
-                               amp_pin=config.pins.amp_relay, health=health, emit=emit)
+                               amp_pin=config.pins.amp_relay, health=health, emit=emit,
+                               emit_voice=emit_voice)
         except (OSError, sqlite3.Error) as exc:  # its state lives in the data directory
             health.set("audio_unavailable", f"喇叭无法启动（数据目录）：{exc}",
                        f"loudspeaker cannot start (data directory): {exc}",

@@ -155,6 +155,35 @@ class AudioPlayback(EventBase, tag="audio.playback", kw_only=True):
 
 
 
+class VoicePayload(_Shape):
+    """Live speech from the township (edge/audio/voice.py) at this loudspeaker: `started`
+    when the first of it sounds, `underrun` (at most once a second while they happen)
+    when the jitter buffer ran dry, then `finished` (the officer let go and it played,
+    or nothing came for a while), `preempted` (a siren or an emergency cut in: live
+    speech does not resume) or `failed`. The counters are the session's so far."""
+
+    phase: Literal["started", "underrun", "finished", "preempted", "failed"]
+    session: str
+    by: str = ""
+    packets: Annotated[int, msgspec.Meta(ge=0)] = 0  # received
+    lost: Annotated[int, msgspec.Meta(ge=0)] = 0  # gaps in the packets' seq
+    # Audio thrown away: it came after its time, or the buffer held more than
+    # audio.voice_max_ms (the station fell behind: it drops rather than delays).
+    dropped_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    underruns: Annotated[int, msgspec.Meta(ge=0)] = 0
+    played_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Capture (the officer's clock) → handed to the sound device (this station's clock),
+    # over the blocks played so far; None until one played or when the clocks disagree.
+    delay_ms_p50: int | None = None
+    delay_ms_p95: int | None = None
+    reason: Text | None = None
+
+
+class AudioVoice(EventBase, tag="audio.voice", kw_only=True):
+    priority: Annotated[int, msgspec.Meta(ge=0, le=3)] = Priority.NORMAL
+    payload: VoicePayload
+
+
 Norm = Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
@@ -303,7 +332,8 @@ UPDATE_EVENTS: dict[str, type[_UpdateEvent]] = {
         UpdateOffered, UpdateDownloading, UpdateVerified, UpdateInstalled, UpdateRebooting,
         UpdateCommitted, UpdateRolledBack, UpdateRefused, UpdateFailed)}
 
-Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | CameraPerson
+Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | AudioVoice
+         | CameraPerson
          | AlarmSms | Selftest | UpdateOffered | UpdateDownloading | UpdateVerified
          | UpdateInstalled | UpdateRebooting | UpdateCommitted | UpdateRolledBack
          | UpdateRefused | UpdateFailed)

@@ -17,12 +17,14 @@ import msgspec
 from edge.contract import topics
 from edge.contract.commands import Command
 from edge.contract.events import Event, HealthReport, StationState
+from edge.contract.voice import VoicePacket
 
 SCHEMAS: dict[str, tuple[Any, str]] = {
     "event": (Event, "An event on pingan/v1/<township>/<station>/events or …/cmd/result"),
     "state": (StationState, "Retained state and Last Will on pingan/v1/<township>/<station>/state"),
     "health": (HealthReport, "Retained health telemetry on pingan/v1/<township>/<station>/health"),
     "command": (Command, "A township command on …/<station>/cmd or pingan/v1/<township>/all/cmd"),
+    "voice": (VoicePacket, "Live speech on …/<station>/voice or pingan/v1/<township>/all/voice"),
 }
 
 

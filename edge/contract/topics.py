@@ -6,6 +6,8 @@
     pingan/v1/<township>/<station>/cmd          township → station, QoS 1
     pingan/v1/<township>/<station>/cmd/result   station → township, QoS 1
     pingan/v1/<township>/all/cmd                township → every station of the township
+    pingan/v1/<township>/<station>/voice        township → station, QoS 0: live speech
+    pingan/v1/<township>/all/voice             township → every station, QoS 0: live speech
 
 Everything that names a topic is made from `TABLE` or checked against it by a test
 (tests/test_contract.py): the unit's `Topics`; through docs/schema/topics.json (written
@@ -77,6 +79,16 @@ TABLE: tuple[TopicSpec, ...] = (
               "township → every station of the township",
               "[command](schema/command.schema.json); the centre's accounts can read it too "
               "(a mosquitto `pattern` rule applies to every account)", also_readable=(_CE,)),
+    # Live speech (喊话): late audio is useless, so QoS 0 (nothing queued for an offline
+    # station, nothing resent); the console's WebSocket relays the officer's Opus packets.
+    TopicSpec("voice", "{station}/voice", (_CE,), (_ST,), 0, False, "voice",
+              "township → one station",
+              "[voice](schema/voice.schema.json): live speech, Opus packets (QoS 0: late "
+              "audio is useless)"),
+    TopicSpec("all_voice", f"{ALL}/voice", (_CE,), (_ST,), 0, False, "voice",
+              "township → every station of the township",
+              "[voice](schema/voice.schema.json); readable by the centre's accounts too, "
+              "as `all/cmd`", also_readable=(_CE,)),
 )
 
 BY_NAME = {spec.name: spec for spec in TABLE}

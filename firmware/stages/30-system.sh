@@ -36,6 +36,11 @@ chroot "$root" sh -ec '
         fstrim.timer systemd-rfkill.service systemd-rfkill.socket
 '
 ln -sf /run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+# A Pi has no real-time clock: until timesyncd reaches an NTP server (and stamps
+# /var/lib/systemd/timesync/clock), systemd starts the clock at /usr/lib/clock-epoch's
+# mtime, else at systemd's own release date, a year or more before the township's
+# certificates, which TLS then refuses. The image's build time is the floor.
+touch "$root/usr/lib/clock-epoch"
 # The card's machine id is on the kernel command line (set per card by the flash tool), so
 # /etc/machine-id stays empty on the read-only root.
 : > "$root/etc/machine-id"

@@ -1,6 +1,8 @@
 """The ASGI application: Django's, wrapped to own the centre's running parts.
 
-Served by uvicorn with `lifespan="on"` (server-sent events need a streaming server).
+Served by uvicorn with `lifespan="on"` (server-sent events need a streaming server), and
+WebSocket through wsproto: live voice's socket (`/voice/ws`, console/voice.py) is handled
+here, beside Django, which serves HTTP only.
 `lifespan.startup` builds and starts a `CentreRuntime` (change reader, escalation ladder,
 MQTT ingest) and puts it in the lifespan state; uvicorn copies that state into every
 request's scope, where `runtime.of(request)` finds it. `lifespan.shutdown` closes it, after
@@ -57,8 +59,23 @@ class CentreApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
         else:
             await self.django_app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Live voice (console/voice.py) is the one WebSocket; any other is refused."""
+        from pingan_centre.console import voice
+        from pingan_centre.console.runtime import STATE_KEY, CentreRuntime
+
+        runtime = scope.get("state", {}).get(STATE_KEY)
+        if scope.get("path") != "/voice/ws" or not isinstance(runtime, CentreRuntime):
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 4404})
+            return
+        await voice.serve(scope, receive, send, runtime.cfg.township,
+                          runtime.publish_volatile if runtime.ingest is not None else None)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         from pingan_centre.console.logs import log
@@ -126,7 +143,8 @@ def server(host: str, port: int, *, ingest: bool = True) -> CentreServer:
     """What `pingan-centre serve` runs (a test runs the same in its own process)."""
     app = make_application(ingest=ingest)
     return CentreServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                       lifespan="on", timeout_graceful_shutdown=1), app)
+                                       lifespan="on", timeout_graceful_shutdown=1,
+                                       ws="wsproto"), app)
 
 
 application = make_application()

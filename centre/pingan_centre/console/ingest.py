@@ -112,6 +112,12 @@ class Ingest:
         info = self.client.publish(topic, encode(payload), qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN
 
+    def publish_volatile(self, topic: str, body: bytes) -> bool:
+        """QoS 0: live voice, which is useless late; dropped while the link is down."""
+        if not self.connected.is_set():
+            return False
+        return self.client.publish(topic, body, qos=0).rc == mqtt.MQTT_ERR_SUCCESS
+
     def changed(self) -> None:
         self._changed()
 

@@ -246,6 +246,12 @@ def build(first: date, now: datetime, counted: tuple[str, ...] = stats.COUNTED) 
 def to_xlsx(report: Report) -> bytes:
     """One sheet per section, headers in the active language, the same figures."""
     from openpyxl import Workbook
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    def cells(row: list[Cell]) -> list[Cell]:
+        # A station sends what it likes in a self-test's text: control characters,
+        # which a worksheet cannot hold, are dropped (the page shows them escaped).
+        return [ILLEGAL_CHARACTERS_RE.sub("", v) if isinstance(v, str) else v for v in row]
 
     book = Workbook()
     cover = book.active
@@ -255,7 +261,7 @@ def to_xlsx(report: Report) -> bytes:
         sheet = book.create_sheet(section.title[:31])
         sheet.append(section.header)
         for row in section.rows:
-            sheet.append(row)
+            sheet.append(cells(row))
         if section.note:
             sheet.append([])
             sheet.append([section.note])

@@ -145,6 +145,10 @@ class CentreRuntime:
     def send(self, topic: str, payload: dict[str, Any]) -> bool:
         return self.ingest.send(topic, payload) if self.ingest is not None else False
 
+    def publish_volatile(self, topic: str, body: bytes) -> bool:
+        """QoS 0, nothing kept: live voice (console/voice.py). False with no link."""
+        return self.ingest.publish_volatile(topic, body) if self.ingest is not None else False
+
     def changed(self) -> None:
         if self.changes is not None:
             self.changes.notify()

@@ -15,6 +15,7 @@ from pingan_centre.console import (
     rota,
     schedule_views,
     views,
+    voice_views,
 )
 
 urlpatterns = [
@@ -49,6 +50,8 @@ urlpatterns = [
     path("broadcast/results", broadcast_views.results, name="broadcast_results"),
     path("broadcast/clip", broadcast_views.clip, name="broadcast_clip"),
     path("broadcast/stop", broadcast_views.stop, name="broadcast_stop"),
+    path("voice", voice_views.page, name="voice"),
+    path("voice/results", voice_views.results, name="voice_results"),
     path("clips", clip_views.clips, name="clips"),
     path("clips/upload", clip_views.upload, name="clip_upload"),
     path("clips/send", clip_views.send, name="clip_send"),
