@@ -119,7 +119,8 @@ class Station:
         # Updates: their own thread at low priority; closing is not waited for (share 0).
         self.updater = parts.add(Updater(
             config.update, config.data_dir, self.recorder, self.outbox,
-            busy=self.update_blocked), 0.0) if config.update.enabled else None
+            busy=self.update_blocked, rebooting=self.alarm.indicator.updating), 0.0) \
+            if config.update.enabled else None
         if self.updater:
             self.updater.register(self.handlers)
             self.control.register(ApplyRequest, self.updater.apply)

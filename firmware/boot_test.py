@@ -48,6 +48,7 @@ from pingan_centre.broker import provision
 from pingan_firmware import card, piboot
 from pingan_firmware.emulator import GpioLines, Qmp, Qtest, bcm2835_gpio, pl061
 from pingan_sim.township import CENTRE, Client, TownshipBroker
+from pingan_sim.update_rig import keyring, make_signer
 
 HERE = Path(__file__).resolve().parent
 
@@ -237,10 +238,13 @@ def main() -> int:
     disk = work / "card.img"
     (work / "settings.toml").write_text(settings(machine))
     (work / "password").write_text(PASSWORD + "\n")
+    # The release key this card trusts (a throwaway one: nothing is offered here).
+    ring = keyring(work / "keyring.pem", make_signer(work / "keys", "boot-test-release"))
     t0 = time.monotonic()
     subprocess.run([str(HERE / "flash"), str(args.image), str(disk), "--bundle", str(bundle),
                     "--settings", str(work / "settings.toml"), "--serial", "BOOT-TEST",
-                    "--technician-password-file", str(work / "password")], check=True)
+                    "--technician-password-file", str(work / "password"),
+                    "--keyring", str(ring)], check=True)
     print(f"flash: {time.monotonic() - t0:.1f} s", flush=True)
     # A 4 GiB card (first boot grows the data partition); QEMU's SD card must be a power
     # of two, and this is the copy, never the image.

@@ -31,11 +31,28 @@ def unit_tree(root: Path) -> Path:
     return root
 
 
-def make_image(workdir: Path, name: str = "unit.img") -> Path:
-    """A card image laid out like the real one, 61 MiB (boot 33, slots 8, data 8)."""
+def release_cert(directory: Path, name: str) -> Path:
+    """A release signing certificate (its key beside it), as `openssl req` makes one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / f"{name}.cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+                    str(directory / f"{name}.key.pem"), "-out", str(cert), "-subj",
+                    f"/O=Ping'an Edge/CN={name}", "-days", "3650"], check=True,
+                   capture_output=True)
+    return cert
+
+
+def make_image(workdir: Path, name: str = "unit.img", keyring: bool = True) -> Path:
+    """A card image laid out like the real one, 61 MiB (boot 33, slots 8, data 8); with
+    `keyring`, slot A trusts a release key (`build-image --keyring`)."""
     boot, root, data = workdir / "boot", workdir / "root", workdir / "data"
     for d in (boot / "pingan-edge", root, data / "etc" / "pingan-edge", data / "state"):
         d.mkdir(parents=True, exist_ok=True)
+    if keyring:
+        (root / "etc" / "rauc").mkdir(parents=True, exist_ok=True)
+        (root / "etc" / "rauc" / "keyring.pem").write_bytes(
+            release_cert(workdir / "keys", "image-release").read_bytes())
     (boot / "cmdline.txt").write_text(CMDLINE)
     (boot / "config.txt").write_text("arm_64bit=1\n")
     (boot / "pingan-edge" / "README.txt").write_text("identity goes here\n")

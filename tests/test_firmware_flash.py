@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until as wait_for
-from firmware_helpers import CMDLINE, ROOT, make_bundle, make_image
+from firmware_helpers import CMDLINE, ROOT, make_bundle, make_image, release_cert
 
 from pingan_firmware import card, guards
 
@@ -244,3 +244,42 @@ def test_a_mounted_card_is_refused(image: Path, bundle: Path, tmp_path: Path) ->
                 guards.check_target(part, force=True)
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_the_release_keyring_goes_into_slot_a_at_flash_time_and_a_card_trusting_none_is_refused(
+        bundle: Path, tmp_path: Path) -> None:
+    bare = make_image(tmp_path / "bare", keyring=False)
+    target = tmp_path / "card.img"
+    code, _, err = run_flash(bare, target, "--bundle", bundle)
+    assert code == 1 and "trusts no release key" in err and "--keyring" in err
+    # Two keys, as during a rotation (docs/update.md): both go on the card as given.
+    ring = tmp_path / "keyring.pem"
+    ring.write_bytes(release_cert(tmp_path / "k", "release-2026").read_bytes()
+                     + release_cert(tmp_path / "k", "release-2027").read_bytes())
+    code, _, err = run_flash(bare, target, "--bundle", bundle, "--keyring", ring)
+    assert code == 0, err
+    assert card.ext4_read_at(target, card.ROOT_A, "/etc/rauc/keyring.pem") == ring.read_bytes()
+    assert "release-2026" in err and "release-2027" in err
+    with card.ext4_copy(target, card.ROOT_A) as root_a:  # root-owned, world-readable
+        st = subprocess.run(["debugfs", "-R", "stat /etc/rauc/keyring.pem", str(root_a)],
+                            capture_output=True, text=True).stdout
+        assert "Mode:  0644" in st and "User:     0" in st
+        fsck = subprocess.run(["e2fsck", "-fn", str(root_a)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout
+    # A file with the signing key in it never reaches a card; nothing is written.
+    leaked = tmp_path / "leaked.pem"
+    leaked.write_bytes(ring.read_bytes() + (tmp_path / "k/release-2027.key.pem").read_bytes())
+    fresh = tmp_path / "fresh.img"
+    code, _, err = run_flash(bare, fresh, "--bundle", bundle, "--keyring", leaked)
+    assert code == 1 and "PRIVATE KEY" in err and not fresh.exists()
+
+
+def test_an_image_built_with_a_keyring_keeps_it_unless_flash_replaces_it(
+        image: Path, bundle: Path, tmp_path: Path) -> None:
+    target = tmp_path / "card.img"
+    assert run_flash(image, target, "--bundle", bundle)[0] == 0
+    built = card.ext4_read_at(image, card.ROOT_A, "/etc/rauc/keyring.pem")
+    assert built and card.ext4_read_at(target, card.ROOT_A, "/etc/rauc/keyring.pem") == built
+    other = release_cert(tmp_path / "k", "county-release")
+    assert run_flash(image, target, "--bundle", bundle, "--keyring", other)[0] == 0
+    assert card.ext4_read_at(target, card.ROOT_A, "/etc/rauc/keyring.pem") == other.read_bytes()

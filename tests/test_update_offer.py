@@ -28,6 +28,7 @@ from edge.station import Station
 from edge.store.schema import DataSchemaError
 from edge.unit.bundle import install_bundle
 from edge.unit.control import request
+from edge.unit.indicator import Mode
 from edge.update.tryboot import BootPartition
 from pingan_centre.broker import provision
 from pingan_centre.release.build import Built
@@ -218,6 +219,8 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
                                         "event_id": alarm["id"]}).encode())
     rig.wait_update("update.rebooting", "up-1")
     wait_until(lambda: (rig.tmp / "rebooted-tryboot").exists(), 10, "the tryboot reboot")
+    # From `rebooting` until the station stops, the LED shows the unit is updating.
+    assert station.alarm.indicator.mode is Mode.UPDATING
     sent = rig.updates("up-1")
     assert kinds(sent) == ["update.offered", "update.downloading", "update.verified",
                            "update.installed", "update.rebooting"]
@@ -232,7 +235,8 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
     assert (slots.committed, slots.tryboot, slots.states["B"]) == ("A", "B", "bad")
     # The tryboot: slot B runs 0.2.0; the checks pass; it commits.
     rig.reboot_into("B", "0.2.0")
-    rig.start_station()
+    station = rig.start_station()
+    assert station.alarm.indicator.mode is Mode.IDLE  # back: it takes presses again
     done = rig.commit()
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["result"] == "committed"

@@ -141,3 +141,40 @@ def test_a_power_cut_at_every_write_ends_on_a_committed_good_slot(
     assert cuts_made >= 3 * len(steps)
     final = expected[-1]
     assert final.committed == ("B" if path == "commit" else "A")
+
+
+def test_the_commit_runs_only_on_a_tried_slot_and_a_failed_commit_reboots(
+        tmp_path: Path) -> None:
+    """pingan-edge-update-commit.service: its ExecCondition (plain shell) says whether this
+    boot is a trial, so that a release whose Python cannot start still fails the unit, and
+    FailureAction=reboot goes back to the committed slot; on any other boot it is skipped
+    (never a reboot loop on a committed slot)."""
+    from edge.update.updater import Trial, write_trial
+
+    repo = Path(__file__).resolve().parent.parent
+    unit = (repo / "systemd/pingan-edge-update-commit.service").read_text()
+    script = repo / "firmware/rootfs/usr/lib/pingan-edge/trial-pending"
+    assert "ExecCondition=/usr/lib/pingan-edge/trial-pending\n" in unit
+    assert "FailureAction=reboot\n" in unit
+    release = tmp_path / "pingan-edge-release"
+    update = tmp_path / "update"
+
+    def pending() -> bool:
+        done = subprocess.run([str(script), str(update / "trial.json"), str(release)],
+                              capture_output=True)
+        return done.returncode == 0
+
+    release.write_text("0.2.0\n")
+    assert not pending()  # no trial at all
+    write_trial(update, Trial(version="0.2.0", running="0.1.0"))
+    assert pending()  # booted into the release being tried, no verdict yet
+    release.write_text("0.1.0\n")
+    assert not pending()  # the old slot, after a crash, a power cut or a fall-back
+    release.write_text("0.2.0\n")
+    write_trial(update, Trial(version="0.2.0", running="0.1.0", verdict="committed"))
+    assert not pending()  # decided: the station reports it at its start
+    write_trial(update, Trial(version="0.2.0", running="0.1.0", verdict="rolled_back"))
+    assert not pending()
+    release.unlink()
+    write_trial(update, Trial(version="0.2.0", running="0.1.0"))
+    assert not pending()  # no release file: never a trial

@@ -3,7 +3,12 @@
     fast blink (0.2 s on / 0.2 s off)   an alarm is not yet delivered to the township
     steady on                           delivered (PUBACK), not yet acknowledged
     short flash every 2 s               the township acknowledged it (for `ack_display_s`)
+    slow blink (1 s on / 1 s off)       updating: the unit is about to reboot into a new
+                                        release (from `update.rebooting` until it stops)
     off                                 nothing outstanding
+
+An alarm outranks the update: a press while the unit is about to reboot blinks fast (it
+is stored, and sent by whichever slot runs next).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 ACK_PERIOD_S = 2.0
+UPDATING_S = 1.0  # on, then off, again and again
 _SETTLED_MAX = 64
 
 
@@ -23,6 +29,7 @@ class Mode(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     ACKNOWLEDGED = "acknowledged"
+    UPDATING = "updating"
 
 
 class AlarmIndicator:
@@ -35,6 +42,7 @@ class AlarmIndicator:
         self._pending: set[str] = set()
         self._delivered: set[str] = set()
         self._acked_at: float | None = None
+        self._updating = False
         self._shown = Mode.IDLE
         # Alarms delivered before `raised` was called for them, oldest first, bounded.
         self._settled: dict[str, None] = {}
@@ -72,6 +80,12 @@ class AlarmIndicator:
             self._shown = Mode.IDLE  # restart the acknowledged pattern on every ack
             self._show()
 
+    def updating(self, on: bool = True) -> None:
+        """The unit is going down to boot a new release (or, `on=False`, is not)."""
+        with self._lock:
+            self._updating = on
+            self._show()
+
     def _remember_settled(self, event_id: str) -> None:
         self._settled[event_id] = None
         while len(self._settled) > _SETTLED_MAX:
@@ -82,6 +96,8 @@ class AlarmIndicator:
             return Mode.PENDING
         if self._delivered:
             return Mode.DELIVERED
+        if self._updating:
+            return Mode.UPDATING
         if self._acked_at is not None and self._clock() - self._acked_at < self._ack_display_s:
             return Mode.ACKNOWLEDGED
         return Mode.IDLE
@@ -99,5 +115,7 @@ class AlarmIndicator:
             # gpiozero stops after n flashes and leaves the LED off: no timer of our own.
             flashes = max(1, round(self._ack_display_s / ACK_PERIOD_S))
             self._led.blink(on_time=0.1, off_time=ACK_PERIOD_S - 0.1, n=flashes)
+        elif mode is Mode.UPDATING:
+            self._led.blink(on_time=UPDATING_S, off_time=UPDATING_S)
         else:
             self._led.off()

@@ -146,12 +146,16 @@ def write_trial(directory: Path, trial: Trial) -> None:
 class Updater:
     def __init__(self, config: UpdateSection, data_dir: Path, recorder: Recorder,
                  outbox: Outbox, *, busy: Callable[[], str | None],
-                 installer: Installer | None = None, running: str | None = None) -> None:
+                 installer: Installer | None = None, running: str | None = None,
+                 rebooting: Callable[[], None] | None = None) -> None:
+        """`busy` says why the unit must not reboot now, if it must not; `rebooting` is
+        called as the unit goes down into a new release (the station's LED shows it)."""
         self.config = config
         self.directory = data_dir / "update"
         self._recorder = recorder
         self._outbox = outbox
         self._busy = busy
+        self._rebooting = rebooting
         self._installer: Installer = installer or Rauc()
         self.running = running or running_version(config.release_file)
         self._jobs: queue.Queue[Job] = queue.Queue(maxsize=1)
@@ -401,6 +405,8 @@ class Updater:
             self._set(phase="waiting", version=version, reason=why)
             if self._stop.wait(BUSY_POLL_S):
                 return  # the station stops: the trial record stays; see commit.py
+        if self._rebooting is not None:
+            self._rebooting()
         self._event("update.rebooting", version, **ids)
         self._set(phase="rebooting", version=version)
         self._outbox.flush(timeout=5.0)

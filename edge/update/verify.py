@@ -116,9 +116,20 @@ class BundleInfo:
     raw: dict[str, Any]
 
 
+# `rauc info` runs as the station (no root, a read-only /data): given the unit's own
+# system.conf it would try to create RAUC's data directory (/data/rauc) and fail, found by
+# `firmware/boot-test --update`. It reads nothing else from it (the keyring is given), so
+# it gets this one, which names no data directory.
+INFO_CONF = f"[system]\ncompatible={COMPATIBLE}\nbootloader=noop\n"
+
+
 def check_bundle(path: Path, keyring: Path) -> BundleInfo:
     """RAUC's own check of the bundle's signature against the keyring (`rauc info`)."""
-    done = _tool(["rauc", "info", "--keyring", str(keyring), "--output-format=json", str(path)])
+    with tempfile.TemporaryDirectory(prefix="pingan-rauc-") as tmp:
+        conf = Path(tmp) / "system.conf"
+        conf.write_text(INFO_CONF, encoding="ascii")
+        done = _tool(["rauc", f"--conf={conf}", "info", "--keyring", str(keyring),
+                      "--output-format=json", str(path)])
     if done.returncode != 0:
         err = done.stderr.strip()
         if "self-signed" in err or "unable to get local issuer" in err:

@@ -1,8 +1,9 @@
 """A card or image file, read and written without mounting anything.
 
 Partitions come from `sfdisk --json`; the FAT boot partition is reached by mtools at its
-byte offset (`-i TARGET@@OFFSET`), ext4 partitions by debugfs on a copy of their byte range
-(debugfs takes no offset). Root is not needed for an image file.
+byte offset (`-i TARGET@@OFFSET`), ext4 partitions by debugfs, on a copy of their byte range
+or in place at their offset (`TARGET?offset=N`, e2fsprogs' I/O option). Root is not needed
+for an image file.
 """
 
 from __future__ import annotations
@@ -106,6 +107,38 @@ def ext4_copy(target: Path, number: int) -> Iterator[Path]:
 
 def ext4_read(fs: Path, path: str) -> bytes | None:
     out = subprocess.run(["debugfs", "-R", f"cat {path}", str(fs)], capture_output=True)
+    missing = b"File not found" in out.stderr or out.returncode != 0
+    return None if missing else out.stdout
+
+
+def ext4_at(target: Path, number: int) -> str:
+    """An ext4 partition of the card, in place, as debugfs opens it."""
+    return f"{target}?offset={partitions(target)[number].start}"
+
+
+def ext4_put(target: Path, number: int, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write one file (owned by root) into an ext4 partition of the card, in place,
+    replacing what is there; missing directories are made (root's, 0755)."""
+    parents = [str(p) for p in reversed(Path(path).parents) if str(p) != "/"]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "file"
+        local.write_bytes(data)
+        # mkdir of an existing directory and rm of a missing file only complain.
+        script = "".join(f"mkdir {d}\nsif {d} mode 040755\nsif {d} uid 0\nsif {d} gid 0\n"
+                         for d in parents if ext4_read_at(target, number, d) is None)
+        script += (f"rm {path}\nwrite {local} {path}\nsif {path} mode 0{0o100000 | mode:o}\n"
+                  f"sif {path} uid 0\nsif {path} gid 0\n")
+        out = subprocess.run(["debugfs", "-w", "-f", "-", ext4_at(target, number)],
+                             input=script.encode(), capture_output=True)
+    if out.returncode != 0 or ext4_read_at(target, number, path) != data:
+        raise CardError(f"{target}: could not write {path} into partition {number} "
+                        f"({(out.stdout + out.stderr).decode(errors='replace').strip()[-300:]})")
+
+
+def ext4_read_at(target: Path, number: int, path: str) -> bytes | None:
+    """One file of an ext4 partition of the card, read in place (None: not there)."""
+    out = subprocess.run(["debugfs", "-R", f"cat {path}", ext4_at(target, number)],
+                         capture_output=True)
     missing = b"File not found" in out.stderr or out.returncode != 0
     return None if missing else out.stdout
 

@@ -2,6 +2,7 @@
 
     firmware/flash IMAGE DEVICE --bundle s1.tar.gz [--wifi-ssid SSID --wifi-psk PSK]
                    [--apn APN] [--settings local.toml] [--technician-password-file FILE]
+                   [--keyring release-keyring.pem]
     firmware/flash --batch cards.csv IMAGE DEVICE     (one card after another, a label each)
     firmware/flash --verify-only IMAGE DEVICE         (re-check a written card)
 
@@ -10,6 +11,12 @@ neither this computer's nor mounted; bmaptool writes the mapped blocks (with pro
 every mapped range is read back and checked against the block map; then the identity goes
 onto the boot partition with mtools (nothing is mounted) and is read back. First boot on
 the unit moves it to the data partition and deletes it from the card.
+
+The release keyring: the unit installs only releases signed by a key in root slot A's
+`/etc/rauc/keyring.pem` (RAUC's `[keyring]`, the station's `[update] keyring`). The image
+carries it when it was built with `build-image --keyring`; `--keyring FILE` puts FILE
+there at flash time (debugfs, in place), replacing the image's. A card whose slot A would
+trust no key is refused: such a unit could never be updated without a drive to it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import re
 import secrets
 import subprocess
 import sys
@@ -31,6 +39,45 @@ from pingan_firmware.card import CardError
 from pingan_firmware.guards import Refused, check_target
 
 BUNDLE_FILES = {"ca.crt", "station.crt", "station.key", "station.toml"}
+KEYRING = "/etc/rauc/keyring.pem"
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
+
+
+def check_keyring(data: bytes, source: str) -> list[str]:
+    """A release keyring: PEM certificates only (never a private key: the signing key
+    stays on the signing PC), each one readable. Returns their subjects."""
+    blocks = [(m.group(1).decode(), m.group(0)) for m in _PEM.finditer(data)]
+    if any("PRIVATE KEY" in kind for kind, _ in blocks):
+        raise CardError(f"{source} holds a PRIVATE KEY: the release signing key never leaves "
+                        "the signing PC; give the keyring of certificates only")
+    certs = [pem for kind, pem in blocks if kind == "CERTIFICATE"]
+    if not certs or len(certs) != len(blocks):
+        raise CardError(f"{source}: a release keyring is one or more PEM certificates "
+                        "(`pingan-centre release` keys' .cert.pem, concatenated)")
+    subjects = []
+    for pem in certs:
+        out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-enddate"],
+                             input=pem, capture_output=True)
+        if out.returncode != 0:
+            raise CardError(f"{source}: a certificate openssl cannot read "
+                            f"({out.stderr.decode(errors='replace').strip()})")
+        subjects.append(" ".join(out.stdout.decode().split()))
+    return subjects
+
+
+def put_keyring(target: Path, keyring: Path | None) -> list[str]:
+    """The release keyring in root slot A, from `keyring` or as the image has it."""
+    if keyring is not None:
+        data = keyring.read_bytes()
+        subjects = check_keyring(data, str(keyring))
+        card.ext4_put(target, card.ROOT_A, KEYRING, data)
+        return subjects
+    found = card.ext4_read_at(target, card.ROOT_A, KEYRING)
+    if not found:
+        raise CardError(f"{target}: the image trusts no release key (no {KEYRING} in root "
+                        "slot A), so the unit could never be updated: give --keyring "
+                        "release-keyring.pem (or build the image with --keyring)")
+    return check_keyring(found, f"the image's {KEYRING}")
 
 
 @dataclass
@@ -43,6 +90,7 @@ class Identity:
     apn: str = ""
     technician_hash: str = ""
     serial: str = ""
+    keyring: Path | None = None
     station: str = field(default="", init=False)
     township: str = field(default="", init=False)
 
@@ -158,14 +206,18 @@ def label(ident: Identity, image: Path) -> str:
 
 
 def flash_one(image: Path, target: Path, ident: Identity, *, force: bool) -> str:
-    ident.load()  # a bad bundle is refused before the card is written
+    ident.load()  # a bad bundle or keyring is refused before the card is written
+    if ident.keyring is not None:
+        check_keyring(ident.keyring.read_bytes(), str(ident.keyring))
     write_image(image, target, force=force)
+    trusted = put_keyring(target, ident.keyring)
+    print(f"release keys trusted: {'; '.join(trusted)}", file=sys.stderr, flush=True)
     put_identity(target, ident)
     return label(ident, image)
 
 
 def batch(image: Path, default_target: Path | None, rows: list[dict[str, str]], *,
-          force: bool, prompt: bool, technician_hash: str) -> int:
+          force: bool, prompt: bool, technician_hash: str, keyring: Path | None = None) -> int:
     failures = 0
     card.check_image_hash(image)  # once, not per card
     for n, row in enumerate(rows, start=1):
@@ -174,7 +226,7 @@ def batch(image: Path, default_target: Path | None, rows: list[dict[str, str]], 
                          settings=Path(row["settings"]) if row.get("settings") else None,
                          wifi_ssid=row.get("wifi_ssid", ""), wifi_psk=row.get("wifi_psk", ""),
                          apn=row.get("apn", ""), serial=row.get("serial", ""),
-                         technician_hash=technician_hash)
+                         technician_hash=technician_hash, keyring=keyring)
         try:
             ident.load()
             if prompt:
@@ -210,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", default="", help="the unit's serial, for the label")
     p.add_argument("--technician-password-file", type=Path,
                    help="the console password for user 'technician' (first line)")
+    p.add_argument("--keyring", type=Path,
+                   help="the release keyring (PEM certificates) the unit trusts; written "
+                   "to root slot A's /etc/rauc/keyring.pem, replacing the image's")
     p.add_argument("--yes", action="store_true", help="batch: do not wait for Enter per card")
     p.add_argument("--force", action="store_true",
                    help="write a disk that does not look removable")
@@ -236,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             with args.batch.open(newline="") as f:
                 rows = list(csv.DictReader(f))
             return batch(args.image, args.device, rows, force=args.force,
-                         prompt=not args.yes, technician_hash=technician_hash)
+                         prompt=not args.yes, technician_hash=technician_hash,
+                         keyring=args.keyring)
         if args.device is None or args.bundle is None:
             raise CardError("give IMAGE DEVICE --bundle STATION.tar.gz (or --batch CSV)")
         ident = Identity(bundle=args.bundle, settings=args.settings, wifi_ssid=args.wifi_ssid,
                          wifi_psk=args.wifi_psk, wifi_country=args.wifi_country, apn=args.apn,
-                         serial=args.serial, technician_hash=technician_hash)
+                         serial=args.serial, technician_hash=technician_hash,
+                         keyring=args.keyring)
         print(flash_one(args.image, args.device, ident, force=args.force))
         return 0
     except (CardError, Refused) as exc:

@@ -10,6 +10,12 @@ for unit in pingan-edge-update-commit.service pingan-edge-tryboot.path pingan-ed
     install -m 0644 "$REPO/systemd/$unit" "$root/etc/systemd/system/$unit"
 done
 echo "$VERSION" > "$root/etc/pingan-edge-release"
+# The release keys this root trusts (RAUC's [keyring], the station's [update] keyring);
+# without --keyring the flash tool must be given one (firmware/flash --keyring).
+rm -f "$root/etc/rauc/keyring.pem"
+if [ -n "${RELEASE_KEYRING:-}" ]; then
+    install -m 0644 -o 0 -g 0 "$RELEASE_KEYRING" "$root/etc/rauc/keyring.pem"
+fi
 chmod 0440 "$root/etc/sudoers.d/technician"
 chroot "$root" sh -ec '
     getent group gpio >/dev/null || groupadd --system gpio
