@@ -71,6 +71,11 @@ def upload(request: HttpRequest) -> HttpResponse:
         return _page(request, str(exc), 400)
     if stations:
         cliplib.distribute(clip, stations, by=by, now=now, effects=runtime.of(request))
+    return _sent(request, clip, stations)
+
+
+def _sent(request: HttpRequest, clip: Clip, stations: list[Station]) -> HttpResponse:
+    """The answer to an upload, a send or a delete: JSON for scripts, else the clip's row."""
     if "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"id": clip.id, "stations": [s.name for s in stations]})
     return redirect(f"/clips#clip-{clip.id}")
@@ -86,9 +91,7 @@ def send(request: HttpRequest) -> HttpResponse:
         return _page(request, str(exc), 400)
     cliplib.distribute(clip, stations, by=request.user.get_username(), now=timezone.now(),
                        effects=runtime.of(request))
-    if "application/json" in request.headers.get("Accept", ""):
-        return JsonResponse({"id": clip.id, "stations": [s.name for s in stations]})
-    return redirect(f"/clips#clip-{clip.id}")
+    return _sent(request, clip, stations)
 
 
 @require_POST
@@ -100,9 +103,7 @@ def delete(request: HttpRequest) -> HttpResponse:
     stations = list(Station.objects.filter(name__in=names))
     cliplib.delete(clip, stations, by=request.user.get_username(), now=timezone.now(),
                    effects=runtime.of(request))
-    if "application/json" in request.headers.get("Accept", ""):
-        return JsonResponse({"id": clip.id, "stations": [s.name for s in stations]})
-    return redirect(f"/clips#clip-{clip.id}")
+    return _sent(request, clip, stations)
 
 
 @require_POST
