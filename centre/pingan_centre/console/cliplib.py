@@ -35,14 +35,13 @@ import base64
 import functools
 import hashlib
 import io
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import soundfile
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -52,6 +51,7 @@ from pingan_centre.console.lifecycle import audit
 from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Broadcast, Clip, ClipCopy, Command, Station
+from pingan_centre.console.periodic import Periodic
 
 # As the broadcast composer's chunks: base64 and the JSON around one stay under the
 # stations' default uplink.max_command_bytes (16 KiB).
@@ -344,37 +344,17 @@ def tick(now: datetime, effects: Effects) -> int:
     return stalled
 
 
-class Resumer:
+class Resumer(Periodic):
     """The ticker of the runtime: tick() every `every_s` from a thread of its own."""
 
     def __init__(self, effects: Effects, every_s: float = 5.0,
                  clock: Callable[[], datetime] = timezone.now) -> None:
-        self.effects, self.every_s, self.clock = effects, every_s, clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="centre-clips", daemon=True)
+        super().__init__("centre-clips", every_s, event="clip.tick",
+                         retry="check the database; stalled uploads are retried later")
+        self.effects, self.clock = effects, clock
 
-    def start(self) -> Resumer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        from django.db import connection
-
-        try:
-            while not self._stop.wait(self.every_s):
-                close_old_connections()
-                try:
-                    tick(self.clock(), self.effects)
-                except Exception as exc:
-                    log("error", "clip.tick_failed", error=repr(exc),
-                        action="check the database; stalled uploads are retried later")
-        finally:
-            connection.close()
+    def work(self) -> None:
+        tick(self.clock(), self.effects)
 
 
 # --- what the page shows ----------------------------------------------------------------

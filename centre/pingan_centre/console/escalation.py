@@ -8,11 +8,10 @@ processes cannot both fire it. Shelved alarms return when their time is up.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pingan_centre.console.config import Step
@@ -21,44 +20,22 @@ from pingan_centre.console.link import UNLINKED, Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import Alarm, EscalationFired
 from pingan_centre.console.notify import Notifier
+from pingan_centre.console.periodic import Periodic
 from pingan_centre.console.words import both
 
 
-class Ladder:
+class Ladder(Periodic):
     """The ticker: tick() every `every_s` from a thread of its own; close() ends it."""
 
     def __init__(self, ladder: tuple[Step, ...], notifiers: dict[str, Notifier],
                  effects: Effects, every_s: float = 1.0,
                  clock: Callable[[], datetime] = timezone.now) -> None:
-        self.ladder, self.notifiers, self.effects = ladder, notifiers, effects
-        self.every_s, self.clock = every_s, clock
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="centre-escalation",
-                                        daemon=True)
+        super().__init__("centre-escalation", every_s, event="escalation",
+                         retry="check the database; the ladder retries every second")
+        self.ladder, self.notifiers, self.effects, self.clock = ladder, notifiers, effects, clock
 
-    def start(self) -> Ladder:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Idempotent; bounded by one tick (a tick is a few queries)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-            if self._thread.is_alive():
-                log("warning", "escalation.close_timeout", action="a database call hangs")
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.every_s):
-                close_old_connections()
-                try:
-                    tick(self.clock(), self.ladder, self.notifiers, self.effects)
-                except Exception as exc:
-                    log("error", "escalation.failed", error=repr(exc),
-                        action="check the database; the ladder retries every second")
-        finally:
-            connection.close()
+    def work(self) -> None:
+        tick(self.clock(), self.ladder, self.notifiers, self.effects)
 
 
 def tick(now: datetime, ladder: tuple[Step, ...], notifiers: dict[str, Notifier],

@@ -11,12 +11,11 @@ moved name starts with the time it was taken, so a file sent twice never overwri
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
-from django.db import close_old_connections
 from django.utils import timezone
 
 from pingan_centre.console.cap.imports import take
@@ -24,54 +23,35 @@ from pingan_centre.console.config import CapConfig
 from pingan_centre.console.link import Effects
 from pingan_centre.console.logs import log
 from pingan_centre.console.models import CapImport
+from pingan_centre.console.periodic import Periodic
 from pingan_centre.console.words import shown
 
 BY = "cap-folder"
 
 
-class Watcher:
+class Watcher(Periodic):
     def __init__(self, cfg: CapConfig, effects: Effects,
                  clock: Callable[[], datetime] = timezone.now) -> None:
+        super().__init__("centre-cap-watch", cfg.poll_s, event="cap.watch", at_once=True,
+                         retry=f"check the database and the permissions of {cfg.watch_dir}; "
+                               f"the folder is read again in {cfg.poll_s} s")
         self.cfg, self.effects, self.clock = cfg, effects, clock
         self.folder = Path(cfg.watch_dir)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="centre-cap-watch",
-                                        daemon=True)
 
-    def start(self) -> Watcher:
+    def start(self) -> Self:
         """Makes the folder and its done/ and rejected/ (an error here stops the start)."""
         for sub in ("done", "rejected"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
+        return super().start()
 
-    def close(self) -> None:
-        """Idempotent; bounded by one file's import."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-            if self._thread.is_alive():
-                log("warning", "cap.watch.close_timeout", action="a database call hangs")
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                close_old_connections()
-                try:
-                    self.scan()
-                except Exception as exc:
-                    log("error", "cap.watch.failed", folder=str(self.folder), error=repr(exc),
-                        action="check the database and the folder's permissions; the "
-                        f"folder is read again in {self.cfg.poll_s} s")
-                self._stop.wait(self.cfg.poll_s)
-        finally:
-            close_old_connections()
+    def work(self) -> None:
+        self.scan()
 
     def scan(self) -> list[CapImport]:
         """Import every CAP file waiting in the folder, oldest name first."""
         done = []
         for path in sorted(self.folder.glob("*.xml")):
-            if self._stop.is_set():
+            if self.stopping:
                 break
             if path.name.startswith(".") or not path.is_file():
                 continue
