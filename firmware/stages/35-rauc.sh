@@ -5,11 +5,11 @@
 # The bill of materials (stage 45) records the version with its +pingan1 suffix.
 root="$WORK/rootfs"
 if [ -n "${BUILD_CACHE:-}" ]; then
-    deb="$("$FIRMWARE/build-rauc" --cache "$BUILD_CACHE")"
+    debs="$("$FIRMWARE/build-rauc" --cache "$BUILD_CACHE")"
 else
-    deb="$("$FIRMWARE/build-rauc" --out "$WORK/rauc")"
+    debs="$("$FIRMWARE/build-rauc" --out "$WORK/rauc")"
 fi
-cp "$deb" "$root/tmp/"
-chroot "$root" dpkg -i "/tmp/$(basename "$deb")" >&2
-rm -f "$root/tmp/$(basename "$deb")"
+rm -rf "$root/tmp/rauc-debs" && cp -r "$debs" "$root/tmp/rauc-debs"
+chroot "$root" sh -c 'dpkg -i /tmp/rauc-debs/*.deb' >&2
+rm -rf "$root/tmp/rauc-debs"
 chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' rauc >&2
