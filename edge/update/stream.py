@@ -298,8 +298,9 @@ class BundleProxy:
                     first_end = min(end, (start // MAX_FETCH + 1) * MAX_FETCH - 1)
                     try:
                         proxy.ensure(start, first_end)
-                    except (UpdateRefused, Unavailable, Stopped) as exc:
-                        self.send_error(502, str(exc)[:200])
+                    except (UpdateRefused, Unavailable, Stopped):
+                        # Why is kept in the proxy (refusal, unavailable) for the updater.
+                        self.send_error(502, "the township's bundle could not be fetched")
                         return
                 self.send_response(206 if found else 200)
                 if found:

@@ -443,8 +443,10 @@ class Updater:
                 wait = min(wait * 2, c.retry_max_s)
             self._event("update.installed", release.version, **ids)
         except UpdateRefused as exc:
-            if exc.code not in ("download_failed", "install_failed"):
-                cache.remove()  # a damaged or refused bundle is not kept to be resumed
+            if exc.code != "download_failed" and proxy.unavailable is None:
+                # Refused, or an install that failed for another reason than the link (a
+                # block dm-verity refuses, say): nothing kept is trusted to be resumed.
+                cache.remove()
             raise
         finally:
             proxy.close()
