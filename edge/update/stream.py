@@ -234,6 +234,8 @@ class BundleProxy:
         township where missing, retried after drops until `budget_s` has passed."""
         if self.refusal is not None:
             raise self.refusal
+        if not self.cache.missing(start // BLOCK, end // BLOCK):
+            return  # held: served at once, even while another request waits for the link
         deadline = time.monotonic() + (budget_s or self.request_budget_s)
         wait = self.retry_min_s
         with self._fetch_lock:  # one fetch at a time: the cap is the link's, not ours
