@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boot_test import PASSWORD, SETTINGS, Console, Figures
+from boot_test import PASSWORD, Console, Figures
 
 from edge.update import tryboot
 from pingan_centre.broker import provision
@@ -59,6 +59,9 @@ from pingan_sim.update_rig import bom_file, keyring, make_signer
 HERE = Path(__file__).resolve().parent
 CMD = "pingan/v1/t01/s1/cmd"
 TRYBOOT = rb"Restarting system with command '0 tryboot'"
+# The unit's settings: mock pins (this machine has no GPIO device), no sound card.
+SETTINGS = ('[pins]\nfactory = "mock"\n\n[buttons]\npanic_hold_s = 0.1\n\n'
+            '[audio]\nenabled = false\n')
 # The checks the commit needs, less the clock: QEMU's user network has no NTP server.
 UPDATE_SETTINGS = ('\n[update]\ncommit_rows = ["certificate", "power"]\n'
                    'rate_bytes_s = {rate}\nhealth_s = {health}\n')
