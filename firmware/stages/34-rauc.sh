@@ -1,4 +1,4 @@
-# Stage 35: RAUC with HTTP streaming. Stage 10 installs Debian's rauc 1.8-2, built without
+# Stage 34: RAUC with HTTP streaming. Stage 10 installs Debian's rauc 1.8-2, built without
 # streaming (it would download each whole bundle); firmware/build-rauc rebuilds the same
 # Debian source with streaming on (1.8-2+pingan1, cached under a key of its recipe), and it
 # replaces Debian's binary here, after the cached stage 10, so that stage's cache stays.
