@@ -1,7 +1,8 @@
 """The durable outbox: every event is committed to SQLite before anyone is told it exists.
 
 - An event is *accepted* once its transaction commits (WAL, synchronous=FULL); only then
-  does `submit()`'s future resolve, so "accepted" survives a power cut.
+  does `submit()`'s future resolve, so "accepted" survives a power cut. The WAL index is
+  in memory (SQLite's unix-excl VFS): no -shm file is written on the SD card.
 - One writer thread owns the write connection and commits whatever has queued up in one
   transaction (group commit): a burst costs one fsync per batch, not one per event.
 - Sequence numbers are assigned in that transaction; the next one is the highest row's
@@ -334,8 +335,13 @@ class Outbox:
 
     @staticmethod
     def _connect(target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0,
-                               uri=target.startswith("file:"))
+        # SQLite's unix-excl VFS keeps the WAL index in this process's memory instead of a
+        # mapped -shm file on the card, whose dirty pages writeback wrote after every
+        # transaction; other processes cannot open the database while the station has it
+        # (a crash leaves nothing locked: the index is rebuilt from the WAL on open).
+        if not target.startswith("file:"):
+            target = f"{Path(target).absolute().as_uri()}?vfs=unix-excl"
+        conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0, uri=True)
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
