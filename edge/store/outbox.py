@@ -153,6 +153,10 @@ class Outbox:
             target = str(path)
         except (OSError, sqlite3.Error) as exc:
             target = self._open_unwritable(exc)
+        except BaseException:  # e.g. data from a newer release: let go of the file (unix-excl)
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self._write.close()
+            raise
         self._read = self._connect(target)
         self._read_lock = threading.Lock()
         if health is not None:
@@ -335,12 +339,8 @@ class Outbox:
 
     @staticmethod
     def _connect(target: str) -> sqlite3.Connection:
-        # SQLite's unix-excl VFS keeps the WAL index in this process's memory instead of a
-        # mapped -shm file on the card, whose dirty pages writeback wrote after every
-        # transaction; other processes cannot open the database while the station has it
-        # (a crash leaves nothing locked: the index is rebuilt from the WAL on open).
-        if not target.startswith("file:"):
-            target = f"{Path(target).absolute().as_uri()}?vfs=unix-excl"
+        if not target.startswith("file:"):  # the card's outbox.db: no -shm file
+            target = private.sqlite_uri(Path(target))
         conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0, uri=True)
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
