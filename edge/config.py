@@ -276,6 +276,10 @@ class UpdateSection(_Section):
     # The pingan-edge selftest rows that need no person, run before the commit.
     commit_rows: list[Literal["certificate", "clock", "power"]] = msgspec.field(
         default_factory=lambda: ["certificate", "clock", "power"])
+    # RAUC streams the bundle (range requests through edge/update/stream.py), fetching only
+    # the blocks its adaptive update needs; off: the whole file is fetched, its sha256
+    # checked, then installed (a RAUC built without streaming; the test rigs).
+    stream: bool = True
     # The download's cap (bytes/s): 32,000 is 256 kbit/s, a quarter of a weak 4G uplink.
     rate_bytes_s: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] = 32000
     max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 2 << 30

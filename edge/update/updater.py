@@ -3,9 +3,11 @@
 priority, never on the alarm path:
 
     offered → descriptor signed by a trusted key? a newer version (or a signed rollback)?
-    data readable by the release? → downloading (%, capped, resumed) → size and sha256 as
-    signed → RAUC's signature check → verified → `rauc install` into the other slot →
-    installed → wait while an alarm is open or the siren sounds → rebooting (tryboot)
+    data readable by the release? → the bundle's signature (its tail, through the local
+    server of stream.py: capped, resumed) → RAUC's signature check, the version signed →
+    verified → `rauc install http://127.0.0.1:…` streams into the other slot what the
+    adaptive update needs (downloading %) → installed → wait while an alarm is open or the
+    siren sounds → rebooting (tryboot)
 
 Each step is an `update.*` event through the outbox, so the township sees it even when the
 link comes back later. After the reboot `pingan-edge update commit` decides (commit.py);
@@ -41,7 +43,7 @@ from edge.logs import log
 from edge.store import schema
 from edge.store.outbox import Outbox
 from edge.store.recorder import Recorder
-from edge.update import download, verify
+from edge.update import stream, verify
 from edge.update.install import Rauc
 from edge.update.verify import UpdateRefused
 
@@ -51,7 +53,7 @@ BUSY_POLL_S = 1.0
 
 
 class Installer(Protocol):
-    def install(self, bundle: Path) -> None: ...
+    def install(self, bundle: str, progress: Callable[[int], None] | None = None) -> None: ...
 
     def mark_good(self) -> None: ...
 
@@ -262,7 +264,7 @@ class Updater:
                 continue
             try:
                 self._update(job)
-            except download.Stopped:
+            except stream.Stopped:
                 return
             except Exception as exc:  # a bug: one JSON line and the station runs on
                 logger.error("update.crashed", exc_info=True, extra={"fields": {
@@ -314,85 +316,151 @@ class Updater:
         try:
             if job.source == "township":
                 self._event("update.offered", version, **ids)
-            path = self._fetch(job, ids)
-            info = verify.check_bundle(path, Path(self.config.keyring))
-            if job.release is None:  # on site, no descriptor: RAUC's manifest it is
-                version = info.version
-                verify.check_version(Release(version=info.version, size=1, sha256="0" * 64,
-                                             min_data_schema=1), self.running)
-            elif info.version != job.release.version:
-                raise UpdateRefused("bad_version", text(
-                    f"更新包内的版本 {info.version} 与说明的 {job.release.version} 不符",
-                    f"the bundle says {info.version}, the descriptor {job.release.version}"))
-            self._event("update.verified", version, **ids)
-            self._set(phase="installing", version=version)
-            self._installer.install(path)
-            self._event("update.installed", version, **ids)
+            if job.release is not None:
+                self._check_offer(job)
+            if job.path is not None:
+                version = self._install_file(job, ids)
+            else:
+                self._install_streamed(job, ids)
         except UpdateRefused as exc:
             kind = "update.failed" if exc.code in ("download_failed", "install_failed") \
                 else "update.refused"
             self._event(kind, version, code=exc.code, reason=exc.message, **ids)
             self._set(phase=kind.split(".")[1], version=version, code=exc.code)
             return
-        if job.source == "township" and job.release is not None:
-            (self.directory / f"{job.release.sha256}.raucb").unlink(missing_ok=True)
         write_trial(self.directory, Trial(version=version, running=self.running,
                                           cmd_id=job.cmd_id, source=job.source))
         self._reboot(version, ids)
 
-    def _fetch(self, job: Job, ids: dict[str, Any]) -> Path:
+    def _check_offer(self, job: Job) -> None:
+        """The descriptor: signed by a trusted key, newer, data readable, not too big."""
         release = job.release
-        if release is not None:
-            assert job.signature is not None
-            verify.check_descriptor(release, job.signature, Path(self.config.keyring))
-            verify.check_version(release, self.running)
-            readable = schema.DATA_SCHEMA
-            if release.min_data_schema > readable:
-                raise UpdateRefused("data_schema", text(
-                    f"版本 {release.version} 需要数据格式 {release.min_data_schema}，本机数据为 "
-                    f"{readable}：请先安装中间版本",
-                    f"{release.version} reads data schema {release.min_data_schema} and up; "
-                    f"this unit's data is at {readable}: install the release in between first"))
-            if release.size > self.config.max_bytes:
-                raise UpdateRefused("too_large", text(
-                    f"更新包过大（{release.size} 字节）",
-                    f"the bundle ({release.size} bytes) is over update.max_bytes"))
-        if job.path is not None:
-            path = job.path
-        else:
-            assert release is not None and job.url is not None
-            path = self._download(job.url, release, ids)
-        if release is not None:
-            try:
-                verify.check_file(path, release)
-            except UpdateRefused:
-                if job.path is None:
-                    path.unlink(missing_ok=True)  # a bad download is not resumed
-                raise
-        return path
+        assert release is not None and job.signature is not None
+        verify.check_descriptor(release, job.signature, Path(self.config.keyring))
+        verify.check_version(release, self.running)
+        readable = schema.DATA_SCHEMA
+        if release.min_data_schema > readable:
+            raise UpdateRefused("data_schema", text(
+                f"版本 {release.version} 需要数据格式 {release.min_data_schema}，本机数据为 "
+                f"{readable}：请先安装中间版本",
+                f"{release.version} reads data schema {release.min_data_schema} and up; "
+                f"this unit's data is at {readable}: install the release in between first"))
+        if release.size > self.config.max_bytes:
+            raise UpdateRefused("too_large", text(
+                f"更新包过大（{release.size} 字节）",
+                f"the bundle ({release.size} bytes) is over update.max_bytes"))
 
-    def _download(self, url: str, release: Release, ids: dict[str, Any]) -> Path:
-        dest = self.directory / f"{release.sha256}.raucb"
-        last = [-1]
+    def _check_bundle(self, path: Path, release: Release | None) -> str:
+        """RAUC's signature check against the keyring; the version it reads is the one
+        signed in the descriptor. Returns the bundle's version."""
+        info = verify.check_bundle(path, Path(self.config.keyring))
+        if release is None:  # on site, no descriptor: RAUC's manifest it is
+            verify.check_version(Release(version=info.version, size=1, sha256="0" * 64,
+                                         min_data_schema=1), self.running)
+        elif info.version != release.version:
+            raise UpdateRefused("bad_version", text(
+                f"更新包内的版本 {info.version} 与说明的 {release.version} 不符",
+                f"the bundle says {info.version}, the descriptor {release.version}"))
+        return info.version
 
-        def progress(have: int) -> None:
-            percent = int(have * 100 / release.size)
-            self._set(phase="downloading", version=release.version, percent=percent,
-                      bytes=have)
-            if percent // 10 > last[0] // 10 or last[0] < 0:
-                last[0] = percent
-                self._event("update.downloading", release.version, percent=float(percent),
-                            bytes=have, **ids)
+    def _install_file(self, job: Job, ids: dict[str, Any]) -> str:
+        """On site: a file on a stick or a laptop, checked whole, then installed."""
+        assert job.path is not None
+        if job.release is not None:
+            verify.check_file(job.path, job.release)
+        version = self._check_bundle(job.path, job.release)
+        self._event("update.verified", version, **ids)
+        self._set(phase="installing", version=version)
+        self._installer.install(str(job.path))
+        self._event("update.installed", version, **ids)
+        return version
+
+    def _install_streamed(self, job: Job, ids: dict[str, Any]) -> None:
+        """From the township, through the local server (stream.py): the signature first
+        (the bundle's tail, a few KB), then RAUC streams what its adaptive update needs.
+        With `update.stream` off (a RAUC that cannot stream, a test rig), the whole file
+        is fetched, its sha256 checked against the descriptor, and the file installed."""
+        release, c = job.release, self.config
+        assert release is not None and job.url is not None
+        cache = stream.BundleCache(self.directory / f"{release.sha256}.raucb", release.size)
+        marks = {"bytes": -1, "rauc": -1}
+
+        def fetched(_n: int) -> None:
+            held = cache.held()
+            self._set(phase="downloading", version=release.version, bytes=held,
+                      percent=int(held * 100 / release.size))
+            if not c.stream and held * 10 // release.size > marks["bytes"]:
+                marks["bytes"] = held * 10 // release.size
+                self._event("update.downloading", release.version,
+                            percent=float(held * 100 // release.size), bytes=held, **ids)
+
+        def installing(percent: int) -> None:
+            # Streamed: the share of the install RAUC has done, and the bytes so far.
+            if percent // 10 > marks["rauc"]:
+                marks["rauc"] = percent // 10
+                self._event("update.downloading", release.version,
+                            percent=float(min(percent, 100)), bytes=cache.held(), **ids)
 
         def retry(tries: int, error: str) -> None:
             log(logger, "warning", "update.download_retry", tries=tries, error=error,
                 action="resumes by itself; check the link if this repeats for hours")
 
-        c = self.config
-        return download.download(url, dest, release.size, rate_bytes_s=c.rate_bytes_s,
-                                 stop=self._stop, progress=progress, timeout_s=c.timeout_s,
-                                 retry_min_s=c.retry_min_s, retry_max_s=c.retry_max_s,
-                                 give_up_s=c.give_up_s, on_retry=retry)
+        proxy = stream.BundleProxy(
+            job.url, cache, rate_bytes_s=c.rate_bytes_s, stop=self._stop,
+            timeout_s=c.timeout_s, retry_min_s=c.retry_min_s,
+            retry_max_s=min(c.retry_max_s, stream.REQUEST_BUDGET_S / 4),
+            on_fetched=fetched, on_retry=retry)
+        local = proxy.start()
+        deadline = time.monotonic() + c.give_up_s
+        try:
+            if c.stream:
+                self._fetch(proxy, max(0, release.size - 8), release.size - 1, deadline)
+                signature = int.from_bytes(cache.read(release.size - 8, 8), "big")
+                self._fetch(proxy, max(0, release.size - 8 - signature), release.size - 1,
+                            deadline)
+            else:
+                self._fetch(proxy, 0, release.size - 1, deadline)
+                verify.check_file(cache.part, release)
+            self._check_bundle(cache.part, release)
+            self._event("update.verified", release.version, **ids)
+            self._set(phase="installing", version=release.version)
+            wait = c.retry_min_s
+            while True:
+                proxy.unavailable = None
+                try:
+                    self._installer.install(local if c.stream else str(cache.part),
+                                            progress=installing if c.stream else None)
+                    break
+                except UpdateRefused:
+                    if proxy.refusal is not None:
+                        raise proxy.refusal from None
+                    if proxy.unavailable is None or time.monotonic() + wait > deadline:
+                        raise
+                # The link was down longer than RAUC waits: again, from the blocks kept.
+                retry(proxy.tries, f"install stopped: {proxy.unavailable}")
+                if self._stop.wait(wait):
+                    raise stream.Stopped() from None
+                wait = min(wait * 2, c.retry_max_s)
+            self._event("update.installed", release.version, **ids)
+        except UpdateRefused as exc:
+            if exc.code != "download_failed" and proxy.unavailable is None:
+                # Refused, or an install that failed for another reason than the link (a
+                # block dm-verity refuses, say): nothing kept is trusted to be resumed.
+                cache.remove()
+            raise
+        finally:
+            proxy.close()
+        cache.remove()
+
+    def _fetch(self, proxy: stream.BundleProxy, start: int, end: int,
+               deadline: float) -> None:
+        try:
+            proxy.ensure(start, end, budget_s=max(1.0, deadline - time.monotonic()))
+        except stream.Unavailable as exc:
+            raise UpdateRefused("download_failed", text(
+                f"下载多次失败，已放弃：{exc}",
+                f"the download failed {proxy.tries} times and was given up: {exc}; the "
+                f"blocks fetched are kept and the next offer resumes them")) from exc
 
     def _reboot(self, version: str, ids: dict[str, Any]) -> None:
         """Never while an alarm is open or the siren sounds: wait, then say so, then go."""

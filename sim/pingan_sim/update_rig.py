@@ -239,23 +239,24 @@ class BundleServer:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
-                start = 0
+                start, end = 0, len(data) - 1
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes="):
-                    start = int(rng[6:].split("-")[0])
+                    first, _, last = rng[6:].partition("-")
+                    start = int(first)
+                    end = min(int(last), end) if last else end
                     if start >= len(data):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Length", str(end - start + 1))
                 self.end_headers()
-                body = data[start:]
+                body = data[start:end + 1]
                 if outer.drop_every is not None:
                     body = body[: outer.drop_every]
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
