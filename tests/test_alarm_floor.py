@@ -104,8 +104,10 @@ def test_staff_feedback_follows_the_store_and_never_waits_for_a_stuck_one(
     township = township_factory(broker.port)
     station = start_station(broker.port)
     wait_until(lambda: station.uplink.connected)
-    # Another writer holds the database: the alarm's commit waits (busy_timeout).
-    blocker = sqlite3.connect(station.outbox.path, timeout=1)
+    # Another writer holds the database: the alarm's commit waits (busy_timeout). Through
+    # the outbox's own VFS: its WAL index is in this process's memory.
+    blocker = sqlite3.connect(f"{station.outbox.path.absolute().as_uri()}?vfs=unix-excl",
+                              timeout=1, uri=True)
     blocker.execute("BEGIN IMMEDIATE")
     try:
         future = station.alarm.raise_alarm("button", 0.0)

@@ -4,6 +4,7 @@ that cannot read the data refuses to start (so the trial fails and the unit goes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -64,7 +65,8 @@ def test_a_release_that_cannot_read_the_data_refuses_to_start(tmp_path: Path) ->
     outbox = Outbox(data / "outbox.db", max_bytes=1 << 20)
     outbox.start()
     outbox.close()
-    with sqlite3.connect(data / "outbox.db") as conn:  # a release with a breaking change
+    with contextlib.closing(sqlite3.connect(data / "outbox.db")) as conn, conn:
+        # A release with a breaking change (and then gone: the outbox is one process's).
         conn.execute("UPDATE data_schema SET version = 7, min_reader = 7")
     with pytest.raises(DataSchemaError, match="schema 7"):
         Outbox(data / "outbox.db", max_bytes=1 << 20)

@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -332,3 +333,34 @@ def test_a_seq_evicted_at_the_top_is_not_used_again(tmp_path: Path):
         assert box.append(alarm()).seq == 5
     finally:
         box.close()
+
+
+def test_an_outbox_another_process_holds_is_not_taken_for_damage(tmp_path: Path):
+    """The outbox is one process's (unix-excl: its WAL index is in memory, not on the card).
+    A second opener finds it locked: it refuses events and quarantines nothing."""
+    db = tmp_path / "o.db"
+    box = Outbox(db)
+    box.start()
+    kept = box.append(alarm())
+    box.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({(db.absolute().as_uri() + '?vfs=unix-excl')!r}, uri=True)\n"
+         "c.execute('SELECT COUNT(*) FROM events').fetchall()\n"
+         "print('held', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        second = Outbox(db, close_s=1.0)
+        second.start()
+        assert second.unwritable is not None and "locked" in second.unwritable
+        with pytest.raises(OutboxError):
+            second.append(alarm(), timeout=30)
+        second.close()
+        assert not (tmp_path / repair.QUARANTINE).exists()
+    finally:
+        holder.communicate("")
+    box = Outbox(db)
+    box.start()
+    assert [p.id for p in box.pending({}, 10)] == [kept.id]
+    box.close()

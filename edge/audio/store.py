@@ -24,7 +24,8 @@ class AudioStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         private.create(path)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(private.sqlite_uri(path), check_same_thread=False,
+                                   isolation_level=None, uri=True)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

@@ -1,7 +1,8 @@
 """The durable outbox: every event is committed to SQLite before anyone is told it exists.
 
 - An event is *accepted* once its transaction commits (WAL, synchronous=FULL); only then
-  does `submit()`'s future resolve, so "accepted" survives a power cut.
+  does `submit()`'s future resolve, so "accepted" survives a power cut. The WAL index is
+  in memory (SQLite's unix-excl VFS): no -shm file is written on the SD card.
 - One writer thread owns the write connection and commits whatever has queued up in one
   transaction (group commit): a burst costs one fsync per batch, not one per event.
 - Sequence numbers are assigned in that transaction; the next one is the highest row's
@@ -152,6 +153,10 @@ class Outbox:
             target = str(path)
         except (OSError, sqlite3.Error) as exc:
             target = self._open_unwritable(exc)
+        except BaseException:  # e.g. data from a newer release: let go of the file (unix-excl)
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self._write.close()
+            raise
         self._read = self._connect(target)
         self._read_lock = threading.Lock()
         if health is not None:
@@ -334,8 +339,9 @@ class Outbox:
 
     @staticmethod
     def _connect(target: str) -> sqlite3.Connection:
-        conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0,
-                               uri=target.startswith("file:"))
+        if not target.startswith("file:"):  # the card's outbox.db: no -shm file
+            target = private.sqlite_uri(Path(target))
+        conn = sqlite3.connect(target, check_same_thread=False, timeout=10.0, uri=True)
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
 

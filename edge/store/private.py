@@ -37,3 +37,12 @@ def narrow(path: Path) -> None:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & ~MODE:
             os.chmod(path, mode & MODE)
+
+
+def sqlite_uri(path: Path) -> str:
+    """The URI to open a database of the data directory that only this process uses.
+    SQLite's unix-excl VFS keeps a WAL's index in this process's memory instead of a
+    mapped `-shm` file on the SD card, whose dirty pages were written back after every
+    transaction; other processes cannot open the database meanwhile, and after a crash
+    the index is rebuilt from the WAL."""
+    return f"{path.absolute().as_uri()}?vfs=unix-excl"

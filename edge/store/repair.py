@@ -81,6 +81,10 @@ def check(path: Path) -> str | None:
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
     except sqlite3.Error as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            # Another process has it open (the outbox's unix-excl lock): not damage, and
+            # nothing to quarantine. The caller's open fails on the same lock.
+            raise
         return str(exc)
     finally:
         conn.close()

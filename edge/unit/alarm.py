@@ -94,7 +94,9 @@ class Alarm:
             # way. A slow card holds it back FEEDBACK_WAIT_S at most; nobody notices 50 ms.
             concurrent.futures.wait([future], timeout=FEEDBACK_WAIT_S)
             self.indicator.raised(event.id)
-            log(logger, "warning", "alarm.raised", id=event.id, source=source)
+            # Info, not warning: the outbox keeps the alarm itself; as a warning it was also
+            # appended and synced to warnings.log on the card (a journal commit) per press.
+            log(logger, "info", "alarm.raised", id=event.id, source=source)
             if self._sounder:
                 self._sounder.siren()
         finally:
