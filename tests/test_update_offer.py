@@ -424,3 +424,19 @@ def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -
     resumed = rig.server.requests[first]
     assert resumed[1] is not None and int(resumed[1][6:].split("-")[0]) >= kept, resumed
     assert read_from_ext4(rig.tmp / "rauc/slotB.img", "/etc/pingan-release") == b"0.2.0\n"
+
+
+def test_a_bundle_whole_on_the_card_after_a_cut_during_its_install_is_not_fetched_again(
+        rig: Rig) -> None:
+    """A power cut during the install leaves the whole bundle on the data partition (the
+    slot write did not finish): offered again, the unit installs it without downloading
+    a byte again; what a cut left short is resumed, not fetched from the start."""
+    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain")
+    left = rig.tmp / "data/update" / f"{built.release.sha256}.raucb"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(built.bundle.read_bytes())
+    rig.start_station()
+    rig.offer(built, "up-7")
+    rig.wait_update("update.installed", "up-7", timeout=120)
+    assert rig.server.requests == []
+    assert read_from_ext4(rig.tmp / "rauc/slotB.img", "/etc/pingan-release") == b"0.2.0\n"

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -39,7 +40,7 @@ from edge.contract.release import Release
 from edge.link.dispatch import Handlers
 from edge.logs import log
 from edge.store import schema
-from edge.store.outbox import Outbox
+from edge.store.outbox import Outbox, Stored
 from edge.store.recorder import Recorder
 from edge.update import download, verify
 from edge.update.install import Rauc
@@ -91,12 +92,17 @@ class Job:
     number: int = 0
 
 
-class Trial(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Trial(msgspec.Struct, kw_only=True):
     """On the data partition between the reboot into the new slot and the verdict: both
-    slots read it. `verdict` is set by the new slot before it gives up on itself."""
+    slots read it. `verdict` is set by the new slot before it gives up on itself.
+    Unknown fields are ignored: the old slot reads what the new one wrote."""
 
     version: str
     running: str
+    # The id of the one event that reports this trial's outcome (`update.committed` or
+    # `update.rolled_back`): a power cut after it was sent but before the record is gone
+    # sends it again under the same id, which the township keeps once.
+    id: str | None = None
     cmd_id: str | None = None
     source: Literal["township", "on_site"] = "township"
     verdict: Literal["committed", "rolled_back"] | None = None
@@ -136,6 +142,16 @@ def write_trial(directory: Path, trial: Trial) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(directory / TRIAL)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_trial(directory: Path) -> None:
+    """The trial is over: its record goes, and stays gone after a power cut."""
+    (directory / TRIAL).unlink(missing_ok=True)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -230,26 +246,37 @@ class Updater:
         trial = read_trial(self.directory)
         if trial is None:
             return {"settled": False}
-        self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
-                    source=trial.source, checks=request.checks)
-        (self.directory / TRIAL).unlink(missing_ok=True)
+        self._outcome(trial, "update.committed", checks=request.checks or trial.checks)
         self._set(phase="committed", version=trial.version)
         return {"settled": True}
+
+    def _outcome(self, trial: Trial, kind: str, **payload: Any) -> None:
+        """Report how the trial ended, once: under the trial's own event id, stored before
+        the record goes (a second report after a power cut carries the same id)."""
+        if trial.id is None or self._outbox.lookup(trial.id) is None:
+            stored = self._event(kind, trial.version, event_id=trial.id,
+                                 cmd_id=trial.cmd_id, source=trial.source, **payload)
+            with contextlib.suppress(Exception):  # a refused event is logged by the recorder
+                stored.result(timeout=10.0)
+        remove_trial(self.directory)
 
     # --- the worker -------------------------------------------------------------------
     def _set(self, **state: Any) -> None:
         with self._lock:
             self._state = {**state, "job": self._current}
 
-    def _event(self, kind: str, version: str, **payload: Any) -> None:
+    def _event(self, kind: str, version: str, event_id: str | None = None,
+               **payload: Any) -> Future[Stored]:
+        identity = self._recorder.identity()
         ev: events.Event = events.UPDATE_EVENTS[kind](  # type: ignore[assignment]
-            **self._recorder.identity(),
+            **{**identity, "id": event_id or identity["id"]},
             payload=events.UpdatePayload(version=version, running=self.running, **payload))
-        self._recorder.record(ev)
+        stored = self._recorder.record(ev)
         log(logger, "warning" if kind in ("update.refused", "update.failed",
                                           "update.rolled_back") else "info",
             kind, version=version, **{k: v for k, v in payload.items() if k != "reason"},
             reason=payload["reason"].en if payload.get("reason") else None)
+        return stored
 
     def _run(self) -> None:
         with contextlib.suppress(OSError):
@@ -286,9 +313,9 @@ class Updater:
             self._set(phase="trial", version=trial.version)
             return
         if self.running == trial.version and trial.verdict == "committed":
-            self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
-                        source=trial.source, checks=trial.checks)
+            self._outcome(trial, "update.committed", checks=trial.checks)
             self._set(phase="committed", version=trial.version)
+            return
         elif self.running == trial.running:
             code = trial.code or "crashed"
             reason = trial.reason or text(
@@ -301,10 +328,11 @@ class Updater:
             except UpdateRefused as exc:
                 log(logger, "error", "update.mark_bad_failed", error=str(exc),
                     action="the committed slot boots anyway; check `rauc status`")
-            self._event("update.rolled_back", trial.version, cmd_id=trial.cmd_id,
-                        source=trial.source, code=code, reason=reason, checks=trial.checks)
+            self._outcome(trial, "update.rolled_back", code=code, reason=reason,
+                          checks=trial.checks)
             self._set(phase="rolled_back", version=trial.version, code=code)
-        (self.directory / TRIAL).unlink(missing_ok=True)
+            return
+        remove_trial(self.directory)
 
     def _update(self, job: Job) -> None:
         self._current = job.number
@@ -337,7 +365,8 @@ class Updater:
         if job.source == "township" and job.release is not None:
             (self.directory / f"{job.release.sha256}.raucb").unlink(missing_ok=True)
         write_trial(self.directory, Trial(version=version, running=self.running,
-                                          cmd_id=job.cmd_id, source=job.source))
+                                          id=events.new_event_id(), cmd_id=job.cmd_id,
+                                          source=job.source))
         self._reboot(version, ids)
 
     def _fetch(self, job: Job, ids: dict[str, Any]) -> Path:
@@ -373,6 +402,11 @@ class Updater:
 
     def _download(self, url: str, release: Release, ids: dict[str, Any]) -> Path:
         dest = self.directory / f"{release.sha256}.raucb"
+        if dest.exists():
+            # Whole before a power cut, or before an install that did not finish: resumed
+            # as a partial file, so no byte crosses the metered link twice (what the cut
+            # left short is fetched; the hash check follows either way).
+            dest.replace(dest.with_name(dest.name + ".part"))
         last = [-1]
 
         def progress(have: int) -> None:
