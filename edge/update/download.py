@@ -7,6 +7,7 @@ station, or a reboot, resumes where it stopped too. Waits run on a monotonic clo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.error
@@ -19,6 +20,10 @@ from edge.contract.events import text
 from edge.update.verify import UpdateRefused
 
 CHUNK = 16 * 1024
+# The card keeps unsynced writes in RAM for minutes and writes them back in any order, so
+# after a power cut a partial file may have holes past its last sync: synced every MiB,
+# and cut back to a whole MiB when a download resumes it (not after a mere link drop).
+SYNC_EVERY = 1 << 20
 
 
 class Stopped(Exception):
@@ -83,6 +88,9 @@ def _fetch_once(url: str, part: Path, size: int, *, rate_bytes_s: int, timeout_s
                 out.write(chunk)
                 have += len(chunk)
                 sent += len(chunk)
+                if have // SYNC_EVERY != (have - len(chunk)) // SYNC_EVERY:
+                    out.flush()  # what a power cut keeps is a prefix to resume
+                    os.fsync(out.fileno())
                 progress(have)
                 # The cap: never ahead of rate_bytes_s since this connection started.
                 ahead = sent / rate_bytes_s - (time.monotonic() - started)
@@ -100,6 +108,9 @@ def download(url: str, dest: Path, size: int, *, rate_bytes_s: int, stop: thread
     are in or `give_up_s` passed. The caller checks the hash."""
     part = dest.with_name(dest.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
+    if part.exists():  # left by a restart or a power cut: only up to its last sync is sure
+        with part.open("r+b") as f:
+            f.truncate(part.stat().st_size // SYNC_EVERY * SYNC_EVERY)
     deadline = time.monotonic() + give_up_s
     wait = retry_min_s
     tries = 0

@@ -403,10 +403,13 @@ class Updater:
     def _download(self, url: str, release: Release, ids: dict[str, Any]) -> Path:
         dest = self.directory / f"{release.sha256}.raucb"
         if dest.exists():
-            # Whole before a power cut, or before an install that did not finish: resumed
-            # as a partial file, so no byte crosses the metered link twice (what the cut
-            # left short is fetched; the hash check follows either way).
-            dest.replace(dest.with_name(dest.name + ".part"))
+            # Downloaded before a power cut, or before an install that did not finish:
+            # used as it is if whole, else resumed, so the metered link carries it once.
+            try:
+                verify.check_file(dest, release)
+                return dest
+            except UpdateRefused:
+                dest.replace(dest.with_name(dest.name + ".part"))
         last = [-1]
 
         def progress(have: int) -> None:
