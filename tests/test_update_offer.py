@@ -216,6 +216,8 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
                "the reboot waiting for the alarm")
     assert not (rig.tmp / "rebooted-tryboot").exists()
     assert "update.rebooting" not in kinds(rig.updates("up-1"))
+    # No trial yet: a power cut while it waits must not report a rollback of it.
+    assert not (rig.tmp / "data/update/trial.json").exists()
     rig.centre.publish(CMD, json.dumps({"cmd": "alarm.ack", "id": "ack-1",
                                         "event_id": alarm["id"]}).encode())
     rig.wait_update("update.rebooting", "up-1")

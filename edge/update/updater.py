@@ -364,10 +364,8 @@ class Updater:
             return
         if job.source == "township" and job.release is not None:
             (self.directory / f"{job.release.sha256}.raucb").unlink(missing_ok=True)
-        write_trial(self.directory, Trial(version=version, running=self.running,
-                                          id=events.new_event_id(), cmd_id=job.cmd_id,
-                                          source=job.source))
-        self._reboot(version, ids)
+        self._reboot(Trial(version=version, running=self.running, id=events.new_event_id(),
+                           cmd_id=job.cmd_id, source=job.source), ids)
 
     def _fetch(self, job: Job, ids: dict[str, Any]) -> Path:
         release = job.release
@@ -431,8 +429,11 @@ class Updater:
                                  retry_min_s=c.retry_min_s, retry_max_s=c.retry_max_s,
                                  give_up_s=c.give_up_s, on_retry=retry)
 
-    def _reboot(self, version: str, ids: dict[str, Any]) -> None:
-        """Never while an alarm is open or the siren sounds: wait, then say so, then go."""
+    def _reboot(self, trial: Trial, ids: dict[str, Any]) -> None:
+        """Never while an alarm is open or the siren sounds: wait, then say so, then go.
+        The trial record is written only then: a power cut (or a stop) while it waits
+        leaves no trial, so no rollback is reported for a release never tried."""
+        version = trial.version
         waited = None
         while (why := self._busy()) is not None:
             if waited is None:
@@ -441,7 +442,8 @@ class Updater:
                     action="the reboot follows once the alarm is acknowledged and quiet")
             self._set(phase="waiting", version=version, reason=why)
             if self._stop.wait(BUSY_POLL_S):
-                return  # the station stops: the trial record stays; see commit.py
+                return  # the station stops: offered again, the bundle is not fetched again
+        write_trial(self.directory, trial)
         if self._rebooting is not None:
             self._rebooting()
         self._event("update.rebooting", version, **ids)
