@@ -2,6 +2,8 @@
 
 1. A township on this machine (as boot_test.py), a release key, and the card: the image
    written by firmware/flash with that key's keyring (`--keyring`), grown to a 5 GiB card.
+   The station's pins are on QEMU virt's PL061 (panic 4, broadcast 5, LED 6), pressed and
+   read through qtest (firmware/pingan_firmware/emulator.py), as boot_test.py does.
 2. Release N+1 made from the card's own root slot A, as the signing PC would from its
    build tree: the same ext4 with its release file and one line of station code changed
    (`edge/__init__.py`'s version), bundled by `pingan-centre release build` (verity,
@@ -9,16 +11,31 @@
 3. QEMU plays the Pi firmware: at each power-on it reads `autoboot.txt` from the card's FAT
    partition (mtools) and boots `[tryboot]`'s partition when the last reset was a
    `reboot '0 tryboot'` (the kernel prints "Restarting system with command '0 tryboot'"
-   on the console), `[all]`'s otherwise; no file is slot A. The kernel and initrd come
-   from the FAT partition (one for both slots), `root=PARTUUID=50494e47-0N` names the slot.
-4. Boot N; once online, offer N+1 (`update.offer`, as the console sends it); wait for the
-   station's `update.*` events; the guest reboots itself; the harness boots what
-   autoboot.txt and the flag say; wait for `update.committed`; then a plain power cycle
-   must come up on N+1 again (committed).
-5. Unless `--no-crash`: release N+2, whose station crashes at start (a line that raises
+   on the console), `[all]`'s otherwise; no file is slot A. A power cut (SIGKILL to QEMU)
+   loses the flag, as on a Pi. The kernel and initrd come from the FAT partition (one for
+   both slots), `root=PARTUUID=50494e47-0N` names the slot.
+4. Boot N; an alarm pressed on the panic line reaches the township (every alarm that
+   reaches it is acknowledged, as an officer would: an open alarm holds the reboot).
+5. With `--power-cuts`, N+1 is offered four times and the power cut each time: during the
+   download (the server holds the transfer at 40 %), during the slot write (RAUC's
+   writes seen in QEMU's block statistics), during the reboot (the shutdown's first line
+   on the console) and after the reboot into the new slot, before the commit (its link
+   down, so it cannot commit). Before each cut the unit's link is taken down (QMP
+   `set_link`) and the panic button pressed: the LED's fast blink says the alarm is
+   stored and not delivered. After each cut: power on from the same card, the slot it
+   comes up on, the time to `online: true`, the stored alarm must arrive, and a new press
+   must too.
+6. N+1 offered again: it installs, reboots itself into the other slot (tryboot), commits;
+   an alarm after the commit; a power cycle must come up on N+1 again (committed), and
+   `update.committed` is one event (one id, however often it is delivered).
+7. Unless `--no-crash`: release N+2, whose station crashes at start (a line that raises
    at the end of edge/station.py), is offered; it installs into the other slot and is
    tried; the commit check finds no station within `update.health_s`, marks it bad and
-   reboots without the flag; the unit is back on N+1 and says why (`update.rolled_back`).
+   reboots without the flag; the unit is back on N+1, says why (`update.rolled_back`)
+   and an alarm pressed then reaches the township.
+
+At the end, every alarm the unit accepted (the LED said stored, or the township has it)
+must be at the township: none lost.
 
 The install is streamed and adaptive: the image's RAUC (1.8-2+pingan1, firmware/build-rauc)
 reads the bundle with range requests through the station's local server
@@ -28,7 +45,8 @@ say how much of the bundle a one-line release cost.
 
 Prints each figure as it is measured (FIGURE lines): bundle size, bytes served, download,
 install, reboot to committed, the time without a station (from `update.rebooting` to the
-new station's `online: true`, an upper bound of the time without presses).
+new station's `online: true`, an upper bound of the time without presses), and per power
+cut the time from power-on to online. A summary of what each step saw ends the output.
 """
 
 from __future__ import annotations
@@ -44,30 +62,36 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from boot_test import PASSWORD, Console, Figures
+from boot_test import HOLD_S, PASSWORD, PINS, Console, Figures, settings
 
 from edge.update import tryboot
 from pingan_centre.broker import provision
 from pingan_centre.release import build as release_build
 from pingan_firmware import card
+from pingan_firmware.emulator import EmulatorError, GpioLines, Qmp, Qtest, pl061
 from pingan_sim.township import CENTRE, Client, TownshipBroker
 from pingan_sim.update_rig import bom_file, keyring, make_signer
 
 HERE = Path(__file__).resolve().parent
 CMD = "pingan/v1/t01/s1/cmd"
 TRYBOOT = rb"Restarting system with command '0 tryboot'"
-# The unit's settings: mock pins (this machine has no GPIO device), no sound card.
-SETTINGS = ('[pins]\nfactory = "mock"\n\n[buttons]\npanic_hold_s = 0.1\n\n'
-            '[audio]\nenabled = false\n')
 # The checks the commit needs, less the clock: QEMU's user network has no NTP server.
 UPDATE_SETTINGS = ('\n[update]\ncommit_rows = ["certificate", "power"]\n'
                    'rate_bytes_s = {rate}\nhealth_s = {health}\n')
 SITE = "/opt/pingan-edge/lib/python3.11/site-packages"
 STATION_PY = f"{SITE}/edge/__init__.py"
 CRASH = b'\nraise SystemExit("boot-test: this release\'s station crashes at start")\n'
+PINS_VIRT = PINS["virt"]
+# The first line of a shutdown on the console (systemd's status lines: `quiet` is taken
+# off the command line), and the line that says the network is up at boot.
+SHUTDOWN = rb"(Stopping|Stopped) .*(pingan|Ping'an)|Reached target .*(Reboot|Shutdown)"
+NETWORK_ONLINE = rb"Reached target .*Network is Online"
+# The slot write: this much written to the card after `update.verified` is RAUC's.
+INSTALL_WRITES = 64 << 20
 
 
 class RangeServer:
@@ -76,6 +100,12 @@ class RangeServer:
 
     def __init__(self, path: Path) -> None:
         self.path, self.sent, self.requests = path, 0, 0
+        self.ranges: list[str | None] = []
+        # The transfer stops once `hold_at` bytes are sent, until `let_go()`: a download
+        # caught in the middle, for a power cut.
+        self.hold_at: int | None = None
+        self.held = threading.Event()
+        self._go = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -108,11 +138,15 @@ class RangeServer:
                 if not body:
                     return
                 outer.requests += 1
+                outer.ranges.append(rng)
                 with outer.path.open("rb") as f, contextlib.suppress(BrokenPipeError,
                                                                      ConnectionResetError):
                     f.seek(start)
                     left = end - start + 1
                     while left:
+                        if outer.hold_at is not None and outer.sent >= outer.hold_at:
+                            outer.held.set()
+                            outer._go.wait()
                         chunk = f.read(min(left, 1 << 20))
                         if not chunk:
                             break
@@ -129,6 +163,10 @@ class RangeServer:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def let_go(self) -> None:
+        self.hold_at = None
+        self._go.set()
 
     @property
     def guest_url(self) -> str:
@@ -172,13 +210,18 @@ def make_release(disk: Path, work: Path, version: str, signer: Any,
 
 
 class Unit:
-    """The emulated Pi: power on reads autoboot.txt and the tryboot flag like its firmware."""
+    """The emulated Pi: power on reads autoboot.txt and the tryboot flag like its firmware;
+    qtest is the finger on the buttons and the eye on the LED, QMP pulls the link cable
+    and reads the card's write counter."""
 
     def __init__(self, disk: Path, work: Path, memory: str) -> None:
         self.disk, self.work, self.memory = disk, work, memory
         self.tryboot_flag = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.console: Console | None = None
+        self.qtest: Qtest | None = None
+        self.qmp: Qmp | None = None
+        self.lines: GpioLines | None = None
         self.boots = 0
         for name in card.fat_list(disk, ""):
             if name.startswith(("vmlinuz", "initrd.img")):
@@ -186,10 +229,12 @@ class Unit:
         self.kernel = next(work.glob("vmlinuz*"))
         self.initrd = next(work.glob("initrd.img*"))
 
-    def slot(self) -> str:
+    def slots(self) -> tryboot.Slots:
         text = card.fat_read(self.disk, tryboot.AUTOBOOT)
-        slots = tryboot.parse(text.decode("ascii")) if text else tryboot.Slots()
-        return tryboot.boot(slots, tryboot_flag=self.tryboot_flag)
+        return tryboot.parse(text.decode("ascii")) if text else tryboot.Slots()
+
+    def slot(self) -> str:
+        return tryboot.boot(self.slots(), tryboot_flag=self.tryboot_flag)
 
     def power_on(self) -> str:
         slot = self.slot()
@@ -199,12 +244,17 @@ class Unit:
                  and w != "quiet"]
         words += [f"root=PARTUUID=50494e47-0{tryboot.PARTITIONS[slot]}",
                   "console=ttyAMA0,115200"]
+        qtest_sock, qmp_sock = self.work / "qtest.sock", self.work / "qmp.sock"
+        for sock in (qtest_sock, qmp_sock):
+            sock.unlink(missing_ok=True)
         qemu = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
                 "-m", self.memory, "-kernel", str(self.kernel), "-initrd", str(self.initrd),
                 "-append", " ".join(words),
                 "-drive", f"if=none,file={self.disk},format=raw,id=hd",
                 "-device", "virtio-blk-device,drive=hd", "-netdev", "user,id=net0",
                 "-device", "virtio-net-device,netdev=net0", "-device", "i6300esb",
+                "-accel", "tcg", "-qtest", f"unix:{qtest_sock},server=on,wait=off",
+                "-qtest-log", "/dev/null", "-qmp", f"unix:{qmp_sock},server=on,wait=off",
                 "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]
         print(f"power on #{self.boots}: slot {slot} (tryboot flag {self.tryboot_flag})",
               flush=True)
@@ -212,7 +262,109 @@ class Unit:
         self.proc = subprocess.Popen(qemu, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.console = Console(self.proc, self.work / f"console-{self.boots}.log")
+        self.qtest, self.qmp = Qtest(qtest_sock), Qmp(qmp_sock)
+        self.lines = pl061(self.qtest, self.qmp)
+        for name in ("panic", "broadcast"):  # the buttons' pull-ups: released
+            self.lines.drive(PINS_VIRT[name], True)
         return slot
+
+    def press(self, name: str = "panic", hold_s: float = HOLD_S) -> None:
+        """A finger on the button: the line to ground for `hold_s`, then released (a
+        unit that goes down meanwhile takes the finger with it)."""
+        lines = self.lines
+        if lines is None:
+            return
+        with contextlib.suppress(EmulatorError, OSError):
+            lines.drive(PINS_VIRT[name], False)
+            time.sleep(hold_s)
+            lines.drive(PINS_VIRT[name], True)
+
+    def led(self) -> bool | None:
+        """The LED line's level; None once QEMU is gone."""
+        lines = self.lines
+        if lines is None:
+            return None
+        try:
+            return lines.level(PINS_VIRT["alarm_led"])
+        except (EmulatorError, OSError):
+            return None
+
+    def led_mode(self, window_s: float = 1.6) -> str:
+        """What the LED line does over `window_s`: `fast` (an alarm stored, not yet
+        delivered: 0.2 s on/off), `slow` (updating: 1 s on/off), `on`, `off`, `flash`."""
+        runs: list[tuple[bool, float]] = []
+        start = last = time.monotonic()
+        level = self.led()
+        while (now := time.monotonic()) - start < window_s:
+            seen = self.led()
+            if seen is None or level is None:
+                return "gone"
+            if seen != level:
+                runs.append((level, now - last))
+                level, last = seen, now
+            time.sleep(0.02)
+        if not runs:
+            return "on" if level else "off"
+        inner = [d for on, d in runs[1:] if on] or [d for on, d in runs if on] or [0.0]
+        if len(runs) >= 4 and max(inner) < 0.5:
+            return "fast"
+        return "slow" if max(inner) >= 0.6 else "flash"
+
+    def link(self, up: bool) -> None:
+        """The unit's network cable (QMP set_link on its user-mode netdev)."""
+        assert self.qmp is not None
+        self.qmp.execute("set_link", name="net0", up=up)
+        print(f"link {'up' if up else 'down'}", flush=True)
+
+    def written(self) -> int:
+        """Bytes the guest has written to its card since power-on (QMP blockstats)."""
+        assert self.qmp is not None
+        for dev in self.qmp.execute("query-blockstats"):
+            if dev.get("device") == "hd":
+                return int(dev["stats"]["wr_bytes"])
+        raise SystemExit("QMP query-blockstats: no drive hd")
+
+    def console_mark(self) -> int:
+        assert self.console is not None
+        return self.console.mark
+
+    def console_seen(self, pattern: bytes, start: int) -> bool:
+        assert self.console is not None
+        with self.console.lock:
+            return re.search(pattern, self.console.buf[start:]) is not None
+
+    def _probes_closed(self) -> None:
+        for probe in (self.qtest, self.qmp):
+            if probe is not None:
+                with contextlib.suppress(OSError):
+                    probe.close()
+        self.qtest = self.qmp = None
+        self.lines = None
+
+    def wait_updating(self, timeout: float) -> bool:
+        """Until the LED blinks slowly (on for over 0.6 s twice within 3.5 s: an
+        acknowledged alarm's 0.1 s flash, stretched by a loaded guest, once fooled a
+        single long on); False if the unit went down first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exited() or self.led() is None:
+                return False
+            runs: list[tuple[bool, float]] = []
+            start = last = time.monotonic()
+            level = self.led()
+            while (now := time.monotonic()) - start < 3.5 and level is not None:
+                seen = self.led()
+                if seen is None:
+                    return False
+                if seen != level:
+                    runs.append((level, now - last))
+                    level, last = seen, now
+                time.sleep(0.02)
+            if level:
+                runs.append((True, time.monotonic() - last))
+            if sum(on and d > 0.6 for on, d in runs) >= 2:
+                return True
+        raise SystemExit(f"the LED never showed the update within {timeout:.0f} s")
 
     def wait_reset(self, timeout: float) -> None:
         """The guest reboots itself (QEMU exits: -no-reboot); note a tryboot request."""
@@ -224,16 +376,384 @@ class Unit:
         time.sleep(0.5)  # the console pump's last bytes
         with self.console.lock:
             self.tryboot_flag = re.search(TRYBOOT, self.console.buf) is not None
+        self._probes_closed()
         print(f"reset; tryboot flag {self.tryboot_flag}", flush=True)
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
     def power_cut(self) -> None:
+        """SIGKILL to QEMU: the card keeps what reached it, the tryboot flag is lost."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._probes_closed()
         self.tryboot_flag = False
+
+
+class Township:
+    """The township's side: what the station sent, offers, and an officer who acknowledges
+    every alarm that arrives (an alarm open at the unit holds its reboot)."""
+
+    def __init__(self, broker: TownshipBroker) -> None:
+        self.centre = Client("centre.update-test")
+        assert self.centre.connect(broker.plain_port, CENTRE, broker.centre_password)
+        self.centre.client.subscribe("pingan/v1/t01/s1/#", qos=1)
+        self.acked: set[str] = set()
+
+    def events(self, kind: str | None = None, cmd_id: str | None = None
+               ) -> list[dict[str, Any]]:
+        found = [json.loads(b) for t, b in self.centre.received("/events")]
+        return [m for m in found if (kind is None or m["type"] == kind)
+                and (cmd_id is None or m["payload"].get("cmd_id") == cmd_id)]
+
+    def alarms(self) -> list[str]:
+        """The alarm ids that reached the township, each once, in arrival order."""
+        return list(dict.fromkeys(m["id"] for m in self.events("alarm.panic")))
+
+    def ack_alarms(self) -> None:
+        for alarm in self.alarms():
+            if alarm not in self.acked:
+                self.acked.add(alarm)
+                self.centre.publish(CMD, json.dumps({
+                    "cmd": "alarm.ack", "id": f"ack-{len(self.acked)}", "by": "boot-test",
+                    "event_id": alarm}).encode())
+
+    def state_mark(self) -> int:
+        return len(self.centre.received("/state"))
+
+    def online_since(self, mark: int) -> bool:
+        return any(json.loads(b).get("online") is True
+                   for t, b in self.centre.received("/state")[mark:] if t.endswith("/state"))
+
+    def offer(self, built: release_build.Built, url: str, cmd_id: str) -> None:
+        doc = json.loads(built.descriptor.read_text())
+        self.centre.publish(CMD, json.dumps({
+            "cmd": "update.offer", "id": cmd_id, "by": "boot-test", "url": url,
+            **{k: doc[k] for k in ("version", "size", "sha256", "min_data_schema",
+                                   "rollback", "compatible", "signature")}}).encode())
+        print(f"offered {doc['version']} as {cmd_id}", flush=True)
+
+    def updates(self) -> list[tuple[str, str | None, str | None]]:
+        return [(m["type"], m["payload"].get("cmd_id"), m["payload"].get("code"))
+                for m in self.events() if m["type"].startswith("update.")]
+
+
+class Run:
+    """One boot-test --update run: the unit, the township, and the steps as methods."""
+
+    def __init__(self, unit: Unit, town: Township, figures: Figures, timeout: float) -> None:
+        self.unit, self.town, self.figures, self.timeout = unit, town, figures, timeout
+        # Alarms the unit accepted: the LED said stored, or the township has them.
+        self.accepted = 0
+        self.stored = 0  # of them, stored before a cut and not yet seen at the township
+        self.report: list[str] = []
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float | None = None,
+             allow_exit: bool = False) -> float:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not predicate():
+            self.town.ack_alarms()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}; update events: "
+                                 f"{self.town.updates()}")
+            if not allow_exit and self.unit.exited():
+                raise SystemExit(f"QEMU exited waiting for {what}")
+            time.sleep(0.5)
+        self.town.ack_alarms()
+        return time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        self.report.append(line)
+
+    # --- the unit as a person sees it ----------------------------------------------------
+    def come_up(self, label: str) -> str:
+        """Power on, following the unit's own resets (as the firmware would), until the
+        township sees it online. Returns the slot it came up on."""
+        mark = self.town.state_mark()
+        t0 = time.monotonic()
+        slot = self.unit.power_on()
+        while True:
+            self.wait(f"{label}: online", lambda: self.town.online_since(mark)
+                      or self.unit.exited(), allow_exit=True)
+            if self.town.online_since(mark):
+                break
+            self.unit.wait_reset(self.timeout)
+            slot = self.unit.power_on()
+        self.figures[f"{label}: power-on to online, slot {slot} (s)"] = time.monotonic() - t0
+        return slot
+
+    def alarm(self, label: str) -> str:
+        """A press on the panic line; it must reach the township. Returns its id."""
+        before = len(self.town.alarms())
+        pressed = time.monotonic()
+        self.unit.press()
+        self.accepted += 1
+        self.wait(f"{label}: the alarm at the township",
+                  lambda: len(self.town.alarms()) > before, timeout=300)
+        self.figures[f"{label}: press to the township (s)"] = time.monotonic() - pressed
+        alarm = self.town.alarms()[-1]
+        self.say(f"{label}: alarm {alarm} delivered")
+        return alarm
+
+    def store_alarm(self, label: str) -> None:
+        """The link down, then a press: the LED must blink fast (stored, not delivered)."""
+        self.unit.link(False)
+        finger = threading.Thread(target=self.unit.press, name="finger")
+        finger.start()
+        deadline = time.monotonic() + 20
+        mode = "off"
+        while time.monotonic() < deadline and (mode := self.unit.led_mode()) != "fast":
+            pass
+        finger.join()
+        if mode != "fast":
+            raise SystemExit(f"{label}: the press was not stored (LED {mode})")
+        self.accepted += 1
+        self.stored += 1
+        self.say(f"{label}: a press stored, not delivered (LED blinks fast)")
+
+    def back_after_cut(self, label: str, expect: str) -> None:
+        """After a cut: a good slot, online, the stored alarm arrives, a new one too."""
+        before, stored = len(self.town.alarms()), self.stored
+        slot = self.come_up(f"{label}, back")
+        if slot != expect:
+            raise SystemExit(f"{label}: came up on slot {slot}, expected {expect}")
+        self.wait(f"{label}: the alarm stored before the cut",
+                  lambda: len(self.town.alarms()) >= before + stored, timeout=300)
+        self.stored = 0
+        self.say(f"{label}: back on slot {slot}; stored alarm(s) "
+                 f"{self.town.alarms()[before:before + stored]} delivered")
+        self.alarm(f"{label}, a new press")
+
+    # --- the power cuts (N+1 offered, cut at each step) -----------------------------------
+    def cut_during_download(self, built: release_build.Built, server: RangeServer) -> None:
+        label = "cut 1, during the download"
+        server.hold_at = server.sent + built.bundle.stat().st_size * 2 // 5
+        server.held.clear()
+        sent = server.sent
+        self.town.offer(built, server.guest_url, "cut-1")
+        self.wait(f"{label}: the transfer at 40 %", server.held.is_set)
+        self.store_alarm(label)
+        self.unit.power_cut()
+        server.let_go()
+        self.say(f"{label}: power cut with {(server.sent - sent) / 1e6:.1f} MB served")
+        self.back_after_cut(label, "A")
+
+    def cut_during_install(self, built: release_build.Built, server: RangeServer) -> None:
+        label = "cut 2, during the slot write"
+        sent = server.sent
+        self.town.offer(built, server.guest_url, "cut-2")
+        self.wait(f"{label}: update.verified", lambda: self.town.events(
+            "update.verified", "cut-2") or self.town.events("update.refused", "cut-2")
+            or self.town.events("update.failed", "cut-2"))
+        if not self.town.events("update.verified", "cut-2"):
+            raise SystemExit(f"{label}: {self.town.updates()}")
+        ranges = server.ranges[-3:]
+        self.say(f"{label}: the download resumed: {(server.sent - sent) / 1e6:.1f} MB "
+                 f"served for it (Range {ranges})")
+        written = self.unit.written()
+        self.store_alarm(label)
+        # RAUC's writes; or its set-primary at the end (the card's autoboot.txt).
+        self.wait(f"{label}: RAUC writing the slot", lambda: self.unit.written() - written
+                  > INSTALL_WRITES or self.unit.slots().trial_pending, timeout=600)
+        mb = (self.unit.written() - written) / 1e6
+        self.unit.power_cut()
+        slots = self.unit.slots()
+        when = "after the install had finished" if slots.trial_pending else \
+            "during the install"
+        self.say(f"{label}: power cut {when}, {mb:.0f} MB written since verified; "
+                 f"autoboot.txt {slots}")
+        self.back_after_cut(label, "A")
+
+    def cut_during_reboot(self, built: release_build.Built, server: RangeServer) -> None:
+        label = "cut 3, during the reboot"
+        sent = server.sent
+        self.town.offer(built, server.guest_url, "cut-3")
+        self.wait(f"{label}: update.verified", lambda: self.town.events(
+            "update.verified", "cut-3") or self.town.events("update.failed", "cut-3")
+            or self.town.events("update.refused", "cut-3"))
+        self.say(f"{label}: {(server.sent - sent) / 1e6:.1f} MB served for this offer")
+        if not self.town.events("update.verified", "cut-3"):
+            raise SystemExit(f"{label}: {self.town.updates()}")
+        # The link down (the officer's acks are in): from here on the township sees
+        # nothing, and a press in the reboot's window stays stored.
+        self.unit.link(False)
+        mark = self.unit.console_mark()
+        if self.unit.wait_updating(900):
+            finger = threading.Thread(target=self.unit.press, name="finger")
+            finger.start()
+            stored = False
+            deadline = time.monotonic() + 10
+            while not stored and not self.unit.exited() and time.monotonic() < deadline:
+                stored = self.unit.led_mode(1.2) == "fast"
+            finger.join()
+            if stored:
+                self.accepted += 1
+                self.stored += 1
+            self.say(f"{label}: a press while the LED shows the update: "
+                     f"{'stored (fast blink)' if stored else 'not taken (the station stopped)'}")
+        # A press taken before the reboot began holds it (an alarm not delivered): then
+        # the cut comes while it waits, with no trial yet to report.
+        with contextlib.suppress(SystemExit):
+            self.wait(f"{label}: the shutdown on the console", lambda: self.unit.exited()
+                      or self.unit.console_seen(SHUTDOWN, mark), timeout=180,
+                      allow_exit=True)
+        if self.unit.exited():
+            raise SystemExit(f"{label}: the unit reset before the cut")
+        shutting = self.unit.console_seen(SHUTDOWN, mark)
+        self.unit.power_cut()
+        when = "during the shutdown" if shutting else \
+            "while the reboot waits for the stored alarm"
+        self.say(f"{label}: power cut {when}; autoboot.txt {self.unit.slots()}")
+        self.back_after_cut(label, "A")
+        if shutting:
+            self.rolled_back(label, "cut-3")
+
+    def cut_before_commit(self, built: release_build.Built, server: RangeServer) -> None:
+        label = "cut 4, after the reboot, before the commit"
+        self.town.offer(built, server.guest_url, "cut-4")
+        t0 = self.wait(f"{label}: update.rebooting or the reset", lambda: self.town.events(
+            "update.rebooting", "cut-4") or self.unit.exited()
+            or self.town.events("update.failed", "cut-4"), allow_exit=True)
+        if self.town.events("update.failed", "cut-4"):
+            raise SystemExit(f"{label}: {self.town.updates()}")
+        self.unit.wait_reset(self.timeout)
+        if not self.unit.tryboot_flag or self.unit.power_on() != "B":
+            raise SystemExit(f"{label}: the tryboot must boot slot B")
+        # Its link goes down once the network is up, before the station starts: the new
+        # slot cannot deliver its trial event, so it cannot commit.
+        self.wait(f"{label}: the network up on B", lambda: self.unit.console_seen(
+            NETWORK_ONLINE, 0), timeout=600)
+        self.unit.link(False)
+        self.wait(f"{label}: the station on B taking a press",
+                  lambda: self._stored_on_trial(label), timeout=600)
+        self.unit.power_cut()
+        slots = self.unit.slots()
+        if slots.committed != "A":
+            raise SystemExit(f"{label}: slot B was committed before the cut ({slots})")
+        self.say(f"{label}: power cut {time.monotonic() - t0:.0f} s after update.rebooting, "
+                 f"on B, not committed; autoboot.txt {slots}")
+        self.back_after_cut(label, "A")
+        self.rolled_back(label, "cut-4")
+
+    def _stored_on_trial(self, label: str) -> bool:
+        """Press until the station on the tried slot stores one (it starts late)."""
+        finger = threading.Thread(target=self.unit.press, name="finger")
+        finger.start()
+        stored = any(self.unit.led_mode(1.2) == "fast" for _ in range(3))
+        finger.join()
+        if stored:
+            self.accepted += 1
+            self.stored += 1
+            self.say(f"{label}: a press stored on slot B (LED blinks fast)")
+        return stored
+
+    def rolled_back(self, label: str, cmd_id: str) -> None:
+        self.wait(f"{label}: update.rolled_back", lambda: self.town.events(
+            "update.rolled_back", cmd_id), timeout=300)
+        back = self.town.events("update.rolled_back", cmd_id)
+        self.say(f"{label}: update.rolled_back x{len(back)} (ids "
+                 f"{sorted({m['id'] for m in back})}): code {back[-1]['payload'].get('code')}; "
+                 f"reason {back[-1]['payload'].get('reason', {}).get('en')}")
+
+    # --- the update that goes through, and the one that must come back ----------------------
+    def update(self, built: release_build.Built, server: RangeServer) -> None:
+        cmd_id = "up-1"
+        sent = server.sent
+        offered = time.monotonic()
+        self.town.offer(built, server.guest_url, cmd_id)
+        t_verified = self.wait("update.verified", lambda: self.town.events(
+            "update.verified", cmd_id) or self.town.events("update.refused", cmd_id)
+            or self.town.events("update.failed", cmd_id))
+        if not self.town.events("update.verified", cmd_id):
+            raise SystemExit(f"refused or failed: {self.town.updates()}")
+        self.figures["offer to verified: the signature fetched and checked (s)"] = \
+            t_verified - offered
+        self.figures["bytes served up to verified (KB)"] = (server.sent - sent) / 1e3
+        requests = server.requests
+        t_installed = self.wait("update.installed", lambda: self.town.events(
+            "update.installed", cmd_id) or self.town.events("update.failed", cmd_id))
+        if not self.town.events("update.installed", cmd_id):
+            raise SystemExit(f"install failed: {self.town.updates()}")
+        self.figures["streamed install: verified to installed (s)"] = t_installed - t_verified
+        self.figures["bytes served for this offer, adaptive (MB)"] = (server.sent - sent) / 1e6
+        self.figures["of the full bundle (%)"] = \
+            100 * (server.sent - sent) / built.bundle.stat().st_size
+        self.figures["range requests served"] = server.requests - requests
+        # The event may reach the township only after the next boot (the station stops
+        # soon after storing it): the reset is what is waited for.
+        t_rebooting = self.wait("update.rebooting or the reset", lambda: self.town.events(
+            "update.rebooting", cmd_id) or self.unit.exited(), allow_exit=True)
+        self.unit.wait_reset(self.timeout)
+        t_reset = time.monotonic()
+        self.figures["update.rebooting (or installed) to the guest's reset (s)"] = \
+            t_reset - t_rebooting
+        if not self.unit.tryboot_flag:
+            raise SystemExit("the guest reset without asking for tryboot")
+        mark = self.town.state_mark()
+        if self.unit.power_on() != "B":
+            raise SystemExit("the tryboot must boot slot B")
+        t_online = self.wait("online on N+1", lambda: self.town.online_since(mark))
+        self.figures["update.rebooting to the new station online (s)"] = t_online - t_rebooting
+        t_done = self.wait("update.committed", lambda: self.town.events(
+            "update.committed", cmd_id) or self.town.events("update.rolled_back", cmd_id))
+        if not self.town.events("update.committed", cmd_id):
+            raise SystemExit(f"rolled back: {self.town.events('update.rolled_back')}")
+        self.figures["reset to committed (s)"] = t_done - t_reset
+        committed = self.town.events("update.committed", cmd_id)[-1]
+        self.say(f"committed: {json.dumps(committed['payload'])}")
+        self.say(f"autoboot.txt after the commit: {self.unit.slots()}")
+        self.alarm("after the commit")
+        # A power cut now: no flag, [all] must be the new slot.
+        self.unit.power_cut()
+        if self.come_up("power cycle after the commit") != "B":
+            raise SystemExit("after the commit a plain boot must be slot B")
+        time.sleep(30)  # anything the outbox sends again after the cut arrives by now
+        copies = self.town.events("update.committed", cmd_id)
+        ids = sorted({m["id"] for m in copies})
+        self.say(f"update.committed at the township: {len(copies)} message(s), "
+                 f"{len(ids)} event id(s) {ids}")
+        if len(ids) != 1:
+            raise SystemExit("update.committed was emitted more than once")
+
+    def crash(self, crashing: release_build.Built) -> None:
+        bad = RangeServer(crashing.bundle)
+        cmd_id = "up-2"
+        try:
+            self.town.offer(crashing, bad.guest_url, cmd_id)
+            t_rebooting = self.wait("update.rebooting of N+2", lambda: self.unit.exited()
+                                    or self.town.events("update.rebooting", cmd_id)
+                                    or self.town.events("update.failed", cmd_id),
+                                    allow_exit=True)
+            if self.town.events("update.failed", cmd_id):
+                raise SystemExit(f"N+2: {self.town.updates()}")
+            self.unit.wait_reset(self.timeout)
+            if not self.unit.tryboot_flag or self.unit.power_on() != "A":
+                raise SystemExit("N+2 must be tried in slot A")
+            self.unit.wait_reset(self.timeout)  # the commit check gives up: a plain reboot
+            t_back = time.monotonic()
+            if self.unit.tryboot_flag:
+                raise SystemExit("the fall-back reboot asked for tryboot")
+            slot = self.come_up("back from N+2")
+            if slot != "B":
+                raise SystemExit("after a failed trial the unit must boot N+1 (slot B)")
+            t_said = self.wait("update.rolled_back", lambda: self.town.events(
+                "update.rolled_back", cmd_id))
+            self.figures["N+2 rebooting to back on N+1 (s)"] = t_back - t_rebooting
+            self.figures["back on N+1 to update.rolled_back at the township (s)"] = \
+                t_said - t_back
+            self.rolled_back("N+2 (crashes at start)", cmd_id)
+            self.alarm("back on N+1 after N+2")
+        finally:
+            bad.server.shutdown()
+
+    def none_lost(self) -> None:
+        delivered = self.town.alarms()
+        self.say(f"alarms: {self.accepted} accepted by the unit, {len(delivered)} distinct "
+                 f"at the township")
+        if len(delivered) < self.accepted:
+            raise SystemExit("an accepted alarm never reached the township")
 
 
 def main() -> int:
@@ -248,7 +768,10 @@ def main() -> int:
                    help="update.health_s on the unit: how long a tried slot may take")
     p.add_argument("--crash-version", default="0.1.2", help="release N+2's version")
     p.add_argument("--no-crash", dest="crash", action="store_false",
-                   help="skip step 5 (the release whose station crashes)")
+                   help="skip step 7 (the release whose station crashes)")
+    p.add_argument("--power-cuts", action="store_true",
+                   help="step 5: cut the power during the download, the slot write, the "
+                        "reboot, and before the commit")
     p.add_argument("--rate-bytes-s", type=int, default=1 << 28,
                    help="the unit's download cap (update.rate_bytes_s)")
     args = p.parse_args()
@@ -257,19 +780,17 @@ def main() -> int:
     print(f"work directory: {work}", flush=True)
     figures = Figures()
 
-    township = TownshipBroker(work / "township")
-    provision.issue_server(township.town, ["10.0.2.2", "127.0.0.1"])
-    township.start()
-    bundle = provision.add_station(township.town, "s1", "10.0.2.2",
-                                   broker_port=township.tls_port)
-    centre = Client("centre.update-test")
-    assert centre.connect(township.plain_port, CENTRE, township.centre_password)
-    centre.client.subscribe("pingan/v1/t01/s1/#", qos=1)
+    broker = TownshipBroker(work / "township")
+    provision.issue_server(broker.town, ["10.0.2.2", "127.0.0.1"])
+    broker.start()
+    bundle = provision.add_station(broker.town, "s1", "10.0.2.2",
+                                   broker_port=broker.tls_port)
+    town = Township(broker)
     signer = make_signer(work / "keys", "release-boot-test")
     ring = keyring(work / "keyring.pem", signer)
 
     disk = work / "card.img"
-    (work / "settings.toml").write_text(SETTINGS + UPDATE_SETTINGS.format(
+    (work / "settings.toml").write_text(settings("virt") + UPDATE_SETTINGS.format(
         rate=args.rate_bytes_s, health=args.health_s))
     (work / "password").write_text(PASSWORD + "\n")
     subprocess.run([str(HERE / "flash"), str(args.image), str(disk), "--bundle", str(bundle),
@@ -283,126 +804,32 @@ def main() -> int:
     os.truncate(disk, 5 * 1024**3)
     server = RangeServer(built.bundle)
     unit = Unit(disk, work, args.memory)
-
-    def events(kind: str | None = None) -> list[dict[str, Any]]:
-        found = [json.loads(b) for t, b in centre.received("/events")]
-        return [m for m in found if kind is None or m["type"] == kind]
-
-    def online_since(mark: int) -> bool:
-        return any(json.loads(b).get("online") is True
-                   for t, b in centre.received("/state")[mark:] if t.endswith("/state"))
-
-    def wait(what: str, predicate: Any, timeout: float | None = None,
-             allow_exit: bool = False) -> float:
-        deadline = time.monotonic() + (timeout or args.timeout)
-        while not predicate():
-            if time.monotonic() > deadline:
-                seen = [(m["type"], m["payload"].get("code")) for m in events()
-                        if m["type"].startswith("update.")]
-                raise SystemExit(f"timed out waiting for {what}; update events: {seen}")
-            if not allow_exit and unit.exited():
-                raise SystemExit(f"QEMU exited waiting for {what}")
-            time.sleep(0.5)
-        return time.monotonic()
-
+    run = Run(unit, town, figures, args.timeout)
     try:
-        states = len(centre.received("/state"))
-        t0 = time.monotonic()
-        if unit.power_on() != "A":
+        if run.come_up("first boot on N") != "A":
             raise SystemExit("a fresh card must boot slot A")
-        wait("online on N", lambda: online_since(states))
-        figures["power-on to online on N (s)"] = time.monotonic() - t0
-        doc = json.loads(built.descriptor.read_text())
-        offer = {"cmd": "update.offer", "id": "boot-test-up-1", "by": "boot-test",
-                 **{k: doc[k] for k in ("version", "size", "sha256", "min_data_schema",
-                                        "rollback", "compatible", "signature")},
-                 "url": server.guest_url}
-        offered = time.monotonic()
-        centre.publish(CMD, json.dumps(offer).encode())
-        t_verified = wait("update.verified", lambda: events("update.verified")
-                          or events("update.refused") or events("update.failed"))
-        if not events("update.verified"):
-            bad = events("update.refused") + events("update.failed")
-            raise SystemExit(f"refused or failed: {bad}")
-        figures["offer to verified: the signature fetched and checked (s)"] = \
-            t_verified - offered
-        figures["bytes served up to verified (KB)"] = server.sent / 1e3
-        t_installed = wait("update.installed", lambda: events("update.installed")
-                           or events("update.failed"))
-        if not events("update.installed"):
-            raise SystemExit(f"install failed: {events('update.failed')}")
-        figures["streamed install: verified to installed (s)"] = t_installed - t_verified
-        figures["bytes served in all, adaptive (MB)"] = server.sent / 1e6
-        figures["of the full bundle (%)"] = 100 * server.sent / built.bundle.stat().st_size
-        figures["range requests served"] = server.requests
-        # The event may reach the township only after the next boot (the station stops
-        # soon after storing it): the reset is what is waited for.
-        t_rebooting = wait("update.rebooting or the reset", lambda: events(
-            "update.rebooting") or unit.exited(), allow_exit=True)
-        unit.wait_reset(args.timeout)
-        t_reset = time.monotonic()
-        figures["update.rebooting (or installed) to the guest's reset (s)"] = \
-            t_reset - t_rebooting
-        if not unit.tryboot_flag:
-            raise SystemExit("the guest reset without asking for tryboot")
-        states = len(centre.received("/state"))
-        if unit.power_on() != "B":
-            raise SystemExit("the tryboot must boot slot B")
-        t_online = wait("online on N+1", lambda: online_since(states))
-        figures["update.rebooting to the new station online (s)"] = t_online - t_rebooting
-        t_done = wait("update.committed", lambda: events("update.committed")
-                      or events("update.rolled_back"))
-        if not events("update.committed"):
-            raise SystemExit(f"rolled back: {events('update.rolled_back')}")
-        figures["reset to committed (s)"] = t_done - t_reset
-        committed = events("update.committed")[-1]
-        print(f"committed: {json.dumps(committed['payload'])}", flush=True)
-        slots = tryboot.parse((card.fat_read(disk, tryboot.AUTOBOOT) or b"").decode())
-        print(f"autoboot.txt: committed {slots.committed}, states {slots.states}", flush=True)
-        # A power cut now: no flag, [all] must be the new slot.
-        unit.power_cut()
-        states = len(centre.received("/state"))
-        if unit.power_on() != "B":
-            raise SystemExit("after the commit a plain boot must be slot B")
-        wait("online after a power cycle", lambda: online_since(states))
-        seen = [m["type"] for m in events() if m["type"].startswith("update.")]
-        print(f"update events: {seen}", flush=True)
+        run.alarm("before the update")
+        if args.power_cuts:
+            run.cut_during_download(built, server)
+            run.cut_during_install(built, server)
+            run.cut_during_reboot(built, server)
+            run.cut_before_commit(built, server)
+        run.update(built, server)
         if crashing is not None:
-            bad = RangeServer(crashing.bundle)
-            doc = json.loads(crashing.descriptor.read_text())
-            offer = {"cmd": "update.offer", "id": "boot-test-up-2", "by": "boot-test",
-                     **{k: doc[k] for k in ("version", "size", "sha256", "min_data_schema",
-                                            "rollback", "compatible", "signature")},
-                     "url": bad.guest_url}
-            centre.publish(CMD, json.dumps(offer).encode())
-            t_rebooting = wait("update.rebooting of N+2", lambda: unit.exited() or any(
-                m["payload"].get("cmd_id") == "boot-test-up-2"
-                for m in events("update.rebooting")), allow_exit=True)
-            unit.wait_reset(args.timeout)
-            if not unit.tryboot_flag or unit.power_on() != "A":
-                raise SystemExit("N+2 must be tried in slot A")
-            unit.wait_reset(args.timeout)  # the commit check gives up: a plain reboot
-            t_back = time.monotonic()
-            if unit.tryboot_flag:
-                raise SystemExit("the fall-back reboot asked for tryboot")
-            states = len(centre.received("/state"))
-            if unit.power_on() != "B":
-                raise SystemExit("after a failed trial the unit must boot N+1 (slot B)")
-            t_said = wait("update.rolled_back", lambda: events("update.rolled_back"))
-            figures["N+2 rebooting to back on N+1 (s)"] = t_back - t_rebooting
-            figures["back on N+1 to update.rolled_back at the township (s)"] = t_said - t_back
-            back = events("update.rolled_back")[-1]["payload"]
-            print(f"rolled back: code {back.get('code')}; reason {back.get('reason')}; "
-                  f"checks {back.get('checks')}", flush=True)
-            wait("online on N+1 again", lambda: online_since(states))
-            bad.server.shutdown()
+            run.crash(crashing)
+        run.say(f"update events: {town.updates()}")
+        run.none_lost()
     finally:
         unit.power_cut()
-        centre.close()
-        township.stop()
+        town.centre.close()
+        broker.stop()
+        server.let_go()
         server.server.shutdown()
-    for name, value in figures.items():
-        print(f"{name}: {value:.1f}")
+        print("--- summary ---")
+        for line in run.report:
+            print(line)
+        for name, value in figures.items():
+            print(f"{name}: {value:.1f}")
     if os.environ.get("KEEP") != "1":
         disk.unlink(missing_ok=True)
     return 0

@@ -219,6 +219,8 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
                "the reboot waiting for the alarm")
     assert not (rig.tmp / "rebooted-tryboot").exists()
     assert "update.rebooting" not in kinds(rig.updates("up-1"))
+    # No trial yet: a power cut while it waits must not report a rollback of it.
+    assert not (rig.tmp / "data/update/trial.json").exists()
     rig.centre.publish(CMD, json.dumps({"cmd": "alarm.ack", "id": "ack-1",
                                         "event_id": alarm["id"]}).encode())
     rig.wait_update("update.rebooting", "up-1")
@@ -390,9 +392,11 @@ def test_a_release_that_cannot_read_the_data_does_not_start_and_is_rolled_back(
 
 
 def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -> None:
-    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain")
+    # Over a few MiB: the station syncs the partial file every MiB and resumes from there.
+    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain",
+                          payload_kib=6 * 1024)
     rig.config_path.write_text(rig.config_path.read_text().replace(
-        "rate_bytes_s = 50000000", "rate_bytes_s = 40000"))
+        "rate_bytes_s = 50000000", "rate_bytes_s = 600000"))
 
     def run() -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "edge", "run", "-c",
@@ -432,5 +436,23 @@ def test_a_station_killed_mid_download_resumes_it_when_offered_again(rig: Rig) -
         unit.kill()
         unit.wait(10)
     resumed = rig.server.requests[first]
+    # Every block the map marks was synced before it was marked: none is fetched again.
     assert resumed[1] is not None and int(resumed[1][6:].split("-")[0]) >= kept, resumed
+    assert read_from_ext4(rig.tmp / "rauc/slotB.img", "/etc/pingan-release") == b"0.2.0\n"
+
+
+def test_a_bundle_whole_on_the_card_after_a_cut_during_its_install_is_not_fetched_again(
+        rig: Rig) -> None:
+    """A power cut during the install leaves the whole bundle on the data partition (the
+    slot write did not finish): offered again, the unit installs it without downloading
+    a byte again."""
+    built = build_release(rig.tmp, "0.2.0", rig.signer, bundle_format="plain")
+    # What the station's cache holds once every block arrived (stream.BundleCache).
+    left = stream.BundleCache(rig.tmp / "data/update" / f"{built.release.sha256}.raucb",
+                              built.release.size)
+    left.write(0, built.bundle.read_bytes())
+    rig.start_station()
+    rig.offer(built, "up-7")
+    rig.wait_update("update.installed", "up-7", timeout=120)
+    assert rig.server.requests == []
     assert read_from_ext4(rig.tmp / "rauc/slotB.img", "/etc/pingan-release") == b"0.2.0\n"

@@ -178,3 +178,96 @@ def test_the_commit_runs_only_on_a_tried_slot_and_a_failed_commit_reboots(
     release.unlink()
     write_trial(update, Trial(version="0.2.0", running="0.1.0"))
     assert not pending()  # no release file: never a trial
+
+
+class FatSlots:
+    """RAUC's part in the commit, straight on the fake FAT: mark-good and mark-bad of the
+    slot that booted (or the other) through the back-end's state machine."""
+
+    def __init__(self, fat: BootPartition, booted: str) -> None:
+        self.fat, self.booted = fat, booted
+
+    def install(self, bundle: Path) -> None:
+        raise AssertionError("no install here")
+
+    def mark_good(self) -> None:
+        self.fat.write(tryboot.set_state(self.fat.read(), self.booted, "good"))
+
+    def mark_bad(self, which: str) -> None:
+        slots = self.fat.read()
+        slot = self.booted if which == "booted" else slots.other(self.booted)
+        self.fat.write(tryboot.set_state(slots, slot, "bad"))
+
+
+@pytest.mark.parametrize("healthy", [True, False], ids=["committed", "rolled_back"])
+def test_a_trials_outcome_is_one_event_even_if_a_power_cut_brings_its_record_back(
+        tmp_path: Path, healthy: bool) -> None:
+    """The outcome is reported; then a power cut undoes the removal of the trial record
+    (or the station could not be told): the next start reports it again, under the
+    same event id, so the township keeps one `update.committed` (or `rolled_back`)."""
+    from conftest import wait_until
+
+    from edge.config import StationSection, UpdateSection
+    from edge.contract.events import decode_event, new_event_id
+    from edge.health import Health
+    from edge.store.outbox import Outbox
+    from edge.store.recorder import Recorder
+    from edge.update import commit
+    from edge.update.updater import TRIAL, SettleRequest, Trial, Updater, write_trial
+
+    fat = BootPartition(tmp_path / "fat")
+    fat.directory.mkdir()
+    fat.write(tryboot.set_primary(tryboot.set_state(Slots(), "B", "bad"), "B"))
+    data = tmp_path / "data"
+    record = data / "update" / TRIAL
+    trial_id = new_event_id()
+    write_trial(data / "update", Trial(version="0.2.0", running="0.1.0", id=trial_id,
+                                       cmd_id="up-1"))
+    box = Outbox(data / "outbox.db")
+    box.start()
+
+    def boot(slot: str, release: str) -> Updater:
+        updater = Updater(UpdateSection(), data, Recorder(StationSection(
+            id="v001", township="t01"), box, Health()), box, busy=lambda: None,
+            installer=FatSlots(fat, slot), running=release)
+        updater.start()
+        wait_until(lambda: updater.status()["update"]["phase"] != "idle"
+                   or not record.exists(), 10, "the updater's start")
+        return updater
+
+    def outcomes() -> list[tuple[str, str]]:
+        found = [decode_event(s.body) for s in box.pending({}, 100)]
+        return [(type(e).__struct_config__.tag, e.id) for e in found  # type: ignore[misc]
+                if type(e).__struct_config__.tag in ("update.committed",
+                                                     "update.rolled_back")]
+
+    trial_slot = boot("B", "0.2.0")  # the tryboot into the new release
+    before_cut: list[bytes] = []
+
+    def settle(checks: dict[str, bool]) -> bool:
+        before_cut.append(record.read_bytes())  # what a power cut may leave on the card
+        return bool(trial_slot.settle(SettleRequest(checks=checks))["settled"])
+
+    done, _ = commit.run(data / "update", running="0.2.0", installer=FatSlots(fat, "B"),
+                         ask=lambda: {"connected": healthy, "client_cert": True,
+                                      "trial_event_delivered": healthy},
+                         settle=settle, rows=list, health_s=0.2, poll_s=0.05,
+                         fallback_command=["true"])
+    trial_slot.close()
+    kind = "update.committed" if healthy else "update.rolled_back"
+    assert done == kind.split(".")[1]
+    slot = fat.read().committed
+    assert slot == ("B" if healthy else "A")
+    if healthy:
+        assert outcomes() == [(kind, trial_id)] and not record.exists()
+        record.write_bytes(before_cut[0])  # the removal never reached the card
+    else:
+        assert outcomes() == [] and record.exists()  # the old slot reports it
+    for _ in range(2):  # the next start, and once more after a cut that undid the removal
+        kept = record.read_bytes()
+        again = boot(slot, "0.2.0" if healthy else "0.1.0")
+        wait_until(lambda: not record.exists(), 10, "the trial record removed")
+        again.close()
+        assert outcomes() == [(kind, trial_id)]
+        record.write_bytes(kept)
+    box.close()

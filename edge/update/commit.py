@@ -102,10 +102,11 @@ def run(directory: Path, *, running: str, installer: Installer,
         except UpdateRefused as exc:  # RAUC could not commit: treat as unhealthy
             verdict = Verdict(False, verdict.checks, "commit_failed", exc.message)
     if verdict.good:
-        if not settle(verdict.checks):
-            # The station will report it at its next start (updater._after_boot).
-            write_trial(directory, Trial(**{**_fields(trial), "verdict": "committed",
-                                            "checks": verdict.checks}))
+        # The verdict first, then the station is told: whichever of them reports it (the
+        # station now, or at its next start if it cannot be told), it is the same event.
+        write_trial(directory, Trial(**{**_fields(trial), "verdict": "committed",
+                                        "checks": verdict.checks}))
+        settle(verdict.checks)
         return "committed", verdict
     write_trial(directory, Trial(**{**_fields(trial), "verdict": "rolled_back",
                                     "code": verdict.code, "reason": verdict.reason,

@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -41,7 +42,7 @@ from edge.contract.release import Release
 from edge.link.dispatch import Handlers
 from edge.logs import log
 from edge.store import schema
-from edge.store.outbox import Outbox
+from edge.store.outbox import Outbox, Stored
 from edge.store.recorder import Recorder
 from edge.update import stream, verify
 from edge.update.install import Rauc
@@ -93,12 +94,17 @@ class Job:
     number: int = 0
 
 
-class Trial(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Trial(msgspec.Struct, kw_only=True):
     """On the data partition between the reboot into the new slot and the verdict: both
-    slots read it. `verdict` is set by the new slot before it gives up on itself."""
+    slots read it. `verdict` is set by the new slot before it gives up on itself.
+    Unknown fields are ignored: the old slot reads what the new one wrote."""
 
     version: str
     running: str
+    # The id of the one event that reports this trial's outcome (`update.committed` or
+    # `update.rolled_back`): a power cut after it was sent but before the record is gone
+    # sends it again under the same id, which the township keeps once.
+    id: str | None = None
     cmd_id: str | None = None
     source: Literal["township", "on_site"] = "township"
     verdict: Literal["committed", "rolled_back"] | None = None
@@ -138,6 +144,16 @@ def write_trial(directory: Path, trial: Trial) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(directory / TRIAL)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_trial(directory: Path) -> None:
+    """The trial is over: its record goes, and stays gone after a power cut."""
+    (directory / TRIAL).unlink(missing_ok=True)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -232,26 +248,37 @@ class Updater:
         trial = read_trial(self.directory)
         if trial is None:
             return {"settled": False}
-        self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
-                    source=trial.source, checks=request.checks)
-        (self.directory / TRIAL).unlink(missing_ok=True)
+        self._outcome(trial, "update.committed", checks=request.checks or trial.checks)
         self._set(phase="committed", version=trial.version)
         return {"settled": True}
+
+    def _outcome(self, trial: Trial, kind: str, **payload: Any) -> None:
+        """Report how the trial ended, once: under the trial's own event id, stored before
+        the record goes (a second report after a power cut carries the same id)."""
+        if trial.id is None or self._outbox.lookup(trial.id) is None:
+            stored = self._event(kind, trial.version, event_id=trial.id,
+                                 cmd_id=trial.cmd_id, source=trial.source, **payload)
+            with contextlib.suppress(Exception):  # a refused event is logged by the recorder
+                stored.result(timeout=10.0)
+        remove_trial(self.directory)
 
     # --- the worker -------------------------------------------------------------------
     def _set(self, **state: Any) -> None:
         with self._lock:
             self._state = {**state, "job": self._current}
 
-    def _event(self, kind: str, version: str, **payload: Any) -> None:
+    def _event(self, kind: str, version: str, event_id: str | None = None,
+               **payload: Any) -> Future[Stored]:
+        identity = self._recorder.identity()
         ev: events.Event = events.UPDATE_EVENTS[kind](  # type: ignore[assignment]
-            **self._recorder.identity(),
+            **{**identity, "id": event_id or identity["id"]},
             payload=events.UpdatePayload(version=version, running=self.running, **payload))
-        self._recorder.record(ev)
+        stored = self._recorder.record(ev)
         log(logger, "warning" if kind in ("update.refused", "update.failed",
                                           "update.rolled_back") else "info",
             kind, version=version, **{k: v for k, v in payload.items() if k != "reason"},
             reason=payload["reason"].en if payload.get("reason") else None)
+        return stored
 
     def _run(self) -> None:
         with contextlib.suppress(OSError):
@@ -288,9 +315,9 @@ class Updater:
             self._set(phase="trial", version=trial.version)
             return
         if self.running == trial.version and trial.verdict == "committed":
-            self._event("update.committed", trial.version, cmd_id=trial.cmd_id,
-                        source=trial.source, checks=trial.checks)
+            self._outcome(trial, "update.committed", checks=trial.checks)
             self._set(phase="committed", version=trial.version)
+            return
         elif self.running == trial.running:
             code = trial.code or "crashed"
             reason = trial.reason or text(
@@ -303,10 +330,11 @@ class Updater:
             except UpdateRefused as exc:
                 log(logger, "error", "update.mark_bad_failed", error=str(exc),
                     action="the committed slot boots anyway; check `rauc status`")
-            self._event("update.rolled_back", trial.version, cmd_id=trial.cmd_id,
-                        source=trial.source, code=code, reason=reason, checks=trial.checks)
+            self._outcome(trial, "update.rolled_back", code=code, reason=reason,
+                          checks=trial.checks)
             self._set(phase="rolled_back", version=trial.version, code=code)
-        (self.directory / TRIAL).unlink(missing_ok=True)
+            return
+        remove_trial(self.directory)
 
     def _update(self, job: Job) -> None:
         self._current = job.number
@@ -328,9 +356,8 @@ class Updater:
             self._event(kind, version, code=exc.code, reason=exc.message, **ids)
             self._set(phase=kind.split(".")[1], version=version, code=exc.code)
             return
-        write_trial(self.directory, Trial(version=version, running=self.running,
-                                          cmd_id=job.cmd_id, source=job.source))
-        self._reboot(version, ids)
+        self._reboot(Trial(version=version, running=self.running, id=events.new_event_id(),
+                           cmd_id=job.cmd_id, source=job.source), ids)
 
     def _check_offer(self, job: Job) -> None:
         """The descriptor: signed by a trusted key, newer, data readable, not too big."""
@@ -462,8 +489,11 @@ class Updater:
                 f"the download failed {proxy.tries} times and was given up: {exc}; the "
                 f"blocks fetched are kept and the next offer resumes them")) from exc
 
-    def _reboot(self, version: str, ids: dict[str, Any]) -> None:
-        """Never while an alarm is open or the siren sounds: wait, then say so, then go."""
+    def _reboot(self, trial: Trial, ids: dict[str, Any]) -> None:
+        """Never while an alarm is open or the siren sounds: wait, then say so, then go.
+        The trial record is written only then: a power cut (or a stop) while it waits
+        leaves no trial, so no rollback is reported for a release never tried."""
+        version = trial.version
         waited = None
         while (why := self._busy()) is not None:
             if waited is None:
@@ -472,7 +502,8 @@ class Updater:
                     action="the reboot follows once the alarm is acknowledged and quiet")
             self._set(phase="waiting", version=version, reason=why)
             if self._stop.wait(BUSY_POLL_S):
-                return  # the station stops: the trial record stays; see commit.py
+                return  # the station stops: offered again, the bundle is not fetched again
+        write_trial(self.directory, trial)
         if self._rebooting is not None:
             self._rebooting()
         self._event("update.rebooting", version, **ids)

@@ -85,9 +85,10 @@ def bom_file(directory: Path) -> Path:
 
 def build_release(tmp: Path, version: str, signer: Signer, *, trusted: Path | None = None,
                   min_data_schema: int = 1, rollback: bool = False,
-                  bundle_format: str = "verity") -> release_build.Built:
+                  bundle_format: str = "verity", payload_kib: int = 256
+                  ) -> release_build.Built:
     work = tmp / f"build-{version}-{signer.cert.stem}-{bundle_format}"
-    tree = root_tree(work / "root", version, trusted)
+    tree = root_tree(work / "root", version, trusted, payload_kib)
     return release_build.build(version=version, out_dir=work / "out", cert=signer.cert,
                                key=signer.key, min_data_schema=min_data_schema,
                                bom=bom_file(work), root_dir=tree, rollback=rollback,
