@@ -75,6 +75,13 @@ KEEP = [
     f"{SITE}/numpy/testing/__init__.py", f"{SITE}/edge/camera/detector.py",
     f"{SITE}/edge/camera/__pycache__/detector.cpython-311.pyc",
     "/opt/pingan-edge/share/pingan-edge/models/person_ssdlite.tflite",
+    # Perl's base (dpkg, debconf), iconv's Unicode and Chinese sets, espeak-ng's voices.
+    "/usr/bin/perl", "/usr/lib/aarch64-linux-gnu/perl-base/strict.pm",
+    "/usr/lib/aarch64-linux-gnu/gconv/gconv-modules", "/usr/lib/aarch64-linux-gnu/gconv/UTF-16.so",
+    "/usr/lib/aarch64-linux-gnu/gconv/GB18030.so", "/usr/lib/aarch64-linux-gnu/gconv/libGB.so",
+    "/usr/lib/aarch64-linux-gnu/espeak-ng-data/en_dict",
+    "/usr/lib/aarch64-linux-gnu/espeak-ng-data/phondata",
+    "/usr/lib/aarch64-linux-gnu/espeak-ng-data/lang/sit/cmn-Latn-pinyin",
     # Whatever the trim does not name.
     "/usr/bin/python3.11", "/usr/lib/aarch64-linux-gnu/espeak-ng-data/cmn_dict",
     "/etc/systemd/system.conf", "/usr/share/zoneinfo/Asia/Shanghai",
@@ -104,6 +111,13 @@ DROP = [
     f"{K}/drivers/gpu/drm/tiny/bochs.ko", f"{K}/sound/soc/rockchip/snd-soc-rockchip-i2s.ko",
     f"{K}/sound/soc/codecs/snd-soc-rt5640.ko", f"{K}/net/ceph/libceph.ko",
     f"{K}/net/sunrpc/sunrpc.ko", f"{K}/net/tipc/tipc.ko",
+    # Stage 35: Perl beyond perl-base, other iconv sets, other languages' dictionaries,
+    # the wheels of a venv nobody makes.
+    "/usr/share/perl/5.36.0/CPAN.pm", "/usr/lib/aarch64-linux-gnu/libperl.so.5.36.0",
+    "/usr/lib/aarch64-linux-gnu/perl/5.36.0/auto/Encode/JP/JP.so",
+    "/usr/lib/aarch64-linux-gnu/gconv/IBM1047.so", "/usr/lib/aarch64-linux-gnu/gconv/EUC-JP.so",
+    "/usr/lib/aarch64-linux-gnu/espeak-ng-data/ru_dict",
+    "/usr/share/python-wheels/pip-23.0.1-py3-none-any.whl",
     # Stage 35: the station's packages' test suites, a runtime the station never loads.
     f"{SITE}/numpy/_core/tests/test_multiarray.py",
     f"{SITE}/numpy/_core/tests/__pycache__/test_multiarray.cpython-311.pyc",
