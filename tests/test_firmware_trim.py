@@ -82,6 +82,7 @@ KEEP = [
     "/usr/lib/aarch64-linux-gnu/espeak-ng-data/en_dict",
     "/usr/lib/aarch64-linux-gnu/espeak-ng-data/phondata",
     "/usr/lib/aarch64-linux-gnu/espeak-ng-data/lang/sit/cmn-Latn-pinyin",
+    "/usr/lib/udev/hwdb.bin", "/usr/lib/udev/rules.d/60-serial.rules",
     # Whatever the trim does not name.
     "/usr/bin/python3.11", "/usr/lib/aarch64-linux-gnu/espeak-ng-data/cmn_dict",
     "/etc/systemd/system.conf", "/usr/share/zoneinfo/Asia/Shanghai",
@@ -118,6 +119,7 @@ DROP = [
     "/usr/lib/aarch64-linux-gnu/gconv/IBM1047.so", "/usr/lib/aarch64-linux-gnu/gconv/EUC-JP.so",
     "/usr/lib/aarch64-linux-gnu/espeak-ng-data/ru_dict",
     "/usr/share/python-wheels/pip-23.0.1-py3-none-any.whl",
+    "/usr/lib/udev/hwdb.d/20-pci-vendor-model.hwdb",
     # Stage 35: the station's packages' test suites, a runtime the station never loads.
     f"{SITE}/numpy/_core/tests/test_multiarray.py",
     f"{SITE}/numpy/_core/tests/__pycache__/test_multiarray.cpython-311.pyc",
