@@ -62,8 +62,7 @@ KEEP = [
     f"/usr/lib/modules/{KVER}/modules.dep",
     # Device trees the boot partition gets; the Pi's firmware; licences; our languages.
     f"/usr/lib/linux-image-{KVER}/broadcom/bcm2837-rpi-3-b.dtb",
-    "/usr/lib/raspi-firmware/start.elf", "/usr/lib/raspi-firmware/start4.elf",
-    "/usr/lib/raspi-firmware/start_x.elf", "/usr/lib/raspi-firmware/bootcode.bin",
+    f"/boot/config-{KVER}",
     "/usr/lib/firmware/brcm/brcmfmac43456-sdio.bin",
     "/usr/share/doc/systemd/copyright", "/usr/share/locale/zh_CN/LC_MESSAGES/systemd.mo",
     "/usr/share/locale/locale.alias",
@@ -73,7 +72,8 @@ KEEP = [
     f"{SITE}/cv2/cv2.abi3.so", f"{SITE}/av/codec/context.abi3.so",
     f"{SITE}/numpy/_core/_multiarray_umath.cpython-311-aarch64-linux-gnu.so",
     f"{SITE}/numpy/testing/__init__.py", f"{SITE}/edge/camera/detector.py",
-    f"{SITE}/edge/camera/__pycache__/detector.cpython-311.pyc",
+    f"{SITE}/edge/camera/__pycache__/detector.cpython-311.pyc", f"{SITE}/pip/__init__.py",
+    f"{SITE}/bitarray/__pycache__/util.cpython-311.pyc",
     "/opt/pingan-edge/share/pingan-edge/models/person_ssdlite.tflite",
     # Perl's base (dpkg, debconf), iconv's Unicode and Chinese sets, espeak-ng's voices.
     "/usr/bin/perl", "/usr/lib/aarch64-linux-gnu/perl-base/strict.pm",
@@ -125,6 +125,12 @@ DROP = [
     f"{SITE}/numpy/_core/tests/__pycache__/test_multiarray.cpython-311.pyc",
     f"{SITE}/numpy/_core/include/numpy/ndarrayobject.h",
     f"{SITE}/ai_edge_litert/libLiteRtWebGpuAccelerator.so", f"{SITE}/ai_edge_litert/libLiteRt.so",
+    f"{SITE}/bitarray/test_bitarray.py",
+    f"{SITE}/bitarray/__pycache__/test_bitarray.cpython-311.pyc",
+    f"{SITE}/pip/_internal/__pycache__/main.cpython-311.pyc",
+    f"{SITE}/setuptools/__pycache__/dist.cpython-311.pyc",
+    # Stage 35: the packages' copies of what the boot partition holds.
+    f"/boot/vmlinuz-{KVER}", f"/boot/initrd.img-{KVER}", "/usr/lib/raspi-firmware/start4.elf",
 ]
 
 
