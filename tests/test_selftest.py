@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 import pytest
 from conftest import schema, wait_until
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from edge import config as config_mod
 from edge import selftest
@@ -34,25 +35,28 @@ RATE = 16000
 class Technician(selftest.Operator):
     """Does what they are told and answers by what the unit really did."""
 
-    def __init__(self, test: selftest.Selftest | None = None, *, presses: bool = True) -> None:
+    def __init__(self, test: selftest.Selftest | None = None, *, presses: bool = True,
+                 lets_go: bool = True) -> None:
         super().__init__(StringIO(), StringIO(), timeout_s=1.0)
         self.test = test
         self.presses = presses
+        self.lets_go = lets_go  # releases a button when told to, and after pressing it
         self.heard: list[str] = []
 
     def say(self, zh: str, en: str) -> None:
         self.heard.append(en)
         assert self.test is not None
+        pin_no = self.test.cfg.pins.panic if "panic" in en else self.test.cfg.pins.broadcast
+        pin = self.test.factory.pin(pin_no)
+        if en.startswith("the ") and "release it" in en and self.lets_go:
+            pin.drive_high()
         if en.startswith("press the ") and self.presses:
-            pin_no = (self.test.cfg.pins.panic if "panic" in en
-                      else self.test.cfg.pins.broadcast)
-            pin = self.test.factory.pin(pin_no)
-
             def press() -> None:
                 time.sleep(0.05)
                 pin.drive_low()
                 time.sleep(0.1)
-                pin.drive_high()
+                if self.lets_go:
+                    pin.drive_high()
 
             threading.Thread(target=press, daemon=True).start()
 
@@ -66,6 +70,14 @@ class Technician(selftest.Operator):
             played = np.frombuffer((cfg.data_dir / "speaker.raw").read_bytes(), dtype="<i2")
             return bool(played.size and np.abs(played).max() > 1000)
         return None
+
+
+class HeldLow(MockPin):
+    """A button line held to ground before the selftest looks at it (a finger on the
+    button, or a short): the pull-up the selftest sets cannot raise it."""
+
+    def _set_pull(self, value: str) -> None:
+        self._pull = value
 
 
 @pytest.fixture
@@ -291,3 +303,51 @@ def test_refuses_while_a_station_runs_outside_systemd(tmp_path: Path,
         station.stop()
     assert done.returncode != 0
     assert "a station is running" in done.stderr and "stop it first" in done.stderr
+
+
+def panic_row(technician: Technician, *, held: bool) -> selftest.Row:
+    """The panic button's row alone, on MockFactory pins; `held`: its line is already
+    low when the row starts."""
+    factory = MockFactory()
+    try:
+        cfg = config_mod.load(None)
+        if held:
+            factory.pin(cfg.pins.panic, pin_class=HeldLow)
+        test = selftest.Selftest(cfg, technician, button_timeout_s=1.0, factory=factory)
+        technician.test = test
+        return test.panic_button()
+    finally:
+        factory.close()
+
+
+def test_a_button_that_reads_pressed_all_the_time_fails_as_stuck() -> None:
+    tech = Technician(lets_go=False)
+    row = panic_row(tech, held=True)
+    assert row.status == "fail", row
+    assert row.detail == "GPIO17 reads pressed all the time (1 s)"
+    assert "卡住" in row.action_zh and "GPIO17 是否与地线短路" in row.action_zh
+    assert "short from GPIO17 to ground" in row.action_en
+    # Told to let go first; never asked to press a button that reads pressed already.
+    assert tech.heard == ["the panic button reads pressed: release it (within 1 s)"]
+
+
+def test_a_button_held_when_its_row_starts_passes_once_released_and_pressed() -> None:
+    tech = Technician()
+    row = panic_row(tech, held=True)
+    assert row.status == "pass", row
+    assert tech.heard == ["the panic button reads pressed: release it (within 1 s)",
+                          "press the panic button now (within 1 s)"]
+    assert row.detail == ""  # MockFactory pins raise edges, as a Pi's chip does
+
+
+def test_a_button_that_does_not_come_back_up_fails() -> None:
+    row = panic_row(Technician(lets_go=False), held=False)
+    assert row.status == "fail", row
+    assert row.detail == "GPIO17 still pressed 1 s after the press"
+    assert "did not come back up" in row.action_en and "没有弹起" in row.action_zh
+
+
+def test_a_button_never_pressed_fails_with_its_wiring_to_check() -> None:
+    row = panic_row(Technician(presses=False), held=False)
+    assert row.status == "fail" and row.detail == "no press on GPIO17 in 1 s"
+    assert row.action_en == "check the panic button wiring to GPIO17 and ground"

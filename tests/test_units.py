@@ -75,3 +75,29 @@ def test_the_analysis_can_fail(image_root: Path, tmp_path: Path) -> None:
         "\n".join(line for line in text.splitlines() if line.startswith(keep)) + "\n")
     score, _ = exposure(bare, "pingan-edge.service")
     assert score > MAX_EXPOSURE
+
+
+def _allowed_syscalls(lines: list[str]) -> set[str]:
+    """The allow-list the unit's SystemCallFilter= lines make, groups expanded by systemd."""
+    allowed: set[str] = set()
+    for line in lines:
+        if line.startswith("SystemCallFilter=") and not line.split("=", 1)[1].startswith("~"):
+            for name in line.split("=", 1)[1].split():
+                if name.startswith("@"):
+                    out = subprocess.run(["systemd-analyze", "syscall-filter", name],
+                                         capture_output=True, text=True, check=True).stdout
+                    allowed |= {w.strip() for w in out.splitlines()[1:]
+                                if w.strip() and not w.strip().startswith("#")}
+                else:
+                    allowed.add(name)
+    return allowed
+
+
+def test_the_station_can_ask_the_kernel_whether_the_clock_is_synchronised(
+        image_root: Path) -> None:
+    """edge/clock.py asks adjtimex(2) (read-only). ProtectClock= or an allow-list without it
+    makes the call fail with EPERM, and every event would then say the clock is unsynced."""
+    lines = (image_root / SYSTEM / "pingan-edge.service").read_text().splitlines()
+    assert "ProtectClock=yes" not in lines
+    assert "adjtimex" in _allowed_syscalls(lines)
+    assert "settimeofday" not in _allowed_syscalls(lines)

@@ -7,8 +7,14 @@ its registers as the CPU would. QMP finds the device's QOM path.
 - `virt`: one PL061 at 0x09030000, 8 lines; line 3 is QEMU's power button. An input line
   reads what drives it (0 until driven): a button wired to ground with its pull-up is
   driven 1 at power-on, 0 while pressed. Its data register shows the output lines.
-- `raspi3b`: QEMU 7.2's BCM2835 GPIO has outputs only (GPLEV shows the levels the guest
-  set); it has no input lines and no edge detection, so no button can be pressed.
+- `raspi3b`: QEMU 7.2's BCM2835 GPIO has no input lines (no qdev gpio-in) and no edge
+  detection, but a write to GPSET/GPCLR sets a line's bit in GPLEV whatever the line's
+  function (hw/gpio/bcm2835_gpio.c: `gpset`/`gpclr` change `lev` for every bit written,
+  and only outputs raise their qemu_irq). So qtest's `writel` there is the finger: the
+  level the guest's pinctrl-bcm2835 reads for an input line changes, and the kernel's GPIO
+  character device shows it. No edge is raised: the guest sees a press only when it reads
+  the line (a button held when the station starts; the selftest polls the level). Nothing
+  models the pulls: every line reads 0 from reset until driven.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +129,9 @@ class Qtest:
         assert value is not None
         return value
 
+    def writel(self, address: int, value: int) -> None:
+        self.command(f"writel {address:#x} {value:#x}")
+
     def set_irq_in(self, path: str, line: int, level: int) -> None:
         self.command(f"set_irq_in {path} unnamed-gpio-in {line} {level}")
 
@@ -129,34 +139,61 @@ class Qtest:
         self.sock.close()
 
 
-class GpioLines:
-    """One machine's GPIO chip as wires: drive an input, read a line's level."""
+class GpioLines(ABC):
+    """One machine's GPIO chip as wires: drive an input, read a line's level.
 
-    def __init__(self, qtest: Qtest, *, path: str | None, data_register: int,
-                 lines: int) -> None:
-        self.qtest, self.path, self.data_register, self.lines = qtest, path, data_register, lines
+    `edges`: whether the guest sees a driven change as an edge (an interrupt), as a
+    button press on a unit would be seen; else only when it reads the level."""
+
+    edges = True
+
+    def __init__(self, qtest: Qtest, *, data_register: int, lines: int) -> None:
+        self.qtest, self.data_register, self.lines = qtest, data_register, lines
 
     def drive(self, line: int, level: bool) -> None:
-        if self.path is None:
-            raise EmulatorError("this machine's GPIO model has no input lines")
         if not 0 <= line < self.lines:
             raise EmulatorError(f"line {line}: the chip has lines 0-{self.lines - 1}")
-        self.qtest.set_irq_in(self.path, line, int(level))
+        self._drive(line, level)
+
+    @abstractmethod
+    def _drive(self, line: int, level: bool) -> None: ...
 
     def level(self, line: int) -> bool:
         return bool(self.qtest.readl(self.data_register + 4 * (line // 32)) >> (line % 32) & 1)
 
 
+class Pl061Lines(GpioLines):
+    """An input line of QEMU's PL061 reads what drives it (qdev gpio-in), with an edge."""
+
+    def __init__(self, qtest: Qtest, path: str, *, data_register: int, lines: int) -> None:
+        super().__init__(qtest, data_register=data_register, lines=lines)
+        self.path = path
+
+    def _drive(self, line: int, level: bool) -> None:
+        self.qtest.set_irq_in(self.path, line, int(level))
+
+
+class Bcm2835Lines(GpioLines):
+    """QEMU 7.2's BCM2835 GPIO: a line's level set through GPSET/GPCLR (see above)."""
+
+    edges = False
+
+    def _drive(self, line: int, level: bool) -> None:
+        bank = 4 * (line // 32)
+        register = BCM2837_GPIO_BASE + (GPSET0 if level else GPCLR0) + bank
+        self.qtest.writel(register, 1 << (line % 32))
+
+
 PL061_BASE = 0x09030000  # QEMU virt's memory map (hw/arm/virt.c, VIRT_GPIO)
 BCM2837_GPIO_BASE = 0x3F200000  # the Pi 3's peripherals at 0x3f000000, GPIO at +0x200000
-GPLEV0 = 0x34
+GPSET0, GPCLR0, GPLEV0 = 0x1C, 0x28, 0x34  # each with its bank-1 register 4 bytes on
 
 
-def pl061(qtest: Qtest, qmp: Qmp) -> GpioLines:
+def pl061(qtest: Qtest, qmp: Qmp) -> Pl061Lines:
     """QEMU virt's PL061: data register at +0x3fc (address bits 9:2 mask every line)."""
-    return GpioLines(qtest, path=qmp.find("pl061"), data_register=PL061_BASE + 0x3FC, lines=8)
+    return Pl061Lines(qtest, qmp.find("pl061"), data_register=PL061_BASE + 0x3FC, lines=8)
 
 
-def bcm2835_gpio(qtest: Qtest) -> GpioLines:
-    """The Pi 3's GPIO under QEMU 7.2: levels readable (GPLEV0/1), nothing to drive."""
-    return GpioLines(qtest, path=None, data_register=BCM2837_GPIO_BASE + GPLEV0, lines=54)
+def bcm2835_gpio(qtest: Qtest) -> Bcm2835Lines:
+    """The Pi 3's GPIO under QEMU 7.2: 54 lines, levels in GPLEV0/1, set by GPSET/GPCLR."""
+    return Bcm2835Lines(qtest, data_register=BCM2837_GPIO_BASE + GPLEV0, lines=54)
