@@ -19,6 +19,13 @@ chroot "$root" /opt/pingan-edge/bin/pip check
 # Nothing more and nothing less than the lock (and the project itself).
 chroot "$root" /opt/pingan-edge/bin/python /tmp/wheelhouse/venv-matches-lock \
     /tmp/wheelhouse/unit-aarch64.txt >&2
+# The wheels' shared libraries carry symbol tables nobody reads on a unit (about 40 MB:
+# cryptography, numpy's OpenBLAS, LiteRT, PyAV): the build machine's aarch64 strip takes
+# them off, wherever the result still loads (pingan_firmware/elfstrip.py). The imports
+# below prove every library does.
+"$REPO/.venv/bin/python" -m pingan_firmware.elfstrip "$root/opt/pingan-edge"
+chroot "$root" /opt/pingan-edge/bin/python -c 'import av, cv2, numpy, soundfile, sounddevice
+import lgpio, cryptography.x509, msgspec, ai_edge_litert.interpreter' >&2
 # Byte-compile once here: a read-only root cannot write __pycache__ later.
 chroot "$root" /opt/pingan-edge/bin/python -m compileall -q -j 0 /opt/pingan-edge/lib >/dev/null || true
 rm -rf "$root/tmp/wheelhouse"
