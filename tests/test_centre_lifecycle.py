@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -124,6 +125,34 @@ def test_whole_alarm_lifecycle_with_ack_to_the_station(centre, db, stations):  #
     assert xlsx.content[:2] == b"PK"
     assert centre.post(leader, f"/alarm/{alarm['id']}/reopen", note="再查").ok
     assert centre.alarms(officer)[0]["state"] == "acknowledged"
+
+
+def test_an_acknowledged_alarm_sent_again_after_a_power_cut_is_acknowledged_again(  # type: ignore[no-untyped-def]
+        centre, db, stations, tmp_path):
+    """A power cut can lose the station's (unsynced) delivery mark: it sends the alarm
+    again on the next boot. The township drops the copy, but the officer's ack must reach
+    the station again, or its LED says "not acknowledged" and its update never reboots."""
+    s1 = stations("s1")
+    officer = centre.session("officer")
+    first = press(s1)
+    alarm = wait_until(lambda: centre.alarms(officer), 15, "alarm card")[0]
+    assert centre.post(officer, f"/alarm/{alarm['id']}/ack").ok
+    wait_until(lambda: s1.update_blocked() is None, 15, "acknowledged at the station")
+    outbox = s1.outbox.path
+    s1.stop()
+    with sqlite3.connect(outbox) as con:  # the delivery mark the power cut lost
+        assert con.execute("UPDATE events SET delivered_at = NULL WHERE id = ?",
+                           (first,)).rowcount == 1
+    again = stations("s1")
+    wait_until(lambda: again.outbox.pending_count() == 0, 15, "the copy delivered")
+    wait_until(lambda: again.update_blocked() is None, 15,
+               "the station told again that its alarm was acknowledged")
+    assert again.alarm.indicator.mode is Mode.ACKNOWLEDGED
+    acks = db.rows("SELECT payload FROM console_command WHERE alarm_id = ? AND cmd = ?",
+                   alarm["id"], "alarm.ack")
+    assert len(acks) == 2
+    assert len(centre.alarms(officer)) == 1  # the copy is not a new alarm, nor a press
+    assert centre.alarms(officer)[0]["presses"] == 1
 
 
 def test_bad_payloads_kept_aside_and_ingest_goes_on(centre, db, broker, stations):  # type: ignore[no-untyped-def]

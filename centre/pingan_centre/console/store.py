@@ -74,6 +74,7 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
     _ensure_stations({(d["station"], d["township"]) for _, _, d in batch})
     ids = [d["id"] for _, kind, d in batch if kind not in ("state", "health")]
     seen = set(Event.objects.filter(id__in=ids).values_list("id", flat=True))
+    repeated = set(seen)
     fresh: list[Event] = []
     for _, kind, data in batch:
         if kind == "state":
@@ -87,6 +88,8 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
                                ts=data["ts"], clock_synced=data["clock_synced"],
                                received_at=now, payload=data["payload"]))
     Event.objects.bulk_create(fresh)
+    _ack_again([d["id"] for _, _, d in batch if d.get("type") == "alarm.panic"
+                and d["id"] in repeated], now, effects)
     for event in fresh:
         handler = _BY_TYPE.get(event.type)
         if handler:
@@ -106,6 +109,21 @@ def store(batch: list[Checked], now: datetime, effects: Effects) -> None:
     names = {e.station_id for e in fresh}
     if names:
         Station.objects.filter(name__in=names).update(last_seen=now)
+
+
+def _ack_again(event_ids: list[str], now: datetime, effects: Effects) -> None:
+    """A press the township already has, sent again: after a power cut the station's
+    delivery mark can be lost, and it re-sends. If the officer has acknowledged that
+    alarm, the station must hear so again: its LED would otherwise stay "delivered, not
+    acknowledged", and an open alarm holds back its update reboot, for good."""
+    for event in (Event.objects.filter(id__in=set(event_ids), alarm__acked_at__isnull=False)
+                  .select_related("alarm", "alarm__station")):
+        alarm = event.alarm
+        assert alarm is not None
+        with transaction.atomic():
+            send_ack(alarm, event.id, alarm.ack_by, now, effects)
+        log("info", "ingest.ack_again", event_id=event.id, station=event.station_id,
+            action="none: the station re-sent an acknowledged alarm and is told again")
 
 
 def _ensure_stations(named: set[tuple[str, str]]) -> None:
