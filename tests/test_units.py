@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = Path("etc/systemd/system")
 MAX_EXPOSURE = 2.5
-UNITS = ["pingan-edge.service", "pingan-firstboot.service", "pingan-warnlog.service"]
+UNITS = ["pingan-edge.service", "pingan-firstboot.service", "pingan-warnlog.service",
+         "pingan-edge-tryboot.service", "pingan-edge-update-commit.service"]
 
 
 def offline_analyze() -> bool:
@@ -30,10 +31,12 @@ pytestmark = pytest.mark.skipif(not offline_analyze(),
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """firmware/rootfs, then systemd/pingan-edge.service: what stage 30 copies."""
+    """firmware/rootfs, then the units in systemd/: what stage 30 copies."""
     root = tmp_path_factory.mktemp("image")
     shutil.copytree(ROOT / "firmware" / "rootfs", root, dirs_exist_ok=True, symlinks=True)
-    shutil.copy(ROOT / "systemd" / "pingan-edge.service", root / SYSTEM / "pingan-edge.service")
+    for unit in ("pingan-edge.service", "pingan-edge-tryboot.service",
+                 "pingan-edge-update-commit.service"):
+        shutil.copy(ROOT / "systemd" / unit, root / SYSTEM / unit)
     return root
 
 
