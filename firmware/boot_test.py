@@ -142,6 +142,7 @@ class Console:
 
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.proc, self.buf, self.lock = proc, b"", threading.Lock()
+        self.stamps: list[tuple[int, float]] = []  # (buffer length, when it arrived)
         self.log = log.open("wb")
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -150,6 +151,7 @@ class Console:
         while chunk := os.read(self.proc.stdout.fileno(), 4096):
             with self.lock:
                 self.buf += chunk
+                self.stamps.append((len(self.buf), time.monotonic()))
             self.log.write(chunk)
             self.log.flush()
 
@@ -165,6 +167,15 @@ class Console:
             time.sleep(0.2)
         raise SystemExit(f"timed out after {timeout:.0f} s waiting for {pattern!r} on the "
                          "console (see the console log)")
+
+    def seen_at(self, pattern: bytes, start: int = 0) -> float | None:
+        """When (time.monotonic()) the first match of `pattern` after `start` arrived."""
+        with self.lock:
+            m = re.search(pattern, self.buf[start:])
+            if m is None:
+                return None
+            end = start + m.end()
+            return next(t for length, t in self.stamps if length >= end)
 
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None

@@ -25,8 +25,9 @@
    stored and not delivered. After each cut: power on from the same card, the slot it
    comes up on, the time to `online: true`, the stored alarm must arrive, and a new press
    must too.
-6. N+1 offered again: it installs, reboots itself into the other slot (tryboot), commits;
-   an alarm after the commit; a power cycle must come up on N+1 again (committed), and
+6. N+1 offered again: it installs, reboots itself into the other slot (tryboot), commits.
+   From the reset into N+1 the panic button is held down: the new station must take it
+   the moment it runs (a button held at start). An alarm after the commit; a power cycle must come up on N+1 again (committed), and
    `update.committed` is one event (one id, however often it is delivered).
 7. Unless `--no-crash`: release N+2, whose station crashes at start (a line that raises
    at the end of edge/station.py), is offered; it installs into the other slot and is
@@ -44,9 +45,10 @@ root that neither slot holds. The server here counts every byte it sends: the fi
 say how much of the bundle a one-line release cost.
 
 Prints each figure as it is measured (FIGURE lines): bundle size, bytes served, download,
-install, reboot to committed, the time without a station (from `update.rebooting` to the
-new station's `online: true`, an upper bound of the time without presses), and per power
-cut the time from power-on to online. A summary of what each step saw ends the output.
+install, reboot to committed, the time without presses (from the old station's stop on
+the console to the held press taken by the new one, seen on the LED line; and, looser,
+`update.rebooting` to the new station's `online: true`), and per power cut the time from
+power-on to online. A summary of what each step saw ends the output.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ PINS_VIRT = PINS["virt"]
 # off the command line), and the line that says the network is up at boot.
 SHUTDOWN = rb"(Stopping|Stopped) .*(pingan|Ping'an)|Reached target .*(Reboot|Shutdown)"
 NETWORK_ONLINE = rb"Reached target .*Network is Online"
+# The old station going down: from here until the new slot's station runs, no press is
+# taken (a button held through it is taken when the new station starts).
+STATION_STOPPING = rb"Stopping (pingan-edge\.service|Ping'an Edge village station)"
 # The slot write: this much written to the card after `update.verified` is RAUC's.
 INSTALL_WRITES = 64 << 20
 
@@ -673,6 +678,7 @@ class Run:
         cmd_id = "up-1"
         sent = server.sent
         offered = time.monotonic()
+        mark = self.unit.console_mark()
         t_verified = self.offer_until("N+1", built, server, cmd_id)
         self.figures["offer to verified: the signature fetched and checked (s)"] = \
             t_verified - offered
@@ -692,12 +698,33 @@ class Run:
         t_reset = time.monotonic()
         self.figures["update.rebooting (or installed) to the guest's reset (s)"] = \
             t_reset - t_rebooting
+        assert self.unit.console is not None
+        t_stopping = self.unit.console.seen_at(STATION_STOPPING, mark)
         if not self.unit.tryboot_flag:
             raise SystemExit("the guest reset without asking for tryboot")
-        mark = self.town.state_mark()
+        state = self.town.state_mark()
         if self.unit.power_on() != "B":
             raise SystemExit("the tryboot must boot slot B")
-        t_online = self.wait("online on N+1", lambda: self.town.online_since(mark))
+        # A finger on the panic button through the whole boot: the new station must take
+        # it as soon as it runs (held at start), which ends the time without presses.
+        before = len(self.town.alarms())
+        assert self.unit.lines is not None
+        self.unit.lines.drive(PINS_VIRT["panic"], False)
+        t_taken = self.wait("the held press taken on N+1", lambda: self.unit.led()
+                            or len(self.town.alarms()) > before)
+        self.wait("the held press at the township", lambda: len(self.town.alarms()) > before)
+        self.unit.lines.drive(PINS_VIRT["panic"], True)
+        self.accepted += 1
+        self.say(f"N+1: the panic button held through the reboot: alarm "
+                 f"{self.town.alarms()[-1]} taken as the station started")
+        if t_stopping is None:
+            self.say("N+1: the old station's stop was not on the console")
+        else:
+            self.figures["no presses taken: the old station stopping to the held press "
+                         "taken on N+1 (s)"] = t_taken - t_stopping
+            self.figures["update.rebooting to the old station stopping (s)"] = \
+                t_stopping - t_rebooting
+        t_online = self.wait("online on N+1", lambda: self.town.online_since(state))
         self.figures["update.rebooting to the new station online (s)"] = t_online - t_rebooting
         t_done = self.wait("update.committed", lambda: self.town.events(
             "update.committed", cmd_id) or self.town.events("update.rolled_back", cmd_id))
