@@ -35,21 +35,16 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import paho.mqtt.client as mqtt
-from common import TOWNSHIP, add_tmp_args, loadavg, machine_line, run_in_tmp, station_toml
-from paho.mqtt.enums import CallbackAPIVersion
+from common import add_tmp_args, loadavg, machine_line, run_in_tmp, station_process
 
 from edge.unit.control import request
 from edge.unit.warnlog import Keeper
-from pingan_sim.localbroker import Mosquitto
 
-ROOT = Path(__file__).resolve().parent.parent
 TRACING = Path("/sys/kernel/tracing")
 BLOCK = 1024  # the data partition's block size at 128 MiB (mke2fs.conf "small")
 
@@ -133,101 +128,70 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     load = loadavg()
     card = Card(tmp, args.mkfs.split(), args.mount)
     keeper = Keeper(card.mnt / "log/pingan/warnings.log", 1 << 20, 120)
-    broker = Mosquitto(tmp / "broker").start()
-    arrived: list[str] = []
-    online = threading.Event()
-
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.endswith("/state"):
-            online.set()
-        elif msg.topic.endswith("/events"):
-            arrived.append(json.loads(msg.payload)["type"])
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.connect("127.0.0.1", broker.port)
-    client.subscribe(f"pingan/v1/{TOWNSHIP}/+/#", qos=1)
-    client.loop_start()
-    data = card.mnt / "state"
-    conf = tmp / "station.toml"
-    conf.write_text(station_toml(data, broker.port, "[audio]\nenabled = false\n"), encoding="utf-8")
-    log = open(tmp / "station.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "pingan_sim", "run", "-c", str(conf)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
     warnings: list[str] = []
 
-    def warnlog() -> None:  # as pingan-warnlog.service: warnings and worse, synced
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            log.write(raw)
-            with contextlib.suppress(ValueError):
-                if json.loads(raw).get("level") in ("warning", "error", "critical"):
-                    keeper.add(raw.decode().strip())
-                    warnings.append(json.loads(raw)["event"])
+    def warnlog(raw: bytes) -> None:  # as pingan-warnlog.service: warnings and worse, synced
+        with contextlib.suppress(ValueError):
+            if json.loads(raw).get("level") in ("warning", "error", "critical"):
+                keeper.add(raw.decode().strip())
+                warnings.append(json.loads(raw)["event"])
 
-    reader = threading.Thread(target=warnlog, daemon=True)
-    reader.start()
+    data = card.mnt / "state"
     try:
-        if not online.wait(60):
-            raise RuntimeError(f"the station did not come online; see {tmp / 'station.log'}")
-        time.sleep(args.settle_s)
-        subprocess.run(["sync"], check=True)
-        warnings.clear()
-        trace = Trace(card.dev) if args.trace else None
-        s0, j0 = card.sectors(), card.jbd2()
-        if args.idle_s:
-            time.sleep(args.idle_s)
-            subprocess.run(["sync"], check=True)
-            idle = (card.sectors() - s0) * 512
-            print(f"idle {args.idle_s:.0f} s then sync: {idle} B")
-            s0 = card.sectors()
-        for n in range(1, args.alarms + 1):
-            before = arrived.count("alarm.panic")
-            request(data / "control.sock", {"op": "press", "button": "panic", "count": 1,
-                                            "interval_s": 0.0})
-            deadline = time.monotonic() + 30
-            while arrived.count("alarm.panic") <= before:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"alarm {n} never reached the township")
-                time.sleep(0.05)
-            time.sleep(args.pause_s)
-        unsynced = (card.sectors() - s0) * 512
-        subprocess.run(["sync"], check=True)
-        total = (card.sectors() - s0) * 512
-        requests = trace.stop() if trace else []
-        print(machine_line(load))
-        print(f"mkfs {args.mkfs or '(as the image)'}; mount {args.mount}")
-        print(f"{args.alarms} alarms: {total} B written ({total / args.alarms / 1024:.2f} KiB "
-              f"per alarm; {unsynced / args.alarms / 1024:.2f} KiB of it before the final "
-              f"sync); jbd2 {j0} -> {card.jbd2()}")
-        print(f"warning lines kept per alarm: "
-              f"{dict(collections.Counter(warnings))} / {args.alarms}")
-        if requests:
-            per_file: collections.Counter[str] = collections.Counter()
-            blocks = [s * 512 // BLOCK + i for s, n in requests
-                      for i in range(n * 512 // BLOCK)]
-            names = card.owners(sorted(set(blocks)))
-            for b in blocks:
-                per_file[names[b]] += BLOCK
-            print(f"by file ({len(requests)} write requests):")
-            for name, size in per_file.most_common():
-                print(f"  {size / args.alarms / 1024:8.2f} KiB per alarm  {name}")
+        with station_process(tmp, data, "pingan_sim", "[audio]\nenabled = false\n",
+                             online_s=60, on_stderr=warnlog) as station:
+            measure(args, load, card, data, station.arrived, warnings)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(5)
         keeper.close()
-        log.close()
-        client.loop_stop()
-        client.disconnect()
-        broker.stop()
         card.close()
     return 0
+
+
+def measure(args: argparse.Namespace, load: str, card: Card, data: Path, arrived: list[str],
+            warnings: list[str]) -> None:
+    """The alarms, once the station is online, and what they wrote to the card."""
+    time.sleep(args.settle_s)
+    subprocess.run(["sync"], check=True)
+    warnings.clear()
+    trace = Trace(card.dev) if args.trace else None
+    s0, j0 = card.sectors(), card.jbd2()
+    if args.idle_s:
+        time.sleep(args.idle_s)
+        subprocess.run(["sync"], check=True)
+        idle = (card.sectors() - s0) * 512
+        print(f"idle {args.idle_s:.0f} s then sync: {idle} B")
+        s0 = card.sectors()
+    for n in range(1, args.alarms + 1):
+        before = arrived.count("alarm.panic")
+        request(data / "control.sock", {"op": "press", "button": "panic", "count": 1,
+                                        "interval_s": 0.0})
+        deadline = time.monotonic() + 30
+        while arrived.count("alarm.panic") <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"alarm {n} never reached the township")
+            time.sleep(0.05)
+        time.sleep(args.pause_s)
+    unsynced = (card.sectors() - s0) * 512
+    subprocess.run(["sync"], check=True)
+    total = (card.sectors() - s0) * 512
+    requests = trace.stop() if trace else []
+    print(machine_line(load))
+    print(f"mkfs {args.mkfs or '(as the image)'}; mount {args.mount}")
+    print(f"{args.alarms} alarms: {total} B written ({total / args.alarms / 1024:.2f} KiB "
+          f"per alarm; {unsynced / args.alarms / 1024:.2f} KiB of it before the final "
+          f"sync); jbd2 {j0} -> {card.jbd2()}")
+    print(f"warning lines kept per alarm: "
+          f"{dict(collections.Counter(warnings))} / {args.alarms}")
+    if requests:
+        per_file: collections.Counter[str] = collections.Counter()
+        blocks = [s * 512 // BLOCK + i for s, n in requests
+                  for i in range(n * 512 // BLOCK)]
+        names = card.owners(sorted(set(blocks)))
+        for b in blocks:
+            per_file[names[b]] += BLOCK
+        print(f"by file ({len(requests)} write requests):")
+        for name, size in per_file.most_common():
+            print(f"  {size / args.alarms / 1024:8.2f} KiB per alarm  {name}")
 
 
 def main() -> int:

@@ -39,15 +39,12 @@ import argparse
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import paho.mqtt.client as mqtt
 from common import (
     STATION,
     TOWNSHIP,
@@ -56,16 +53,12 @@ from common import (
     loadavg,
     machine_line,
     run_in_tmp,
-    station_toml,
+    station_process,
 )
-from paho.mqtt.enums import CallbackAPIVersion
 from persistqueue import SQLiteAckQueue
 
 from edge.contract.events import AlarmPanic, PanicPayload, encode, stamp
 from edge.store.outbox import _ACK_LINGER_S, Outbox
-from pingan_sim.localbroker import Mosquitto
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_bytes(pid: int | str = "self") -> int:
@@ -177,38 +170,14 @@ def plain_run(db: Path, events: int, body: bytes) -> Figures:
 
 def idle_station(tmp: Path, settle_s: float, idle_s: float) -> tuple[float, int]:
     """(bytes per hour, seconds measured) of a real idle station process."""
-    broker = Mosquitto(tmp / "broker").start()
-    online = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda _c, _u, msg: online.set()
-    client.connect("127.0.0.1", broker.port)
-    client.subscribe(f"pingan/v1/{TOWNSHIP}/+/state", qos=1)
-    client.loop_start()
-    conf = tmp / "station.toml"
-    conf.write_text(station_toml(tmp / "station", broker.port), encoding="utf-8")
-    log = open(tmp / "station.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "-c", str(conf)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        if not online.wait(30):
-            raise RuntimeError(f"the station did not come online; see {tmp / 'station.log'}")
+    with station_process(tmp, tmp / "station", "edge.cli") as station:
+        pid = station.proc.pid
         time.sleep(settle_s)
-        start, t0 = write_bytes(proc.pid), time.monotonic()
+        start, t0 = write_bytes(pid), time.monotonic()
         time.sleep(idle_s)
-        written, took = write_bytes(proc.pid) - start, time.monotonic() - t0
-        if proc.poll() is not None:
+        written, took = write_bytes(pid) - start, time.monotonic() - t0
+        if station.proc.poll() is not None:
             raise RuntimeError("the station exited while idle")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        client.loop_stop()
-        client.disconnect()
-        broker.stop()
     return written * 3600 / took, written
 
 
