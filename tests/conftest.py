@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import paho.mqtt.client as mqtt
@@ -27,6 +27,9 @@ from edge.link.uplink import set_no_delay
 from edge.station import Station
 from pingan_sim.localbroker import Mosquitto
 from pingan_sim.township import Client
+
+if TYPE_CHECKING:
+    from selenium import webdriver
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "docs" / "schema"
@@ -252,3 +255,23 @@ def clients() -> Iterator[list[Client]]:
     yield made
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Callable[..., webdriver.Chrome]]:
+    """Opens Debian's Chromium (browser_helpers.browser, its profile under the test's tmp
+    dir) when the test calls it, with any extra flags; quit after the test. Mark the test
+    or module `browser_helpers.needs_chromium`."""
+    from browser_helpers import browser  # selenium only for the tests that use it
+
+    opened: list[webdriver.Chrome] = []
+
+    def open_browser(*flags: str) -> webdriver.Chrome:
+        driver = browser(tmp_path / (f"profile-{len(opened)}" if opened else "profile"),
+                         *flags)
+        opened.append(driver)
+        return driver
+
+    yield open_browser
+    for driver in opened:
+        driver.quit()

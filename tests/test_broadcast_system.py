@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 import requests
+from browser_helpers import login, needs_chromium
 from centre_helpers import Centre, database
 from conftest import Daemon, station_toml, wait_until
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-from test_centre_browser import browser, pytestmark  # noqa: F401
 
 from edge.unit.control import request
+
+pytestmark = needs_chromium
 
 AUDIO = {"enabled": True, "output": "null", "sample_rate": 16000, "amp_warm_up_s": 0.0,
          "amp_idle_off_s": 0.1, "siren_s": 1.0}
@@ -90,7 +92,7 @@ def online(s: requests.Session, centre: Centre) -> set[str]:
     return set(re.findall(r'<tr class="h-online" id="st-([^"]+)"', page))
 
 
-def test_a_broadcast_to_all_from_the_browser(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+def test_a_broadcast_to_all_from_the_browser(tmp_path: Path, broker, chromium) -> None:  # type: ignore[no-untyped-def]
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township, villages=VILLAGES)
@@ -100,7 +102,6 @@ def test_a_broadcast_to_all_from_the_browser(tmp_path: Path, broker) -> None:  #
             Sim(tmp_path, broker.port, "s3", township),
             Sim(tmp_path, broker.port, "s4", township)]
     s1, s2, s3, s4 = sims
-    driver = None
     try:
         centre.start()
         for sim in sims:
@@ -111,12 +112,8 @@ def test_a_broadcast_to_all_from_the_browser(tmp_path: Path, broker) -> None:  #
         s4.stop()  # offline: its session stays at the broker
         wait_until(lambda: "s4" not in online(s, centre), 20, "s4 offline")
 
-        driver = browser(tmp_path / "profile")
-        driver.get(f"{centre.url}/login/")
-        driver.find_element(By.ID, "id_username").send_keys("officer")
-        driver.find_element(By.ID, "id_password").send_keys("pw-for-tests")
-        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-        wait_until(lambda: driver.find_elements(By.ID, "cards"), 15, "logged in")
+        driver = chromium()
+        login(driver, centre, "officer")
         driver.find_element(By.LINK_TEXT, "广播").click()
         form = wait_until(lambda: driver.find_elements(By.ID, "compose"), 10, "compose")[0]
         form.find_element(By.ID, "text").send_keys("今晚八点在村委会开会，请大家准时参加。")
@@ -199,8 +196,6 @@ def test_a_broadcast_to_all_from_the_browser(tmp_path: Path, broker) -> None:  #
                         expires="tomorrow")
         assert r.status_code == 400 and "不是日期时间" in r.text
     finally:
-        if driver is not None:
-            driver.quit()
         for sim in sims:
             sim.stop()
         centre.stop()

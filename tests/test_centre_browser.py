@@ -4,40 +4,24 @@ alarm through to the end. Screenshots are kept under the test's tmp dir."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from browser_helpers import card_state, login, needs_chromium
 from centre_helpers import Centre, database, station
 from conftest import wait_until
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
 from edge.unit.indicator import Mode
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="Debian chromium + chromium-driver missing: run bin/setup")
-
-
-def browser(profile: Path) -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1400,1000",
-                 "--lang=zh-CN"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -48,18 +32,8 @@ def shots(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def driver(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    d = browser(tmp_path / "profile")
-    yield d
-    d.quit()
-
-
-def login(driver: webdriver.Chrome, centre: Centre, user: str) -> None:
-    driver.get(f"{centre.url}/login/")
-    driver.find_element(By.ID, "id_username").send_keys(user)
-    driver.find_element(By.ID, "id_password").send_keys("pw-for-tests")
-    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-    wait_until(lambda: driver.find_elements(By.ID, "cards"), 15, "duty screen")
+def driver(chromium: Callable[[], webdriver.Chrome]) -> webdriver.Chrome:
+    return chromium()
 
 
 def on_card(driver: webdriver.Chrome, act: Callable[[WebElement], None]) -> None:
@@ -71,11 +45,6 @@ def on_card(driver: webdriver.Chrome, act: Callable[[WebElement], None]) -> None
         except StaleElementReferenceException:
             time.sleep(0.05)
     raise AssertionError("the card kept being redrawn")
-
-
-def card_state(driver: webdriver.Chrome) -> str | None:
-    return driver.execute_script(  # type: ignore[no-any-return]
-        "var c = document.querySelector('#cards .card'); return c ? c.dataset.state : null;")
 
 
 def card_text(driver: webdriver.Chrome, selector: str = "") -> str:

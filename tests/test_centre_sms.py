@@ -20,11 +20,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+from browser_helpers import login, needs_chromium
 from centre_helpers import Centre, Database, database, press, station
 from conftest import wait_until
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-from test_centre_browser import CHROMEDRIVER, CHROMIUM, browser, login
 
 from pingan_modem.rules import short_code
 from pingan_sim.modem import ModemSim, complete_texts, copies
@@ -247,29 +247,26 @@ def test_a_hung_modem_is_reset_and_the_text_still_goes(
     assert "sms.modem_reset" in log and "sms.modem_failed" in log
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="Debian chromium + chromium-driver missing: run bin/setup")
-def test_a_leader_fills_in_the_rota_in_a_real_browser(centre: Centre, tmp_path: Path) -> None:
-    driver = browser(tmp_path / "profile")
-    try:
-        login(driver, centre, "leader")
-        driver.find_element(By.LINK_TEXT, "值班表").click()
-        wait_until(lambda: "当前无人值班" in driver.page_source, 10, "the empty rota")
-        driver.find_element(By.ID, "id_name").send_keys("张伟")
-        driver.find_element(By.ID, "id_phone").send_keys("138 0013 8001")
-        Select(driver.find_element(By.ID, "id_role")).select_by_value("leader")
-        now = datetime.now(SHANGHAI)
-        for field, when in (("id_starts", now - timedelta(hours=1)),
-                            ("id_ends", now + timedelta(hours=8))):
-            driver.execute_script("arguments[0].value = arguments[1];",
-                                  driver.find_element(By.ID, field), local(when))
-        driver.find_element(By.CSS_SELECTOR, "form.rota-form button").click()
-        wait_until(lambda: "当前无人值班" not in driver.page_source, 10, "the shift added")
-        on_duty = driver.find_element(By.CSS_SELECTOR, "ul.on-duty").text
-        assert "张伟" in on_duty and "带班领导" in on_duty and "13800138001" in on_duty
-        driver.save_screenshot(str(tmp_path / "rota.png"))
-    finally:
-        driver.quit()
+@needs_chromium
+def test_a_leader_fills_in_the_rota_in_a_real_browser(centre: Centre, tmp_path: Path,
+                                                      chromium) -> None:  # type: ignore[no-untyped-def]
+    driver = chromium()
+    login(driver, centre, "leader")
+    driver.find_element(By.LINK_TEXT, "值班表").click()
+    wait_until(lambda: "当前无人值班" in driver.page_source, 10, "the empty rota")
+    driver.find_element(By.ID, "id_name").send_keys("张伟")
+    driver.find_element(By.ID, "id_phone").send_keys("138 0013 8001")
+    Select(driver.find_element(By.ID, "id_role")).select_by_value("leader")
+    now = datetime.now(SHANGHAI)
+    for field, when in (("id_starts", now - timedelta(hours=1)),
+                        ("id_ends", now + timedelta(hours=8))):
+        driver.execute_script("arguments[0].value = arguments[1];",
+                              driver.find_element(By.ID, field), local(when))
+    driver.find_element(By.CSS_SELECTOR, "form.rota-form button").click()
+    wait_until(lambda: "当前无人值班" not in driver.page_source, 10, "the shift added")
+    on_duty = driver.find_element(By.CSS_SELECTOR, "ul.on-duty").text
+    assert "张伟" in on_duty and "带班领导" in on_duty and "13800138001" in on_duty
+    driver.save_screenshot(str(tmp_path / "rota.png"))
 
 
 def test_an_absent_modem_never_holds_the_console_and_the_text_stays_queued(

@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import requests
 import soundfile
+from browser_helpers import login, needs_chromium
 from centre_helpers import Centre, database
 from conftest import wait_until
 from selenium.webdriver.common.by import By
 from test_broadcast_system import Sim, online
-from test_centre_browser import browser, pytestmark  # noqa: F401
+
+pytestmark = needs_chromium
 
 NAMES = ["k1", "k2", "k3", "k4", "k5"]
 
@@ -58,12 +60,11 @@ def held(sim: Sim, cid: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker, chromium) -> None:  # type: ignore[no-untyped-def]
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township)
     sims = {n: Sim(tmp_path, broker.port, n, township) for n in NAMES}
-    driver = None
     try:
         centre.start()
         for sim in sims.values():
@@ -97,12 +98,8 @@ def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> N
         assert not view(centre, s, cid)["k3"]["online"]
 
         # The officer watches the library page in the browser.
-        driver = browser(tmp_path / "profile")
-        driver.get(f"{centre.url}/login/")
-        driver.find_element(By.ID, "id_username").send_keys("officer")
-        driver.find_element(By.ID, "id_password").send_keys("pw-for-tests")
-        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-        wait_until(lambda: driver.find_elements(By.ID, "cards"), 15, "logged in")
+        driver = chromium()
+        login(driver, centre, "officer")
         driver.find_element(By.LINK_TEXT, "音频库").click()
         wait_until(lambda: driver.find_elements(By.ID, f"cp-{cid}-k3"), 10, "the library")
         driver.execute_script("window.notReloaded = true;")
@@ -170,8 +167,6 @@ def test_a_clip_to_five_stations_one_cut_mid_upload(tmp_path: Path, broker) -> N
             "k5 was sent it again (attempt 2 was the delete)"
         assert centre.post(s, "/broadcast/stop", id=bid).ok
     finally:
-        if driver is not None:
-            driver.quit()
         for sim in sims.values():
             sim.stop()
         centre.stop()

@@ -13,15 +13,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from browser_helpers import card_state, login, needs_chromium
 from centre_helpers import Centre, database
 from conftest import station_toml, wait_until
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from test_centre_browser import browser, card_state, login, pytestmark  # noqa: F401
 
 from edge import config as config_mod
 from edge.station import Station
 from pingan_sim.localbroker import reachable
+
+pytestmark = needs_chromium
 
 
 def start_station(tmp: Path, port: int, name: str, township: str, label: str) -> Station:
@@ -65,12 +67,12 @@ class Broken(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_open_screen_survives_a_dead_and_a_failing_centre(tmp_path, broker):  # type: ignore[no-untyped-def]
+def test_the_open_screen_survives_a_dead_and_a_failing_centre(tmp_path, broker, chromium):  # type: ignore[no-untyped-def]
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township, villages={"s1": "东村"}).start()
     s1 = start_station(tmp_path, broker.port, "s1", township, "东村一号")
-    driver = browser(tmp_path / "profile")
+    driver = chromium()
     try:
         wait_until(lambda: s1.uplink.connected, what="station up")
         login(driver, centre, "officer")
@@ -114,7 +116,6 @@ def test_the_open_screen_survives_a_dead_and_a_failing_centre(tmp_path, broker):
         driver.find_element(By.ID, "overlay-ack").click()  # the new alarm fills the screen
         wait_until(lambda: card_state(driver) == "acknowledged", 15, "acknowledged after")
     finally:
-        driver.quit()
         s1.stop()
         centre.stop()
         db.drop()
@@ -139,14 +140,14 @@ def overlay(driver: webdriver.Chrome) -> str:
 
 
 def test_a_new_alarm_takes_the_screen_and_the_sound_survives_a_language_switch(  # type: ignore[no-untyped-def]
-        tmp_path, broker):
+        tmp_path, broker, chromium):
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township,
                     villages={"s1": "东村", "s2": "西村", "s3": "南村"}).start()
     stations = {n: start_station(tmp_path, broker.port, n, township, label)
                 for n, label in (("s1", "东村一号"), ("s2", "西村二号"), ("s3", "南村三号"))}
-    driver = browser(tmp_path / "profile")
+    driver = chromium()
     try:
         wait_until(lambda: all(s.uplink.connected for s in stations.values()),
                    what="stations up")
@@ -199,7 +200,6 @@ def test_a_new_alarm_takes_the_screen_and_the_sound_survives_a_language_switch( 
         assert js(driver, "return window.samePage;") == "yes"
         assert js(driver, "return pinganSound();") == "running"
     finally:
-        driver.quit()
         for st in stations.values():
             st.stop()
         centre.stop()

@@ -18,33 +18,19 @@ import numpy as np
 import pytest
 import websocket
 from audio_helpers import runs
+from browser_helpers import login, needs_chromium
 from centre_helpers import Centre, database
 from conftest import wait_until
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from test_broadcast_system import Sim, online
-from test_centre_browser import CHROMEDRIVER, CHROMIUM, pytestmark  # noqa: F401
 
 from pingan_sim import voice as mouth
 
+pytestmark = needs_chromium
+
 FREQS = list(mouth.TONES)
 RATE = 16000
-
-
-def microphone_browser(profile: Path, wav: Path) -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                 "--window-size=1400,1000", "--lang=zh-CN",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={wav}",
-                 "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
 
 
 def cyclic(heard: list[float]) -> bool:
@@ -56,7 +42,7 @@ def cyclic(heard: list[float]) -> bool:
                                           len(heard)))
 
 
-def test_live_voice_from_the_browser(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+def test_live_voice_from_the_browser(tmp_path: Path, broker, chromium) -> None:  # type: ignore[no-untyped-def]
     db = next(database("sqlite", tmp_path))
     township = f"tw{uuid.uuid4().hex[:8]}"
     centre = Centre(tmp_path, db, broker.port, township, villages={"s1": "东村", "s2": "西村"})
@@ -66,7 +52,6 @@ def test_live_voice_from_the_browser(tmp_path: Path, broker) -> None:  # type: i
             Sim(tmp_path, broker.port, "s3", township, **audio)]
     # The microphone: the three tones, 0.3 s each with 0.2 s between, over and over.
     wav = mouth.write_wav(tmp_path / "mic.wav", mouth.tone_sequence(tuple(FREQS)))
-    driver = None
     try:
         centre.start()
         for sim in sims:
@@ -74,12 +59,10 @@ def test_live_voice_from_the_browser(tmp_path: Path, broker) -> None:  # type: i
         s = centre.session("officer")
         wait_until(lambda: online(s, centre) == {"s1", "s2", "s3"}, 60, "stations online")
 
-        driver = microphone_browser(tmp_path / "profile", wav)
-        driver.get(f"{centre.url}/login/")
-        driver.find_element(By.ID, "id_username").send_keys("officer")
-        driver.find_element(By.ID, "id_password").send_keys("pw-for-tests")
-        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-        wait_until(lambda: driver.find_elements(By.ID, "cards"), 15, "logged in")
+        driver = chromium("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                          f"--use-file-for-fake-audio-capture={wav}",
+                          "--autoplay-policy=no-user-gesture-required")
+        login(driver, centre, "officer")
         driver.find_element(By.LINK_TEXT, "喊话").click()
         talk = wait_until(lambda: [b for b in driver.find_elements(By.ID, "talk")
                                    if b.is_enabled()], 15, "the button ready")[0]
@@ -138,8 +121,6 @@ def test_live_voice_from_the_browser(tmp_path: Path, broker) -> None:  # type: i
         assert "error" in json.loads(ok.recv())
         ok.close()
     finally:
-        if driver is not None:
-            driver.quit()
         for sim in sims:
             sim.stop()
         centre.stop()
