@@ -27,8 +27,9 @@
    must too.
 6. N+1 offered again: it installs, reboots itself into the other slot (tryboot), commits.
    From the reset into N+1 the panic button is held down: the new station must take it
-   the moment it runs (a button held at start). An alarm after the commit; a power cycle must come up on N+1 again (committed), and
-   `update.committed` is one event (one id, however often it is delivered).
+   the moment it runs (a button held at start). An alarm after the commit; a power
+   cycle must come up on N+1 again (committed), and `update.committed` is one event (one
+   id, however often it is delivered).
 7. Unless `--no-crash`: release N+2, whose station crashes at start (a line that raises
    at the end of edge/station.py), is offered; it installs into the other slot and is
    tried; the commit check finds no station within `update.health_s`, marks it bad and
@@ -799,9 +800,9 @@ def main() -> int:
     p.add_argument("--crash-version", default="0.1.2", help="release N+2's version")
     p.add_argument("--no-crash", dest="crash", action="store_false",
                    help="skip step 7 (the release whose station crashes)")
-    p.add_argument("--power-cuts", action="store_true",
-                   help="step 5: cut the power during the download, the slot write, the "
-                        "reboot, and before the commit")
+    p.add_argument("--power-cuts", nargs="?", const="1,2,3,4", default="", metavar="N,…",
+                   help="step 5: cut the power during the download (1), the slot write (2), "
+                        "the reboot (3), and before the commit (4); all four, or those named")
     p.add_argument("--rate-bytes-s", type=int, default=1 << 28,
                    help="the unit's download cap (update.rate_bytes_s)")
     args = p.parse_args()
@@ -839,11 +840,12 @@ def main() -> int:
         if run.come_up("first boot on N") != "A":
             raise SystemExit("a fresh card must boot slot A")
         run.alarm("before the update")
-        if args.power_cuts:
-            run.cut_during_download(built, server)
-            run.cut_during_install(built, server)
-            run.cut_during_reboot(built, server)
-            run.cut_before_commit(built, server)
+        cuts = {"1": run.cut_during_download, "2": run.cut_during_install,
+                "3": run.cut_during_reboot, "4": run.cut_before_commit}
+        for n in sorted(filter(None, args.power_cuts.split(","))):
+            if n not in cuts:
+                raise SystemExit(f"--power-cuts: no cut {n} (1 to 4)")
+            cuts[n](built, server)
         run.update(built, server)
         if crashing is not None:
             run.crash(crashing)

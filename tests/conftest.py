@@ -209,10 +209,12 @@ class Daemon:
     `simulated`, `python -m pingan_sim run` (the same station, whose buttons the test
     presses over the control socket)."""
 
-    def __init__(self, config_path: Path, *, simulated: bool = False, umask: int = -1) -> None:
+    def __init__(self, config_path: Path, *, simulated: bool = False, umask: int = -1,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """`prefix` runs it under another command (`ip netns exec NS`)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pingan_sim" if simulated else "edge", "run", "-c",
+            [*prefix, sys.executable, "-m", "pingan_sim" if simulated else "edge", "run", "-c",
              str(config_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
             umask=umask)

@@ -104,3 +104,16 @@ def test_the_station_can_ask_the_kernel_whether_the_clock_is_synchronised(
     assert "ProtectClock=yes" not in lines
     assert "adjtimex" in _allowed_syscalls(lines)
     assert "settimeofday" not in _allowed_syscalls(lines)
+
+
+def test_the_station_does_not_wait_for_the_network_to_start(image_root: Path) -> None:
+    """A unit that boots without a link (or with a 4G modem still registering) must take a
+    press at once: no ordering after network-online.target, in the unit or its drop-ins."""
+    unit = image_root / SYSTEM / "pingan-edge.service"
+    texts = [unit.read_text()] + [p.read_text() for p in
+                                  sorted((image_root / SYSTEM / f"{unit.name}.d").glob("*.conf"))]
+    after = [word for text in texts for line in text.splitlines()
+             if line.startswith(("After=", "Requires=", "BindsTo="))
+             for word in line.split("=", 1)[1].split()]
+    assert after, "the unit orders itself after something (first boot, the network's stop)"
+    assert not [w for w in after if "online" in w or "wait" in w], after

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import logging
 import random
 import select
@@ -66,6 +67,20 @@ MAX_REFUSALS = 3
 DIRECT_MAX = 4
 # A broker that closes a TLS link this soon, before any CONNACK, refused our certificate.
 _TLS_REFUSED_WITHIN_S = 5.0
+# No route yet (at boot, the link not up; a 4G modem still registering): the broker never
+# saw the attempt, so trying again costs it nothing. Tried again this often, without
+# growing the back-off, so the first connect follows the link within seconds, not after a
+# back-off grown while nothing could have worked. Logged once a minute at most meanwhile.
+NO_ROUTE_RETRY_S = 2.0
+_NO_ROUTE_LOG_S = 60.0
+
+
+def no_route(exc: BaseException) -> bool:
+    """The local network has no way out yet: no route, or a resolver that cannot be
+    reached (EAI_AGAIN). Not a refusal, a timeout or an unknown name: those back off."""
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN
+    return isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH
 
 
 class Backoff:
@@ -116,6 +131,7 @@ class Uplink:
         self.topics = Topics(config.station.township, config.station.id)
         self._window = config.uplink.inflight
         self._backoff = Backoff(config.uplink.backoff_min_s, config.uplink.backoff_max_s)
+        self._no_route_logged = -_NO_ROUTE_LOG_S  # when a no-route failure was last logged
 
         self._lock = threading.Lock()
         # paho's I/O is not thread-safe when the application runs the loop itself: the
@@ -356,7 +372,7 @@ class Uplink:
             except (OSError, ssl.SSLError) as exc:
                 if isinstance(exc, ssl.SSLError):
                     self._tls_failed(exc)
-                self._connect_failed(str(exc))
+                self._connect_failed(str(exc), unroutable=no_route(exc))
                 continue
             while not self._closing.is_set():
                 with self._io:
@@ -382,12 +398,22 @@ class Uplink:
         with contextlib.suppress(OSError, ValueError):
             select.select([sock], want_write, [], timeout)
 
-    def _connect_failed(self, why: str) -> None:
-        delay = self._backoff.next()
+    def _connect_failed(self, why: str, *, unroutable: bool = False) -> None:
+        now = time.monotonic()
+        if unroutable:
+            delay = NO_ROUTE_RETRY_S
+            quiet = now - self._no_route_logged < _NO_ROUTE_LOG_S
+            if not quiet:
+                self._no_route_logged = now
+        else:
+            delay, quiet = self._backoff.next(), False
+            self._no_route_logged = -_NO_ROUTE_LOG_S
         broker = self._config.broker
-        log(logger, "warning", "uplink.connect_failed", host=broker.host, port=broker.port,
-            error=why, retry_in_s=round(delay, 2),
-            action="check the 4G/line link and the broker address; events are kept meanwhile")
+        if not quiet:
+            log(logger, "warning", "uplink.connect_failed", host=broker.host,
+                port=broker.port, error=why, retry_in_s=round(delay, 2),
+                action="check the 4G/line link and the broker address; events are kept "
+                       "meanwhile")
         self._health.set("uplink_down", f"无法连接乡镇平台：{why}",
                          f"cannot reach the township broker: {why}")
         self._closing.wait(delay)
