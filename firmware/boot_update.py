@@ -578,6 +578,9 @@ class Run:
         label = "cut 3, during the reboot"
         sent = server.sent
         self.offer_until(label, built, server, "cut-3")
+        # Installed with the link up: a streamed install fetches its blocks as it goes
+        # (none again when an earlier cut's fetch left them held).
+        self.until(label, "cut-3", "update.installed")
         self.say(f"{label}: {(server.sent - sent) / 1e6:.1f} MB served for this offer")
         # The link down (the officer's acks are in): from here on the township sees
         # nothing, and a press in the reboot's window stays stored.
