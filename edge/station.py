@@ -19,6 +19,7 @@ import msgspec
 from edge import __version__, audio, camera, modem
 from edge.audio.loudspeaker import Loudspeaker
 from edge.config import Config
+from edge.contract.events import text
 from edge.health import Health
 from edge.lifecycle import Parts
 from edge.link.dispatch import CommandWorker, Handlers
@@ -34,7 +35,13 @@ from edge.unit.control import ControlServer, StatusRequest
 from edge.unit.indicator import Mode
 from edge.unit.pins import make_factory
 from edge.unit.watchdog import Watchdog
-from edge.update.updater import ApplyRequest, SettleRequest, Updater, UpdateStatusRequest
+from edge.update.updater import (
+    ApplyRequest,
+    Blocked,
+    SettleRequest,
+    Updater,
+    UpdateStatusRequest,
+)
 
 logger = logging.getLogger("edge.station")
 
@@ -162,16 +169,19 @@ class Station:
         return self.uplink.alive and self.outbox.alive and self.outbox.flush(timeout=5.0) \
             and self.commands.alive
 
-    def update_blocked(self) -> str | None:
+    def update_blocked(self) -> Blocked | None:
         """Why the unit must not reboot now, if it must not: an alarm open (not yet
         acknowledged by the township, or not yet delivered) or the siren sounding."""
         if self.alarm.indicator.mode in (Mode.PENDING, Mode.DELIVERED):
-            return "an alarm is open (not yet acknowledged by the township)"
+            return Blocked("alarm_open", text(
+                "报警未确认（乡镇尚未确认收到）",
+                "an alarm is open (not yet acknowledged by the township)"))
         if self.outbox.pending_ids("alarm.panic"):
-            return "an alarm is not yet delivered"
+            return Blocked("alarm_undelivered", text(
+                "报警尚未送达乡镇", "an alarm is not yet delivered to the township"))
         current = self.loudspeaker.player.current if self.loudspeaker else None
         if current is not None and current.origin == "siren":
-            return "the siren is sounding"
+            return Blocked("siren", text("警笛正在鸣响", "the siren is sounding"))
         return None
 
     def _update_status(self, request: UpdateStatusRequest) -> dict[str, Any]:
@@ -179,7 +189,7 @@ class Station:
         assert self.updater is not None
         return {**self.updater.status(request), "connected": self.uplink.connected,
                 "client_cert": bool(self.config.broker.tls and self.config.broker.cert_file),
-                "blocked": self.update_blocked()}
+                "blocked": blocked.as_json() if (blocked := self.update_blocked()) else None}
 
     def status(self) -> dict[str, Any]:
         """What `pingan-edge status` shows: each part's own account of itself."""

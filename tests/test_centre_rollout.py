@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from centre_helpers import Centre, Database, database, station
+from centre_helpers import Centre, Database, database, press, station
 from conftest import wait_until
 
 from edge.station import Station
@@ -148,3 +148,57 @@ print("{{}}")
     assert centre.post(admin, f"/releases/{rollout_id}/rest").status_code == 403
     assert [a for a, _ in audited(db)] == ["rollout.start", "rollout.refused", "rollout.rest",
                                           "rollout.refused"]
+
+
+def test_a_canary_waiting_to_reboot_shows_why_and_neither_halts_nor_counts_as_done(
+        tmp_path: Path, centre: Centre, db: Database, units: list[Station]) -> None:
+    all_online(db)
+    admin = centre.session("tech")
+    assert centre.post(admin, "/releases/start", descriptor=descriptor(tmp_path), canary="s1",
+                       url="http://127.0.0.1:9/b.raucb").status_code in (200, 302)
+    cmd_id = next(iter(offers(db)))
+    rollout_id = cmd_id.split(":")[1]
+    # The canary trusts another key and refuses; played here as if it had installed: its
+    # refusal goes from the centre's database (as in the test above).
+    wait_until(lambda: db.rows("SELECT 1 FROM console_event WHERE type = 'update.refused'"),
+               30, "the canary's answer")
+    centre.python("""
+from pingan_centre.console.models import Event
+Event.objects.filter(type="update.refused").delete()
+print("{}")
+""")
+    # An alarm is open at s1: its updater says why the reboot waits, through the station's
+    # outbox and the broker, checked by the centre against the published schema.
+    s1 = units[0]
+    press(s1)
+    why = s1.update_blocked()
+    assert why is not None and why.code == "alarm_open"
+    assert s1.updater is not None
+    s1.updater._event("update.waiting", "0.2.0", code=why.code, reason=why.reason,
+                      cmd_id=cmd_id, source="township")
+    wait_until(lambda: db.rows("SELECT 1 FROM console_event WHERE type = 'update.waiting'"),
+               30, "update.waiting at the centre")
+
+    def page(language: str) -> str:
+        html: str = admin.get(f"{centre.url}/releases", timeout=10,
+                              cookies={"django_language": language}).text
+        return html
+
+    row = re.compile(rf'<tr class="res-waiting" id="res-{re.escape(rollout_id)}-s1">'
+                     r'<td translate="no">s1</td><td>(.*?)</td><td class="result" '
+                     r'data-result="waiting">(.*?)</td><td>(.*?)</td></tr>')
+    zh = row.search(page("zh-hans"))
+    assert zh is not None and zh.groups() == ("试点", "等待重启", why.reason.zh)
+    en = row.search(page("en"))
+    assert en is not None and en.groups() == ("canary", "waiting to reboot", why.reason.en)
+    html = page("zh-hans")
+    # The station's own row too: its last update result and why.
+    assert re.search(r'id="ver-s1">.*?class="last r-waiting">等待重启 <span translate="no">'
+                     r'0.2.0</span></td>\s*<td>[^<]*</td><td>' + re.escape(why.reason.zh)
+                     + "</td>", html, re.S)
+    # Waiting halts nothing, and is not done: the rest is not offered yet.
+    assert 's-canary"' in html and "s-halted" not in html
+    assert centre.post(admin, f"/releases/{rollout_id}/rest").status_code == 403
+    assert list(offers(db).values()) == ["s1"]
+    reason = db.rows("SELECT detail FROM console_auditentry WHERE action = 'rollout.refused'")
+    assert "not every canary has committed yet" in str(reason[-1][0])

@@ -51,3 +51,36 @@ def test_command_schema_matches_parser():
         validator.validate(bad)
     with pytest.raises(commands.CommandRejected):
         commands.parse(json.dumps(bad).encode(), 1024)
+
+
+def test_every_update_step_crosses_to_the_township():
+    """Each `update.*` event the updater sends is in the published schema and passes the
+    township's own check at its edge (the console's shipped copy), `update.waiting` with
+    why the reboot waits; a reason in one language only is refused."""
+    from edge.contract import events
+    from pingan_centre.console import validate
+
+    assert list(events.UPDATE_EVENTS) == [
+        "update.offered", "update.downloading", "update.verified", "update.installed",
+        "update.waiting", "update.rebooting", "update.committed", "update.rolled_back",
+        "update.refused", "update.failed"]
+    reason = events.text("报警未确认（乡镇尚未确认收到）",
+                         "an alarm is open (not yet acknowledged by the township)")
+    for kind, shape in events.UPDATE_EVENTS.items():
+        sent = events.encode(shape(station="v001", township="t01", **events.stamp(),
+                                   payload=events.UpdatePayload(
+                                       version="0.2.0", running="0.1.0", cmd_id="up-1",
+                                       code="alarm_open", reason=reason)))
+        schema("event").validate(json.loads(sent))
+        got = validate.check("event", sent, 65536)
+        assert (got["type"], got["payload"]["reason"]) == (kind, {"zh": reason.zh,
+                                                                 "en": reason.en})
+        assert events.decode_event(sent).__struct_config__.tag == kind
+    waiting = json.loads(sent.replace(b'"update.failed"', b'"update.waiting"'))
+    assert waiting["type"] == "update.waiting"
+    del waiting["payload"]["reason"]["en"]
+    with pytest.raises(validate.Rejected):
+        validate.check("event", json.dumps(waiting).encode(), 65536)
+    waiting["type"] = "update.stalled"
+    with pytest.raises(ValidationError):
+        schema("event").validate(waiting)

@@ -212,11 +212,28 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
     alarm = wait_until(lambda: next((json.loads(b) for _, b in rig.centre.received("/events")
                                      if json.loads(b)["type"] == "alarm.panic"), None), 20,
                        "the alarm at the township")
+    # Count the updater's polls of why it must not reboot (the station's own check runs).
+    assert station.updater is not None
+    polls: list[str | None] = []
+
+    def blocked() -> Any:
+        why = station.update_blocked()
+        polls.append(why.code if why else None)
+        return why
+
+    station.updater._busy = blocked
     rig.offer(built, "up-1")
     rig.wait_update("update.installed", "up-1")
-    wait_until(lambda: station.updater is not None
-               and station.updater.status()["update"]["phase"] == "waiting", 20,
-               "the reboot waiting for the alarm")
+    # The township learns why the reboot waits, in both languages, as the wait begins.
+    waiting = rig.wait_update("update.waiting", "up-1")
+    assert (waiting["payload"]["code"], waiting["payload"]["reason"]) == ("alarm_open", {
+        "zh": "报警未确认（乡镇尚未确认收到）",
+        "en": "an alarm is open (not yet acknowledged by the township)"})
+    assert waiting["priority"] == 2
+    wait_until(lambda: polls.count("alarm_open") >= 3, 20, "the reboot still waiting, polled")
+    state = request(rig.config.control_socket, {"op": "update.status"})
+    assert (state["update"]["phase"], state["update"]["code"]) == ("waiting", "alarm_open")
+    assert state["blocked"] == {"code": "alarm_open", "reason": waiting["payload"]["reason"]}
     assert not (rig.tmp / "rebooted-tryboot").exists()
     assert "update.rebooting" not in kinds(rig.updates("up-1"))
     # No trial yet: a power cut while it waits must not report a rollback of it.
@@ -228,8 +245,9 @@ def test_an_offer_installs_waits_for_the_alarm_reboots_once_and_commits_when_hea
     # From `rebooting` until the station stops, the LED shows the unit is updating.
     assert station.alarm.indicator.mode is Mode.UPDATING
     sent = rig.updates("up-1")
+    # One `waiting` for the whole wait, however many polls it took.
     assert kinds(sent) == ["update.offered", "update.downloading", "update.verified",
-                           "update.installed", "update.rebooting"]
+                           "update.installed", "update.waiting", "update.rebooting"]
     percents = [m["payload"]["percent"] for m in sent if m["type"] == "update.downloading"]
     assert percents[-1] == 100.0 and percents == sorted(percents)
     for m in sent:

@@ -264,7 +264,8 @@ class AlarmSms(EventBase, tag="alarm.sms", kw_only=True):
 
 class UpdatePayload(_Shape):
     """One step of an update (edge/update/): offered → downloading (percent) → verified →
-    installed → rebooting → committed; or refused / failed / rolled_back, with why."""
+    installed → (waiting, with why) → rebooting → committed; or refused / failed /
+    rolled_back, with why."""
 
     # The release this is about, and the one the unit ran when it happened.
     version: str
@@ -277,6 +278,7 @@ class UpdatePayload(_Shape):
     # refused/failed/rolled_back: a code to count (wrong_key, hash_mismatch, truncated,
     # downgrade, already_running, bad_signature, incompatible, data_schema, busy,
     # download_failed, install_failed, unhealthy, crashed) and what a person reads.
+    # waiting: why the reboot waits (alarm_open, alarm_undelivered, siren).
     code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     reason: Text | None = None
     # committed/rolled_back: the checks behind the decision.
@@ -304,6 +306,11 @@ class UpdateInstalled(_UpdateEvent, tag="update.installed", kw_only=True):
     pass
 
 
+class UpdateWaiting(_UpdateEvent, tag="update.waiting", kw_only=True):
+    """Installed, and the reboot waits (an alarm open, the siren sounding): sent once
+    as the wait begins, with `code` and `reason`."""
+
+
 class UpdateRebooting(_UpdateEvent, tag="update.rebooting", kw_only=True):
     pass
 
@@ -325,18 +332,18 @@ class UpdateFailed(_UpdateEvent, tag="update.failed", kw_only=True):
 
 
 UpdateEvent = (UpdateOffered | UpdateDownloading | UpdateVerified | UpdateInstalled
-               | UpdateRebooting | UpdateCommitted | UpdateRolledBack | UpdateRefused
-               | UpdateFailed)
+               | UpdateWaiting | UpdateRebooting | UpdateCommitted | UpdateRolledBack
+               | UpdateRefused | UpdateFailed)
 UPDATE_EVENTS: dict[str, type[_UpdateEvent]] = {
     str(cls.__struct_config__.tag): cls for cls in (
-        UpdateOffered, UpdateDownloading, UpdateVerified, UpdateInstalled, UpdateRebooting,
-        UpdateCommitted, UpdateRolledBack, UpdateRefused, UpdateFailed)}
+        UpdateOffered, UpdateDownloading, UpdateVerified, UpdateInstalled, UpdateWaiting,
+        UpdateRebooting, UpdateCommitted, UpdateRolledBack, UpdateRefused, UpdateFailed)}
 
 Event = (AlarmPanic | ButtonBroadcast | Status | CmdResult | AudioPlayback | AudioVoice
          | CameraPerson
          | AlarmSms | Selftest | UpdateOffered | UpdateDownloading | UpdateVerified
-         | UpdateInstalled | UpdateRebooting | UpdateCommitted | UpdateRolledBack
-         | UpdateRefused | UpdateFailed)
+         | UpdateInstalled | UpdateWaiting | UpdateRebooting | UpdateCommitted
+         | UpdateRolledBack | UpdateRefused | UpdateFailed)
 
 
 ClipId = Annotated[str, msgspec.Meta(min_length=1, max_length=64,

@@ -7,7 +7,7 @@ priority, never on the alarm path:
     server of stream.py: capped, resumed) → RAUC's signature check, the version signed →
     verified → `rauc install http://127.0.0.1:…` streams into the other slot what the
     adaptive update needs (downloading %) → installed → wait while an alarm is open or the
-    siren sounds → rebooting (tryboot)
+    siren sounds (waiting, with why, once) → rebooting (tryboot)
 
 Each step is an `update.*` event through the outbox, so the township sees it even when the
 link comes back later. After the reboot `pingan-edge update commit` decides (commit.py);
@@ -51,6 +51,22 @@ from edge.update.verify import UpdateRefused
 logger = logging.getLogger("edge.update")
 TRIAL = "trial.json"
 BUSY_POLL_S = 1.0
+
+
+# Why the reboot waits: an alarm not yet acknowledged by the township, an alarm not yet
+# delivered, the siren sounding.
+WaitCode = Literal["alarm_open", "alarm_undelivered", "siren"]
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why the unit must not reboot now: a code to count and what a person reads."""
+
+    code: WaitCode
+    reason: Text
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": msgspec.to_builtins(self.reason)}
 
 
 class Installer(Protocol):
@@ -163,7 +179,7 @@ def remove_trial(directory: Path) -> None:
 
 class Updater:
     def __init__(self, config: UpdateSection, data_dir: Path, recorder: Recorder,
-                 outbox: Outbox, *, busy: Callable[[], str | None],
+                 outbox: Outbox, *, busy: Callable[[], Blocked | None],
                  installer: Installer | None = None, running: str | None = None,
                  rebooting: Callable[[], None] | None = None) -> None:
         """`busy` says why the unit must not reboot now, if it must not; `rebooting` is
@@ -490,17 +506,24 @@ class Updater:
                 f"blocks fetched are kept and the next offer resumes them")) from exc
 
     def _reboot(self, trial: Trial, ids: dict[str, Any]) -> None:
-        """Never while an alarm is open or the siren sounds: wait, then say so, then go.
-        The trial record is written only then: a power cut (or a stop) while it waits
-        leaves no trial, so no rollback is reported for a release never tried."""
+        """Never while an alarm is open or the siren sounds: say why (`update.waiting`,
+        once: not per poll, nor when the reason changes during the wait; a wait ends only
+        in the reboot, so a new one comes with the next offer, after a restart), wait,
+        then say so (`update.rebooting`), then go. The trial record is written only then:
+        a power cut (or a stop) while it waits leaves no trial, so no rollback is
+        reported for a release never tried."""
         version = trial.version
-        waited = None
+        announced = False
         while (why := self._busy()) is not None:
-            if waited is None:
-                waited = time.monotonic()
-                log(logger, "info", "update.reboot_waits", reason=why,
-                    action="the reboot follows once the alarm is acknowledged and quiet")
-            self._set(phase="waiting", version=version, reason=why)
+            if not announced:
+                # Once per wait, not per poll: the township learns why `installed` is not
+                # followed by `rebooting` yet (the reboot follows once the alarm is
+                # acknowledged and quiet). Handed to the outbox, not waited for: nothing
+                # on this thread holds up the alarm path.
+                announced = True
+                self._event("update.waiting", version, code=why.code, reason=why.reason,
+                            **ids)
+            self._set(phase="waiting", version=version, **why.as_json())
             if self._stop.wait(BUSY_POLL_S):
                 return  # the station stops: offered again, the bundle is not fetched again
         write_trial(self.directory, trial)

@@ -30,17 +30,20 @@ FIELDS = ("version", "size", "sha256", "min_data_schema", "rollback", "compatibl
           "signature")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+){1,3}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# The last word a station said about an offer, as the page shows it.
+# The last word a station said about an offer, as the page shows it. Only BAD halts a
+# rollout and only DONE counts as done: `waiting` (installed, the reboot held while an
+# alarm is open or the siren sounds; the reason beside it) is neither.
 DONE = {"update.committed": "committed"}
 BAD = {"update.rolled_back": "rolled_back", "update.refused": "refused",
        "update.failed": "failed"}
 STEPS = {"update.offered": "offered", "update.downloading": "downloading",
          "update.verified": "verified", "update.installed": "installed",
-         "update.rebooting": "rebooting", **DONE, **BAD}
+         "update.waiting": "waiting", "update.rebooting": "rebooting", **DONE, **BAD}
 # What an officer reads for each result, in the page's language.
 LABELS = {"sent": _("sent"), "not_sent": _("not sent yet"), "offered": _("offered"),
           "downloading": _("downloading"), "verified": _("verified"),
-          "installed": _("installed"), "rebooting": _("rebooting"),
+          "installed": _("installed"), "waiting": _("waiting to reboot"),
+          "rebooting": _("rebooting"),
           "committed": _("committed"), "rolled_back": _("rolled back"),
           "refused": _("refused"), "failed": _("failed")}
 
