@@ -95,7 +95,8 @@ PINS_VIRT = PINS["virt"]
 SHUTDOWN = rb"(Stopping|Stopped) .*(pingan|Ping'an)|Reached target .*(Reboot|Shutdown)"
 # The old station going down: from here until the new slot's station runs, no press is
 # taken (a button held through it is taken when the new station starts).
-STATION_STOPPING = rb"Stopping (pingan-edge\.service|Ping'an Edge village station)"
+# systemd colours and shortens the name: "Stopping \x1b[0;1;39mpingan-edge.servi…".
+STATION_STOPPING = rb"Stopping (\x1b\[[0-9;]*m)?(pingan-edge\.servi|Ping'an Edge village)"
 # The slot write: this much written to the card after `update.verified` is RAUC's.
 INSTALL_WRITES = 64 << 20
 
