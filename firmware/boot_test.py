@@ -199,11 +199,18 @@ def boot_files(machine: str, disk: Path, work: Path) -> tuple[list[str], str]:
         (work / name).write_bytes(data)
         return work / name
 
+    def fat_text(name: str) -> str | None:
+        data = card.fat_read(disk, name)
+        return data.decode() if data is not None else None
+
     if machine == "virt":
         kernel = extract(next(n for n in card.fat_list(disk, "") if n.startswith("vmlinuz")))
         initrd = extract(next(n for n in card.fat_list(disk, "")
                               if n.startswith("initrd.img")))
-        cmdline = (card.fat_read(disk, "cmdline.txt") or b"").decode().split()
+        # The command line the firmware would take (the slot file's [all]: slot A as
+        # flashed); the kernel and initrd are the same for every slot.
+        name = piboot.boot_config(fat_text, "pi4b").cmdline_file
+        cmdline = (fat_text(name) or "").split()
         cmdline = [w for w in cmdline if not w.startswith("console=") and w != "quiet"]
         cmdline += ["console=ttyAMA0,115200"]
         return (["-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-kernel", str(kernel),
@@ -216,7 +223,7 @@ def boot_files(machine: str, disk: Path, work: Path) -> tuple[list[str], str]:
     # The Pi firmware's reading of the card: config.txt names the kernel and initramfs,
     # the board picks its device tree, cmdline.txt is the command line (its console is
     # the mini UART, ttyS1: QEMU's second serial port).
-    boot = piboot.read_config((card.fat_read(disk, "config.txt") or b"").decode(), "pi3b")
+    boot = piboot.boot_config(fat_text, "pi3b")  # with what config.txt includes
     if boot.initramfs is None:
         raise SystemExit("config.txt names no initramfs")
     cmdline = piboot.read_cmdline((card.fat_read(disk, boot.cmdline_file) or b"").decode())

@@ -8,12 +8,14 @@
    build tree: the same ext4 with its release file and one line of station code changed
    (`edge/__init__.py`'s version), bundled by `pingan-centre release build` (verity,
    signed). Served by a static HTTP server with Range requests (counting bytes sent).
-3. QEMU plays the Pi firmware: at each power-on it reads `autoboot.txt` from the card's FAT
-   partition (mtools) and boots `[tryboot]`'s partition when the last reset was a
-   `reboot '0 tryboot'` (the kernel prints "Restarting system with command '0 tryboot'"
-   on the console), `[all]`'s otherwise; no file is slot A. A power cut (SIGKILL to QEMU)
-   loses the flag, as on a Pi. The kernel and initrd come from the FAT partition (one for
-   both slots), `root=PARTUUID=50494e47-0N` names the slot.
+3. QEMU plays the Pi firmware: at each power-on it reads the card's FAT partition
+   (mtools) as the firmware does (pingan_firmware.piboot): `tryboot.txt` when the last
+   reset was a `reboot '0 tryboot'` (the kernel prints "Restarting system with command
+   '0 tryboot'" on the console), with its `[tryboot]` sections, else `config.txt`; both
+   include the update back-end's `pingan-slots.txt`, whose `cmdline=` names the command
+   line file, whose `root=PARTUUID=50494e47-0N` is the slot. A power cut (SIGKILL to
+   QEMU) loses the flag, as on a Pi. The kernel and initrd come from the FAT partition
+   (one for both slots).
 4. Boot N; an alarm pressed on the panic line reaches the township (every alarm that
    reaches it is acknowledged, as an officer would: an open alarm holds the reboot).
 5. With `--power-cuts`, N+1 is offered four times and the power cut each time: during the
@@ -75,7 +77,7 @@ from boot_test import HOLD_S, PASSWORD, PINS, Console, Figures, settings
 from edge.update import tryboot
 from pingan_centre.broker import provision
 from pingan_centre.release import build as release_build
-from pingan_firmware import card
+from pingan_firmware import card, piboot
 from pingan_firmware.emulator import EmulatorError, GpioLines, Qmp, Qtest, pl061
 from pingan_sim.township import CENTRE, Client, TownshipBroker
 from pingan_sim.update_rig import bom_file, keyring, make_signer
@@ -217,9 +219,9 @@ def make_release(disk: Path, work: Path, version: str, signer: Any,
 
 
 class Unit:
-    """The emulated Pi: power on reads autoboot.txt and the tryboot flag like its firmware;
-    qtest is the finger on the buttons and the eye on the LED, QMP pulls the link cable
-    and reads the card's write counter."""
+    """The emulated Pi: power on reads the boot configuration and the tryboot flag like its
+    firmware; qtest is the finger on the buttons and the eye on the LED, QMP pulls the link
+    cable and reads the card's write counter."""
 
     def __init__(self, disk: Path, work: Path, memory: str) -> None:
         self.disk, self.work, self.memory = disk, work, memory
@@ -237,20 +239,26 @@ class Unit:
         self.initrd = next(work.glob("initrd.img*"))
 
     def slots(self) -> tryboot.Slots:
-        text = card.fat_read(self.disk, tryboot.AUTOBOOT)
+        text = card.fat_read(self.disk, tryboot.SLOTS_FILE)
         return tryboot.parse(text.decode("ascii")) if text else tryboot.Slots()
 
-    def slot(self) -> str:
-        return tryboot.boot(self.slots(), tryboot_flag=self.tryboot_flag)
+    def _fat_text(self, name: str) -> str | None:
+        data = card.fat_read(self.disk, name)
+        return data.decode("ascii") if data is not None else None
 
     def power_on(self) -> str:
-        slot = self.slot()
+        """As the Pi firmware: config.txt, or tryboot.txt with the flag, with what they
+        include; the command line file they name boots its slot (its root=)."""
+        boot = piboot.boot_config(self._fat_text, "pi4b", tryboot=self.tryboot_flag)
+        slot = tryboot.BY_CMDLINE.get(boot.cmdline_file)
+        if slot is None:
+            raise SystemExit(f"the firmware would read {boot.cmdline_file}: no root slot's")
         self.boots += 1
-        words = (card.fat_read(self.disk, "cmdline.txt") or b"").decode().split()
-        words = [w for w in words if not w.startswith(("console=", "root="))
-                 and w != "quiet"]
-        words += [f"root=PARTUUID=50494e47-0{tryboot.PARTITIONS[slot]}",
-                  "console=ttyAMA0,115200"]
+        words = piboot.read_cmdline(self._fat_text(boot.cmdline_file) or "").split()
+        if f"root=PARTUUID=50494e47-0{tryboot.PARTITIONS[slot]}" not in words:
+            raise SystemExit(f"{boot.cmdline_file} does not boot slot {slot}: {words}")
+        words = [w for w in words if not w.startswith("console=") and w != "quiet"]
+        words += ["console=ttyAMA0,115200"]
         qtest_sock, qmp_sock = self.work / "qtest.sock", self.work / "qmp.sock"
         for sock in (qtest_sock, qmp_sock):
             sock.unlink(missing_ok=True)
@@ -562,7 +570,7 @@ class Run:
                  f"served for it (Range {ranges})")
         written = self.unit.written()
         self.store_alarm(label)
-        # RAUC's writes; or its set-primary at the end (the card's autoboot.txt).
+        # RAUC's writes; or its set-primary at the end (the card's pingan-slots.txt).
         self.wait(f"{label}: RAUC writing the slot", lambda: self.unit.written() - written
                   > INSTALL_WRITES or self.unit.slots().trial_pending, timeout=600)
         mb = (self.unit.written() - written) / 1e6
@@ -571,7 +579,7 @@ class Run:
         when = "after the install had finished" if slots.trial_pending else \
             "during the install"
         self.say(f"{label}: power cut {when}, {mb:.0f} MB written since verified; "
-                 f"autoboot.txt {slots}")
+                 f"slots {slots}")
         self.back_after_cut(label, "A")
 
     def cut_during_reboot(self, built: release_build.Built, server: RangeServer) -> None:
@@ -611,7 +619,7 @@ class Run:
         self.unit.power_cut()
         when = "during the shutdown" if shutting else \
             "while the reboot waits for the stored alarm"
-        self.say(f"{label}: power cut {when}; autoboot.txt {self.unit.slots()}")
+        self.say(f"{label}: power cut {when}; slots {self.unit.slots()}")
         self.back_after_cut(label, "A")
         if shutting:
             self.rolled_back(label, "cut-3")
@@ -637,7 +645,7 @@ class Run:
         if slots.committed != "A":
             raise SystemExit(f"{label}: slot B was committed before the cut ({slots})")
         self.say(f"{label}: power cut {time.monotonic() - t0:.0f} s after update.rebooting, "
-                 f"on B, not committed; autoboot.txt {slots}")
+                 f"on B, not committed; slots {slots}")
         self.back_after_cut(label, "A")
         self.rolled_back(label, "cut-4")
 
@@ -735,7 +743,7 @@ class Run:
         self.figures["reset to committed (s)"] = t_done - t_reset
         committed = self.town.events("update.committed", cmd_id)[-1]
         self.say(f"committed: {json.dumps(committed['payload'])}")
-        self.say(f"autoboot.txt after the commit: {self.unit.slots()}")
+        self.say(f"slots after the commit: {self.unit.slots()}")
         self.alarm("after the commit")
         # A power cut now: no flag, [all] must be the new slot.
         self.unit.power_cut()

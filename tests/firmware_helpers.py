@@ -8,11 +8,13 @@ import os
 import subprocess
 from pathlib import Path
 
+from edge.update import tryboot
 from pingan_centre.broker import provision
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSEMBLE = ROOT / "firmware" / "assemble-image"
 CMDLINE = "console=serial0,115200 root=PARTUUID=50494e47-02 rootfstype=ext4 ro rootwait\n"
+CONFIG = "arm_64bit=1\n[all]\ninclude pingan-slots.txt\n"
 PASSWD = ("root:x:0:0:root:/root:/bin/bash\n"
           "pingan:x:998:997::/var/lib/pingan-edge:/usr/sbin/nologin\n"
           "technician:x:1000:1000::/home/technician:/bin/bash\n")
@@ -53,8 +55,14 @@ def make_image(workdir: Path, name: str = "unit.img", keyring: bool = True) -> P
         (root / "etc" / "rauc").mkdir(parents=True, exist_ok=True)
         (root / "etc" / "rauc" / "keyring.pem").write_bytes(
             release_cert(workdir / "keys", "image-release").read_bytes())
+    # As stage 40 lays it out: a command line per root slot, config.txt and tryboot.txt
+    # ending with the update back-end's slots file (edge/update/tryboot.py).
     (boot / "cmdline.txt").write_text(CMDLINE)
-    (boot / "config.txt").write_text("arm_64bit=1\n")
+    (boot / "cmdline-a.txt").write_text(CMDLINE)
+    (boot / "cmdline-b.txt").write_text(CMDLINE.replace("50494e47-02", "50494e47-03"))
+    (boot / "config.txt").write_text(CONFIG)
+    (boot / "tryboot.txt").write_text(CONFIG)
+    (boot / "pingan-slots.txt").write_text(tryboot.render(tryboot.Slots()))
     (boot / "pingan-edge" / "README.txt").write_text("identity goes here\n")
     unit_tree(root)
     img = workdir / name

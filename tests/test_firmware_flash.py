@@ -102,10 +102,16 @@ def test_flash_to_image_file_writes_verifies_and_puts_the_identity(
     check = subprocess.run(["openssl", "passwd", "-6", "-salt", hashed.split("$")[2], "-stdin"],
                            input="correct horse", capture_output=True, text=True)
     assert check.stdout.strip() == hashed
-    cmdline = (card.fat_read(target, "cmdline.txt") or b"").decode()
-    assert "root=PARTUUID=50494e47-02" in cmdline
-    machine_ids = [w for w in cmdline.split() if w.startswith("systemd.machine_id=")]
-    assert len(machine_ids) == 1 and len(machine_ids[0].split("=")[1]) == 32
+    # One machine id, in the command line of each root slot (an update changes the slot,
+    # not the machine), each still booting its own root.
+    seen = set()
+    for name, part in (("cmdline.txt", "02"), ("cmdline-a.txt", "02"), ("cmdline-b.txt", "03")):
+        cmdline = (card.fat_read(target, name) or b"").decode()
+        assert f"root=PARTUUID=50494e47-{part}" in cmdline, (name, cmdline)
+        machine_ids = [w for w in cmdline.split() if w.startswith("systemd.machine_id=")]
+        assert len(machine_ids) == 1 and len(machine_ids[0].split("=")[1]) == 32, name
+        seen.add(machine_ids[0])
+    assert len(seen) == 1
 
 
 def test_second_card_gets_its_own_machine_id(image: Path, bundle: Path, tmp_path: Path) -> None:

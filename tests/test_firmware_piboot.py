@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pingan_firmware.piboot import read_cmdline, read_config
+import pytest
+
+from pingan_firmware.piboot import boot_config, read_cmdline, read_config
 
 IMAGE_CONFIG = """\
 # Ping'an Edge (firmware/build-image). Pi 3/4/400/CM4, 64-bit.
@@ -46,3 +48,19 @@ def test_cmdline_is_its_first_line() -> None:
     assert read_cmdline("console=ttyS1,115200  root=PARTUUID=50494e47-02 ro\nignored\n") == (
         "console=ttyS1,115200 root=PARTUUID=50494e47-02 ro")
     assert read_cmdline("") == ""
+
+
+def test_an_include_is_read_in_place_and_tryboot_sections_only_with_the_flag() -> None:
+    files = {"config.txt": "kernel=a.img\ncmdline=c.txt\ninclude extra.txt\ninclude gone.txt\n",
+             "tryboot.txt": "kernel=t.img\ninclude extra.txt\n",
+             "extra.txt": "# the slots\n[all]\ncmdline=one.txt\n[tryboot]\ncmdline=two.txt\n"
+                          "kernel=try.img\n[all]\n"}
+    plain = boot_config(files.get, "pi4b")
+    assert (plain.kernel, plain.cmdline_file) == ("a.img", "one.txt")
+    # With the flag the firmware reads tryboot.txt, and [tryboot] applies there.
+    tried = boot_config(files.get, "pi4b", tryboot=True)
+    assert (tried.kernel, tried.cmdline_file) == ("try.img", "two.txt")
+    # Without a reader, an include is skipped; [tryboot] never applies without the flag.
+    assert read_config(files["config.txt"], "pi4b").cmdline_file == "c.txt"
+    with pytest.raises(FileNotFoundError):
+        boot_config({}.get, "pi4b")

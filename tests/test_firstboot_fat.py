@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
-from firmware_helpers import ROOT, make_bundle, make_image, unit_tree
+from firmware_helpers import CONFIG, ROOT, make_bundle, make_image, unit_tree
 
 from pingan_firmware import card
 
@@ -164,7 +164,7 @@ def test_after_first_boot_nothing_of_the_identity_is_left_on_the_card(tmp_path: 
         dst.write(src.read(part.size))
     fsck = subprocess.run(["fsck.vfat", "-n", str(boot)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    assert card.fat_read(target, "config.txt") == b"arm_64bit=1\n"
+    assert card.fat_read(target, "config.txt") == CONFIG.encode()
     assert b"systemd.machine_id=" in (card.fat_read(target, "cmdline.txt") or b"")
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from edge.update import tryboot
 from edge.update.tryboot import BootError, BootPartition, Slots
+from pingan_firmware import piboot
 
 CUT_SYSCALLS = ("write", "fsync", "rename")
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None,
@@ -56,7 +57,7 @@ def syscalls(boot_dir: Path, *args: str) -> dict[str, int]:
 
 def test_a_whole_update_then_a_failed_one_through_the_firmware_model(tmp_path: Path) -> None:
     fat = BootPartition(tmp_path)
-    assert fat.read() == Slots()  # as flashed: no autoboot.txt, slot A
+    assert fat.read() == Slots()  # no slots file: slot A, as stage 40 writes it
     # Install into B (RAUC: mark the target bad, write it, make it primary).
     for args in (("set-state", "B", "bad"), ("set-primary", "B")):
         assert backend(tmp_path, *args).returncode == 0
@@ -87,16 +88,51 @@ def test_a_whole_update_then_a_failed_one_through_the_firmware_model(tmp_path: P
 
 def test_what_the_file_says_and_what_it_refuses(tmp_path: Path) -> None:
     text = tryboot.render(Slots(committed="B", tryboot="A", states={"A": "bad", "B": "good"}))
-    assert "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n" in text
+    assert "[all]\ncmdline=cmdline-b.txt\n[tryboot]\ncmdline=cmdline-a.txt\n[all]\n" in text
     assert tryboot.parse(text) == Slots(committed="B", tryboot="A",
                                         states={"A": "bad", "B": "good"})
-    for bad in ("", "[all]\nboot_partition=7\n", "[all]\nboot_partition=x\n",
-                "# pingan-edge slots: A=bad B=bad\n[all]\nboot_partition=2\n"):
+    for bad in ("", "[all]\ncmdline=cmdline.txt\n", "[all]\nboot_partition=2\n",
+                "# pingan-edge slots: A=bad B=bad\n[all]\ncmdline=cmdline-a.txt\n"):
         with pytest.raises(BootError):
             tryboot.parse(bad)
     # A torn copy of the new file left by a power cut is never read.
-    (tmp_path / "autoboot.txt.new").write_text(text[:40])
+    (tmp_path / "pingan-slots.txt.new").write_text(text[:40])
     assert BootPartition(tmp_path).read() == Slots()
+
+
+CONFIG = "arm_64bit=1\nkernel=vmlinuz\n[pi4]\nmax_framebuffers=2\n[all]\ninclude pingan-slots.txt\n"
+
+
+@pytest.mark.parametrize("slots", [
+    Slots(),
+    Slots(committed="A", tryboot="B", states={"A": "good", "B": "bad"}),
+    Slots(committed="B", tryboot="B", states={"A": "good", "B": "good"}),
+    Slots(committed="B", tryboot="A", states={"A": "bad", "B": "good"}),
+])
+def test_the_firmware_reading_the_file_boots_the_slot_the_state_machine_says(
+        tmp_path: Path, slots: Slots) -> None:
+    """config.txt (and tryboot.txt, read instead with the tryboot flag) end by including
+    the back-end's file; the firmware's reading of them (pingan_firmware.piboot) names the
+    command line of the slot `tryboot.boot` says, and that file boots its root."""
+    fat = BootPartition(tmp_path)
+    fat.write(slots)
+    files = {"config.txt": CONFIG, "tryboot.txt": CONFIG,
+             "cmdline-a.txt": "root=PARTUUID=50494e47-02 ro\n",
+             "cmdline-b.txt": "root=PARTUUID=50494e47-03 ro\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    def read(name: str) -> str | None:
+        path = tmp_path / name
+        return path.read_text() if path.exists() else None
+
+    for flag in (False, True):
+        boot = piboot.boot_config(read, "pi4b", tryboot=flag)
+        slot = tryboot.boot(slots, tryboot_flag=flag)
+        assert boot.cmdline_file == tryboot.CMDLINES[slot]
+        assert f"50494e47-0{tryboot.PARTITIONS[slot]}" in piboot.read_cmdline(
+            read(boot.cmdline_file) or "")
+        assert boot.settings["arm_64bit"] == "1" and boot.kernel == "vmlinuz"
 
 
 STEPS = {

@@ -7,7 +7,7 @@ oneshot). On a slot that is being tried, within `update.health_s` the station mu
 - have delivered an event from the outbox (its `update.trial_boot` status);
 - pass the selftest rows that need no person (`update.commit_rows`).
 
-Then `rauc status mark-good` makes the boot permanent (the back-end rewrites autoboot.txt's
+Then `rauc status mark-good` makes the boot permanent (the back-end rewrites pingan-slots.txt's
 [all]) and the station reports `update.committed`. Otherwise the verdict and its reasons
 go into the trial record on the data partition, the slot is marked bad and the unit
 reboots without the tryboot flag: the committed slot comes back and reports

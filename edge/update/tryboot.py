@@ -1,5 +1,6 @@
-"""RAUC's custom bootloader back-end for the Raspberry Pi: slots chosen by `autoboot.txt`
-on the FAT boot partition, a new slot tried once with the firmware's `tryboot` flag.
+"""RAUC's custom bootloader back-end for the Raspberry Pi: the root slot chosen by the
+firmware's boot configuration on the one FAT partition, a new slot tried once with the
+firmware's `tryboot` flag.
 
 RAUC runs it as `bootloader-custom-backend` (system.conf `[handlers]`):
 
@@ -9,23 +10,31 @@ RAUC runs it as `bootloader-custom-backend` (system.conf `[handlers]`):
     pingan-edge-bootloader set-state A|B good|bad    → mark-good commits a tried slot
 
 The Pi firmware has no boot counter. What it has: `reboot '0 tryboot'` sets a flag that
-lives through one reset only, and with it the firmware reads `autoboot.txt`'s
-`[tryboot]` section instead of `[all]`. A crash, a hang (the watchdog resets without the
-flag) or a power cut clears the flag, and the next boot is `[all]`: the committed slot.
-So `[all]` always names a good slot, and only `mark-good` on the tried slot changes it.
+lives through one reset only; with it the firmware loads `tryboot.txt` instead of
+`config.txt`, and the `[tryboot]` conditional section applies. A crash, a hang (the
+watchdog resets without the flag) or a power cut clears the flag, and the next boot reads
+`config.txt` without `[tryboot]`: the committed slot. So `[all]` always names a good
+slot, and only `mark-good` on the tried slot changes it.
 
-Everything this back-end knows is in that one file: the two boot partitions, and the
-slots' good/bad states in a comment line (the firmware skips `#` lines). It is never
-edited in place: a whole new file is written beside it, flushed, and renamed over it, and
-the directory flushed. A power cut before the rename leaves the old file, after it the new
-one; there is no second file to disagree with (SWUpdate's two `fw_setenv` calls can).
+Not `autoboot.txt`: its `boot_partition` must name a FAT partition holding the firmware,
+and this card has one FAT partition and two ext4 root slots (a Pi given an ext4
+`boot_partition` does not boot at all). What differs between the slots is the kernel
+command line's `root=`, so each slot has its own command line file (stage 40 writes
+`cmdline-a.txt` and `cmdline-b.txt`), and `config.txt` and `tryboot.txt` both end by
+including this back-end's one file:
 
     # pingan-edge slots: A=good B=bad
     [all]
-    tryboot_a_b=1
-    boot_partition=2
+    cmdline=cmdline-a.txt
     [tryboot]
-    boot_partition=3
+    cmdline=cmdline-b.txt
+    [all]
+
+Everything this back-end knows is in that file: the command line of each section, and
+the slots' good/bad states in a comment line (the firmware skips `#` lines). It is never
+edited in place: a whole new file is written beside it, flushed, and renamed over it, and
+the directory flushed. A power cut before the rename leaves the old file, after it the new
+one; there is no second file to disagree with (SWUpdate's two `fw_setenv` calls can).
 """
 
 from __future__ import annotations
@@ -42,11 +51,13 @@ from pathlib import Path
 
 from edge.logs import JsonFormatter
 
-AUTOBOOT = "autoboot.txt"
+SLOTS_FILE = "pingan-slots.txt"
 BOOT_DIR = Path("/boot/firmware")
-# RAUC's bootnames (system.conf) and the MBR partitions they boot (firmware/assemble-image).
+# RAUC's bootnames (system.conf), the MBR partitions they are (firmware/assemble-image) and
+# the command line file that boots each (root=PARTUUID=50494e47-0N; stage 40 writes them).
 PARTITIONS = {"A": 2, "B": 3}
-BOOTNAMES = {part: name for name, part in PARTITIONS.items()}
+CMDLINES = {"A": "cmdline-a.txt", "B": "cmdline-b.txt"}
+BY_CMDLINE = {file: name for name, file in CMDLINES.items()}
 STATES = ("good", "bad")
 _SLOTS_LINE = "# pingan-edge slots:"
 
@@ -99,10 +110,10 @@ def _slot(name: str) -> str:
 
 
 def parse(text: str) -> Slots:
-    """Read autoboot.txt. Sections and keys as the Pi firmware reads them; the states
+    """Read the slots file. Sections and keys as the Pi firmware reads them; the states
     from our comment line (absent: the committed slot good, the other bad)."""
     section = ""
-    parts: dict[str, int] = {}
+    files: dict[str, str] = {}
     states: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
@@ -118,19 +129,15 @@ def parse(text: str) -> Slots:
             section = line[1:-1]
             continue
         key, _, value = line.partition("=")
-        if key.strip() == "boot_partition" and section in ("all", "tryboot"):
-            try:
-                parts[section] = int(value)
-            except ValueError as exc:
-                raise BootError(f"{AUTOBOOT}: boot_partition={value!r} is not a number") from exc
-    if "all" not in parts:
-        raise BootError(f"{AUTOBOOT}: no [all] boot_partition")
-    for part in parts.values():
-        if part not in BOOTNAMES:
-            raise BootError(f"{AUTOBOOT}: boot_partition={part} is no root slot "
-                            f"({sorted(BOOTNAMES)})")
-    committed = BOOTNAMES[parts["all"]]
-    tryboot = BOOTNAMES[parts.get("tryboot", parts["all"])]
+        if key.strip() == "cmdline" and section in ("all", "tryboot"):
+            if value.strip() not in BY_CMDLINE:
+                raise BootError(f"{SLOTS_FILE}: cmdline={value!r} is no root slot's "
+                                f"({', '.join(sorted(BY_CMDLINE))})")
+            files[section] = value.strip()
+    if "all" not in files:
+        raise BootError(f"{SLOTS_FILE}: no [all] cmdline")
+    committed = BY_CMDLINE[files["all"]]
+    tryboot = BY_CMDLINE[files.get("tryboot", files["all"])]
     full = {committed: "good", Slots().other(committed): "bad"} | states
     slots = Slots(committed=committed, tryboot=tryboot, states=full)
     slots.check()
@@ -140,13 +147,13 @@ def parse(text: str) -> Slots:
 def render(slots: Slots) -> str:
     slots.check()
     states = " ".join(f"{name}={slots.states[name]}" for name in sorted(PARTITIONS))
-    return ("# Written by pingan-edge-bootloader (RAUC's custom back-end), replaced whole.\n"
-            "# [all] is the committed slot; [tryboot] boots once after reboot '0 tryboot'.\n"
+    return ("# Written by pingan-edge-bootloader (RAUC's custom back-end), replaced whole;\n"
+            "# included at the end of config.txt and of tryboot.txt. [all]: the committed\n"
+            "# slot; [tryboot]: the slot booted once after reboot '0 tryboot'.\n"
             f"{_SLOTS_LINE} {states}\n"
-            "[all]\ntryboot_a_b=1\n"
-            f"boot_partition={PARTITIONS[slots.committed]}\n"
-            "[tryboot]\n"
-            f"boot_partition={PARTITIONS[slots.tryboot]}\n")
+            f"[all]\ncmdline={CMDLINES[slots.committed]}\n"
+            f"[tryboot]\ncmdline={CMDLINES[slots.tryboot]}\n"
+            "[all]\n")
 
 
 # --- the state machine: pure functions of the state -------------------------------------
@@ -181,33 +188,34 @@ def set_state(slots: Slots, name: str, state: str) -> Slots:
 
 
 def boot(slots: Slots, *, tryboot_flag: bool) -> str:
-    """What the Pi firmware boots: [tryboot] with the flag, [all] without (the QEMU boot
-    harness plays this part; tests use it to check every power cut ends somewhere good)."""
+    """What the Pi firmware boots: [tryboot] with the flag, [all] without (tests use it to
+    check every power cut ends somewhere good; pingan_firmware.piboot reads the real files
+    as the firmware does, for the QEMU boot test)."""
     return slots.tryboot if tryboot_flag else slots.committed
 
 
 # --- the FAT partition ------------------------------------------------------------------
 
 class BootPartition:
-    """autoboot.txt in the FAT partition's directory (mounted read-only on a unit: made
+    """The slots file in the FAT partition's directory (mounted read-only on a unit: made
     writable for the one replacement, then read-only again)."""
 
     def __init__(self, directory: Path = BOOT_DIR) -> None:
         self.directory = directory
-        self.path = directory / AUTOBOOT
+        self.path = directory / SLOTS_FILE
 
     def read(self) -> Slots:
         try:
             text = self.path.read_text(encoding="ascii")
         except FileNotFoundError:
-            return Slots()  # a card as flashed: slot A, nothing tried yet
+            return Slots()  # no file: slot A, nothing tried yet (stage 40 writes that)
         except (UnicodeDecodeError, OSError) as exc:
             raise BootError(f"{self.path}: cannot be read: {exc}") from exc
         return parse(text)
 
     def write(self, slots: Slots) -> None:
         data = render(slots).encode("ascii")
-        tmp = self.directory / (AUTOBOOT + ".new")
+        tmp = self.directory / (SLOTS_FILE + ".new")
         with self._writable():
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BootError, OSError, subprocess.CalledProcessError) as exc:
         log_line("error", "update.boot_failed", op=args.op, slot=args.slot, error=str(exc),
                  action="the committed slot is unchanged; check the boot partition "
-                        f"({args.boot_dir}) is mounted and its {AUTOBOOT} readable")
+                        f"({args.boot_dir}) is mounted and its {SLOTS_FILE} readable")
         print(f"pingan-edge-bootloader: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -190,9 +190,16 @@ def put_identity(target: Path, ident: Identity) -> None:
                         "card; flash the image first")
     # Each card its own machine id (the root is read-only, so it cannot be made on the unit:
     # DHCP client ids and the journal are keyed by it).
-    words = [w for w in cmdline.decode().split() if not w.startswith("systemd.machine_id=")]
-    words.append(f"systemd.machine_id={secrets.token_hex(16)}")
-    files["cmdline.txt"] = (" ".join(words) + "\n").encode()
+    # The same id in each root slot's command line (cmdline-a.txt, cmdline-b.txt: see
+    # edge/update/tryboot.py): an update changes the slot, not the machine.
+    machine_id = f"systemd.machine_id={secrets.token_hex(16)}"
+    slots = sorted(n for n in card.fat_list(target, "") if re.fullmatch(r"cmdline-[a-z]\.txt", n))
+    for name in ("cmdline.txt", *slots):
+        text = cmdline if name == "cmdline.txt" else card.fat_read(target, name)
+        if text is None:
+            continue
+        words = [w for w in text.decode().split() if not w.startswith("systemd.machine_id=")]
+        files[name] = (" ".join([*words, machine_id]) + "\n").encode()
     card.fat_write(target, files)
     for name, data in files.items():
         if card.fat_read(target, name) != data:

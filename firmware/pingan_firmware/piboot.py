@@ -9,6 +9,7 @@ its own to read them): `-kernel`, `-initrd`, `-dtb`, `-append`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # Each board the boot test emulates: the config.txt filters that apply to it, and its
@@ -29,15 +30,33 @@ class PiBoot:
     settings: dict[str, str]
 
 
-def read_config(text: str, board: str = "pi3b") -> PiBoot:
+def _lines(text: str, read: Callable[[str], str | None] | None, depth: int = 0
+           ) -> Iterator[str]:
+    """The file's lines with each `include FILE` replaced by that file's (the firmware
+    skips an include it cannot find)."""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("include ") and read is not None and depth < 4:
+            included = read(line.split(None, 1)[1].strip())
+            if included is not None:
+                yield from _lines(included, read, depth + 1)
+            continue
+        yield line
+
+
+def read_config(text: str, board: str = "pi3b", *, tryboot: bool = False,
+                read: Callable[[str], str | None] | None = None) -> PiBoot:
     """The firmware's reading of config.txt for `board`: the last value of each setting in
-    the sections that apply (a `[filter]` line starts one; `[all]` ends the others)."""
+    the sections that apply (a `[filter]` line starts one; `[all]` ends the others).
+    `[tryboot]` applies when the boot has the tryboot flag; `read` gives an included
+    file's text (None: no such file)."""
     filters, downstream_dtb, upstream_dtb = BOARDS[board]
+    if tryboot:
+        filters = (*filters, "tryboot")
     applies = True
     settings: dict[str, str] = {}
     initramfs: str | None = None
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
+    for line in _lines(text, read):
         if not line:
             continue
         if line.startswith("[") and line.endswith("]"):
@@ -60,6 +79,17 @@ def read_config(text: str, board: str = "pi3b") -> PiBoot:
                                           else downstream_dtb)
     return PiBoot(kernel=kernel, initramfs=initramfs, dtb=dtb,
                   cmdline_file=settings.get("cmdline", "cmdline.txt"), settings=settings)
+
+
+def boot_config(read: Callable[[str], str | None], board: str = "pi3b", *,
+                tryboot: bool = False) -> PiBoot:
+    """What the firmware boots from the FAT partition whose files `read` gives: with the
+    one-shot tryboot flag it loads tryboot.txt instead of config.txt."""
+    name = "tryboot.txt" if tryboot else "config.txt"
+    text = read(name)
+    if text is None:
+        raise FileNotFoundError(f"no {name} on the boot partition")
+    return read_config(text, board, tryboot=tryboot, read=read)
 
 
 def read_cmdline(text: str) -> str:

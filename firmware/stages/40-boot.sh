@@ -23,11 +23,26 @@ dtparam=audio=on
 [pi4]
 max_framebuffers=2
 [all]
+# The root slot: its command line file, chosen by the update back-end's one file
+# (edge/update/tryboot.py); last, so it overrides everything above.
+include pingan-slots.txt
 CFG
-# Root slot A; read-only; the machine id is added per card by the flash tool.
+# With the one-shot tryboot flag the firmware reads tryboot.txt instead: the same, where
+# the slots file's [tryboot] section applies.
+cp "$boot/config.txt" "$boot/tryboot.txt"
+# A command line per root slot; read-only; the machine id is added per card by the flash
+# tool. cmdline.txt (slot A) is what a firmware that misses the include would read.
 # The serial console: ttyS1 is the Pi 3/4 mini UART on the upstream device trees (as in
 # Debian's own raspi images); systemd starts a login on every console= it finds.
-echo "console=tty0 console=ttyS1,115200 root=PARTUUID=50494e47-02 rootfstype=ext4 ro fsck.repair=yes rootwait net.ifnames=0 quiet" > "$boot/cmdline.txt"
+for slot in a:02 b:03; do
+    echo "console=tty0 console=ttyS1,115200 root=PARTUUID=50494e47-${slot#*:} rootfstype=ext4 ro fsck.repair=yes rootwait net.ifnames=0 quiet" > "$boot/cmdline-${slot%%:*}.txt"
+done
+cp "$boot/cmdline-a.txt" "$boot/cmdline.txt"
+# As flashed: slot A committed and good, nothing to try (B bad until an install).
+empty="$(mktemp -d)"
+PYTHONPATH="$REPO" "$REPO/.venv/bin/python" -m edge.update.tryboot --boot-dir "$empty" show \
+    > "$boot/pingan-slots.txt"
+rmdir "$empty"
 mkdir -p "$boot/pingan-edge"
 cat > "$boot/pingan-edge/README.txt" <<TXT
 Put this card's identity here with the flash tool (firmware/flash), not by hand:
