@@ -117,3 +117,11 @@ def test_the_station_does_not_wait_for_the_network_to_start(image_root: Path) ->
              for word in line.split("=", 1)[1].split()]
     assert after, "the unit orders itself after something (first boot, the network's stop)"
     assert not [w for w in after if "online" in w or "wait" in w], after
+
+
+def test_the_commit_leaves_its_verdict_readable_by_the_station(image_root: Path) -> None:
+    """`pingan-edge update commit` (root) rewrites the trial record, which the station (user
+    pingan) then reads to report the outcome: its umask must leave the file readable."""
+    lines = (image_root / SYSTEM / "pingan-edge-update-commit.service").read_text().splitlines()
+    umask = [int(line.split("=", 1)[1], 8) for line in lines if line.startswith("UMask=")]
+    assert umask and umask[-1] & 0o044 == 0, umask

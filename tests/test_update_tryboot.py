@@ -307,3 +307,20 @@ def test_a_trials_outcome_is_one_event_even_if_a_power_cut_brings_its_record_bac
         assert outcomes() == [(kind, trial_id)]
         record.write_bytes(kept)
     box.close()
+
+
+def test_a_trial_record_that_cannot_be_read_is_kept_and_a_damaged_one_removed(
+        tmp_path: Path) -> None:
+    """Unreadable (here a directory where the file should be; on the unit, root's record
+    with a mode the station cannot read) is not damage: removing it loses the verdict."""
+    from edge.update.updater import TRIAL, Trial, read_trial, write_trial
+
+    (tmp_path / TRIAL).mkdir()
+    assert read_trial(tmp_path) is None
+    assert (tmp_path / TRIAL).is_dir()
+    (tmp_path / TRIAL).rmdir()
+    write_trial(tmp_path, Trial(version="0.2.0", running="0.1.0"))
+    assert read_trial(tmp_path) == Trial(version="0.2.0", running="0.1.0")
+    (tmp_path / TRIAL).write_text('{"version": ')
+    assert read_trial(tmp_path) is None
+    assert not (tmp_path / TRIAL).exists()

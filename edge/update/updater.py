@@ -143,8 +143,13 @@ def read_trial(directory: Path) -> Trial | None:
         return msgspec.json.decode((directory / TRIAL).read_bytes(), type=Trial)
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except OSError as exc:  # not damage: kept, for whoever can read it
         log(logger, "error", "update.trial_unreadable", error=str(exc),
+            action="check the owner and mode of the trial record (root's 0644, or the "
+                   "station's): it is kept")
+        return None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log(logger, "error", "update.trial_damaged", error=str(exc),
             action="the trial record is damaged and is removed; the unit stays on the "
                    "slot it booted")
         (directory / TRIAL).unlink(missing_ok=True)
