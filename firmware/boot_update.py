@@ -571,10 +571,11 @@ class Run:
         self.say(f"{label}: the download resumed: {(server.sent - sent) / 1e6:.1f} MB "
                  f"served for it (Range {ranges})")
         written = self.unit.written()
-        self.store_alarm(label)
-        # RAUC's writes; or its set-primary at the end (the card's pingan-slots.txt).
+        # RAUC's writes (or its set-primary at the end: the card's pingan-slots.txt), with
+        # the link up: a streamed install fetches the blocks it writes as it goes.
         self.wait(f"{label}: RAUC writing the slot", lambda: self.unit.written() - written
                   > INSTALL_WRITES or self.unit.slots().trial_pending, timeout=600)
+        self.store_alarm(label)
         mb = (self.unit.written() - written) / 1e6
         self.unit.power_cut()
         slots = self.unit.slots()
