@@ -189,7 +189,7 @@ class Station:
         assert self.updater is not None
         return {**self.updater.status(request), "connected": self.uplink.connected,
                 "client_cert": bool(self.config.broker.tls and self.config.broker.cert_file),
-                "blocked": blocked.as_json() if (blocked := self.update_blocked()) else None}
+                "blocked": msgspec.to_builtins(self.update_blocked())}
 
     def status(self) -> dict[str, Any]:
         """What `pingan-edge status` shows: each part's own account of itself."""

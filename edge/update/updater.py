@@ -58,15 +58,11 @@ BUSY_POLL_S = 1.0
 WaitCode = Literal["alarm_open", "alarm_undelivered", "siren"]
 
 
-@dataclass(frozen=True)
-class Blocked:
+class Blocked(msgspec.Struct, frozen=True):
     """Why the unit must not reboot now: a code to count and what a person reads."""
 
     code: WaitCode
     reason: Text
-
-    def as_json(self) -> dict[str, Any]:
-        return {"code": self.code, "reason": msgspec.to_builtins(self.reason)}
 
 
 class Installer(Protocol):
@@ -528,7 +524,7 @@ class Updater:
                 announced = True
                 self._event("update.waiting", version, code=why.code, reason=why.reason,
                             **ids)
-            self._set(phase="waiting", version=version, **why.as_json())
+            self._set(phase="waiting", version=version, **msgspec.to_builtins(why))
             if self._stop.wait(BUSY_POLL_S):
                 return  # the station stops: offered again, the bundle is not fetched again
         write_trial(self.directory, trial)
